@@ -1,0 +1,44 @@
+# make demo: build, import the sample image, mount it, show it, unmount.
+# make test: install what the tests need (apt-get, as root), then run them all.
+GO ?= go
+BIN := bin/layerfs
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Tests that mount for real fail, rather than skip, when they cannot run.
+export LAYERFS_INTEGRATION ?= 1
+TEST_PACKAGES := apt-transport-https fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin
+
+.PHONY: build demo test deps lint unit bench fuzz soak clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/layerfs
+
+demo: build
+	@bash scripts/demo.sh $(BIN)
+
+deps:
+	@bash scripts/install-deps.sh $(TEST_PACKAGES)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+test: deps build lint
+	$(GO) test -count=1 -timeout 75m ./...
+
+clean:
+	rm -rf bin
+
+# make bench: every case against its reference in one run; writes bench/results.
+bench: build
+	$(GO) run ./bench -layerfs $(BIN) -out bench/results
+
+# make fuzz: each fuzz target for FUZZTIME.
+FUZZTIME ?= 60s
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+# make soak: the mount under 16 readers and cache drops for SOAK (default 5m).
+SOAK ?= 5m
+soak: build
+	LAYERFS_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run TestSoak -v ./integration/

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+)
+
+// readyFdEnv names the descriptor a --daemon child reports readiness on.
+const readyFdEnv = "LAYERFS_READY_FD"
+
+func init() {
+	commands = append(commands, mountCmd, umountCmd, mountsCmd)
+}
+
+type mountFlags struct {
+	overlay, daemon, allowOther, dev, suid, debug bool
+}
+
+func mountCmd(g *globals) *cobra.Command {
+	var f mountFlags
+	cmd := &cobra.Command{
+		Use:   "mount [flags] TARGET... MOUNTPOINT",
+		Short: "Mount an image (merged view) or one layer (as built) read-only",
+		Long: `Mount an image (merged view) or one layer (as built) read-only.
+
+TARGET is an image name, a manifest digest, or layer digests (lowest
+first); a unique digest prefix of 12 or more hex digits is enough. One
+layer digest shows that layer as built, whiteout markers as files; with
+--overlay, in the form kernel overlayfs stacks. The command serves in the
+foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runMount(g, f, args[:len(args)-1], args[len(args)-1])
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
+	fl.BoolVar(&f.daemon, "daemon", false, "return once the mount answers, leaving the server running")
+	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users than the mount's owner in")
+	fl.BoolVar(&f.dev, "dev", false, "honour device nodes (default nodev)")
+	fl.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (default nosuid)")
+	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request")
+	return cmd
+}
+
+func runMount(g *globals, f mountFlags, targets []string, mountpoint string) error {
+	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
+		return err
+	}
+	if f.daemon && os.Getenv(readyFdEnv) == "" {
+		return daemonize(mountpoint)
+	}
+	s, err := g.open()
+	if err != nil {
+		return err
+	}
+	t, err := s.Resolve(targets)
+	if err != nil {
+		return err
+	}
+	if f.overlay && !t.Single {
+		return fmt.Errorf("--overlay shows one layer; %s is not one", t)
+	}
+	if err := s.Prepare(t); err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	view, err := s.OpenView(t.Digests(), t.Single)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	defer view.Close()
+	tree, err := layerfs.NewTree(view, s.ObjectPath, f.overlay)
+	if err != nil {
+		return err
+	}
+	srv, err := layerfs.Mount(tree, mountpoint, layerfs.MountOptions{
+		Source: t.String(), AllowOther: f.allowOther, Dev: f.dev, Suid: f.suid, Debug: f.debug,
+	})
+	if err != nil {
+		return err
+	}
+	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint}).Info("mounted")
+	signalReady()
+	go unmountOnSignal(srv, mountpoint)
+	srv.Wait()
+	return nil
+}
+
+// signalReady tells a waiting --daemon parent that the mount answers.
+func signalReady() {
+	fd := os.Getenv(readyFdEnv)
+	if fd == "" {
+		return
+	}
+	var n int
+	fmt.Sscan(fd, &n)
+	w := os.NewFile(uintptr(n), "ready")
+	fmt.Fprintln(w, "ready")
+	w.Close()
+	os.Unsetenv(readyFdEnv)
+}
+
+// unmountOnSignal unmounts on SIGINT or SIGTERM. A busy mount stays
+// served, and is retried, until the files open in it are closed.
+func unmountOnSignal(srv *fuse.Server, mountpoint string) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	<-sig
+	for {
+		err := srv.Unmount()
+		if err == nil {
+			return
+		}
+		logrus.WithField("mountpoint", mountpoint).Warnf("unmount: %v; still serving, retrying", err)
+		select {
+		case <-sig:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// daemonize runs this same command in a new session and waits until it
+// reports the mount ready, or fails; the server's log goes to a file
+// beside the mountpoint's state, since nobody reads its stderr.
+func daemonize(mountpoint string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	logPath := daemonLogPath(mountpoint)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("daemon log: %w", err)
+	}
+	defer logFile.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), readyFdEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start server: %w", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	if strings.TrimSpace(line) == "ready" {
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	msg, _ := os.ReadFile(logPath)
+	os.Remove(logPath)
+	if text := strings.TrimSpace(string(msg)); text != "" {
+		return errors.New(strings.TrimPrefix(lastLine(text), "layerfs: "))
+	}
+	return errors.New("server exited before the mount was ready")
+}
+
+func lastLine(s string) string {
+	return s[strings.LastIndex(s, "\n")+1:]
+}
+
+// daemonLogPath is where a --daemon server logs: the runtime directory.
+func daemonLogPath(mountpoint string) string {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" || os.Geteuid() == 0 {
+		dir = os.TempDir()
+	}
+	abs, _ := filepath.Abs(mountpoint)
+	name := strings.ReplaceAll(strings.Trim(abs, "/"), "/", "_")
+	return filepath.Join(dir, fmt.Sprintf("layerfs-%d-%s.log", os.Geteuid(), name))
+}
+
+func umountCmd(*globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "umount MOUNTPOINT",
+		Short: "Unmount a layerfs mount, also one whose server died",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return layerfs.Unmount(args[0])
+		},
+	}
+}
+
+func mountsCmd(*globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "mounts",
+		Short: "List live layerfs mounts: mountpoint, target, server state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mounts, err := layerfs.Mounts()
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tSERVER")
+			for _, m := range mounts {
+				state := "serving"
+				if !m.Alive {
+					state = "dead (layerfs umount cleans it)"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\n", m.Mountpoint, m.Source, state)
+			}
+			return w.Flush()
+		},
+	}
+}
+

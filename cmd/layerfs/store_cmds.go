@@ -1,0 +1,258 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/layerfs/layerfs/store"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	commands = append(commands, importCmd, imagesCmd, layersCmd, inspectCmd, rmCmd, verifyCmd, gcCmd)
+}
+
+func platformFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVar(p, "platform", "", "os/arch[/variant] to take from an image index (default: this host's)")
+}
+
+func parsePlatform(s string) (store.Platform, error) {
+	if s == "" {
+		return store.HostPlatform(), nil
+	}
+	return store.ParsePlatform(s)
+}
+
+func importCmd(g *globals) *cobra.Command {
+	var platform string
+	cmd := &cobra.Command{
+		Use:   "import PATH...",
+		Short: "Import every image of OCI image layouts (directories or tars) and docker-archives",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := parsePlatform(platform)
+			if err != nil {
+				return err
+			}
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			for _, src := range args {
+				imported, err := s.Import(src, p)
+				if err != nil {
+					return err
+				}
+				for _, img := range imported {
+					fmt.Printf("%s %s\n", nameOrNone(img.Name), img.Manifest)
+				}
+			}
+			return nil
+		},
+	}
+	platformFlag(cmd, &platform)
+	return cmd
+}
+
+func nameOrNone(n string) string {
+	if n == "" {
+		return "<none>"
+	}
+	return n
+}
+
+func table() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0) }
+
+func imagesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "images",
+		Short: "List images: name, manifest digest, layers, size",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			images, err := s.Images()
+			if err != nil {
+				return err
+			}
+			w := table()
+			fmt.Fprintln(w, "NAME\tMANIFEST\tLAYERS\tSIZE")
+			for _, img := range images {
+				m, _, err := s.ImageLayers(img.Manifest.Digest)
+				if err != nil {
+					return fmt.Errorf("image %s: %w", nameOrNone(img.Name), err)
+				}
+				size := m.Config.Size
+				for _, l := range m.Layers {
+					size += l.Size
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%d\n", nameOrNone(img.Name), img.Manifest.Digest, len(m.Layers), size)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func layersCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "layers",
+		Short: "List layers: digest, media type, compressed and extracted size, entries, images using it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			layers, err := s.Layers()
+			if err != nil {
+				return err
+			}
+			w := table()
+			fmt.Fprintln(w, "DIGEST\tMEDIA TYPE\tCOMPRESSED\tEXTRACTED\tENTRIES\tIMAGES")
+			for _, l := range layers {
+				extracted, entries := "-", "-"
+				if l.Extracted {
+					extracted, entries = fmt.Sprint(l.ContentBytes), fmt.Sprint(l.Entries)
+				}
+				mt := l.MediaType
+				if mt == "" {
+					mt = "-"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", l.Digest, mt, l.CompressedSize, extracted, entries, strings.Join(l.Images, ","))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect TARGET...",
+		Short: "Print an image's or layers' manifest, config and layer facts as JSON",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			t, err := s.Resolve(args)
+			if err != nil {
+				return err
+			}
+			out := struct {
+				Name     string              `json:"name,omitempty"`
+				Manifest *ocispec.Manifest   `json:"manifest,omitempty"`
+				Digest   string              `json:"manifestDigest,omitempty"`
+				Config   *ocispec.Image      `json:"config,omitempty"`
+				Layers   []store.LayerInfo   `json:"layers"`
+			}{Name: t.Name, Layers: []store.LayerInfo{}}
+			if t.Manifest.Digest != "" {
+				m, c, err := s.ImageLayers(t.Manifest.Digest)
+				if err != nil {
+					return err
+				}
+				out.Manifest, out.Config, out.Digest = &m, &c, t.Manifest.Digest.String()
+			}
+			all, err := s.Layers()
+			if err != nil {
+				return err
+			}
+			for _, d := range t.Digests() {
+				for _, l := range all {
+					if l.Digest == d {
+						out.Layers = append(out.Layers, l)
+					}
+				}
+			}
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		},
+	}
+}
+
+func rmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Remove images by name (gc frees what no image uses any more)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				t, err := s.Resolve([]string{name})
+				if err != nil {
+					return err
+				}
+				if t.Name == "" {
+					return fmt.Errorf("%q is not an image name", name)
+				}
+				if err := s.Untag(t.Name); err != nil {
+					return err
+				}
+				fmt.Println(t.Name)
+			}
+			return nil
+		},
+	}
+}
+
+func verifyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify [TARGET...]",
+		Short: "Re-hash blobs and objects and check layer indexes; exit 1 naming every bad digest",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			var targets []store.Target
+			for _, a := range args {
+				t, err := s.Resolve([]string{a})
+				if err != nil {
+					return err
+				}
+				targets = append(targets, t)
+			}
+			problems, err := s.Verify(targets)
+			if err != nil {
+				return err
+			}
+			for _, p := range problems {
+				fmt.Fprintf(os.Stderr, "layerfs: verify: %s\n", p)
+			}
+			if len(problems) > 0 {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+}
+
+func gcCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove blobs, layers and objects no image uses, and stale temp files",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open()
+			if err != nil {
+				return err
+			}
+			f, err := s.GC()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("removed %d blobs, %d layers, %d objects, %d temp files: %d bytes\n", f.Blobs, f.Layers, f.Objects, f.Temps, f.Bytes)
+			return nil
+		},
+	}
+}

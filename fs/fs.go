@@ -1,0 +1,437 @@
+// Package fs serves a store view as a read-only go-fuse node tree: the
+// merged view of a stack of layers, one layer as it was built, or one
+// layer in the format kernel overlayfs stacks (whiteouts as 0/0 character
+// devices, opaque directories marked with trusted.overlay.opaque).
+package fs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/whiteout"
+	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// Timeout is how long the kernel may cache entries, attributes and
+// negative lookups: a view never changes while it is mounted.
+const Timeout = 24 * time.Hour
+
+const (
+	blockSize = 4096
+	// layerShift places the layer's position above the record number in
+	// an inode number, so every record of every layer has its own.
+	layerShift  = 40
+	opaqueXattr = "trusted.overlay.opaque"
+)
+
+// Tree is one view, ready to be served.
+type Tree struct {
+	view *store.View
+	// objectPath locates a regular file's content.
+	objectPath func(digest.Digest) string
+	// overlay shows a single layer in overlayfs's on-disk format.
+	overlay bool
+	files   uint64
+	bytes   uint64
+}
+
+// NewTree makes the node tree of view. overlay asks for the
+// overlay-format view and needs a single-layer view.
+func NewTree(view *store.View, objectPath func(digest.Digest) string, overlay bool) (*Tree, error) {
+	if overlay && !view.Single {
+		return nil, fmt.Errorf("the overlay-format view shows one layer")
+	}
+	t := &Tree{view: view, objectPath: objectPath, overlay: overlay}
+	for _, l := range view.Layers {
+		info := l.Index.Info()
+		t.files += uint64(info.Entries)
+		t.bytes += uint64(info.ContentBytes)
+	}
+	return t, nil
+}
+
+// Root is the root node to mount.
+func (t *Tree) Root() gofs.InodeEmbedder {
+	return &node{tree: t, n: t.view.Root()}
+}
+
+// Options are the go-fuse options a view is served with.
+func (t *Tree) Options() *gofs.Options {
+	timeout := Timeout
+	return &gofs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		RootStableAttr:  &gofs.StableAttr{Ino: 1, Mode: syscall.S_IFDIR},
+		// An image may hold files of mode 0; go-fuse would show them 0644.
+		NullPermissions: true,
+	}
+}
+
+// node is one path of the view. For a directory n holds every layer
+// record that merges into it; for anything else, the one that provides it.
+type node struct {
+	gofs.Inode
+	tree *Tree
+	n    store.Node
+}
+
+var (
+	_ gofs.NodeLookuper    = (*node)(nil)
+	_ gofs.NodeReaddirer   = (*node)(nil)
+	_ gofs.NodeGetattrer   = (*node)(nil)
+	_ gofs.NodeOpener      = (*node)(nil)
+	_ gofs.NodeReadlinker  = (*node)(nil)
+	_ gofs.NodeGetxattrer  = (*node)(nil)
+	_ gofs.NodeListxattrer = (*node)(nil)
+	_ gofs.NodeStatfser    = (*node)(nil)
+	_ gofs.NodeSetattrer   = (*node)(nil)
+	_ gofs.NodeSetxattrer  = (*node)(nil)
+)
+
+// guard turns a panic in an operation into EIO and a log line: a bad
+// index must cost one answer, never the server.
+func guard(op string, errno *syscall.Errno) {
+	if r := recover(); r != nil {
+		logrus.WithField("op", op).Errorf("panic: %v\n%s", r, debug.Stack())
+		*errno = syscall.EIO
+	}
+}
+
+func (nd *node) fail(op string, err error) syscall.Errno {
+	logrus.WithFields(logrus.Fields{"op": op, "path": nd.Path(nil)}).Warn(err)
+	return syscall.EIO
+}
+
+// markerKind tells how the overlay-format view shows a single-layer name.
+type markerKind int
+
+const (
+	plainEntry markerKind = iota
+	hiddenMarker
+	whiteoutDevice
+)
+
+func (t *Tree) overlayKind(name string) markerKind {
+	if !t.overlay || !whiteout.IsMarker(name) {
+		return plainEntry
+	}
+	if _, ok := whiteout.Hidden(name); ok {
+		return whiteoutDevice
+	}
+	return hiddenMarker
+}
+
+// child is a name of a directory as the view shows it.
+type child struct {
+	name   string
+	n      store.Node
+	device bool // an overlay-format whiteout: a 0/0 character device
+}
+
+func (nd *node) lookupChild(name string) (child, bool, error) {
+	t := nd.tree
+	if t.overlay && whiteout.IsMarker(name) {
+		return child{}, false, nil
+	}
+	n, ok, err := t.view.Lookup(nd.n, name)
+	if err != nil || ok || !t.overlay {
+		return child{name: name, n: n}, ok, err
+	}
+	n, ok, err = t.view.Lookup(nd.n, whiteout.Prefix+name)
+	return child{name: name, n: n, device: true}, ok, err
+}
+
+func (nd *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (in *gofs.Inode, errno syscall.Errno) {
+	defer guard("lookup", &errno)
+	c, ok, err := nd.lookupChild(name)
+	if err != nil {
+		return nil, nd.fail("lookup "+name, err)
+	}
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	cn := &node{tree: nd.tree, n: c.n}
+	attr, err := nd.tree.attr(c)
+	if err != nil {
+		return nil, nd.fail("lookup "+name, err)
+	}
+	out.Attr = attr
+	return nd.NewInode(ctx, cn, gofs.StableAttr{Mode: attr.Mode & syscall.S_IFMT, Ino: attr.Ino}), 0
+}
+
+func (nd *node) Readdir(ctx context.Context) (ds gofs.DirStream, errno syscall.Errno) {
+	defer guard("readdir", &errno)
+	t := nd.tree
+	children, err := t.view.List(nd.n)
+	if err != nil {
+		return nil, nd.fail("readdir", err)
+	}
+	entries := make([]fuse.DirEntry, 0, len(children))
+	for _, c := range children {
+		name, typ := c.Name, t.view.Type(c.Top)
+		switch t.overlayKind(name) {
+		case hiddenMarker:
+			continue
+		case whiteoutDevice:
+			hidden, _ := whiteout.Hidden(name)
+			if _, real, _ := t.view.Lookup(nd.n, hidden); real {
+				continue
+			}
+			name, typ = hidden, index.TypeChar
+		}
+		entries = append(entries, fuse.DirEntry{Name: name, Mode: typeBits(typ), Ino: t.ino(c.Top)})
+	}
+	return gofs.NewListDirStream(entries), 0
+}
+
+func (nd *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
+	defer guard("getattr", &errno)
+	attr, err := nd.tree.attr(nd.self())
+	if err != nil {
+		return nd.fail("getattr", err)
+	}
+	out.Attr = attr
+	return 0
+}
+
+// self describes the node as lookupChild would.
+func (nd *node) self() child {
+	c := child{n: nd.n}
+	if nd.tree.overlay {
+		if name, err := nd.tree.view.Layers[0].Index.Name(nd.n.Top().Rec); err == nil && whiteout.IsMarker(string(name)) {
+			c.device = true
+		}
+	}
+	return c
+}
+
+func (t *Tree) ino(r store.Ref) uint64 {
+	if r.Rec == 0 {
+		// Record 0 is a layer's root, and only the view's own root shows.
+		return 1
+	}
+	return uint64(r.Layer+1)<<layerShift | uint64(t.view.Layers[r.Layer].Index.InodeOf(r.Rec))
+}
+
+func typeBits(t index.Type) uint32 {
+	switch t {
+	case index.TypeDir:
+		return syscall.S_IFDIR
+	case index.TypeSymlink:
+		return syscall.S_IFLNK
+	case index.TypeChar:
+		return syscall.S_IFCHR
+	case index.TypeBlock:
+		return syscall.S_IFBLK
+	case index.TypeFifo:
+		return syscall.S_IFIFO
+	}
+	return syscall.S_IFREG
+}
+
+// entry returns the attributes a child shows and the record they come from.
+func (t *Tree) entry(c child) (index.Entry, store.Ref, error) {
+	e, ref, err := t.view.Entry(c.n)
+	if err != nil {
+		return e, ref, err
+	}
+	if c.device {
+		return index.Entry{Type: index.TypeChar, Mode: 0, Mtime: e.Mtime, MtimeNs: e.MtimeNs, Nlink: 1}, ref, nil
+	}
+	if e.Type == index.TypeLowerLink {
+		// Only the single-layer view shows a link to a lower layer as
+		// itself: there is nothing beneath it to resolve it in.
+		e.Type, e.Size = index.TypeReg, 0
+	}
+	return e, ref, nil
+}
+
+func (t *Tree) attr(c child) (fuse.Attr, error) {
+	e, ref, err := t.entry(c)
+	if err != nil {
+		return fuse.Attr{}, err
+	}
+	a := fuse.Attr{
+		Ino:     t.ino(ref),
+		Mode:    typeBits(e.Type) | e.Mode,
+		Owner:   fuse.Owner{Uid: e.UID, Gid: e.GID},
+		Nlink:   1,
+		Blksize: blockSize,
+	}
+	switch e.Type {
+	case index.TypeReg:
+		a.Size = uint64(e.Size)
+		a.Nlink = max(e.Nlink, 1)
+	case index.TypeSymlink:
+		a.Size = uint64(len(e.Link))
+		a.Nlink = max(e.Nlink, 1)
+	case index.TypeDir:
+		a.Size = blockSize
+	case index.TypeChar, index.TypeBlock:
+		a.Rdev = uint32(unix.Mkdev(e.Major, e.Minor))
+	}
+	a.Blocks = (a.Size + blockSize - 1) / blockSize * (blockSize / 512)
+	mt := uint64(e.Mtime)
+	a.Mtime, a.Mtimensec = mt, e.MtimeNs
+	a.Atime, a.Atimensec = mt, e.MtimeNs
+	a.Ctime, a.Ctimensec = mt, e.MtimeNs
+	return a, nil
+}
+
+func (nd *node) Readlink(ctx context.Context) (target []byte, errno syscall.Errno) {
+	defer guard("readlink", &errno)
+	e, _, err := nd.tree.entry(nd.self())
+	if err != nil {
+		return nil, nd.fail("readlink", err)
+	}
+	if e.Type != index.TypeSymlink {
+		return nil, syscall.EINVAL
+	}
+	return []byte(e.Link), 0
+}
+
+func (nd *node) xattrs() ([]index.Xattr, error) {
+	c := nd.self()
+	e, _, err := nd.tree.entry(c)
+	if err != nil || !nd.tree.overlay || e.Type != index.TypeDir {
+		return e.Xattrs, err
+	}
+	// In overlay format, a directory the layer makes opaque, or replaces
+	// after whiting it out, hides what lies beneath it.
+	opaque := e.Flags&index.FlagOpaque != 0
+	if !opaque && e.Name != "" {
+		parent := nd.tree.view.Layers[0].Index
+		pe, err := parent.Entry(nd.n.Top().Rec)
+		if err != nil {
+			return nil, err
+		}
+		_, opaque, _ = parent.Lookup(pe.Parent, whiteout.Prefix+e.Name)
+	}
+	if opaque {
+		return append(e.Xattrs[:len(e.Xattrs):len(e.Xattrs)], index.Xattr{Name: opaqueXattr, Value: "y"}), nil
+	}
+	return e.Xattrs, nil
+}
+
+func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (size uint32, errno syscall.Errno) {
+	defer guard("getxattr", &errno)
+	xs, err := nd.xattrs()
+	if err != nil {
+		return 0, nd.fail("getxattr", err)
+	}
+	for _, x := range xs {
+		if x.Name != attr {
+			continue
+		}
+		if len(dest) == 0 {
+			return uint32(len(x.Value)), 0
+		}
+		if len(dest) < len(x.Value) {
+			return uint32(len(x.Value)), syscall.ERANGE
+		}
+		return uint32(copy(dest, x.Value)), 0
+	}
+	return 0, syscall.ENODATA
+}
+
+func (nd *node) Listxattr(ctx context.Context, dest []byte) (size uint32, errno syscall.Errno) {
+	defer guard("listxattr", &errno)
+	xs, err := nd.xattrs()
+	if err != nil {
+		return 0, nd.fail("listxattr", err)
+	}
+	var names []byte
+	for _, x := range xs {
+		names = append(append(names, x.Name...), 0)
+	}
+	if len(dest) == 0 {
+		return uint32(len(names)), 0
+	}
+	if len(dest) < len(names) {
+		return uint32(len(names)), syscall.ERANGE
+	}
+	return uint32(copy(dest, names)), 0
+}
+
+func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	t := nd.tree
+	out.Bsize, out.Frsize, out.NameLen = blockSize, blockSize, 255
+	out.Blocks = (t.bytes + blockSize - 1) / blockSize
+	out.Files = t.files
+	return 0
+}
+
+func (nd *node) Setattr(context.Context, gofs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (nd *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (nd *node) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
+	defer guard("open", &errno)
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	e, _, err := nd.tree.entry(nd.self())
+	if err != nil {
+		return nil, 0, nd.fail("open", err)
+	}
+	if e.Type != index.TypeReg {
+		return nil, 0, syscall.EINVAL
+	}
+	if e.Object == "" {
+		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	p := nd.tree.objectPath(e.Object)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOATIME, 0)
+	if err != nil {
+		f, err = os.Open(p)
+	}
+	if err != nil {
+		return nil, 0, nd.fail("open", fmt.Errorf("object %s: %w", e.Object, err))
+	}
+	return &objectFile{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// objectFile reads a content object. With root, go-fuse hands its
+// descriptor to the kernel (passthrough) and reads never reach us.
+type objectFile struct {
+	f *os.File
+}
+
+var (
+	_ gofs.FilePassthroughFder = (*objectFile)(nil)
+	_ gofs.FileReader          = (*objectFile)(nil)
+	_ gofs.FileReleaser        = (*objectFile)(nil)
+)
+
+func (o *objectFile) PassthroughFd() (int, bool) { return int(o.f.Fd()), true }
+
+func (o *objectFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultFd(o.f.Fd(), off, len(dest)), 0
+}
+
+func (o *objectFile) Release(ctx context.Context) syscall.Errno {
+	o.f.Close()
+	return 0
+}
+
+// emptyFile is an empty regular file: it has no object.
+type emptyFile struct{}
+
+func (emptyFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultData(nil), 0
+}

@@ -1,0 +1,210 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// Freed is what gc removed.
+type Freed struct {
+	Blobs, Layers, Objects, Temps int
+	Bytes                         int64
+}
+
+// referenced collects every blob and layer the images reference.
+func (s *Store) referenced() (blobs map[digest.Digest]bool, layers map[digest.Digest]bool, err error) {
+	images, err := s.Images()
+	if err != nil {
+		return nil, nil, err
+	}
+	blobs, layers = map[digest.Digest]bool{}, map[digest.Digest]bool{}
+	for _, img := range images {
+		blobs[img.Manifest.Digest] = true
+		m, _, err := s.ImageLayers(img.Manifest.Digest)
+		if err != nil {
+			return nil, nil, fmt.Errorf("image %s: %w", imageLabel(img), err)
+		}
+		blobs[m.Config.Digest] = true
+		for _, l := range m.Layers {
+			blobs[l.Digest], layers[l.Digest] = true, true
+		}
+	}
+	return blobs, layers, nil
+}
+
+// GC removes every blob, layer index and object no image references, and
+// every temp file. It waits for writers to finish and keeps them out
+// while it runs, so it never removes what an import is writing.
+func (s *Store) GC() (Freed, error) {
+	var f Freed
+	unlock, err := s.lock(gcLock, unix.LOCK_EX)
+	if err != nil {
+		return f, err
+	}
+	defer unlock()
+	blobs, layers, err := s.referenced()
+	if err != nil {
+		return f, fmt.Errorf("gc: %w (nothing removed)", err)
+	}
+	remove := func(p string, count *int) {
+		size := diskUsage(p)
+		if err := os.RemoveAll(p); err == nil {
+			*count++
+			f.Bytes += size
+		}
+	}
+	entries, _ := os.ReadDir(s.path(tmpDir))
+	for _, e := range entries {
+		remove(filepath.Join(s.path(tmpDir), e.Name()), &f.Temps)
+	}
+	entries, _ = os.ReadDir(s.path(blobsDir))
+	for _, e := range entries {
+		if !blobs[digest.NewDigestFromEncoded(digest.SHA256, e.Name())] {
+			remove(filepath.Join(s.path(blobsDir), e.Name()), &f.Blobs)
+		}
+	}
+	entries, _ = os.ReadDir(s.path(layersDir))
+	for _, e := range entries {
+		// A layer's lock file goes with it, but counts for nothing.
+		hex, isLock := strings.CutSuffix(e.Name(), ".lock")
+		if layers[digest.NewDigestFromEncoded(digest.SHA256, hex)] {
+			continue
+		}
+		counter := &f.Layers
+		if isLock {
+			counter = new(int)
+		}
+		remove(filepath.Join(s.path(layersDir), e.Name()), counter)
+	}
+	live := map[digest.Digest]bool{}
+	for d := range layers {
+		if err := s.objectsOf(d, func(o digest.Digest) { live[o] = true }); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return f, fmt.Errorf("gc: layer %s: %w (objects kept)", d, err)
+		}
+	}
+	fans, _ := os.ReadDir(s.path(objectsDir))
+	for _, fan := range fans {
+		dir := filepath.Join(s.path(objectsDir), fan.Name())
+		objs, _ := os.ReadDir(dir)
+		for _, o := range objs {
+			if !live[digest.NewDigestFromEncoded(digest.SHA256, o.Name())] {
+				remove(filepath.Join(dir, o.Name()), &f.Objects)
+			}
+		}
+	}
+	return f, nil
+}
+
+// objectsOf calls fn for every object layer d's index names.
+func (s *Store) objectsOf(d digest.Digest, fn func(digest.Digest)) error {
+	r, err := index.Open(s.IndexPath(d), true)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	defer r.Close()
+	for i := uint32(0); i < uint32(r.Len()); i++ {
+		if t, _ := r.TypeOf(i); t != index.TypeReg {
+			continue
+		}
+		e, err := r.Entry(i)
+		if err != nil {
+			return err
+		}
+		if e.Object != "" {
+			fn(e.Object)
+		}
+	}
+	return nil
+}
+
+func diskUsage(p string) int64 {
+	var n int64
+	filepath.Walk(p, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// Problem is one thing verify found wrong.
+type Problem struct {
+	What string // "blob", "object", "layer", "image"
+	ID   string
+	Err  error
+}
+
+func (p Problem) String() string { return fmt.Sprintf("%s %s: %v", p.What, p.ID, p.Err) }
+
+// Verify re-hashes the blobs and objects of t's layers (of every image
+// when t is nil) and checks their indexes; it returns every problem found.
+func (s *Store) Verify(targets []Target) ([]Problem, error) {
+	var problems []Problem
+	add := func(what, id string, err error) { problems = append(problems, Problem{what, id, err}) }
+	blobs := map[digest.Digest]bool{}
+	layers := map[digest.Digest]bool{}
+	if targets == nil {
+		var err error
+		blobs, layers, err = s.referenced()
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		for _, t := range targets {
+			if t.Manifest.Digest != "" {
+				blobs[t.Manifest.Digest] = true
+			}
+			for _, l := range t.Layers {
+				blobs[l.Digest], layers[l.Digest] = true, true
+			}
+		}
+	}
+	for d := range blobs {
+		if err := hashFile(s.BlobPath(d), d); err != nil {
+			add("blob", d.String(), err)
+		}
+	}
+	objects := map[digest.Digest]bool{}
+	for d := range layers {
+		if !s.Extracted(d) {
+			continue
+		}
+		if err := s.objectsOf(d, func(o digest.Digest) { objects[o] = true }); err != nil {
+			add("layer", d.String(), err)
+		}
+	}
+	for o := range objects {
+		if err := hashFile(s.ObjectPath(o), o); err != nil {
+			add("object", o.String(), err)
+		}
+	}
+	return problems, nil
+}
+
+func hashFile(p string, want digest.Digest) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v := want.Verifier()
+	if _, err := io.Copy(v, f); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return ErrMismatch
+	}
+	return nil
+}

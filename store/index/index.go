@@ -1,0 +1,589 @@
+// Package index is the on-disk form of one extracted layer: every tar entry
+// of the layer, markers included, as fixed-size records in breadth-first
+// order, so that one directory's children are one contiguous range sorted
+// by name. A mount reads it through mmap and binary-searches a directory
+// without parsing or allocating for the directories nobody visits.
+//
+// Layout, all integers little-endian:
+//
+//	header   headerSize bytes: magic, version, counts, section offsets, layer facts
+//	records  count * recordSize bytes; record 0 is the layer's root directory
+//	strings  names, link targets and encoded xattrs, referenced by offset
+//	trailer  sha256 of everything before it
+package index
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	magic      = "LAYERFSX"
+	version    = 1
+	headerSize = 128
+	recordSize = 128
+	sumSize    = sha256.Size
+)
+
+// Type is the kind of an entry.
+type Type uint8
+
+const (
+	TypeReg Type = iota + 1
+	TypeDir
+	TypeSymlink
+	TypeChar
+	TypeBlock
+	TypeFifo
+	// TypeLowerLink is a hardlink whose target is not in its own layer:
+	// it shows the file at Link in the view beneath the layer.
+	TypeLowerLink
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeReg:
+		return "file"
+	case TypeDir:
+		return "dir"
+	case TypeSymlink:
+		return "symlink"
+	case TypeChar:
+		return "char"
+	case TypeBlock:
+		return "block"
+	case TypeFifo:
+		return "fifo"
+	case TypeLowerLink:
+		return "hardlink"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Flag bits of an entry.
+const (
+	// FlagImplied marks a directory the layer has no entry for, only
+	// entries beneath it.
+	FlagImplied uint8 = 1 << iota
+	// FlagOpaque marks a directory holding an opaque marker in this layer.
+	FlagOpaque
+)
+
+// Entry is one record, decoded. Names are base names; the root's is "".
+type Entry struct {
+	Name     string
+	Type     Type
+	Flags    uint8
+	Mode     uint32 // permission bits with setuid, setgid and sticky
+	UID, GID uint32
+	Size     int64
+	Mtime    int64 // seconds
+	MtimeNs  uint32
+	Major    uint32
+	Minor    uint32
+	Link     string // symlink target, or a lower hardlink's target path
+	Xattrs   []Xattr
+	Object   digest.Digest // content of a non-empty regular file
+	Nlink    uint32
+	// Inode is the record number shared by every name of one hardlinked
+	// file: the identity that the file keeps in every view.
+	Inode uint32
+	// Parent is the record number of the directory holding the entry.
+	Parent uint32
+	// Children is the record range of a directory's children.
+	ChildStart, ChildCount uint32
+}
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value string
+}
+
+// Info is what the header says of the whole layer.
+type Info struct {
+	DiffID       digest.Digest
+	Entries      int
+	ContentBytes int64 // sum of regular-file sizes
+	ObjectBytes  int64 // sum of distinct object sizes
+}
+
+// Node is an entry being assembled by a Builder, with its children.
+type Node struct {
+	Entry
+	Children map[string]*Node
+	inodeOf  *Node
+}
+
+// NewRoot returns the implied root directory of a layer.
+func NewRoot() *Node {
+	return &Node{Entry: Entry{Type: TypeDir, Flags: FlagImplied, Mode: 0o755}, Children: map[string]*Node{}}
+}
+
+var errCorrupt = errors.New("corrupt index")
+
+// Write serializes the tree under root into f, numbering the records.
+func Write(f io.Writer, root *Node, info Info) error {
+	var order []*Node
+	order = append(order, root)
+	for i := 0; i < len(order); i++ {
+		n := order[i]
+		if n.Type != TypeDir {
+			continue
+		}
+		names := make([]string, 0, len(n.Children))
+		for name := range n.Children {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		n.ChildStart, n.ChildCount = uint32(len(order)), uint32(len(names))
+		for _, name := range names {
+			c := n.Children[name]
+			c.Parent = uint32(i)
+			order = append(order, c)
+		}
+	}
+	if len(order) > 1<<31 {
+		return fmt.Errorf("layer has %d entries, more than an index holds", len(order))
+	}
+	number := make(map[*Node]uint32, len(order))
+	for i, n := range order {
+		number[n] = uint32(i)
+	}
+	var strs strings.Builder
+	addString := func(s string) (uint32, uint32) {
+		off := strs.Len()
+		strs.WriteString(s)
+		return uint32(off), uint32(len(s))
+	}
+	recs := make([]byte, len(order)*recordSize)
+	for i, n := range order {
+		r := recs[i*recordSize : (i+1)*recordSize]
+		nameOff, nameLen := addString(n.Name)
+		linkOff, linkLen := addString(n.Link)
+		xOff, xLen := addString(encodeXattrs(n.Xattrs))
+		le := binary.LittleEndian
+		le.PutUint32(r[0:], nameOff)
+		le.PutUint32(r[4:], nameLen)
+		r[8] = byte(n.Type)
+		r[9] = n.Flags
+		le.PutUint32(r[12:], n.Mode)
+		le.PutUint32(r[16:], n.UID)
+		le.PutUint32(r[20:], n.GID)
+		le.PutUint64(r[24:], uint64(n.Size))
+		le.PutUint64(r[32:], uint64(n.Mtime))
+		le.PutUint32(r[40:], n.MtimeNs)
+		le.PutUint32(r[44:], n.Major)
+		le.PutUint32(r[48:], n.Minor)
+		le.PutUint32(r[52:], linkOff)
+		le.PutUint32(r[56:], linkLen)
+		le.PutUint32(r[60:], xOff)
+		le.PutUint32(r[64:], xLen)
+		le.PutUint32(r[68:], n.ChildStart)
+		le.PutUint32(r[72:], n.ChildCount)
+		le.PutUint32(r[76:], n.Nlink)
+		inode := uint32(i)
+		if n.inodeOf != nil {
+			inode = number[n.inodeOf]
+		}
+		le.PutUint32(r[80:], inode)
+		le.PutUint32(r[84:], n.Parent)
+		if n.Object != "" {
+			raw, err := hexBytes(n.Object)
+			if err != nil {
+				return fmt.Errorf("entry %q: %w", n.Name, err)
+			}
+			copy(r[88:120], raw)
+		}
+	}
+	if strs.Len() > 1<<32-1 {
+		return errors.New("layer names and xattrs exceed 4 GiB")
+	}
+	hdr := make([]byte, headerSize)
+	le := binary.LittleEndian
+	copy(hdr, magic)
+	le.PutUint32(hdr[8:], version)
+	le.PutUint32(hdr[12:], recordSize)
+	le.PutUint64(hdr[16:], uint64(len(order)))
+	le.PutUint64(hdr[24:], uint64(headerSize+len(recs)))
+	le.PutUint64(hdr[32:], uint64(strs.Len()))
+	le.PutUint64(hdr[40:], uint64(info.ContentBytes))
+	le.PutUint64(hdr[48:], uint64(info.ObjectBytes))
+	raw, err := hexBytes(info.DiffID)
+	if err != nil {
+		return fmt.Errorf("diff_id: %w", err)
+	}
+	copy(hdr[56:88], raw)
+	sum := sha256.New()
+	for _, part := range [][]byte{hdr, recs, []byte(strs.String())} {
+		sum.Write(part)
+		if _, err := f.Write(part); err != nil {
+			return fmt.Errorf("write index: %w", err)
+		}
+	}
+	if _, err := f.Write(sum.Sum(nil)); err != nil {
+		return fmt.Errorf("write index: %w", err)
+	}
+	return nil
+}
+
+// LinkTo makes n another name of the file target: the same inode.
+func (n *Node) LinkTo(target *Node) { n.inodeOf = target }
+
+func hexBytes(d digest.Digest) ([]byte, error) {
+	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
+		return nil, fmt.Errorf("not a sha256 digest: %q", d)
+	}
+	return hex.DecodeString(d.Encoded())
+}
+
+func encodeXattrs(xs []Xattr) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	var n [4]byte
+	for _, x := range xs {
+		binary.LittleEndian.PutUint32(n[:], uint32(len(x.Name)))
+		b.Write(n[:])
+		b.WriteString(x.Name)
+		binary.LittleEndian.PutUint32(n[:], uint32(len(x.Value)))
+		b.Write(n[:])
+		b.WriteString(x.Value)
+	}
+	return b.String()
+}
+
+// Reader serves one index file through a read-only mapping.
+type Reader struct {
+	data    []byte
+	count   uint32
+	recs    []byte
+	strs    []byte
+	info    Info
+	path    string
+	mmapped bool
+}
+
+// Open maps and checks an index file. verify re-hashes the whole file
+// against its trailer; without it only the structure is checked, since
+// a mount opens indexes on its hot path.
+func Open(path string, verify bool) (*Reader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() < headerSize+sumSize {
+		return nil, fmt.Errorf("index %s: %w: %d bytes", path, errCorrupt, st.Size())
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap index %s: %w", path, err)
+	}
+	r := &Reader{data: data, path: path, mmapped: true}
+	if err := r.parse(verify); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("index %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// Parse checks an index held in memory, as Open does with verify.
+func Parse(data []byte) (*Reader, error) {
+	r := &Reader{data: data}
+	if err := r.parse(true); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Reader) parse(verify bool) error {
+	d := r.data
+	if len(d) < headerSize+sumSize || string(d[:8]) != magic {
+		return fmt.Errorf("%w: bad magic", errCorrupt)
+	}
+	le := binary.LittleEndian
+	if v := le.Uint32(d[8:]); v != version {
+		return fmt.Errorf("%w: version %d, want %d", errCorrupt, v, version)
+	}
+	if rs := le.Uint32(d[12:]); rs != recordSize {
+		return fmt.Errorf("%w: record size %d", errCorrupt, rs)
+	}
+	count := le.Uint64(d[16:])
+	strOff := le.Uint64(d[24:])
+	strLen := le.Uint64(d[32:])
+	body := uint64(len(d) - sumSize)
+	if count == 0 || count > 1<<31 || strOff != headerSize+count*recordSize || strOff+strLen != body {
+		return fmt.Errorf("%w: sections do not fit the file", errCorrupt)
+	}
+	if verify {
+		sum := sha256.Sum256(d[:body])
+		if string(sum[:]) != string(d[body:]) {
+			return fmt.Errorf("%w: checksum mismatch", errCorrupt)
+		}
+	}
+	r.count = uint32(count)
+	r.recs = d[headerSize:strOff]
+	r.strs = d[strOff:body]
+	r.info = Info{
+		DiffID:       digest.NewDigestFromBytes(digest.SHA256, d[56:88]),
+		Entries:      int(count),
+		ContentBytes: int64(le.Uint64(d[40:])),
+		ObjectBytes:  int64(le.Uint64(d[48:])),
+	}
+	if root, err := r.Entry(0); err != nil {
+		return err
+	} else if root.Type != TypeDir {
+		return fmt.Errorf("%w: root is not a directory", errCorrupt)
+	}
+	return nil
+}
+
+// Close unmaps the index.
+func (r *Reader) Close() error {
+	if !r.mmapped || r.data == nil {
+		return nil
+	}
+	err := unix.Munmap(r.data)
+	r.data = nil
+	return err
+}
+
+// Info returns the layer facts of the header.
+func (r *Reader) Info() Info { return r.info }
+
+// Len is the number of records.
+func (r *Reader) Len() int { return int(r.count) }
+
+func (r *Reader) rec(i uint32) []byte {
+	return r.recs[int(i)*recordSize : int(i+1)*recordSize]
+}
+
+func (r *Reader) str(off, n uint32) (string, error) {
+	if uint64(off)+uint64(n) > uint64(len(r.strs)) {
+		return "", fmt.Errorf("%w: string out of range", errCorrupt)
+	}
+	return string(r.strs[off : off+n]), nil
+}
+
+func (r *Reader) strBytes(off, n uint32) ([]byte, error) {
+	if uint64(off)+uint64(n) > uint64(len(r.strs)) {
+		return nil, fmt.Errorf("%w: string out of range", errCorrupt)
+	}
+	return r.strs[off : off+n], nil
+}
+
+// Name returns record i's base name without decoding the rest; it is the
+// comparison of Lookup's binary search.
+func (r *Reader) Name(i uint32) ([]byte, error) {
+	if i >= r.count {
+		return nil, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
+	}
+	rec := r.rec(i)
+	le := binary.LittleEndian
+	return r.strBytes(le.Uint32(rec[0:]), le.Uint32(rec[4:]))
+}
+
+// TypeOf returns record i's type and flags without decoding the rest.
+func (r *Reader) TypeOf(i uint32) (Type, uint8) {
+	if i >= r.count {
+		return 0, 0
+	}
+	rec := r.rec(i)
+	return Type(rec[8]), rec[9]
+}
+
+// Entry decodes record i, checking every reference it holds.
+func (r *Reader) Entry(i uint32) (Entry, error) {
+	if i >= r.count {
+		return Entry{}, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
+	}
+	rec := r.rec(i)
+	le := binary.LittleEndian
+	var e Entry
+	var err error
+	if e.Name, err = r.str(le.Uint32(rec[0:]), le.Uint32(rec[4:])); err != nil {
+		return e, err
+	}
+	e.Type = Type(rec[8])
+	e.Flags = rec[9]
+	e.Mode = le.Uint32(rec[12:])
+	e.UID = le.Uint32(rec[16:])
+	e.GID = le.Uint32(rec[20:])
+	e.Size = int64(le.Uint64(rec[24:]))
+	e.Mtime = int64(le.Uint64(rec[32:]))
+	e.MtimeNs = le.Uint32(rec[40:])
+	e.Major = le.Uint32(rec[44:])
+	e.Minor = le.Uint32(rec[48:])
+	if e.Link, err = r.str(le.Uint32(rec[52:]), le.Uint32(rec[56:])); err != nil {
+		return e, err
+	}
+	xs, err := r.strBytes(le.Uint32(rec[60:]), le.Uint32(rec[64:]))
+	if err != nil {
+		return e, err
+	}
+	if e.Xattrs, err = decodeXattrs(xs); err != nil {
+		return e, err
+	}
+	e.ChildStart = le.Uint32(rec[68:])
+	e.ChildCount = le.Uint32(rec[72:])
+	e.Nlink = le.Uint32(rec[76:])
+	e.Inode = le.Uint32(rec[80:])
+	e.Parent = le.Uint32(rec[84:])
+	if e.Type < TypeReg || e.Type > TypeLowerLink || e.Inode >= r.count || e.Parent >= r.count || e.Size < 0 {
+		return e, fmt.Errorf("%w: record %d has bad fields", errCorrupt, i)
+	}
+	if e.Type == TypeDir {
+		if uint64(e.ChildStart)+uint64(e.ChildCount) > uint64(r.count) || (e.ChildCount > 0 && e.ChildStart <= i) {
+			return e, fmt.Errorf("%w: record %d has a bad child range", errCorrupt, i)
+		}
+	}
+	if e.Type == TypeReg && e.Size > 0 {
+		e.Object = digest.NewDigestFromBytes(digest.SHA256, rec[88:120])
+	}
+	return e, nil
+}
+
+func decodeXattrs(b []byte) ([]Xattr, error) {
+	var xs []Xattr
+	next := func() (string, error) {
+		if len(b) < 4 {
+			return "", fmt.Errorf("%w: truncated xattr", errCorrupt)
+		}
+		n := binary.LittleEndian.Uint32(b)
+		b = b[4:]
+		if uint64(n) > uint64(len(b)) {
+			return "", fmt.Errorf("%w: truncated xattr", errCorrupt)
+		}
+		s := string(b[:n])
+		b = b[n:]
+		return s, nil
+	}
+	for len(b) > 0 {
+		name, err := next()
+		if err != nil {
+			return nil, err
+		}
+		value, err := next()
+		if err != nil {
+			return nil, err
+		}
+		xs = append(xs, Xattr{name, value})
+	}
+	return xs, nil
+}
+
+// Lookup finds the child called name of directory record dir.
+func (r *Reader) Lookup(dir uint32, name string) (uint32, bool, error) {
+	e, err := r.dirRange(dir)
+	if err != nil {
+		return 0, false, err
+	}
+	var searchErr error
+	k := sort.Search(int(e.count), func(k int) bool {
+		n, err := r.Name(e.start + uint32(k))
+		if err != nil {
+			searchErr = err
+			return true
+		}
+		return string(n) >= name
+	})
+	if searchErr != nil {
+		return 0, false, searchErr
+	}
+	if k < int(e.count) {
+		if n, _ := r.Name(e.start + uint32(k)); string(n) == name {
+			return e.start + uint32(k), true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+type childRange struct{ start, count uint32 }
+
+func (r *Reader) dirRange(dir uint32) (childRange, error) {
+	if dir >= r.count {
+		return childRange{}, fmt.Errorf("%w: record %d of %d", errCorrupt, dir, r.count)
+	}
+	rec := r.rec(dir)
+	if Type(rec[8]) != TypeDir {
+		return childRange{}, fmt.Errorf("%w: record %d is not a directory", errCorrupt, dir)
+	}
+	le := binary.LittleEndian
+	start, count := le.Uint32(rec[68:]), le.Uint32(rec[72:])
+	if uint64(start)+uint64(count) > uint64(r.count) || (count > 0 && start <= dir) {
+		return childRange{}, fmt.Errorf("%w: record %d has a bad child range", errCorrupt, dir)
+	}
+	return childRange{start, count}, nil
+}
+
+// Children returns the record range of directory record dir's children.
+func (r *Reader) Children(dir uint32) (start, count uint32, err error) {
+	cr, err := r.dirRange(dir)
+	return cr.start, cr.count, err
+}
+
+// Path returns the full path of record i, without a leading slash.
+func (r *Reader) Path(i uint32) (string, error) {
+	var parts []string
+	for seen := 0; i != 0; seen++ {
+		if seen > int(r.count) {
+			return "", fmt.Errorf("%w: parent loop at record %d", errCorrupt, i)
+		}
+		n, err := r.Name(i)
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, string(n))
+		i = binary.LittleEndian.Uint32(r.rec(i)[84:])
+		if i >= r.count {
+			return "", fmt.Errorf("%w: bad parent", errCorrupt)
+		}
+	}
+	for a, b := 0, len(parts)-1; a < b; a, b = a+1, b-1 {
+		parts[a], parts[b] = parts[b], parts[a]
+	}
+	return strings.Join(parts, "/"), nil
+}
+
+// Walk resolves a slash-separated path from the root.
+func (r *Reader) Walk(p string) (uint32, bool, error) {
+	cur := uint32(0)
+	for _, name := range strings.Split(p, "/") {
+		if name == "" {
+			continue
+		}
+		if t, _ := r.TypeOf(cur); t != TypeDir {
+			return 0, false, nil
+		}
+		next, ok, err := r.Lookup(cur, name)
+		if err != nil || !ok {
+			return 0, false, err
+		}
+		cur = next
+	}
+	return cur, true, nil
+}
+
+// InodeOf returns record i's inode record number without decoding the rest.
+func (r *Reader) InodeOf(i uint32) uint32 {
+	if i >= r.count {
+		return i
+	}
+	return binary.LittleEndian.Uint32(r.rec(i)[80:])
+}

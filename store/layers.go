@@ -1,0 +1,129 @@
+package store
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// OpenLayer opens the index of an extracted layer.
+func (s *Store) OpenLayer(d digest.Digest) (Layer, error) {
+	r, err := index.Open(s.IndexPath(d), false)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return Layer{}, fmt.Errorf("layer %s: %w: not extracted", d, ErrNotFound)
+		}
+		return Layer{}, fmt.Errorf("layer %s: %w: %v", d, ErrCorrupt, err)
+	}
+	return Layer{Digest: d, Index: r}, nil
+}
+
+// OpenView opens layers (lowest first) as one view.
+func (s *Store) OpenView(layers []digest.Digest, single bool) (*View, error) {
+	v := &View{Single: single}
+	for _, d := range layers {
+		l, err := s.OpenLayer(d)
+		if err != nil {
+			v.Close()
+			return nil, err
+		}
+		v.Layers = append(v.Layers, l)
+	}
+	if single && len(v.Layers) != 1 {
+		v.Close()
+		return nil, fmt.Errorf("a single-layer view takes one layer, not %d", len(layers))
+	}
+	return v, nil
+}
+
+// checkLowerLinks refuses an image whose layer hardlinks to a file that
+// is in neither that layer nor the view beneath it.
+func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
+	digests := make([]digest.Digest, len(layers))
+	for i, l := range layers {
+		digests[i] = l.Digest
+	}
+	v, err := s.OpenView(digests, false)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	for k, l := range v.Layers {
+		for rec := uint32(0); rec < uint32(l.Index.Len()); rec++ {
+			if t, _ := l.Index.TypeOf(rec); t != index.TypeLowerLink {
+				continue
+			}
+			e, err := l.Index.Entry(rec)
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", l.Digest, err)
+			}
+			if _, _, err := v.lowerLinkTarget(Ref{Layer: k, Rec: rec}, e); err != nil {
+				p, _ := l.Index.Path(rec)
+				return fmt.Errorf("layer %s: %w", l.Digest, &EntryError{Entry: p, Err: err})
+			}
+		}
+	}
+	return nil
+}
+
+// LayerInfo describes one layer of the store.
+type LayerInfo struct {
+	Digest         digest.Digest `json:"digest"`
+	MediaType      string        `json:"mediaType,omitempty"`
+	DiffID         digest.Digest `json:"diffID,omitempty"`
+	CompressedSize int64         `json:"compressedSize"`
+	Extracted      bool          `json:"extracted"`
+	ContentBytes   int64         `json:"contentBytes"`
+	Entries        int           `json:"entries"`
+	Images         []string      `json:"images"`
+}
+
+// Layers describes every layer an image uses or that has an index.
+func (s *Store) Layers() ([]LayerInfo, error) {
+	images, err := s.Images()
+	if err != nil {
+		return nil, err
+	}
+	byDigest := map[digest.Digest]*LayerInfo{}
+	var order []digest.Digest
+	get := func(d digest.Digest) *LayerInfo {
+		if li := byDigest[d]; li != nil {
+			return li
+		}
+		li := &LayerInfo{Digest: d, Images: []string{}}
+		byDigest[d] = li
+		order = append(order, d)
+		return li
+	}
+	for _, img := range images {
+		m, c, err := s.ImageLayers(img.Manifest.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", imageLabel(img), err)
+		}
+		for i, l := range m.Layers {
+			li := get(l.Digest)
+			li.MediaType, li.DiffID, li.CompressedSize = l.MediaType, c.RootFS.DiffIDs[i], l.Size
+			li.Images = append(li.Images, imageLabel(img))
+		}
+	}
+	for _, d := range s.knownLayers() {
+		get(d)
+	}
+	out := make([]LayerInfo, 0, len(order))
+	for _, d := range order {
+		li := byDigest[d]
+		if l, err := s.OpenLayer(d); err == nil {
+			info := l.Index.Info()
+			li.Extracted, li.Entries, li.ContentBytes, li.DiffID = true, info.Entries, info.ContentBytes, info.DiffID
+			l.Index.Close()
+		}
+		if st, err := os.Stat(s.BlobPath(d)); err == nil {
+			li.CompressedSize = st.Size()
+		}
+		out = append(out, *li)
+	}
+	return out, nil
+}

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+const (
+	defaultDomain = "docker.io"
+	officialRepo  = "library/"
+	defaultTag    = "latest"
+)
+
+var (
+	repoComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	tagPattern    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// Reference is an image reference split the way docker reads one.
+type Reference struct {
+	Domain string // registry host, with port
+	Path   string // repository path within the registry
+	Tag    string
+	Digest string // "sha256:...", when pinned
+}
+
+// String is the reference's full form: domain/path:tag[@digest] or
+// domain/path@digest.
+func (r Reference) String() string {
+	s := r.Domain + "/" + r.Path
+	if r.Tag != "" {
+		s += ":" + r.Tag
+	}
+	if r.Digest != "" {
+		s += "@" + r.Digest
+	}
+	return s
+}
+
+// ParseReference reads an image reference as docker does: "debian" is
+// docker.io/library/debian:latest, "host:5000/repo" is host:5000/repo:latest.
+func ParseReference(s string) (Reference, error) {
+	var r Reference
+	rest := s
+	if i := strings.Index(rest, "@"); i >= 0 {
+		r.Digest = rest[i+1:]
+		rest = rest[:i]
+		if !strings.HasPrefix(r.Digest, "sha256:") || len(r.Digest) != len("sha256:")+64 || !isHex(r.Digest[len("sha256:"):]) {
+			return r, fmt.Errorf("reference %q: bad digest %q", s, r.Digest)
+		}
+	}
+	if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i:], "/") {
+		r.Tag = rest[i+1:]
+		rest = rest[:i]
+		if !tagPattern.MatchString(r.Tag) {
+			return r, fmt.Errorf("reference %q: bad tag %q", s, r.Tag)
+		}
+	}
+	first, remainder, hasSlash := strings.Cut(rest, "/")
+	if hasSlash && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		r.Domain, r.Path = first, remainder
+	} else {
+		r.Domain, r.Path = defaultDomain, rest
+	}
+	if r.Domain == defaultDomain && !strings.Contains(r.Path, "/") {
+		r.Path = officialRepo + r.Path
+	}
+	if r.Path == "" {
+		return r, fmt.Errorf("reference %q: no repository", s)
+	}
+	for _, c := range strings.Split(r.Path, "/") {
+		if !repoComponent.MatchString(c) {
+			return r, fmt.Errorf("reference %q: bad repository component %q", s, c)
+		}
+	}
+	if r.Tag == "" && r.Digest == "" {
+		r.Tag = defaultTag
+	}
+	return r, nil
+}
+
+// NormalizeName returns the full form of a docker-style name, or the name
+// itself when it is not one (an OCI layout's ref name may be anything).
+func NormalizeName(s string) string {
+	r, err := ParseReference(s)
+	if err != nil {
+		return s
+	}
+	return r.String()
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return s != ""
+}

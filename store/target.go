@@ -1,0 +1,238 @@
+package store
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// minPrefix is the shortest digest prefix a target may use.
+const minPrefix = 12
+
+// Target is what one or more command-line targets name.
+type Target struct {
+	// Name is the image name, when the target is a named image.
+	Name string
+	// Manifest is set when the target is an image.
+	Manifest ocispec.Descriptor
+	// Layers are the layer descriptors, lowest first.
+	Layers []ocispec.Descriptor
+	// DiffIDs are the config's, when known, parallel to Layers.
+	DiffIDs []digest.Digest
+	// Single is set when the target is exactly one layer.
+	Single bool
+}
+
+// Digests returns the layers' digests, lowest first.
+func (t Target) Digests() []digest.Digest {
+	out := make([]digest.Digest, len(t.Layers))
+	for i, l := range t.Layers {
+		out[i] = l.Digest
+	}
+	return out
+}
+
+// String is how messages name the target.
+func (t Target) String() string {
+	switch {
+	case t.Name != "":
+		return t.Name
+	case t.Manifest.Digest != "":
+		return t.Manifest.Digest.String()
+	case len(t.Layers) == 1:
+		return t.Layers[0].Digest.String()
+	}
+	return fmt.Sprintf("%d layers", len(t.Layers))
+}
+
+// Resolve reads targets: one image (a name as listed, a docker-style name,
+// a manifest digest or a unique prefix of one), or one or more layer
+// digests (lowest first).
+func (s *Store) Resolve(targets []string) (Target, error) {
+	if len(targets) == 0 {
+		return Target{}, fmt.Errorf("no target given")
+	}
+	images, err := s.Images()
+	if err != nil {
+		return Target{}, err
+	}
+	if len(targets) == 1 {
+		if img, ok := findImage(images, targets[0]); ok {
+			return s.imageTarget(img)
+		}
+	}
+	var t Target
+	for _, arg := range targets {
+		d, kind, err := s.matchDigest(images, arg)
+		if err != nil {
+			return Target{}, err
+		}
+		if kind == "manifest" {
+			if len(targets) > 1 {
+				return Target{}, fmt.Errorf("target %q is an image: several targets must all be layers", arg)
+			}
+			for _, img := range images {
+				if img.Manifest.Digest == d {
+					img.Name = ""
+					return s.imageTarget(img)
+				}
+			}
+		}
+		desc, diffID := s.layerDescriptor(images, d)
+		t.Layers = append(t.Layers, desc)
+		t.DiffIDs = append(t.DiffIDs, diffID)
+	}
+	t.Single = len(t.Layers) == 1
+	return t, nil
+}
+
+func findImage(images []Image, name string) (Image, bool) {
+	for _, img := range images {
+		if img.Name != "" && img.Name == name {
+			return img, true
+		}
+	}
+	full := NormalizeName(name)
+	for _, img := range images {
+		if img.Name != "" && img.Name == full {
+			return img, true
+		}
+	}
+	return Image{}, false
+}
+
+// ImageLayers reads an image's manifest and config.
+func (s *Store) ImageLayers(manifest digest.Digest) (ocispec.Manifest, ocispec.Image, error) {
+	mdata, err := s.ReadBlob(manifest)
+	if err != nil {
+		return ocispec.Manifest{}, ocispec.Image{}, err
+	}
+	m, err := ParseManifest(mdata)
+	if err != nil {
+		return m, ocispec.Image{}, err
+	}
+	cdata, err := s.ReadBlob(m.Config.Digest)
+	if err != nil {
+		return m, ocispec.Image{}, err
+	}
+	c, err := ParseConfig(cdata, len(m.Layers))
+	return m, c, err
+}
+
+func (s *Store) imageTarget(img Image) (Target, error) {
+	m, c, err := s.ImageLayers(img.Manifest.Digest)
+	if err != nil {
+		return Target{}, fmt.Errorf("image %s: %w", imageLabel(img), err)
+	}
+	return Target{Name: img.Name, Manifest: img.Manifest, Layers: m.Layers, DiffIDs: c.RootFS.DiffIDs}, nil
+}
+
+func imageLabel(img Image) string {
+	if img.Name != "" {
+		return img.Name
+	}
+	return img.Manifest.Digest.String()
+}
+
+// matchDigest finds the one manifest or layer a digest or digest prefix
+// names.
+func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, error) {
+	hex := strings.TrimPrefix(arg, "sha256:")
+	if len(hex) < minPrefix || len(hex) > 64 || !isHex(hex) {
+		return "", "", fmt.Errorf("target %q: %w: not an image name, nor a digest of at least %d hex digits", arg, ErrNotFound, minPrefix)
+	}
+	found := map[digest.Digest]string{}
+	for _, img := range images {
+		if strings.HasPrefix(img.Manifest.Digest.Encoded(), hex) {
+			found[img.Manifest.Digest] = "manifest"
+		}
+	}
+	for _, d := range s.knownLayers() {
+		if strings.HasPrefix(d.Encoded(), hex) {
+			found[d] = "layer"
+		}
+	}
+	if len(found) == 0 {
+		return "", "", fmt.Errorf("target %q: %w", arg, ErrNotFound)
+	}
+	if len(found) > 1 {
+		var names []string
+		for d := range found {
+			names = append(names, d.String())
+		}
+		sort.Strings(names)
+		return "", "", fmt.Errorf("target %q is ambiguous: %s", arg, strings.Join(names, ", "))
+	}
+	for d, kind := range found {
+		return d, kind, nil
+	}
+	panic("unreachable")
+}
+
+// knownLayers lists the layers with a directory under layers/.
+func (s *Store) knownLayers() []digest.Digest {
+	entries, _ := os.ReadDir(filepath.Join(s.root, layersDir))
+	var out []digest.Digest
+	for _, e := range entries {
+		if e.IsDir() {
+			if d := digest.NewDigestFromEncoded(digest.SHA256, e.Name()); d.Validate() == nil {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// layerDescriptor finds a layer's descriptor and diff_id in any image
+// that uses it; a layer no image uses is described from its blob.
+func (s *Store) layerDescriptor(images []Image, d digest.Digest) (ocispec.Descriptor, digest.Digest) {
+	for _, img := range images {
+		m, c, err := s.ImageLayers(img.Manifest.Digest)
+		if err != nil {
+			continue
+		}
+		for i, l := range m.Layers {
+			if l.Digest == d {
+				return l, c.RootFS.DiffIDs[i]
+			}
+		}
+	}
+	desc := ocispec.Descriptor{Digest: d, Size: -1}
+	if st, err := os.Stat(s.BlobPath(d)); err == nil {
+		desc.Size = st.Size()
+	}
+	return desc, ""
+}
+
+// Prepare makes sure every layer of t is extracted, extracting from the
+// store's blobs those that are not.
+func (s *Store) Prepare(t Target) error {
+	var missing []ocispec.Descriptor
+	var diffIDs []digest.Digest
+	for i, l := range t.Layers {
+		if !s.Extracted(l.Digest) {
+			if !s.HasBlob(l.Digest) {
+				return fmt.Errorf("layer %s: %w: no blob", l.Digest, ErrNotFound)
+			}
+			missing = append(missing, l)
+			diffIDs = append(diffIDs, t.DiffIDs[i])
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	release, err := s.Writing()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return s.ExtractLayers(missing, diffIDs, func(ocispec.Descriptor) (io.ReadCloser, error) {
+		return nil, ErrNotFound
+	})
+}
