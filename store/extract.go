@@ -257,11 +257,17 @@ func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
 		return nil
 	}
 	dir, name := path.Split(p)
-	parent, err := x.mkdirs(strings.TrimSuffix(dir, "/"))
-	if err != nil {
+	if err := whiteout.Validate(name); err != nil {
 		return err
 	}
-	if err := whiteout.Validate(name); err != nil {
+	parent, err := x.mkdirs(strings.TrimSuffix(dir, "/"))
+	if errors.Is(err, errNotDir) && whiteout.IsMarker(name) {
+		// umoci writes, for a directory that became a file, markers for
+		// the old children beneath the new file. The file hides all of
+		// that path already, so they say nothing.
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	if name == whiteout.Opaque {
@@ -270,7 +276,7 @@ func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
 	e.Name = name
 	node := &index.Node{Entry: e}
 	if old := parent.Children[name]; old != nil && old.Type == index.TypeDir {
-		if e.Type != index.TypeDir && len(old.Children) > 0 {
+		if e.Type != index.TypeDir && !onlyMarkers(old) {
 			return errors.New("replaces a directory that holds entries of this layer")
 		}
 		if e.Type == index.TypeDir {
@@ -307,11 +313,24 @@ func (x *extraction) mkdirs(p string) (*index.Node, error) {
 			child = &index.Node{Entry: index.Entry{Name: c, Type: index.TypeDir, Flags: index.FlagImplied, Mode: 0o755}, Children: map[string]*index.Node{}}
 			n.Children[c] = child
 		} else if child.Type != index.TypeDir {
-			return nil, fmt.Errorf("parent %q is a %s in this layer, not a directory", c, child.Type)
+			return nil, fmt.Errorf("%w: parent %q is a %s in this layer", errNotDir, c, child.Type)
 		}
 		n = child
 	}
 	return n, nil
+}
+
+var errNotDir = errors.New("not a directory")
+
+// onlyMarkers reports whether everything beneath directory n is whiteout
+// markers, which a non-directory replacing n may drop.
+func onlyMarkers(n *index.Node) bool {
+	for name, c := range n.Children {
+		if !whiteout.IsMarker(name) && (c.Type != index.TypeDir || !onlyMarkers(c)) {
+			return false
+		}
+	}
+	return true
 }
 
 func headerEntry(hdr *tar.Header) (index.Entry, error) {

@@ -191,29 +191,42 @@ func (v *View) List(dir Node) ([]Child, error) {
 	return out, nil
 }
 
-// Entry returns the attributes a node shows: a directory's come from the
-// highest layer with an entry of its own for it (rule 6 of the
-// semantics: implied directories inherit), a hardlink to a lower layer's
-// file shows that file.
+// Entry returns the attributes a node shows, and the record they come
+// from. A directory a layer only implies shows what the view beneath that
+// layer shows at its path, when that is a directory (rule 6 of the
+// semantics: the attributes a runtime's copy-up would keep); a hardlink to
+// a lower layer's file shows that file.
 func (v *View) Entry(n Node) (index.Entry, Ref, error) {
-	for _, ref := range n {
-		e, err := v.record(ref)
-		if err != nil {
-			return e, ref, err
-		}
-		if e.Type != index.TypeDir || e.Flags&index.FlagImplied == 0 || v.Single {
-			if e.Type == index.TypeLowerLink && !v.Single {
-				return v.lowerLinkTarget(ref, e)
-			}
-			return e, ref, nil
-		}
+	top := n.Top()
+	e, err := v.record(top)
+	if err != nil || v.Single {
+		return e, top, err
 	}
-	e, err := v.record(n.Top())
-	if err != nil {
-		return e, n.Top(), err
+	switch {
+	case e.Type == index.TypeLowerLink:
+		return v.lowerLinkTarget(top, e)
+	case e.Type != index.TypeDir || e.Flags&index.FlagImplied == 0:
+		return e, top, nil
+	}
+	if top.Rec != 0 {
+		p, err := v.Layers[top.Layer].Index.Path(top.Rec)
+		if err != nil {
+			return e, top, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		below := &View{Layers: v.Layers[:top.Layer]}
+		if bn, ok, err := below.Resolve(p); err != nil {
+			return e, top, err
+		} else if ok && below.Type(bn.Top()) == index.TypeDir {
+			be, _, err := below.Entry(bn)
+			be.Name = e.Name
+			return be, top, err
+		}
+	} else if top.Layer > 0 {
+		be, _, err := (&View{Layers: v.Layers[:top.Layer]}).Entry(Node{{Layer: top.Layer - 1, Rec: 0}})
+		return be, top, err
 	}
 	e.Mode, e.UID, e.GID, e.Mtime, e.MtimeNs, e.Xattrs = 0o755, 0, 0, 0, 0, nil
-	return e, n.Top(), nil
+	return e, top, nil
 }
 
 func (v *View) record(ref Ref) (index.Entry, error) {
