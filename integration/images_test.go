@@ -34,7 +34,7 @@ func debianImage(t testing.TB) *debimage.Image {
 	debianOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		debian, debianErr = debimage.Build(ctx, filepath.Join(cacheDir(), "debian"))
+		debian, debianErr = debimage.Build(ctx, cacheDir())
 	})
 	if debianErr != nil {
 		t.Fatalf("build the Debian image: %v", debianErr)

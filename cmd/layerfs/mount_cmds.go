@@ -15,6 +15,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
@@ -64,29 +65,11 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 	if f.daemon && os.Getenv(readyFdEnv) == "" {
 		return daemonize(mountpoint)
 	}
-	s, err := g.open()
+	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount")
 	if err != nil {
 		return err
 	}
-	t, err := s.Resolve(targets)
-	if err != nil {
-		return err
-	}
-	if f.overlay && !t.Single {
-		return fmt.Errorf("--overlay shows one layer; %s is not one", t)
-	}
-	if err := s.Prepare(t); err != nil {
-		return fmt.Errorf("mount %s: %w", t, err)
-	}
-	view, err := s.OpenView(t.Digests(), t.Single)
-	if err != nil {
-		return fmt.Errorf("mount %s: %w", t, err)
-	}
-	defer view.Close()
-	tree, err := layerfs.NewTree(view, s.ObjectPath, f.overlay)
-	if err != nil {
-		return err
-	}
+	defer closeView()
 	srv, err := layerfs.Mount(tree, mountpoint, layerfs.MountOptions{
 		Source: t.String(), AllowOther: f.allowOther, Dev: f.dev, Suid: f.suid, Debug: f.debug,
 	})
@@ -98,6 +81,33 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 	go unmountOnSignal(srv, mountpoint)
 	srv.Wait()
 	return nil
+}
+
+// openTree resolves targets and makes the node tree that serves them;
+// op names the command in errors. closeView releases the view.
+func openTree(g *globals, targets []string, overlay bool, op string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+	s, err := g.open()
+	if err != nil {
+		return nil, t, nil, err
+	}
+	if t, err = s.Resolve(targets); err != nil {
+		return nil, t, nil, err
+	}
+	if overlay && !t.Single {
+		return nil, t, nil, fmt.Errorf("--overlay shows one layer; %s is not one", t)
+	}
+	if err := s.Prepare(t); err != nil {
+		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+	}
+	view, err := s.OpenView(t.Digests(), t.Single)
+	if err != nil {
+		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+	}
+	if tree, err = layerfs.NewTree(view, s.ObjectPath, overlay); err != nil {
+		view.Close()
+		return nil, t, nil, err
+	}
+	return tree, t, view.Close, nil
 }
 
 // signalReady tells a waiting --daemon parent that the mount answers.
