@@ -87,16 +87,16 @@ type node struct {
 }
 
 var (
-	_ gofs.NodeLookuper    = (*node)(nil)
-	_ gofs.NodeReaddirer   = (*node)(nil)
-	_ gofs.NodeGetattrer   = (*node)(nil)
-	_ gofs.NodeOpener      = (*node)(nil)
-	_ gofs.NodeReadlinker  = (*node)(nil)
-	_ gofs.NodeGetxattrer  = (*node)(nil)
-	_ gofs.NodeListxattrer = (*node)(nil)
-	_ gofs.NodeStatfser    = (*node)(nil)
-	_ gofs.NodeSetattrer   = (*node)(nil)
-	_ gofs.NodeSetxattrer  = (*node)(nil)
+	_ gofs.NodeLookuper       = (*node)(nil)
+	_ gofs.NodeOpendirHandler = (*node)(nil)
+	_ gofs.NodeGetattrer      = (*node)(nil)
+	_ gofs.NodeOpener         = (*node)(nil)
+	_ gofs.NodeReadlinker     = (*node)(nil)
+	_ gofs.NodeGetxattrer     = (*node)(nil)
+	_ gofs.NodeListxattrer    = (*node)(nil)
+	_ gofs.NodeStatfser       = (*node)(nil)
+	_ gofs.NodeSetattrer      = (*node)(nil)
+	_ gofs.NodeSetxattrer     = (*node)(nil)
 )
 
 // guard turns a panic in an operation into EIO and a log line: a bad
@@ -170,12 +170,15 @@ func (nd *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (in
 	return nd.NewInode(ctx, cn, gofs.StableAttr{Mode: attr.Mode & syscall.S_IFMT, Ino: attr.Ino}), 0
 }
 
-func (nd *node) Readdir(ctx context.Context) (ds gofs.DirStream, errno syscall.Errno) {
-	defer guard("readdir", &errno)
+// OpendirHandle lists the directory once per open. The listing never
+// changes, so the kernel may keep it cached (FOPEN_CACHE_DIR) and answer
+// later readdirs of the directory itself.
+func (nd *node) OpendirHandle(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
+	defer guard("opendir", &errno)
 	t := nd.tree
 	children, err := t.view.List(nd.n)
 	if err != nil {
-		return nil, nd.fail("readdir", err)
+		return nil, 0, nd.fail("readdir", err)
 	}
 	entries := make([]fuse.DirEntry, 0, len(children))
 	for _, c := range children {
@@ -192,7 +195,7 @@ func (nd *node) Readdir(ctx context.Context) (ds gofs.DirStream, errno syscall.E
 		}
 		entries = append(entries, fuse.DirEntry{Name: name, Mode: typeBits(typ), Ino: t.ino(c.Top)})
 	}
-	return gofs.NewListDirStream(entries), 0
+	return gofs.NewListDirStream(entries), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (nd *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
