@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/layerfs/layerfs/internal/oracle"
 )
 
 var (
@@ -112,4 +114,14 @@ func unmount(t testing.TB, root, mnt string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// walkMount mounts target from store root and walks the mount.
+func walkMount(t testing.TB, root string, target ...string) oracle.Tree {
+	t.Helper()
+	tree, err := oracle.Walk(mountDaemon(t, root, target...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
 }

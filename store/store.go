@@ -56,7 +56,11 @@ func Open(root string) (*Store, error) {
 	}
 	s := &Store{root: abs}
 	for _, d := range []string{"", blobsDir, layersDir, objectsDir, tmpDir} {
+		// Chmod too: MkdirAll leaves a directory that exists as it is.
 		if err := os.MkdirAll(s.path(d), dirMode); err != nil {
+			return nil, fmt.Errorf("store %s: %w", abs, err)
+		}
+		if err := os.Chmod(s.path(d), dirMode); err != nil {
 			return nil, fmt.Errorf("store %s: %w", abs, err)
 		}
 	}

@@ -1,0 +1,155 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/oracle"
+	"github.com/layerfs/layerfs/internal/testimage"
+)
+
+// importedDebian imports the Debian image's OCI layout into a new store.
+func importedDebian(t *testing.T) (root, manifest string) {
+	t.Helper()
+	img := debianImage(t)
+	root = t.TempDir()
+	out := mustRun(t, root, "import", img.Layout)
+	fields := strings.Fields(out)
+	if len(fields) != 2 || fields[0] != img.Ref {
+		t.Fatalf("import printed %q, want %q and a digest", out, img.Ref)
+	}
+	return root, fields[1]
+}
+
+// TestStoreIsAnOCILayout checks that real tools read the store as the
+// image layout it claims to be.
+func TestStoreIsAnOCILayout(t *testing.T) {
+	root, manifest := importedDebian(t)
+	img := debianImage(t)
+	refs := string(testimage.RunTool(t, "umoci", "ls", "--layout", root))
+	if strings.TrimSpace(refs) != img.Ref {
+		t.Errorf("umoci ls: %q, want %q", refs, img.Ref)
+	}
+	var got struct {
+		Digest string
+		Layers []string
+	}
+	if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "oci:"+root+":"+img.Ref), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != manifest || len(got.Layers) != len(img.Layers) {
+		t.Errorf("skopeo inspect: digest %s, %d layers; want %s, %d", got.Digest, len(got.Layers), manifest, len(img.Layers))
+	}
+	for i, l := range img.Layers {
+		if got.Layers[i] != l.Digest {
+			t.Errorf("layer %d: skopeo says %s, the image has %s", i, got.Layers[i], l.Digest)
+		}
+	}
+	for _, d := range []string{"", "blobs", "layers", "objects", "tmp"} {
+		st, err := os.Stat(filepath.Join(root, d))
+		if err != nil || st.Mode().Perm() != 0o700 {
+			t.Errorf("%s/: %v, mode %v; want 0700", d, err, st.Mode().Perm())
+		}
+	}
+}
+
+// TestImportDockerArchive imports skopeo's docker-archive of the same
+// image: the layers arrive uncompressed, so their digests differ, but the
+// merged view must be the same, entry by entry.
+func TestImportDockerArchive(t *testing.T) {
+	img := debianImage(t)
+	root, _ := importedDebian(t)
+	out := mustRun(t, root, "import", img.Archive)
+	name := "docker.io/" + img.ArchiveRef
+	if !strings.HasPrefix(out, name+" sha256:") {
+		t.Fatalf("import of the archive printed %q, want %s and a digest", out, name)
+	}
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Fatalf("verify after both imports: %s", r.stderr)
+	}
+	a := walkMount(t, root, img.Ref)
+	b := walkMount(t, root, "layerfs-test/debian")
+	if diff := oracle.Diff(a, b); len(diff) > 0 {
+		t.Fatalf("the archive's view differs from the layout's:\n%s", strings.Join(diff, "\n"))
+	}
+}
+
+// TestVerifyFindsFlippedBytes damages a blob and an object and expects
+// verify to name each, and nothing else.
+func TestVerifyFindsFlippedBytes(t *testing.T) {
+	root, _ := importedDebian(t)
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Fatalf("verify of a fresh import: exit %d: %s", r.code, r.stderr)
+	}
+	img := debianImage(t)
+	blob := filepath.Join(root, "blobs", "sha256", strings.TrimPrefix(img.Layers[1].Digest, "sha256:"))
+	flipByte(t, blob, 1000)
+	objects, err := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*"))
+	if err != nil || len(objects) == 0 {
+		t.Fatalf("no objects: %v", err)
+	}
+	object := objects[len(objects)/2]
+	flipByte(t, object, 0)
+	r := run(t, root, "verify")
+	if r.code != 1 {
+		t.Fatalf("verify of a damaged store: exit %d, want 1", r.code)
+	}
+	for _, want := range []string{img.Layers[1].Digest, filepath.Base(object)} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("verify did not name %s:\n%s", want, r.stderr)
+		}
+	}
+	if n := strings.Count(strings.TrimSpace(r.stderr), "\n") + 1; n != 2 {
+		t.Errorf("verify named %d problems, want 2:\n%s", n, r.stderr)
+	}
+}
+
+func flipByte(t *testing.T, p string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGCAfterRm removes one of two images sharing layers: gc frees only
+// what the other does not use, and a second gc frees nothing.
+func TestGCAfterRm(t *testing.T) {
+	root := t.TempDir()
+	base := testimage.Layer{Entries: []testimage.Entry{testimage.File("shared", "base bytes")}}
+	dir := filepath.Join(t.TempDir(), "layout")
+	if _, err := testimage.WriteLayout(dir,
+		testimage.Image{Name: "one", Layers: []testimage.Layer{base, {Entries: []testimage.Entry{testimage.File("own", "only one")}}}},
+		testimage.Image{Name: "two", Layers: []testimage.Layer{base}},
+	); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, root, "import", dir)
+	mustRun(t, root, "rm", "one")
+	out := mustRun(t, root, "gc")
+	if !strings.Contains(out, "removed 3 blobs, 1 layers, 1 objects") {
+		t.Errorf("gc after rm: %q, want image one's manifest, config and own layer blob, its index and its object", out)
+	}
+	if out := mustRun(t, root, "gc"); !strings.HasPrefix(out, "removed 0 blobs, 0 layers, 0 objects") {
+		t.Errorf("second gc: %q", out)
+	}
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Fatalf("verify after gc: %s", r.stderr)
+	}
+	got := walkMount(t, root, "two")
+	if got["shared"].SHA256 == "" {
+		t.Fatalf("image two lost its file: %v", got)
+	}
+}
