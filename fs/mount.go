@@ -199,3 +199,29 @@ func unescape(s string) string {
 	}
 	return b.String()
 }
+
+// StatePath is where the server of mountpoint keeps a file of the given
+// kind ("pid", "log"): the user's runtime directory, named after the
+// mountpoint, so that other commands find it from the mountpoint alone.
+func StatePath(mountpoint, kind string) string {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" || os.Geteuid() == 0 {
+		dir = os.TempDir()
+	}
+	abs, _ := filepath.Abs(mountpoint)
+	name := strings.ReplaceAll(strings.Trim(abs, "/"), "/", "_")
+	return filepath.Join(dir, fmt.Sprintf("layerfs-%d-%s.%s", os.Geteuid(), name, kind))
+}
+
+// ServerPID is the process serving mountpoint, or 0 when unknown.
+func ServerPID(mountpoint string) int {
+	data, err := os.ReadFile(StatePath(mountpoint, "pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}

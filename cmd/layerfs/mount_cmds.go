@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -77,6 +76,11 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 		return err
 	}
 	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint}).Info("mounted")
+	pidFile := layerfs.StatePath(mountpoint, "pid")
+	if err := os.WriteFile(pidFile, []byte(fmt.Sprintln(os.Getpid())), 0o600); err != nil {
+		logrus.Warnf("record server: %v", err)
+	}
+	defer os.Remove(pidFile)
 	signalReady()
 	go unmountOnSignal(srv, mountpoint)
 	srv.Wait()
@@ -152,7 +156,7 @@ func daemonize(mountpoint string) error {
 		return err
 	}
 	defer r.Close()
-	logPath := daemonLogPath(mountpoint)
+	logPath := layerfs.StatePath(mountpoint, "log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("daemon log: %w", err)
@@ -190,17 +194,6 @@ func lastLine(s string) string {
 	return s[strings.LastIndex(s, "\n")+1:]
 }
 
-// daemonLogPath is where a --daemon server logs: the runtime directory.
-func daemonLogPath(mountpoint string) string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" || os.Geteuid() == 0 {
-		dir = os.TempDir()
-	}
-	abs, _ := filepath.Abs(mountpoint)
-	name := strings.ReplaceAll(strings.Trim(abs, "/"), "/", "_")
-	return filepath.Join(dir, fmt.Sprintf("layerfs-%d-%s.log", os.Geteuid(), name))
-}
-
 func umountCmd(*globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "umount MOUNTPOINT",
@@ -225,9 +218,12 @@ func mountsCmd(*globals) *cobra.Command {
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tSERVER")
 			for _, m := range mounts {
-				state := "serving"
-				if !m.Alive {
-					state = "dead (layerfs umount cleans it)"
+				state := "dead (layerfs umount cleans it)"
+				if m.Alive {
+					state = "serving"
+					if pid := layerfs.ServerPID(m.Mountpoint); pid > 0 {
+						state = fmt.Sprintf("pid %d", pid)
+					}
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\n", m.Mountpoint, m.Source, state)
 			}
