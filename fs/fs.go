@@ -100,11 +100,18 @@ var (
 )
 
 // guard turns a panic in an operation into EIO and a log line: a bad
-// index must cost one answer, never the server.
-func guard(op string, errno *syscall.Errno) {
-	if r := recover(); r != nil {
-		logrus.WithField("op", op).Errorf("panic: %v\n%s", r, debug.Stack())
-		*errno = syscall.EIO
+// index must cost one answer, never the server. An index is mapped, so a
+// file truncated under a live mount faults on access: SetPanicOnFault
+// makes that fault a panic of this goroutine, which the deferred function
+// guard returns recovers. Use as: defer guard(op, &errno)().
+func guard(op string, errno *syscall.Errno) func() {
+	debug.SetPanicOnFault(true)
+	return func() {
+		if r := recover(); r != nil {
+			logrus.WithField("op", op).Errorf("answered EIO: %v (a damaged or truncated index faults this way)", r)
+			logrus.Debugf("%s", debug.Stack())
+			*errno = syscall.EIO
+		}
 	}
 }
 
@@ -153,7 +160,7 @@ func (nd *node) lookupChild(name string) (child, bool, error) {
 }
 
 func (nd *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (in *gofs.Inode, errno syscall.Errno) {
-	defer guard("lookup", &errno)
+	defer guard("lookup", &errno)()
 	c, ok, err := nd.lookupChild(name)
 	if err != nil {
 		return nil, nd.fail("lookup "+name, err)
@@ -174,7 +181,7 @@ func (nd *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (in
 // changes, so the kernel may keep it cached (FOPEN_CACHE_DIR) and answer
 // later readdirs of the directory itself.
 func (nd *node) OpendirHandle(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
-	defer guard("opendir", &errno)
+	defer guard("opendir", &errno)()
 	t := nd.tree
 	children, err := t.view.List(nd.n)
 	if err != nil {
@@ -199,7 +206,7 @@ func (nd *node) OpendirHandle(ctx context.Context, flags uint32) (fh gofs.FileHa
 }
 
 func (nd *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
-	defer guard("getattr", &errno)
+	defer guard("getattr", &errno)()
 	attr, err := nd.tree.attr(nd.self())
 	if err != nil {
 		return nd.fail("getattr", err)
@@ -293,7 +300,7 @@ func (t *Tree) attr(c child) (fuse.Attr, error) {
 }
 
 func (nd *node) Readlink(ctx context.Context) (target []byte, errno syscall.Errno) {
-	defer guard("readlink", &errno)
+	defer guard("readlink", &errno)()
 	e, _, err := nd.tree.entry(nd.self())
 	if err != nil {
 		return nil, nd.fail("readlink", err)
@@ -328,7 +335,7 @@ func (nd *node) xattrs() ([]index.Xattr, error) {
 }
 
 func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (size uint32, errno syscall.Errno) {
-	defer guard("getxattr", &errno)
+	defer guard("getxattr", &errno)()
 	xs, err := nd.xattrs()
 	if err != nil {
 		return 0, nd.fail("getxattr", err)
@@ -349,7 +356,7 @@ func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (size ui
 }
 
 func (nd *node) Listxattr(ctx context.Context, dest []byte) (size uint32, errno syscall.Errno) {
-	defer guard("listxattr", &errno)
+	defer guard("listxattr", &errno)()
 	xs, err := nd.xattrs()
 	if err != nil {
 		return 0, nd.fail("listxattr", err)
@@ -384,7 +391,7 @@ func (nd *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno 
 }
 
 func (nd *node) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
-	defer guard("open", &errno)
+	defer guard("open", &errno)()
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
