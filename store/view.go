@@ -248,15 +248,18 @@ func (v *View) lowerLinkTarget(ref Ref, link index.Entry) (index.Entry, Ref, err
 	if !ok {
 		return link, ref, fmt.Errorf("hardlink to %q: %w in the layers beneath", link.Link, ErrNotFound)
 	}
-	e, tref, err := below.Entry(n)
+	e, _, err := below.Entry(n)
 	if err != nil {
-		return e, tref, err
+		return e, ref, err
 	}
 	if e.Type == index.TypeDir {
 		return link, ref, fmt.Errorf("hardlink to directory %q", link.Link)
 	}
-	e.Name = link.Name
-	return e, tref, nil
+	// The link is a file of its own, with the target's bytes and
+	// attributes: the lower file may be hidden, replaced or linked again
+	// above, so no link count could hold for both.
+	e.Name, e.Nlink = link.Name, 1
+	return e, ref, nil
 }
 
 // Resolve walks a slash-separated path from the root.

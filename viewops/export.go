@@ -1,0 +1,142 @@
+package viewops
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/opencontainers/go-digest"
+)
+
+// Export writes merged view v as one PAX tar stream: every path in Walk's
+// order, the root as "./" and every directory with an entry of its own,
+// mtimes with nanoseconds, xattrs as SCHILY.xattr records, and the names
+// of one file after the first as hardlinks to that first name. A view
+// shows no whiteout markers, so the stream holds none. Contents are read
+// from objectPath one file at a time. A single-layer view is exported
+// as that layer merged over nothing: without its markers.
+func Export(w io.Writer, v *store.View, objectPath func(digest.Digest) string) error {
+	if v.Single {
+		// The single-layer view shows markers as files, which any reader
+		// of the tar would take for whiteouts: export the layer merged.
+		v = &store.View{Layers: v.Layers}
+	}
+	shared, err := lowerLinkTargets(v)
+	if err != nil {
+		return err
+	}
+	x := &exporter{tw: tar.NewWriter(w), objectPath: objectPath, shared: shared, first: map[FileID]string{}}
+	if err := Walk(v, "", x.add); err != nil {
+		return err
+	}
+	if err := x.tw.Close(); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return nil
+}
+
+type exporter struct {
+	tw         *tar.Writer
+	objectPath func(digest.Digest) string
+	// shared are the files that hardlinks from upper layers name: they
+	// may have several names though each layer counts one.
+	shared map[FileID]bool
+	// first is the name written for each file that may have several.
+	first map[FileID]string
+}
+
+// lowerLinkTargets finds the files that hardlinks to lower layers name.
+func lowerLinkTargets(v *store.View) (map[FileID]bool, error) {
+	out := map[FileID]bool{}
+	for k, l := range v.Layers {
+		for rec := uint32(0); rec < uint32(l.Index.Len()); rec++ {
+			if t, _ := l.Index.TypeOf(rec); t != index.TypeLowerLink {
+				continue
+			}
+			a, err := Stat(v, store.Node{{Layer: k, Rec: rec}})
+			if err != nil {
+				return nil, fmt.Errorf("export: layer %s: %w", l.Digest, err)
+			}
+			out[a.ID] = true
+		}
+	}
+	return out, nil
+}
+
+func (x *exporter) add(p string, _ store.Node, a Attr) error {
+	h := &tar.Header{
+		Name:    p,
+		Mode:    int64(a.Mode),
+		Uid:     int(a.UID),
+		Gid:     int(a.GID),
+		ModTime: time.Unix(a.Mtime, int64(a.MtimeNs)),
+		Format:  tar.FormatPAX,
+	}
+	if len(a.Xattrs) > 0 {
+		h.PAXRecords = make(map[string]string, len(a.Xattrs))
+		for _, xa := range a.Xattrs {
+			h.PAXRecords["SCHILY.xattr."+xa.Name] = xa.Value
+		}
+	}
+	if a.Type != index.TypeDir && (a.Nlink > 1 || x.shared[a.ID]) {
+		if first, ok := x.first[a.ID]; ok {
+			h.Typeflag, h.Linkname = tar.TypeLink, first
+			return x.header(h)
+		}
+		x.first[a.ID] = p
+	}
+	switch a.Type {
+	case index.TypeDir:
+		h.Typeflag = tar.TypeDir
+		h.Name += "/"
+		if p == "" {
+			h.Name = "./"
+		}
+	case index.TypeReg:
+		h.Typeflag, h.Size = tar.TypeReg, a.Size
+	case index.TypeSymlink:
+		h.Typeflag, h.Linkname = tar.TypeSymlink, a.Link
+	case index.TypeChar:
+		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeChar, int64(a.Major), int64(a.Minor)
+	case index.TypeBlock:
+		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeBlock, int64(a.Major), int64(a.Minor)
+	case index.TypeFifo:
+		h.Typeflag = tar.TypeFifo
+	default:
+		return fmt.Errorf("export %s: cannot write a %s", showPath(p), a.Type)
+	}
+	if err := x.header(h); err != nil {
+		return err
+	}
+	if a.Type == index.TypeReg && a.Size > 0 {
+		return x.content(p, a)
+	}
+	return nil
+}
+
+func (x *exporter) header(h *tar.Header) error {
+	if err := x.tw.WriteHeader(h); err != nil {
+		return fmt.Errorf("export %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+func (x *exporter) content(p string, a Attr) error {
+	f, err := os.Open(x.objectPath(a.Object))
+	if err != nil {
+		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
+	}
+	defer f.Close()
+	n, err := io.Copy(x.tw, io.LimitReader(f, a.Size+1))
+	if err != nil {
+		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
+	}
+	if n != a.Size {
+		return fmt.Errorf("export %s: object %s holds %d bytes, the index says %d: %w", showPath(p), a.Object, n, a.Size, store.ErrCorrupt)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package viewops
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/store/index"
+)
+
+// ListOptions choose what List writes.
+type ListOptions struct {
+	// Long writes one ls -l line per entry instead of the bare name.
+	Long bool
+	// Recursive lists every directory beneath, as ls -R.
+	Recursive bool
+}
+
+// TimeLayout is the format of the time column of a long listing, in UTC:
+// what GNU ls writes with --time-style='+%Y-%m-%d %H:%M'.
+const TimeLayout = "2006-01-02 15:04"
+
+// List writes directory p of v as GNU ls -A (LC_ALL=C) writes it to a
+// pipe: one name a line, sorted by byte order, dot files included; or,
+// for a non-directory, p itself. Long writes ls -ln lines: numeric owner
+// and group, devices as "major, minor", symlinks as "name -> target" and
+// the time as TimeLayout, with no "total" line, since an index has no
+// disk blocks. The link counts, sizes and types are those a mount of the
+// view shows. Recursive heads each directory with "path:" and goes down
+// into every subdirectory after listing it, as ls -R; p names them as
+// given, so "." heads "./etc" and "/" heads "/etc".
+func List(w io.Writer, v *store.View, p string, opt ListOptions) error {
+	bw := bufio.NewWriter(w)
+	n, err := resolve(v, CleanPath(p))
+	if err != nil {
+		return fmt.Errorf("ls: %w", err)
+	}
+	a, err := Stat(v, n)
+	if err != nil {
+		return fmt.Errorf("ls %s: %w", p, err)
+	}
+	if a.Type != index.TypeDir {
+		writeEntries(bw, []lsEntry{{p, a}}, opt.Long)
+		return bw.Flush()
+	}
+	l := &lister{v: v, w: bw, opt: opt}
+	if err := l.dir(p, n); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+type lister struct {
+	v   *store.View
+	w   *bufio.Writer
+	opt ListOptions
+	// started is set once a directory's listing is written.
+	started bool
+}
+
+type lsEntry struct {
+	name string
+	a    Attr
+}
+
+func (l *lister) dir(p string, n store.Node) error {
+	children, err := l.v.List(n)
+	if err != nil {
+		return fmt.Errorf("ls %s: %w", p, err)
+	}
+	entries := make([]lsEntry, 0, len(children))
+	var subdirs []store.Node
+	for _, c := range children {
+		cn, err := lookup(l.v, n, join(p, c.Name), c.Name)
+		if err != nil {
+			return fmt.Errorf("ls: %w", err)
+		}
+		a, err := Stat(l.v, cn)
+		if err != nil {
+			return fmt.Errorf("ls %s: %s: %w", p, c.Name, err)
+		}
+		entries = append(entries, lsEntry{c.Name, a})
+		if a.Type == index.TypeDir {
+			subdirs = append(subdirs, cn)
+		}
+	}
+	if l.opt.Recursive {
+		if l.started {
+			l.w.WriteByte('\n')
+		}
+		l.started = true
+		fmt.Fprintf(l.w, "%s:\n", p)
+	}
+	writeEntries(l.w, entries, l.opt.Long)
+	if !l.opt.Recursive {
+		return nil
+	}
+	k := 0
+	for _, e := range entries {
+		if e.a.Type != index.TypeDir {
+			continue
+		}
+		if err := l.dir(concat(p, e.name), subdirs[k]); err != nil {
+			return err
+		}
+		k++
+	}
+	return nil
+}
+
+// concat joins as ls -R names subdirectories: no slash is doubled.
+func concat(dir, name string) string {
+	if strings.HasSuffix(dir, "/") {
+		return dir + name
+	}
+	return dir + "/" + name
+}
+
+// writeEntries writes one block of a listing, its columns aligned as GNU
+// ls aligns them.
+func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
+	if !long {
+		for _, e := range entries {
+			w.WriteString(e.name)
+			w.WriteByte('\n')
+		}
+		return
+	}
+	type cols struct{ nlink, uid, gid, size, major, minor string }
+	rows := make([]cols, len(entries))
+	var wl, wu, wg, ws, wmaj, wmin int
+	for i, e := range entries {
+		a := e.a
+		c := cols{
+			nlink: strconv.FormatUint(uint64(shownNlink(a)), 10),
+			uid:   strconv.FormatUint(uint64(a.UID), 10),
+			gid:   strconv.FormatUint(uint64(a.GID), 10),
+		}
+		if a.Type == index.TypeChar || a.Type == index.TypeBlock {
+			c.major = strconv.FormatUint(uint64(a.Major), 10)
+			c.minor = strconv.FormatUint(uint64(a.Minor), 10)
+			wmaj, wmin = max(wmaj, len(c.major)), max(wmin, len(c.minor))
+			ws = max(ws, wmaj+2+wmin)
+		} else {
+			c.size = strconv.FormatInt(shownSize(a), 10)
+			ws = max(ws, len(c.size))
+		}
+		wl, wu, wg = max(wl, len(c.nlink)), max(wu, len(c.uid)), max(wg, len(c.gid))
+		rows[i] = c
+	}
+	for i, e := range entries {
+		c := rows[i]
+		fmt.Fprintf(w, "%s %*s %*s %*s ", ModeString(e.a.Type, e.a.Mode), wl, c.nlink, wu, c.uid, wg, c.gid)
+		if c.major != "" {
+			fmt.Fprintf(w, "%*s, %*s ", wmaj+max(0, ws-(wmaj+2+wmin)), c.major, wmin, c.minor)
+		} else {
+			fmt.Fprintf(w, "%*s ", ws, c.size)
+		}
+		w.WriteString(time.Unix(e.a.Mtime, int64(e.a.MtimeNs)).UTC().Format(TimeLayout))
+		w.WriteByte(' ')
+		w.WriteString(e.name)
+		if e.a.Type == index.TypeSymlink {
+			w.WriteString(" -> ")
+			w.WriteString(e.a.Link)
+		}
+		w.WriteByte('\n')
+	}
+}
+
+// shownNlink is the link count a mount shows: the layer's count of names
+// for files and symlinks, 1 for the rest.
+func shownNlink(a Attr) uint32 {
+	if a.Type == index.TypeReg || a.Type == index.TypeSymlink {
+		return max(a.Nlink, 1)
+	}
+	return 1
+}
+
+// shownSize is the size a mount shows.
+func shownSize(a Attr) int64 {
+	switch a.Type {
+	case index.TypeReg:
+		return a.Size
+	case index.TypeSymlink:
+		return int64(len(a.Link))
+	case index.TypeDir:
+		return dirSize
+	}
+	return 0
+}
+
+// ModeString is the mode column of ls -l: the type letter, then rwx
+// triplets with setuid, setgid and sticky as s/S and t/T.
+func ModeString(t index.Type, mode uint32) string {
+	b := []byte("?---------")
+	switch t {
+	case index.TypeReg:
+		b[0] = '-'
+	case index.TypeDir:
+		b[0] = 'd'
+	case index.TypeSymlink:
+		b[0] = 'l'
+	case index.TypeChar:
+		b[0] = 'c'
+	case index.TypeBlock:
+		b[0] = 'b'
+	case index.TypeFifo:
+		b[0] = 'p'
+	}
+	const rwx = "rwxrwxrwx"
+	for i := 0; i < 9; i++ {
+		if mode&(1<<(8-i)) != 0 {
+			b[1+i] = rwx[i]
+		}
+	}
+	special := func(pos int, bit uint32, set, unset byte) {
+		if mode&bit == 0 {
+			return
+		}
+		if b[pos] == 'x' {
+			b[pos] = set
+		} else {
+			b[pos] = unset
+		}
+	}
+	special(3, 0o4000, 's', 'S')
+	special(6, 0o2000, 's', 'S')
+	special(9, 0o1000, 't', 'T')
+	return string(b)
+}

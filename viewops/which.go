@@ -1,0 +1,192 @@
+package viewops
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/whiteout"
+	"github.com/opencontainers/go-digest"
+)
+
+// LayerEntry is one layer's own entry for a path.
+type LayerEntry struct {
+	Layer  int // position in the view, lowest first
+	Digest digest.Digest
+	Type   index.Type
+}
+
+// HiderKind is how a higher layer hides a lower layer's entry.
+type HiderKind int
+
+const (
+	// ByWhiteout is a .wh.NAME marker for the path or one of its parents.
+	ByWhiteout HiderKind = iota + 1
+	// ByOpaque is an opaque directory above the path.
+	ByOpaque
+	// ByReplace is a non-directory at the path or one of its parents, or
+	// a directory over a non-directory: the two do not merge.
+	ByReplace
+	// ByBeingMarker is a whiteout marker of the layer itself: a merged
+	// view applies markers and never shows them.
+	ByBeingMarker
+)
+
+// Hider is what hides a lower layer's entry: the marker, the opaque
+// directory or the replacing entry, in the layer named.
+type Hider struct {
+	Kind   HiderKind
+	Layer  int
+	Digest digest.Digest
+	// Path is the marker's path, the opaque directory's, or the
+	// replacing entry's.
+	Path string
+	// Type is the replacing entry's type, for ByReplace.
+	Type index.Type
+}
+
+func (h Hider) String() string {
+	switch h.Kind {
+	case ByWhiteout:
+		return fmt.Sprintf("whiteout %s in %s", showPath(h.Path), h.Digest)
+	case ByOpaque:
+		return fmt.Sprintf("opaque directory %s in %s", showPath(h.Path), h.Digest)
+	case ByBeingMarker:
+		return fmt.Sprintf("being a whiteout marker of %s, which a merged view never shows", h.Digest)
+	}
+	return fmt.Sprintf("%s %s in %s", h.Type, showPath(h.Path), h.Digest)
+}
+
+// Hidden is a lower layer's entry for a path that the view does not show.
+type Hidden struct {
+	LayerEntry
+	// By is the nearest hider above the entry's layer, or the entry
+	// itself for a marker.
+	By Hider
+}
+
+// Provenance says where a path of a view comes from.
+type Provenance struct {
+	Path  string
+	Shown bool
+	// Provider is the layer whose entry the view shows, when Shown.
+	Provider LayerEntry
+	// Merged are the lower layers whose directories merge into a shown
+	// directory, highest first.
+	Merged []LayerEntry
+	// Hidden are the layers' entries for the path that the view hides,
+	// highest first.
+	Hidden []Hidden
+}
+
+// Which tells which layer provides p in v, which lower layers' entries
+// for p it hides, and what hid each of them.
+func Which(v *store.View, p string) (Provenance, error) {
+	p = CleanPath(p)
+	pr := Provenance{Path: p}
+	n, shown, err := v.Resolve(p)
+	if err != nil {
+		return pr, fmt.Errorf("%s: %w", showPath(p), err)
+	}
+	pr.Shown = shown
+	inNode := map[int]bool{}
+	for _, ref := range n {
+		inNode[ref.Layer] = true
+	}
+	comps := strings.Split(p, "/")
+	if p == "" {
+		comps = nil
+	}
+	for k := len(v.Layers) - 1; k >= 0; k-- {
+		l := v.Layers[k]
+		rec, ok, err := l.Index.Walk(p)
+		if err != nil {
+			return pr, fmt.Errorf("%s: layer %s: %w", showPath(p), l.Digest, err)
+		}
+		if !ok {
+			continue
+		}
+		t, _ := l.Index.TypeOf(rec)
+		le := LayerEntry{Layer: k, Digest: l.Digest, Type: t}
+		switch {
+		case shown && k == n.Top().Layer:
+			pr.Provider = le
+		case shown && inNode[k]:
+			pr.Merged = append(pr.Merged, le)
+		case isMarkerPath(comps):
+			pr.Hidden = append(pr.Hidden, Hidden{LayerEntry: le, By: Hider{Kind: ByBeingMarker, Layer: k, Digest: l.Digest, Path: p}})
+		default:
+			by, found, err := hider(v, comps, k, t)
+			if err != nil {
+				return pr, fmt.Errorf("%s: %w", showPath(p), err)
+			}
+			if !found {
+				return pr, fmt.Errorf("%s: layer %s has it and the view hides it, but nothing above hides it: %w", showPath(p), l.Digest, store.ErrCorrupt)
+			}
+			pr.Hidden = append(pr.Hidden, Hidden{LayerEntry: le, By: by})
+		}
+	}
+	return pr, nil
+}
+
+func isMarkerPath(comps []string) bool {
+	for _, c := range comps {
+		if whiteout.IsMarker(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// hider finds, in the layers above layer k, the nearest one that hides
+// layer k's entry of type t at the path made of comps.
+func hider(v *store.View, comps []string, k int, t index.Type) (Hider, bool, error) {
+	for j := k + 1; j < len(v.Layers); j++ {
+		h, found, err := hiderIn(v.Layers[j], comps, t)
+		if err != nil || found {
+			h.Layer = j
+			return h, found, err
+		}
+	}
+	return Hider{}, false, nil
+}
+
+// hiderIn walks comps down one layer, looking for what in that layer
+// hides a lower entry of type t there, in the order whiteout.Lookup
+// applies the rules.
+func hiderIn(l store.Layer, comps []string, t index.Type) (Hider, bool, error) {
+	r := l.Index
+	h := Hider{Digest: l.Digest}
+	cur := uint32(0)
+	for i, c := range comps {
+		dir := strings.Join(comps[:i], "/")
+		if _, flags := r.TypeOf(cur); flags&index.FlagOpaque != 0 {
+			h.Kind, h.Path = ByOpaque, dir
+			return h, true, nil
+		}
+		child, ok, err := r.Lookup(cur, c)
+		if err != nil {
+			return h, false, fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+		if ok {
+			ct, _ := r.TypeOf(child)
+			last := i == len(comps)-1
+			if ct != index.TypeDir || (last && t != index.TypeDir) {
+				h.Kind, h.Path, h.Type = ByReplace, join(dir, c), ct
+				return h, true, nil
+			}
+		}
+		if _, wh, err := r.Lookup(cur, whiteout.Prefix+c); err != nil {
+			return h, false, fmt.Errorf("layer %s: %w", l.Digest, err)
+		} else if wh {
+			h.Kind, h.Path = ByWhiteout, join(dir, whiteout.Prefix+c)
+			return h, true, nil
+		}
+		if !ok {
+			return h, false, nil
+		}
+		cur = child
+	}
+	return h, false, nil
+}
