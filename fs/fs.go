@@ -187,7 +187,16 @@ func (nd *node) OpendirHandle(ctx context.Context, flags uint32) (fh gofs.FileHa
 	if err != nil {
 		return nil, 0, nd.fail("readdir", err)
 	}
-	entries := make([]fuse.DirEntry, 0, len(children))
+	// Every disk filesystem, overlayfs included, lists "." and "..";
+	// ls -a and readdir(3) users expect them.
+	parent := nd.StableAttr().Ino
+	if _, p := nd.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	entries := make([]fuse.DirEntry, 0, len(children)+2)
+	entries = append(entries,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: nd.StableAttr().Ino},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent})
 	for _, c := range children {
 		name, typ := c.Name, t.view.Type(c.Top)
 		switch t.overlayKind(name) {
@@ -426,6 +435,8 @@ var (
 	_ gofs.FilePassthroughFder = (*objectFile)(nil)
 	_ gofs.FileReader          = (*objectFile)(nil)
 	_ gofs.FileReleaser        = (*objectFile)(nil)
+	_ gofs.FileFlusher         = (*objectFile)(nil)
+	_ gofs.FileFlusher         = emptyFile{}
 )
 
 func (o *objectFile) PassthroughFd() (int, bool) { return int(o.f.Fd()), true }
@@ -439,8 +450,15 @@ func (o *objectFile) Release(ctx context.Context) syscall.Errno {
 	return 0
 }
 
+// Flush answers ENOSYS, which makes the kernel stop sending FLUSH, a
+// round trip on every close(2), for the rest of the mount: a read-only
+// file has nothing to write back, and the mount takes no locks.
+func (o *objectFile) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
+
 // emptyFile is an empty regular file: it has no object.
 type emptyFile struct{}
+
+func (emptyFile) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
 
 func (emptyFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	return fuse.ReadResultData(nil), 0

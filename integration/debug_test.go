@@ -1,0 +1,361 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/oracle"
+	"github.com/layerfs/layerfs/internal/testimage"
+)
+
+// debugImage is one image imported into a shared store, with its name,
+// whether GNU tar can unpack its layers, and its layer digests.
+type debugImage struct {
+	name          string
+	img           layoutImage
+	tarCanExtract bool
+}
+
+// debugStore imports the sample image, every rule case and, unless
+// short, the Debian image into one new store.
+func debugStore(t *testing.T, withDebian bool) (string, []debugImage) {
+	t.Helper()
+	requireRoot(t)
+	root := t.TempDir()
+	imgs := []debugImage{{name: "sample", img: sampleImage(t), tarCanExtract: true}}
+	for _, c := range testimage.RuleCases() {
+		imgs = append(imgs, debugImage{name: c.Name, img: ruleImage(t, c), tarCanExtract: !c.TarCannotExtract})
+	}
+	if withDebian {
+		imgs = append(imgs, debugImage{name: "debian", img: debianLayoutImage(t), tarCanExtract: true})
+	}
+	for _, d := range imgs {
+		importInto(t, root, d.img)
+	}
+	return root, imgs
+}
+
+// stack names the lowest n layers of img as one TARGET argument.
+func stack(img layoutImage, n int) string {
+	var ds []string
+	for _, d := range img.layers[:n] {
+		ds = append(ds, d.String())
+	}
+	return strings.Join(ds, ",")
+}
+
+// gnuLs is GNU ls -lnRA of dir, run from inside it, with its times in
+// the form layerfs ls -l writes and its "total" lines left out.
+func gnuLs(t *testing.T, dir string) string {
+	t.Helper()
+	cmd := exec.Command(testimage.RequireTool(t, "ls"), "-lnRA", "--time-style=+%Y-%m-%d %H:%M", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ls -lnRA %s: %v", dir, err)
+	}
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(string(out), "\n") {
+		if !strings.HasPrefix(line, "total ") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+// firstDifference shows where two listings part.
+func firstDifference(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	for i := 0; i < len(w) || i < len(g); i++ {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			return fmt.Sprintf("line %d: want %q, got %q", i+1, wl, gl)
+		}
+	}
+	return "none"
+}
+
+// TestLsMatchesGNULs compares layerfs ls -l -R, read from the index,
+// with GNU ls of the mounted view.
+func TestLsMatchesGNULs(t *testing.T) {
+	root, imgs := debugStore(t, !testing.Short())
+	for _, d := range imgs {
+		t.Run(d.name, func(t *testing.T) {
+			want := gnuLs(t, mountDaemon(t, root, d.img.ref))
+			got := mustRun(t, root, "ls", "-l", "-R", d.img.ref)
+			if got != want {
+				t.Errorf("layerfs ls -l -R differs from GNU ls -lnRA of the mount; first difference %s", firstDifference(want, got))
+			}
+		})
+	}
+	d := imgs[0]
+	mnt := mountDaemon(t, root, d.img.ref)
+	for _, p := range []string{"/", "etc", "/usr/bin/", "usr/bin/passwd"} {
+		cmd := exec.Command("ls", "-lnA", "--time-style=+%Y-%m-%d %H:%M", p)
+		cmd.Dir = mnt
+		if p[0] == '/' {
+			cmd.Args[len(cmd.Args)-1] = "." + p
+		}
+		cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("ls %s: %v", p, err)
+		}
+		want := regexp.MustCompile(`(?m)^total .*\n`).ReplaceAllString(string(out), "")
+		want = strings.ReplaceAll(want, "./", "/")
+		if got := mustRun(t, root, "ls", "-l", d.img.ref, p); got != want {
+			t.Errorf("layerfs ls -l sample %s:\n%s\nGNU ls:\n%s", p, got, want)
+		}
+	}
+}
+
+// mountDiff is the reference for layerfs diff: two mounts compared entry
+// by entry, in the attributes layerfs diff compares.
+func mountDiff(a, b oracle.Tree) string {
+	var lines []string
+	for p, ea := range a {
+		eb, ok := b[p]
+		switch {
+		case !ok:
+			lines = append(lines, "D "+p)
+		case ea.Type != eb.Type || ea.Mode != eb.Mode || ea.UID != eb.UID || ea.GID != eb.GID ||
+			ea.Size != eb.Size || ea.Mtime != eb.Mtime || ea.SHA256 != eb.SHA256 || ea.Link != eb.Link ||
+			ea.DevMajor != eb.DevMajor || ea.DevMinor != eb.DevMinor || fmt.Sprint(ea.Xattrs) != fmt.Sprint(eb.Xattrs):
+			lines = append(lines, "M "+p)
+		}
+	}
+	for p := range b {
+		if _, ok := a[p]; !ok {
+			lines = append(lines, "A "+p)
+		}
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i][2:] < lines[j][2:] })
+	if len(lines) == 0 {
+		return ""
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// TestDiffMatchesMounts compares layerfs diff with two mounts compared
+// entry by entry: each image against its lowest layer, against the stack
+// without its top layer, and against the next rule case's image.
+func TestDiffMatchesMounts(t *testing.T) {
+	root, imgs := debugStore(t, !testing.Short())
+	trees := map[string]oracle.Tree{}
+	tree := func(target string) oracle.Tree {
+		if tr, ok := trees[target]; ok {
+			return tr
+		}
+		tr := walkMount(t, root, strings.Split(target, ",")...)
+		trees[target] = tr
+		return tr
+	}
+	check := func(a, b string) {
+		t.Helper()
+		want := mountDiff(tree(a), tree(b))
+		got := mustRun(t, root, "diff", a, b)
+		if got != want {
+			t.Errorf("layerfs diff %s %s:\n%s\nmounts compared:\n%s", a, b, got, want)
+		}
+	}
+	for i, d := range imgs {
+		n := len(d.img.layers)
+		check(stack(d.img, 1), d.img.ref)
+		check(d.img.ref, stack(d.img, 1))
+		if n > 2 {
+			check(stack(d.img, n-1), d.img.ref)
+		}
+		if i+1 < len(imgs) {
+			check(d.img.ref, imgs[i+1].img.ref)
+		}
+	}
+	if got := mustRun(t, root, "diff", "sample", "sample"); got != "" {
+		t.Errorf("an image against itself: %q", got)
+	}
+}
+
+var hiderLine = regexp.MustCompile(`^hides (sha256:[0-9a-f]{64}) (\S+): (whiteout|opaque directory|\S+) (/\S*) in (sha256:[0-9a-f]{64})$`)
+
+// TestWhichMatchesMounts asks layerfs which about every path of every
+// layer, and checks each answer against mounts: the merged mount shows
+// exactly the paths it says are shown, the provider's own layer mount
+// holds what the merged mount shows, and each hider is in its layer's
+// mount as it says.
+func TestWhichMatchesMounts(t *testing.T) {
+	root, imgs := debugStore(t, false)
+	for _, d := range imgs {
+		t.Run(d.name, func(t *testing.T) {
+			merged := walkMount(t, root, d.img.ref)
+			layer := map[string]oracle.Tree{}
+			paths := map[string]bool{}
+			for _, l := range d.img.layers {
+				tr := walkMount(t, root, l.String())
+				layer[l.String()] = tr
+				for p := range tr {
+					paths[p] = true
+				}
+			}
+			for p := range paths {
+				r := run(t, root, "which", d.img.ref, p)
+				lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+				m, shown := merged[p]
+				if shown != (r.code == 0) {
+					t.Errorf("which %s: exit %d, but the mount shows it: %v\n%s%s", p, r.code, shown, r.stdout, r.stderr)
+					continue
+				}
+				if !shown {
+					if !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, "not in the view") {
+						t.Errorf("which %s: stderr %q", p, r.stderr)
+					}
+				} else {
+					provider, ok := layer[lines[0]]
+					if !ok {
+						t.Errorf("which %s: first line %q is not a layer", p, lines[0])
+						continue
+					}
+					e, ok := provider[p]
+					if !ok || e.Type != m.Type {
+						t.Errorf("which %s: provider %s has %+v, the mount shows %+v", p, lines[0], e, m)
+					} else if m.Type != oracle.TypeDir && d.tarCanExtract {
+						e.Nlink, e.HardlinkID, m.Nlink, m.HardlinkID = 0, "", 0, ""
+						if fmt.Sprint(e) != fmt.Sprint(m) {
+							t.Errorf("which %s: provider %s has %+v, the mount shows %+v", p, lines[0], e, m)
+						}
+					}
+					lines = lines[1:]
+				}
+				for _, line := range lines {
+					if line == "" || strings.HasPrefix(line, "merges ") {
+						continue
+					}
+					checkHider(t, p, line, layer)
+				}
+			}
+		})
+	}
+}
+
+// oracleType is the oracle's word for each type word of layerfs which; a
+// hardlink into a lower layer is a regular file.
+var oracleType = map[string]oracle.Type{
+	"file": oracle.TypeReg, "hardlink": oracle.TypeReg, "dir": oracle.TypeDir, "symlink": oracle.TypeSymlink,
+	"char": oracle.TypeChar, "block": oracle.TypeBlock, "fifo": oracle.TypeFIFO,
+}
+
+// checkHider checks one "hides" line of layer which against the mounts
+// of single layers.
+func checkHider(t *testing.T, p, line string, layer map[string]oracle.Tree) {
+	t.Helper()
+	if strings.Contains(line, "being a whiteout marker") {
+		return
+	}
+	m := hiderLine.FindStringSubmatch(line)
+	if m == nil {
+		t.Errorf("which %s: line %q", p, line)
+		return
+	}
+	hidden, kind, at, by := layer[m[1]], m[3], strings.TrimPrefix(m[4], "/"), layer[m[5]]
+	if hidden == nil || by == nil {
+		t.Errorf("which %s: %q names layers not in the image", p, line)
+		return
+	}
+	if _, ok := hidden[p]; !ok {
+		t.Errorf("which %s: %q, but that layer has no %s", p, line, p)
+	}
+	switch kind {
+	case "whiteout":
+		if e, ok := by[at]; !ok || e.Type != oracle.TypeReg {
+			t.Errorf("which %s: %q, but that layer has %+v there", p, line, e)
+		}
+	case "opaque directory":
+		if _, ok := by[filepath.Join(at, ".wh..wh..opq")]; !ok {
+			t.Errorf("which %s: %q, but that directory holds no opaque marker", p, line)
+		}
+	default:
+		if e, ok := by[at]; !ok || e.Type != oracleType[kind] {
+			t.Errorf("which %s: %q, but that layer has %+v there", p, line, e)
+		}
+	}
+}
+
+// untar unpacks a tar file with GNU tar into a new directory.
+func untar(t *testing.T, file string) string {
+	t.Helper()
+	dst := t.TempDir()
+	testimage.RunTool(t, "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", file, "-C", dst)
+	return dst
+}
+
+// linkCounted is tree with each file's link count made the number of its
+// names in the tree. A tar holds no link counts: unpacked, a file has as
+// many links as the view has names for it, where a mount shows the count
+// of its layer, which differs when a name is whited out or a hardlink
+// reaches into a lower layer.
+func linkCounted(tree oracle.Tree) oracle.Tree {
+	names := map[string]uint64{}
+	for _, e := range tree {
+		if e.HardlinkID != "" {
+			names[e.HardlinkID]++
+		}
+	}
+	out := make(oracle.Tree, len(tree))
+	for p, e := range tree {
+		if e.HardlinkID != "" {
+			e.Nlink = names[e.HardlinkID]
+		}
+		out[p] = e
+	}
+	return out
+}
+
+// TestExportUnpacksToTheView unpacks layerfs export with GNU tar and
+// compares the tree with the mount and, where GNU tar can unpack the
+// layers, with kernel overlayfs over them.
+func TestExportUnpacksToTheView(t *testing.T) {
+	root, imgs := debugStore(t, !testing.Short())
+	for _, d := range imgs {
+		t.Run(d.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "view.tar")
+			mustRun(t, root, "export", d.img.ref, "-o", file)
+			got := walk(t, untar(t, file))
+			requireSame(t, "export unpacked vs mount", linkCounted(walkMount(t, root, d.img.ref)), got)
+			if d.tarCanExtract {
+				requireSame(t, "export unpacked vs overlayfs", oracleTree(t, d.img.blobs), got)
+			}
+		})
+	}
+	t.Run("stdout", func(t *testing.T) {
+		dst := t.TempDir()
+		export := exec.Command(layerfsBin(t), "--root", root, "export", "sample")
+		untar := exec.Command("tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", "-", "-C", dst)
+		pipe, err := export.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		untar.Stdin = bufio.NewReader(pipe)
+		if err := export.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := untar.CombinedOutput(); err != nil {
+			t.Fatalf("tar: %v\n%s", err, out)
+		}
+		if err := export.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		requireSame(t, "export | tar vs mount", linkCounted(walkMount(t, root, "sample")), walk(t, dst))
+	})
+}

@@ -1,0 +1,219 @@
+package integration
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+)
+
+// nobody is the unprivileged user the test mounts as.
+const nobody = 65534
+
+// unprivileged runs commands as nobody, in a directory nobody owns.
+type unprivileged struct {
+	t       *testing.T
+	setpriv string
+	// home is nobody's: the store, the layouts and the mountpoints.
+	home string
+	bin  string
+}
+
+// asNobody prepares everything an unprivileged user needs: /dev/fuse open
+// to all users, as distributions ship it (these machines have it 0600),
+// user_allow_other in /etc/fuse.conf so root can walk the user's mount,
+// and a directory of nobody's own, holding a copy of the binary, on a
+// path nobody can reach. The machine's files are restored afterwards.
+func asNobody(t *testing.T) *unprivileged {
+	requireRoot(t)
+	u := &unprivileged{t: t, setpriv: testimage.RequireTool(t, "setpriv")}
+	testimage.RequireTool(t, "fusermount3")
+	st, err := os.Stat("/dev/fuse")
+	if err != nil {
+		t.Fatalf("no FUSE: %v", err)
+	}
+	if st.Mode().Perm() != 0o666 {
+		if err := os.Chmod("/dev/fuse", 0o666); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Chmod("/dev/fuse", st.Mode().Perm()) })
+	}
+	allowOther(t)
+
+	u.home = t.TempDir()
+	// t.TempDir makes its directories 0700.
+	for d := u.home; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(u.home, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	u.bin = filepath.Join(u.home, "layerfs")
+	copyFile(t, layerfsBin(t), u.bin, 0o755)
+	return u
+}
+
+func mustStat(t testing.TB, p string) os.FileInfo {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// allowOther makes sure /etc/fuse.conf holds user_allow_other, restoring
+// the file when the test ends.
+func allowOther(t *testing.T) {
+	const conf = "/etc/fuse.conf"
+	old, err := os.ReadFile(conf)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(old), "\n") {
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return
+		}
+	}
+	if err := os.WriteFile(conf, append(bytes.Clone(old), "\nuser_allow_other\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if old == nil {
+			_ = os.Remove(conf)
+			return
+		}
+		_ = os.WriteFile(conf, old, 0o644)
+	})
+}
+
+func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// command returns name run as nobody with nobody's own environment.
+func (u *unprivileged) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(u.setpriv, append([]string{"--reuid", "65534", "--regid", "65534", "--clear-groups", name}, args...)...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + u.home, "TMPDIR=" + u.home}
+	cmd.Dir = u.home
+	return cmd
+}
+
+// layerfs runs the binary as nobody and fails the test unless it exits 0.
+func (u *unprivileged) layerfs(args ...string) string {
+	u.t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := u.command(u.bin, append([]string{"--root", filepath.Join(u.home, "store")}, args...)...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		u.t.Fatalf("layerfs %s as uid %d: %v\n%s", strings.Join(args, " "), nobody, err, stderr.Bytes())
+	}
+	return stdout.String()
+}
+
+// mkdir makes a directory of nobody's.
+func (u *unprivileged) mkdir(name string) string {
+	u.t.Helper()
+	d := filepath.Join(u.home, name)
+	if err := os.Mkdir(d, 0o755); err != nil {
+		u.t.Fatal(err)
+	}
+	if err := os.Chown(d, nobody, nobody); err != nil {
+		u.t.Fatal(err)
+	}
+	return d
+}
+
+// copyLayout copies img's layout where nobody can read it.
+func (u *unprivileged) copyLayout(img layoutImage, name string) layoutImage {
+	u.t.Helper()
+	dst := filepath.Join(u.home, name)
+	tool(u.t, "cp", "-r", img.layout, dst)
+	tool(u.t, "chmod", "-R", "a+rX", dst)
+	out := img
+	out.layout, out.blobs = dst, nil
+	for _, l := range img.layers {
+		out.blobs = append(out.blobs, filepath.Join(dst, "blobs", digest.SHA256.String(), l.Encoded()))
+	}
+	return out
+}
+
+// TestUnprivilegedMount imports into a store of an unprivileged user's
+// own and mounts through fusermount3 as that user: root, walking that
+// mount, must see exactly what it sees in its own mount of the same image,
+// and the user must be able to read through the mount without
+// passthrough, which needs root.
+func TestUnprivilegedMount(t *testing.T) {
+	u := asNobody(t)
+	images := map[string]layoutImage{"sample": sampleImage(t), "debian": debianLayoutImage(t)}
+	for _, c := range extractableRuleCases() {
+		if c.Rule == "attributes" || c.Rule == "10" {
+			images["rule-"+c.Name] = ruleImage(t, c)
+		}
+	}
+	for name, img := range images {
+		t.Run(name, func(t *testing.T) {
+			u.t = t
+			mine := u.copyLayout(img, "layout-"+name)
+			if out := u.layerfs("import", mine.layout); !strings.Contains(out, img.ref+" ") {
+				t.Fatalf("import as uid %d: output %q does not name %s", nobody, out, img.ref)
+			}
+			mnt := u.mkdir("mnt-" + name)
+			u.layerfs("mount", "--daemon", "--allow-other", img.ref, mnt)
+			t.Cleanup(func() {
+				if mountedAt(t, mnt) {
+					u.layerfs("umount", mnt)
+				}
+			})
+			if st := mustStat(t, filepath.Join(u.home, "store")); st.Sys().(*syscall.Stat_t).Uid != nobody {
+				t.Fatalf("the store is owned by uid %d, not %d", st.Sys().(*syscall.Stat_t).Uid, nobody)
+			}
+			rootStore := t.TempDir()
+			importInto(t, rootStore, img)
+			requireSame(t, "uid 65534's mount, as root sees it", walk(t, mountDaemon(t, rootStore, img.ref)), walk(t, mnt))
+			u.layerfs("umount", mnt)
+			if mountedAt(t, mnt) {
+				t.Errorf("%s is still mounted after uid %d's layerfs umount", mnt, nobody)
+			}
+		})
+	}
+	t.Run("read as the user", func(t *testing.T) {
+		u.t = t
+		mnt := u.mkdir("mnt-read")
+		u.layerfs("mount", "--daemon", "sample", mnt)
+		defer u.layerfs("umount", mnt)
+		var out bytes.Buffer
+		cmd := u.command("cat", filepath.Join(mnt, "etc/hostname"), filepath.Join(mnt, "usr/bin/sh"))
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("cat as uid %d: %v\n%s", nobody, err, out.Bytes())
+		}
+		if want := "sample\n#!/bin/true\n# stands in for busybox\n"; out.String() != want {
+			t.Errorf("cat as uid %d read %q, want %q", nobody, out.String(), want)
+		}
+	})
+}
