@@ -111,12 +111,9 @@ func readSmall(fsys fs.FS, name string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxMetadataSize+1))
+	data, err := readMetadata(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if len(data) > maxMetadataSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", name, maxMetadataSize)
 	}
 	return data, nil
 }
@@ -247,12 +244,9 @@ func (s *Store) fetchSmall(desc ocispec.Descriptor, open BlobOpener) ([]byte, er
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, maxMetadataSize+1))
+	data, err := readMetadata(r)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if len(data) > maxMetadataSize {
-		return nil, fmt.Errorf("blob %s: larger than %d bytes", desc.Digest, maxMetadataSize)
 	}
 	if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, ErrMismatch)

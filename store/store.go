@@ -174,15 +174,25 @@ func (s *Store) ReadBlob(d digest.Digest) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxMetadataSize+1))
+	data, err := readMetadata(f)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
-	if len(data) > maxMetadataSize {
-		return nil, fmt.Errorf("blob %s: larger than %d bytes", d, maxMetadataSize)
-	}
 	if digest.FromBytes(data) != d {
 		return nil, fmt.Errorf("blob %s: %w", d, ErrMismatch)
+	}
+	return data, nil
+}
+
+// readMetadata reads a manifest, config or index, refusing one larger than
+// any registry would serve rather than holding it in memory.
+func readMetadata(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxMetadataSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxMetadataSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxMetadataSize)
 	}
 	return data, nil
 }
