@@ -5,7 +5,7 @@ BIN := bin/layerfs
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Tests that mount for real fail, rather than skip, when they cannot run.
 export LAYERFS_INTEGRATION ?= 1
-TEST_PACKAGES := apt-transport-https fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin
+TEST_PACKAGES := fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin qemu-system-x86 linux-image-amd64 busybox-static xz-utils
 
 .PHONY: build demo test deps lint unit bench fuzz soak clean
 

@@ -146,11 +146,11 @@ func inspectCmd(g *globals) *cobra.Command {
 				return err
 			}
 			out := struct {
-				Name     string              `json:"name,omitempty"`
-				Manifest *ocispec.Manifest   `json:"manifest,omitempty"`
-				Digest   string              `json:"manifestDigest,omitempty"`
-				Config   *ocispec.Image      `json:"config,omitempty"`
-				Layers   []store.LayerInfo   `json:"layers"`
+				Name     string            `json:"name,omitempty"`
+				Manifest *ocispec.Manifest `json:"manifest,omitempty"`
+				Digest   string            `json:"manifestDigest,omitempty"`
+				Config   *ocispec.Image    `json:"config,omitempty"`
+				Layers   []store.LayerInfo `json:"layers"`
 			}{Name: t.Name, Layers: []store.LayerInfo{}}
 			if t.Manifest.Digest != "" {
 				m, c, err := s.ImageLayers(t.Manifest.Digest)
