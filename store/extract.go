@@ -19,6 +19,7 @@ import (
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -112,7 +113,13 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 		// blob was missing.
 		return blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest)
 	}
-	return x.commit(desc, uncompressed, blob)
+	if err := x.commit(desc, uncompressed, blob); err != nil {
+		return err
+	}
+	// Logged only by the one process that extracted the layer, so a log
+	// tells how often each layer was extracted.
+	logrus.WithField("layer", desc.Digest).Debug("layer extracted")
+	return nil
 }
 
 // extraction is one layer being turned into objects and an index.
@@ -295,7 +302,7 @@ func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
 			return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
 		}
 		x.links = append(x.links, &pendingLink{node: node, name: p, target: target})
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg:
 		return x.storeContent(node, body)
 	}
 	return nil
@@ -345,7 +352,7 @@ func headerEntry(hdr *tar.Header) (index.Entry, error) {
 	}
 	e.UID, e.GID = uint32(hdr.Uid), uint32(hdr.Gid)
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg:
 		e.Type, e.Size = index.TypeReg, hdr.Size
 	case tar.TypeLink:
 		e.Type = index.TypeLowerLink

@@ -72,7 +72,7 @@ func indexTar(f *os.File) (*tarFS, error) {
 			}
 			return nil, err
 		}
-		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+		if hdr.Typeflag != tar.TypeReg {
 			continue
 		}
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))

@@ -1,0 +1,343 @@
+package integration
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// pulledAs checks pull's output line for ref: the name it is listed
+// under, then the manifest digest.
+func pulledAs(t testing.TB, out, name string, manifest digest.Digest) {
+	t.Helper()
+	if want := fmt.Sprintf("%s %s\n", name, manifest); !strings.Contains(out, want) {
+		t.Fatalf("pull printed %q, want the line %q", out, want)
+	}
+}
+
+// manifestOf is the digest of image ref in an OCI layout.
+func manifestOf(t testing.TB, layout, ref string) ocispec.Descriptor {
+	t.Helper()
+	var idx ocispec.Index
+	data, err := os.ReadFile(filepath.Join(layout, ocispec.ImageIndexFile))
+	if err == nil {
+		err = json.Unmarshal(data, &idx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range idx.Manifests {
+		if m.Annotations[ocispec.AnnotationRefName] == ref {
+			return m
+		}
+	}
+	t.Fatalf("no %s in %s", ref, layout)
+	return ocispec.Descriptor{}
+}
+
+// randomImage is an image of layers of incompressible files, sizes in
+// bytes, one file a layer, so that its blobs are as big as asked.
+func randomImage(t testing.TB, name string, sizes ...int) layoutImage {
+	t.Helper()
+	img := testimage.Image{Name: name}
+	for i, n := range sizes {
+		buf := make([]byte, n)
+		rand.Read(buf)
+		img.Layers = append(img.Layers, testimage.Layer{Compression: testimage.Gzip, Entries: []testimage.Entry{
+			testimage.Dir("data", 0o755),
+			testimage.File(fmt.Sprintf("data/layer%d", i), string(buf)),
+		}})
+	}
+	return writeImage(t, img)
+}
+
+// TestPullMatchesOracle pulls the Debian image and the sample from a real
+// registry, mounts them, and compares with kernel overlayfs over the
+// layers as pushed. Pulling it again fetches no blob.
+func TestPullMatchesOracle(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t, registryOptions{})
+	proxy := startFaultProxy(t, reg.host)
+	deb := debianLayoutImage(t)
+	push(t, deb.layout, deb.ref, reg.host+"/layerfs/debian:bookworm")
+	sample := sampleImage(t)
+	push(t, sample.layout, sample.ref, reg.host+"/layerfs/sample:latest")
+
+	root := t.TempDir()
+	ref := proxy.host + "/layerfs/debian:bookworm"
+	pulledAs(t, mustRun(t, root, "pull", ref), ref, manifestOf(t, deb.layout, deb.ref).Digest)
+	// A docker-style short form is listed in full, as import lists a
+	// docker-archive's tags; localhost is loopback, so plain HTTP.
+	short := "localhost:" + strings.Split(reg.host, ":")[1] + "/layerfs/sample"
+	pulledAs(t, mustRun(t, root, "pull", short), short+":latest", manifestOf(t, sample.layout, sample.ref).Digest)
+	checkStore(t, root, "after pull")
+
+	requireSame(t, "pulled debian", oracleTree(t, deb.blobs), walk(t, mountDaemon(t, root, ref)))
+	requireSame(t, "pulled sample", oracleTree(t, sample.blobs), walk(t, mountDaemon(t, root, short)))
+
+	before := proxy.blobBytes.Load()
+	mustRun(t, root, "pull", "--quiet", ref)
+	if fetched := proxy.blobBytes.Load() - before; fetched != 0 {
+		t.Errorf("pulling an image the store holds fetched %d blob bytes", fetched)
+	}
+}
+
+// TestPullPlatform pushes a two-platform index with skopeo --all and
+// pulls each platform from it.
+func TestPullPlatform(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	layout := filepath.Join(t.TempDir(), "layout")
+	files := func(arch string) []testimage.Layer {
+		return []testimage.Layer{{Entries: []testimage.Entry{testimage.File("arch", arch+"\n")}}}
+	}
+	idxDesc, err := testimage.WriteIndexImage(layout, "multi",
+		testimage.Image{Arch: "amd64", Layers: files("amd64")},
+		testimage.Image{Arch: "arm64", Variant: "v8", Layers: files("arm64")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, layout, "multi", reg.host+"/layerfs/multi:v1", "--all")
+	var idx ocispec.Index
+	data, err := os.ReadFile(testimage.BlobPath(layout, idxDesc.Digest))
+	if err == nil {
+		err = json.Unmarshal(data, &idx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host + "/layerfs/multi:v1"
+	root := t.TempDir()
+	pulledAs(t, mustRun(t, root, "pull", "--platform", "linux/arm64", ref), ref, idx.Manifests[1].Digest)
+	other := t.TempDir()
+	pulledAs(t, mustRun(t, other, "pull", "--platform", "linux/amd64", ref), ref, idx.Manifests[0].Digest)
+	r := run(t, other, "pull", "--platform", "linux/s390x", ref)
+	if r.code == 0 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, "linux/s390x") {
+		t.Errorf("pull of a platform the index lacks: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// TestPullThroughProxyRegistry puts a second registry, in proxy mode, in
+// front of the first, and pulls through it by name and as a mirror.
+func TestPullThroughProxyRegistry(t *testing.T) {
+	requireRoot(t)
+	origin := startRegistry(t, registryOptions{})
+	cache := startRegistry(t, registryOptions{proxyOf: "http://" + origin.host})
+	sample := sampleImage(t)
+	push(t, sample.layout, sample.ref, origin.host+"/layerfs/sample:v1")
+	other := randomImage(t, "other", 300<<10)
+	push(t, other.layout, other.ref, origin.host+"/layerfs/other:v1")
+
+	root := t.TempDir()
+	ref := cache.host + "/layerfs/sample:v1"
+	pulledAs(t, mustRun(t, root, "pull", ref), ref, manifestOf(t, sample.layout, sample.ref).Digest)
+	requireSame(t, "sample through the cache", oracleTree(t, sample.blobs), walk(t, mountDaemon(t, root, ref)))
+
+	// As a mirror, named in the registries config after one that is down:
+	// the image is listed under the origin's name, and came from the cache.
+	config := filepath.Join(t.TempDir(), "registries.json")
+	mirrors := map[string]map[string][]string{"mirrors": {origin.host: {freeLoopbackAddr(t), cache.host}}}
+	data, _ := json.Marshal(mirrors)
+	if err := os.WriteFile(config, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ref = origin.host + "/layerfs/other:v1"
+	pulledAs(t, mustRun(t, root, "pull", "--registries-config", config, ref), ref, manifestOf(t, other.layout, other.ref).Digest)
+	for _, l := range other.layers {
+		cached := filepath.Join(cache.storage, "docker/registry/v2/blobs/sha256", l.Encoded()[:2], l.Encoded(), "data")
+		if _, err := os.Stat(cached); err != nil {
+			t.Errorf("layer %s did not come through the cache: %v", l, err)
+		}
+	}
+	checkStore(t, root, "after pulls through the cache")
+}
+
+// TestPullFaults breaks a registry's answers: the pull gets through
+// 503s, 429s and cut connections, and refuses a blob of the wrong bytes.
+func TestPullFaults(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	proxy := startFaultProxy(t, reg.host)
+	img := randomImage(t, "faults", 1<<20, 2<<20, 512<<10)
+	push(t, img.layout, img.ref, reg.host+"/layerfs/faults:v1")
+	ref := proxy.host + "/layerfs/faults:v1"
+
+	t.Run("transient", func(t *testing.T) {
+		proxy.setFaults(func(path string, n int) fault {
+			switch {
+			case strings.Contains(path, "/manifests/") && n == 1:
+				return fault{status: 503}
+			case !strings.Contains(path, "/blobs/"):
+				return fault{}
+			case n == 1:
+				return fault{status: 503}
+			case n == 2:
+				return fault{status: 429}
+			case n == 3:
+				return fault{cutAt: 100 << 10}
+			case n == 4:
+				return fault{cutAt: 300 << 10}
+			}
+			return fault{}
+		})
+		ranged := proxy.ranged.Load()
+		root := t.TempDir()
+		pulledAs(t, mustRun(t, root, "pull", ref), ref, manifestOf(t, img.layout, img.ref).Digest)
+		if proxy.ranged.Load() == ranged {
+			t.Error("no blob was resumed with a Range request after a cut connection")
+		}
+		checkStore(t, root, "after a pull through faults")
+	})
+
+	t.Run("lying", func(t *testing.T) {
+		bad := img.layers[1]
+		proxy.setFaults(func(path string, n int) fault {
+			return fault{corrupt: strings.HasSuffix(path, "/blobs/"+bad.String())}
+		})
+		root := t.TempDir()
+		r := run(t, root, "pull", ref)
+		if r.code == 0 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, bad.String()) || !strings.Contains(r.stderr, "does not match") {
+			t.Fatalf("pull of a wrong blob: exit %d, stderr %q; want a refusal naming %s and the layer", r.code, r.stderr, ref)
+		}
+		if _, err := os.Stat(filepath.Join(root, "blobs/sha256", bad.Encoded())); !os.IsNotExist(err) {
+			t.Errorf("the wrong blob is in the store: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "tmp", "partial-"+bad.Encoded())); !os.IsNotExist(err) {
+			t.Errorf("the wrong blob's bytes were kept: %v", err)
+		}
+		for _, l := range []digest.Digest{img.layers[0], img.layers[2]} {
+			if _, err := os.Stat(filepath.Join(root, "blobs/sha256", l.Encoded())); err != nil {
+				t.Errorf("good layer %s was not kept: %v", l, err)
+			}
+		}
+		if out := mustRun(t, root, "images"); strings.Contains(out, ref) {
+			t.Errorf("the image is listed after a refused pull:\n%s", out)
+		}
+		checkStore(t, root, "after a refused pull")
+	})
+}
+
+// TestPullResumesAfterKill kills a pull mid-blob with SIGKILL and pulls
+// again: the second run fetches only what the first did not.
+func TestPullResumesAfterKill(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	proxy := startFaultProxy(t, reg.host)
+	const size = 32 << 20
+	img := randomImage(t, "big", size)
+	push(t, img.layout, img.ref, reg.host+"/layerfs/big:v1")
+	ref := proxy.host + "/layerfs/big:v1"
+	blob := img.layers[0]
+	st, err := os.Stat(img.blobs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	root := t.TempDir()
+	proxy.rate.Store(16 << 20)
+	cmd := exec.Command(layerfsBin(t), "--root", root, "pull", "--quiet", ref)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a third of the blob to be fetched", func() bool { return proxy.blobBytes.Load() > st.Size()/3 })
+	cmd.Process.Signal(syscall.SIGKILL)
+	if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("pull was not killed mid-blob: %v", err)
+	}
+	partial, err := os.Stat(filepath.Join(root, "tmp", "partial-"+blob.Encoded()))
+	if err != nil || partial.Size() == 0 {
+		t.Fatalf("no partial blob after the kill: %v", err)
+	}
+
+	proxy.rate.Store(0)
+	first := proxy.blobBytes.Load()
+	ranged := proxy.ranged.Load()
+	start := time.Now()
+	pulledAs(t, mustRun(t, root, "pull", "--quiet", ref), ref, manifestOf(t, img.layout, img.ref).Digest)
+	second := proxy.blobBytes.Load() - first
+	t.Logf("killed with %d of %d bytes staged; the second pull fetched %d bytes in %v", partial.Size(), st.Size(), second, time.Since(start))
+	if second >= st.Size() {
+		t.Errorf("the second pull fetched %d bytes, not fewer than the blob's %d", second, st.Size())
+	}
+	if proxy.ranged.Load() == ranged {
+		t.Error("the second pull made no Range request")
+	}
+	checkStore(t, root, "after a resumed pull")
+}
+
+// TestPullErrors checks that each failure names the reference and what
+// failed, and that credentials come from docker's config and helpers.
+func TestPullErrors(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	img := randomImage(t, "small", 4<<10)
+	push(t, img.layout, img.ref, reg.host+"/layerfs/small:v1")
+	refuse := func(t *testing.T, ref, want string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		r := run(t, t.TempDir(), "pull", ref)
+		took := time.Since(start)
+		if r.code != 1 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, want) {
+			t.Errorf("pull %s: exit %d, stderr %q; want it to name the reference and %q", ref, r.code, r.stderr, want)
+		}
+		return took
+	}
+	t.Run("unknown tag", func(t *testing.T) { refuse(t, reg.host+"/layerfs/small:nope", `unknown tag "nope"`) })
+	t.Run("unknown repository", func(t *testing.T) { refuse(t, reg.host+"/layerfs/nothing:v1", "unknown repository") })
+	t.Run("unreachable", func(t *testing.T) {
+		if took := refuse(t, freeLoopbackAddr(t)+"/layerfs/small:v1", "unreachable"); took > 10*time.Second {
+			t.Errorf("an unreachable registry took %v to report", took)
+		}
+	})
+
+	t.Run("credentials", func(t *testing.T) {
+		authReg := startRegistry(t, registryOptions{user: "puller", password: "s3cret"})
+		ref := authReg.host + "/layerfs/small:v1"
+		push(t, img.layout, img.ref, ref, "--dest-creds=puller:s3cret")
+		manifest := manifestOf(t, img.layout, img.ref).Digest
+		dockerConfig(t, map[string]any{})
+		refuse(t, ref, "unauthorized")
+		dockerConfig(t, map[string]any{"auths": map[string]any{authReg.host: map[string]string{"auth": basicAuth("puller", "wrong")}}})
+		refuse(t, ref, "unauthorized")
+		dockerConfig(t, map[string]any{"auths": map[string]any{authReg.host: map[string]string{"auth": basicAuth("puller", "s3cret")}}})
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+
+		// A credential helper speaks docker's protocol: the server on
+		// stdin, a JSON credential on stdout.
+		bin := t.TempDir()
+		helper := "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"puller\",\"Secret\":\"s3cret\"}' \"$server\"\n"
+		if err := os.WriteFile(filepath.Join(bin, "docker-credential-layerfstest"), []byte(helper), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		dockerConfig(t, map[string]any{"credHelpers": map[string]string{authReg.host: "layerfstest"}})
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+	})
+}
+
+// dockerConfig writes a docker config.json into a new directory and
+// points DOCKER_CONFIG at it.
+func dockerConfig(t *testing.T, config any) {
+	t.Helper()
+	dir := t.TempDir()
+	data, err := json.Marshal(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+}
+
+func basicAuth(user, password string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+}

@@ -1,0 +1,247 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// registryServer is a real CNCF distribution registry (Debian's
+// docker-registry) on a loopback port, storing into a temp directory.
+type registryServer struct {
+	host    string // 127.0.0.1:PORT
+	storage string
+}
+
+// registryOptions shape a registry's config.
+type registryOptions struct {
+	// proxyOf makes the registry a pull-through cache of that URL.
+	proxyOf string
+	// user and password, when set, require basic auth (htpasswd).
+	user, password string
+}
+
+// startRegistry starts a registry and stops it when the test ends.
+func startRegistry(t testing.TB, opts registryOptions) *registryServer {
+	t.Helper()
+	bin := testimage.RequireTool(t, "docker-registry")
+	dir := t.TempDir()
+	r := &registryServer{storage: filepath.Join(dir, "storage")}
+	var extra string
+	if opts.proxyOf != "" {
+		extra += fmt.Sprintf("proxy:\n  remoteurl: %s\n", opts.proxyOf)
+	}
+	if opts.user != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(opts.password), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(opts.user+":"+string(hash)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		extra += fmt.Sprintf("auth:\n  htpasswd:\n    realm: layerfs-test\n    path: %s\n", htpasswd)
+	}
+	// A free port can be taken by someone else before the registry binds
+	// it; a registry that exits at once is started again on another.
+	for attempt := 0; ; attempt++ {
+		r.host = freeLoopbackAddr(t)
+		config := filepath.Join(dir, "config.yml")
+		yml := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n%s", r.storage, r.host, extra)
+		if err := os.WriteFile(config, []byte(yml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		logFile, err := os.Create(filepath.Join(dir, "registry.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "serve", config)
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); logFile.Close(); close(exited) }()
+		if waitRegistry(r.host, exited) {
+			t.Cleanup(func() {
+				cmd.Process.Kill()
+				<-exited
+			})
+			return r
+		}
+		cmd.Process.Kill()
+		<-exited
+		if attempt == 2 {
+			log, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+			t.Fatalf("docker-registry did not start on %s:\n%s", r.host, log)
+		}
+	}
+}
+
+// waitRegistry polls the registry's API root until it answers, or the
+// process exits, or 15 s pass.
+func waitRegistry(host string, exited chan struct{}) bool {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return false
+		default:
+		}
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+				return true
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+// freeLoopbackAddr is a loopback address nothing listens on right now.
+func freeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// push copies image ref of an OCI layout to a registry with skopeo copy,
+// given extra options (--all, --dest-creds).
+func push(t testing.TB, layout, ref, dest string, extra ...string) {
+	t.Helper()
+	args := append([]string{"--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"}, extra...)
+	testimage.RunTool(t, "skopeo", append(args, "oci:"+layout+":"+ref, "docker://"+dest)...)
+}
+
+// fault is what the fault proxy does to one answer.
+type fault struct {
+	status  int   // answer with this status instead of forwarding
+	cutAt   int64 // close the connection after this many body bytes (> 0)
+	corrupt bool  // flip one byte of the body, keeping its length
+}
+
+// faultProxy is an HTTP reverse proxy between layerfs and a registry that
+// counts the blob bytes it forwards and breaks answers as a test asks.
+type faultProxy struct {
+	host string
+	// blobBytes are the blob body bytes sent to clients; ranged counts
+	// blob requests that asked for a range.
+	blobBytes, ranged atomic.Int64
+	// rate, when > 0, limits blob bodies to that many bytes a second.
+	rate atomic.Int64
+
+	mu   sync.Mutex
+	seen map[string]int
+	// faults decides, for the n-th request (from 1) of a path, what to
+	// break; nil forwards everything.
+	faults func(path string, n int) fault
+}
+
+func startFaultProxy(t testing.TB, upstream string) *faultProxy {
+	t.Helper()
+	p := &faultProxy{seen: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.serve(t, upstream, w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p.host = strings.TrimPrefix(srv.URL, "http://")
+	return p
+}
+
+func (p *faultProxy) setFaults(fn func(path string, n int) fault) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.faults, p.seen = fn, map[string]int{}
+}
+
+func (p *faultProxy) serve(t testing.TB, upstream string, w http.ResponseWriter, r *http.Request) {
+	blob := r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:")
+	var f fault
+	p.mu.Lock()
+	p.seen[r.URL.Path]++
+	if p.faults != nil {
+		f = p.faults(r.URL.Path, p.seen[r.URL.Path])
+	}
+	p.mu.Unlock()
+	if blob && r.Header.Get("Range") != "" {
+		p.ranged.Add(1)
+	}
+	if f.status != 0 {
+		if f.status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "0")
+		}
+		http.Error(w, http.StatusText(f.status), f.status)
+		return
+	}
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+upstream+r.URL.RequestURI(), nil)
+	if err != nil {
+		t.Errorf("fault proxy: %v", err)
+		return
+	}
+	out.Header = r.Header.Clone()
+	resp, err := http.DefaultTransport.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	if !blob {
+		io.Copy(w, resp.Body)
+		return
+	}
+	buf := make([]byte, 32<<10)
+	var sent int64
+	start := time.Now()
+	for {
+		n, err := resp.Body.Read(buf)
+		if f.cutAt > 0 && sent+int64(n) >= f.cutAt {
+			n = int(f.cutAt - sent)
+		}
+		if f.corrupt && n > 0 && sent == 0 {
+			buf[n/2] ^= 0xff
+		}
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			sent += int64(n)
+			p.blobBytes.Add(int64(n))
+		}
+		if f.cutAt > 0 && sent >= f.cutAt {
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		if err != nil {
+			return
+		}
+		if rate := p.rate.Load(); rate > 0 {
+			w.(http.Flusher).Flush()
+			if ahead := time.Duration(sent)*time.Second/time.Duration(rate) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
+	}
+}
