@@ -268,11 +268,6 @@ func (t *Tree) entry(c child) (index.Entry, store.Ref, error) {
 	if c.device {
 		return index.Entry{Type: index.TypeChar, Mode: 0, Mtime: e.Mtime, MtimeNs: e.MtimeNs, Nlink: 1}, ref, nil
 	}
-	if e.Type == index.TypeLowerLink {
-		// Only the single-layer view shows a link to a lower layer as
-		// itself: there is nothing beneath it to resolve it in.
-		e.Type, e.Size = index.TypeReg, 0
-	}
 	return e, ref, nil
 }
 
@@ -285,18 +280,11 @@ func (t *Tree) attr(c child) (fuse.Attr, error) {
 		Ino:     t.ino(ref),
 		Mode:    typeBits(e.Type) | e.Mode,
 		Owner:   fuse.Owner{Uid: e.UID, Gid: e.GID},
-		Nlink:   1,
+		Size:    uint64(e.ShownSize()),
+		Nlink:   e.ShownNlink(),
 		Blksize: blockSize,
 	}
 	switch e.Type {
-	case index.TypeReg:
-		a.Size = uint64(e.Size)
-		a.Nlink = max(e.Nlink, 1)
-	case index.TypeSymlink:
-		a.Size = uint64(len(e.Link))
-		a.Nlink = max(e.Nlink, 1)
-	case index.TypeDir:
-		a.Size = blockSize
 	case index.TypeChar, index.TypeBlock:
 		a.Rdev = uint32(unix.Mkdev(e.Major, e.Minor))
 	}

@@ -199,8 +199,15 @@ func (v *View) List(dir Node) ([]Child, error) {
 func (v *View) Entry(n Node) (index.Entry, Ref, error) {
 	top := n.Top()
 	e, err := v.record(top)
-	if err != nil || v.Single {
+	if err != nil {
 		return e, top, err
+	}
+	if v.Single {
+		if e.Type == index.TypeLowerLink {
+			// Nothing beneath a single layer to resolve the link in.
+			e.Type, e.Size, e.Link = index.TypeReg, 0, ""
+		}
+		return e, top, nil
 	}
 	switch {
 	case e.Type == index.TypeLowerLink:

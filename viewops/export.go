@@ -25,11 +25,7 @@ func Export(w io.Writer, v *store.View, objectPath func(digest.Digest) string) e
 		// of the tar would take for whiteouts: export the layer merged.
 		v = &store.View{Layers: v.Layers}
 	}
-	shared, err := lowerLinkTargets(v)
-	if err != nil {
-		return err
-	}
-	x := &exporter{tw: tar.NewWriter(w), objectPath: objectPath, shared: shared, first: map[FileID]string{}}
+	x := &exporter{tw: tar.NewWriter(w), objectPath: objectPath, first: map[FileID]string{}}
 	if err := Walk(v, "", x.add); err != nil {
 		return err
 	}
@@ -42,29 +38,8 @@ func Export(w io.Writer, v *store.View, objectPath func(digest.Digest) string) e
 type exporter struct {
 	tw         *tar.Writer
 	objectPath func(digest.Digest) string
-	// shared are the files that hardlinks from upper layers name: they
-	// may have several names though each layer counts one.
-	shared map[FileID]bool
 	// first is the name written for each file that may have several.
 	first map[FileID]string
-}
-
-// lowerLinkTargets finds the files that hardlinks to lower layers name.
-func lowerLinkTargets(v *store.View) (map[FileID]bool, error) {
-	out := map[FileID]bool{}
-	for k, l := range v.Layers {
-		for rec := uint32(0); rec < uint32(l.Index.Len()); rec++ {
-			if t, _ := l.Index.TypeOf(rec); t != index.TypeLowerLink {
-				continue
-			}
-			a, err := Stat(v, store.Node{{Layer: k, Rec: rec}})
-			if err != nil {
-				return nil, fmt.Errorf("export: layer %s: %w", l.Digest, err)
-			}
-			out[a.ID] = true
-		}
-	}
-	return out, nil
 }
 
 func (x *exporter) add(p string, _ store.Node, a Attr) error {
@@ -82,7 +57,7 @@ func (x *exporter) add(p string, _ store.Node, a Attr) error {
 			h.PAXRecords["SCHILY.xattr."+xa.Name] = xa.Value
 		}
 	}
-	if a.Type != index.TypeDir && (a.Nlink > 1 || x.shared[a.ID]) {
+	if a.Type != index.TypeDir && a.Nlink > 1 {
 		if first, ok := x.first[a.ID]; ok {
 			h.Typeflag, h.Linkname = tar.TypeLink, first
 			return x.header(h)

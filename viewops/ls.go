@@ -136,7 +136,7 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 	for i, e := range entries {
 		a := e.a
 		c := cols{
-			nlink: strconv.FormatUint(uint64(shownNlink(a)), 10),
+			nlink: strconv.FormatUint(uint64(a.ShownNlink()), 10),
 			uid:   strconv.FormatUint(uint64(a.UID), 10),
 			gid:   strconv.FormatUint(uint64(a.GID), 10),
 		}
@@ -146,7 +146,7 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 			wmaj, wmin = max(wmaj, len(c.major)), max(wmin, len(c.minor))
 			ws = max(ws, wmaj+2+wmin)
 		} else {
-			c.size = strconv.FormatInt(shownSize(a), 10)
+			c.size = strconv.FormatInt(a.ShownSize(), 10)
 			ws = max(ws, len(c.size))
 		}
 		wl, wu, wg = max(wl, len(c.nlink)), max(wu, len(c.uid)), max(wg, len(c.gid))
@@ -169,28 +169,6 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 		}
 		w.WriteByte('\n')
 	}
-}
-
-// shownNlink is the link count a mount shows: the layer's count of names
-// for files and symlinks, 1 for the rest.
-func shownNlink(a Attr) uint32 {
-	if a.Type == index.TypeReg || a.Type == index.TypeSymlink {
-		return max(a.Nlink, 1)
-	}
-	return 1
-}
-
-// shownSize is the size a mount shows.
-func shownSize(a Attr) int64 {
-	switch a.Type {
-	case index.TypeReg:
-		return a.Size
-	case index.TypeSymlink:
-		return int64(len(a.Link))
-	case index.TypeDir:
-		return dirSize
-	}
-	return 0
 }
 
 // ModeString is the mode column of ls -l: the type letter, then rwx

@@ -13,9 +13,6 @@ import (
 	"github.com/layerfs/layerfs/store/index"
 )
 
-// dirSize is the size a directory shows, as the mount reports it.
-const dirSize = 4096
-
 // FileID is a file's identity in a view: two paths have the same FileID
 // exactly when they are names of one file (hardlinks).
 type FileID struct {
@@ -37,9 +34,6 @@ func Stat(v *store.View, n store.Node) (Attr, error) {
 	e, ref, err := v.Entry(n)
 	if err != nil {
 		return Attr{}, err
-	}
-	if e.Type == index.TypeLowerLink {
-		e.Type, e.Size, e.Object = index.TypeReg, 0, ""
 	}
 	return Attr{Entry: e, ID: FileID{Layer: ref.Layer, Inode: v.Layers[ref.Layer].Index.InodeOf(ref.Rec)}}, nil
 }
