@@ -64,6 +64,7 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 	if f.daemon && os.Getenv(readyFdEnv) == "" {
 		return daemonize(mountpoint)
 	}
+	defer startProfiles()()
 	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount")
 	if err != nil {
 		return err
@@ -231,4 +232,3 @@ func mountsCmd(*globals) *cobra.Command {
 		},
 	}
 }
-

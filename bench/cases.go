@@ -1,0 +1,326 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// target is what a case must reach: a bound on its ratio to the reference,
+// or on its own value when it has no reference.
+type target struct {
+	op    string // "<", "<=" or ">="
+	value float64
+	note  string // shown after the bound
+}
+
+func (t target) met(v float64) bool {
+	switch t.op {
+	case "<":
+		return v < t.value
+	case "<=":
+		return v <= t.value
+	}
+	return v >= t.value
+}
+
+// missBy is how far v is from the target, as a factor: 1 or less when met.
+func (t target) missBy(v float64) float64 {
+	if t.op == ">=" {
+		return t.value / v
+	}
+	return v / t.value
+}
+
+func (t target) String() string {
+	s := fmt.Sprintf("%s %g", t.op, t.value)
+	if t.note != "" {
+		s += " " + t.note
+	}
+	return s
+}
+
+type measure func() (float64, error)
+
+// ref is one reference a case is compared with.
+type ref struct {
+	name    string
+	measure measure
+	target  target
+}
+
+// benchCase is one figure: layerfs measured, and each reference measured
+// in the same run, runs alternating between them.
+type benchCase struct {
+	name  string // what -cases matches
+	title string
+	unit  string
+	runs  int // 0: the -runs flag
+	// server is set when the layerfs side runs a server, which can be
+	// profiled.
+	server  bool
+	layerfs measure
+	refs    []ref
+	abs     *target // the target of a case without references
+}
+
+const findFormat = "%p %y %m %U %G %s %T@\n"
+
+// mountRun mounts img with sys for one run and returns how long body
+// takes on it: after dropping every cache when cold, else after one
+// untimed run of body.
+func (b *bench) mountRun(sys system, img *image, cold bool, body func(dir string) error) measure {
+	return func() (float64, error) {
+		mp, err := b.mountpoint(sys.name)
+		if err != nil {
+			return 0, err
+		}
+		m, err := sys.mount(b, img, mp)
+		if err != nil {
+			return 0, err
+		}
+		v, err := func() (float64, error) {
+			if cold {
+				if err := dropCaches(); err != nil {
+					return 0, err
+				}
+			} else if err := body(m.dir); err != nil {
+				return 0, err
+			}
+			start := time.Now()
+			err := body(m.dir)
+			return time.Since(start).Seconds(), err
+		}()
+		if uerr := m.umount(); err == nil {
+			err = uerr
+		}
+		return v, err
+	}
+}
+
+// onServer mounts img with layerfs and returns what fn reads of the
+// mount and its server.
+func (b *bench) onServer(img *image, fn func(m *mounted) (float64, error)) measure {
+	return func() (float64, error) {
+		mp, err := b.mountpoint(layerfsRoot.name)
+		if err != nil {
+			return 0, err
+		}
+		m, err := layerfsRoot.mount(b, img, mp)
+		if err != nil {
+			return 0, err
+		}
+		v, err := fn(m)
+		if uerr := m.umount(); err == nil {
+			err = uerr
+		}
+		return v, err
+	}
+}
+
+// walkCount checks that every system shows the same number of entries.
+type walkCount struct {
+	what   string
+	counts map[string]int
+}
+
+func (w *walkCount) find(sys string) func(dir string) error {
+	return func(dir string) error {
+		n, err := drained("find", dir, "-printf", findFormat)
+		if err != nil {
+			return err
+		}
+		if w.counts == nil {
+			w.counts = map[string]int{}
+		}
+		w.counts[sys] = n
+		for other, m := range w.counts {
+			if m != n {
+				logrus.Warnf("%s: %s shows %d entries, %s %d", w.what, sys, n, other, m)
+			}
+		}
+		return nil
+	}
+}
+
+func (b *bench) cases() []benchCase {
+	c := b.corpus
+	deb, synth := c.debian, c.synth
+	ready := func(img *image) measure {
+		return b.onServer(img, func(m *mounted) (float64, error) { return m.elapsed.Seconds(), nil })
+	}
+	findCase := func(name, what string, img *image, cold bool, fuseRef bool, limit float64) benchCase {
+		w := &walkCount{what: name}
+		bc := benchCase{
+			name: name, title: "find -printf of every entry, " + what, unit: "s", server: true,
+			layerfs: b.mountRun(layerfsRoot, img, cold, w.find("layerfs")),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, img, cold, w.find("kernel")), target{op: "<=", value: limit}}},
+		}
+		if fuseRef {
+			bc.refs = append(bc.refs, ref{fuseOverlay.name, b.mountRun(fuseOverlay, img, cold, w.find("fuse-overlayfs")), target{op: "<=", value: 0.6}})
+		}
+		return bc
+	}
+	tarView := func(dir string) error {
+		_, err := drained("tar", "-C", dir, "-cf", "-", ".")
+		return err
+	}
+	const reads = 4
+	readBig := func(unpriv bool) func(dir string) error {
+		return func(dir string) error {
+			argv := []string{"dd", "if=" + filepath.Join(dir, c.big), "of=/dev/null", "bs=1M", "status=none"}
+			if unpriv {
+				argv = asNobody(argv...)
+			}
+			for i := 0; i < reads; i++ {
+				if err := run(argv...); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	bigMB := func(m measure) measure {
+		return func() (float64, error) {
+			st, err := os.Stat(filepath.Join(deb.unpacked[1], c.big))
+			if err != nil {
+				return 0, err
+			}
+			secs, err := m()
+			return float64(reads) * float64(st.Size()) / 1e6 / secs, err
+		}
+	}
+	lsBig := func(dir string) error {
+		_, err := drained("ls", "-f", filepath.Join(dir, "big"))
+		return err
+	}
+	mkfs := func(dir string) error {
+		img := filepath.Join(b.work, "mkfs.ext4")
+		defer os.Remove(img)
+		return run("mkfs.ext4", "-q", "-F", "-d", dir, img, "2G")
+	}
+
+	return []benchCase{
+		{name: "ready/debian", title: fmt.Sprintf("mount ready, Debian (%s)", entriesLabel(c.debianEntries)), unit: "s", server: true,
+			layerfs: ready(deb), abs: &target{op: "<", value: 0.1}},
+		{name: "ready/1m", title: fmt.Sprintf("mount ready, synthetic (%s)", entriesLabel(c.synthEntries)), unit: "s", server: true,
+			layerfs: ready(synth), abs: &target{op: "<", value: 0.3}},
+		{name: "rss-ready/1m", title: "server RSS at ready, synthetic", unit: "MiB", server: true,
+			layerfs: b.onServer(synth, func(m *mounted) (float64, error) {
+				v, err := rss(m.server)
+				return float64(v) / (1 << 20), err
+			}), abs: &target{op: "<", value: 50}},
+		findCase("find-cold/debian", "cold, Debian", deb, true, true, 1.5),
+		b.heavy(findCase("find-cold/1m", "cold, synthetic", synth, true, false, 1.5)),
+		findCase("find-cold/deep", "cold, 100 directories deep", c.deep, true, false, 1.5),
+		findCase("find-warm/debian", "warm, Debian", deb, false, false, 1.2),
+		b.heavy(findCase("find-warm/1m", "warm, synthetic", synth, false, false, 1.2)),
+		{name: "tar-cold/debian", title: "tar -c of the whole view, cold, Debian", unit: "s", server: true,
+			layerfs: b.mountRun(layerfsRoot, deb, true, tarView),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, tarView), target{op: "<=", value: 1.5}}}},
+		{name: "read-warm/debian", title: "sequential read of the 64 MiB file, warm, root", unit: "MB/s", server: true,
+			layerfs: bigMB(b.mountRun(layerfsRoot, deb, false, readBig(false))),
+			refs:    []ref{{kernelOverlay.name, bigMB(b.mountRun(kernelOverlay, deb, false, readBig(false))), target{op: ">=", value: 0.8}}}},
+		{name: "read-warm-unpriv/debian", title: "same, unprivileged (no passthrough)", unit: "MB/s", server: true,
+			layerfs: bigMB(b.mountRun(layerfsNobody, deb, false, readBig(true))),
+			refs:    []ref{{kernelOverlay.name, bigMB(b.mountRun(kernelOverlay, deb, false, readBig(true))), target{op: ">=", value: 0.3}}}},
+		{name: "ls-cold/bigdir", title: fmt.Sprintf("ls -f of a directory of %s, cold", entriesLabel(corpusSizes(b.quick).bigDir)), unit: "s", server: true,
+			layerfs: b.mountRun(layerfsRoot, c.bigDir, true, lsBig),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, c.bigDir, true, lsBig), target{op: "<=", value: 2.0}}}},
+		{name: "mkfs/debian", title: "mkfs.ext4 -d from the view, cold, Debian", unit: "s", server: true,
+			layerfs: b.mountRun(layerfsRoot, deb, true, mkfs),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, mkfs), target{op: "<=", value: 1.2}}}},
+		{name: "import/debian", title: "import of the Debian image", unit: "s",
+			layerfs: b.importRun(func(dst string) error {
+				_, err := b.layerfs(dst, "import", deb.layout)
+				return err
+			}),
+			refs: []ref{
+				{"umoci unpack", b.importRun(func(dst string) error {
+					return run("umoci", "unpack", "--image", deb.layout+":"+deb.name, dst)
+				}), target{op: "<=", value: 0.6}},
+				{"tar -xzf of its layers", b.importRun(func(dst string) error { return untarLayers(deb.blobs, dst) }), target{op: "<=", value: 1.0}},
+			}},
+		{name: "store-size/shared", title: "store size, 4 images sharing a base", unit: "MB", runs: 1,
+			layerfs: func() (float64, error) {
+				n, err := diskUsage(c.sharedStore)
+				return float64(n) / 1e6, err
+			},
+			refs: []ref{{"their layers unpacked", func() (float64, error) {
+				var total int64
+				for _, img := range append([]*image{deb}, c.shared[1:]...) {
+					n, err := diskUsage(img.unpacked...)
+					if err != nil {
+						return 0, err
+					}
+					total += n
+				}
+				return float64(total) / 1e6, nil
+			}, target{op: "<", value: 1, note: "(well below: reported)"}}}},
+		{name: "rss-walk/1m", title: "server RSS after a full walk, synthetic", unit: "B/entry", server: true, runs: 1,
+			layerfs: b.onServer(synth, func(m *mounted) (float64, error) {
+				n, err := drained("find", m.dir, "-printf", findFormat)
+				if err != nil {
+					return 0, err
+				}
+				v, err := rss(m.server)
+				return float64(v) / float64(n), err
+			}), abs: &target{op: "<=", value: 600}},
+	}
+}
+
+// heavy caps the runs of a case that walks a million entries, which takes
+// a minute a run on each side, to keep the whole bench near 20 minutes.
+func (b *bench) heavy(c benchCase) benchCase {
+	c.runs = min(b.runs, 2)
+	return c
+}
+
+func entriesLabel(n int) string {
+	switch {
+	case n >= 1e6:
+		return fmt.Sprintf("%.2gM entries", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.3gk entries", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d entries", n)
+}
+
+// importRun times fn writing into a fresh directory, after writing back
+// whatever earlier runs left, and removes the directory afterwards.
+func (b *bench) importRun(fn func(dst string) error) measure {
+	return func() (float64, error) {
+		dst := filepath.Join(b.work, "import")
+		if err := os.RemoveAll(dst); err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(dst)
+		unix.Sync()
+		start := time.Now()
+		err := fn(dst)
+		return time.Since(start).Seconds(), err
+	}
+}
+
+// untarLayers extracts each layer blob into dst, one after another, as a
+// plain unpack with no whiteout handling would. Markers are left out:
+// GNU tar cannot create those umoci writes beneath a directory that became
+// a file, and they mean nothing to a plain unpack; --recursive-unlink lets
+// a file replace a directory.
+func untarLayers(blobs []string, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	for _, blob := range blobs {
+		cmd := exec.Command("tar", "-xzf", blob, "-C", dst, "--recursive-unlink", "--exclude=.wh.*")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("tar -xzf %s: %w: %s", blob, err, out)
+		}
+	}
+	return nil
+}
