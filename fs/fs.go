@@ -75,6 +75,13 @@ func (t *Tree) Options() *gofs.Options {
 		RootStableAttr:  &gofs.StableAttr{Ino: 1, Mode: syscall.S_IFDIR},
 		// An image may hold files of mode 0; go-fuse would show them 0644.
 		NullPermissions: true,
+		// READDIRPLUS always, not the kernel's AUTO mode: AUTO makes ls -f
+		// of a 100k directory 6x faster but find, tar, rsync and mkfs,
+		// which stat every entry, 3x slower with a LOOKUP for each.
+		MountOptions: fuse.MountOptions{
+			// Symlink targets never change either.
+			EnableSymlinkCaching: true,
+		},
 	}
 }
 

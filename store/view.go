@@ -162,22 +162,10 @@ type Child struct {
 
 // List returns directory dir's children, sorted by name.
 func (v *View) List(dir Node) ([]Child, error) {
-	if v.Single {
-		top := dir.Top()
-		r := v.Layers[top.Layer].Index
-		start, count, err := r.Children(top.Rec)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-		}
-		out := make([]Child, 0, count)
-		for i := start; i < start+count; i++ {
-			name, err := r.Name(i)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-			}
-			out = append(out, Child{Name: string(name), Top: Ref{Layer: top.Layer, Rec: i}})
-		}
-		return out, nil
+	if v.Single || len(dir) == 1 {
+		// One layer's directory needs no merge: its children are sorted
+		// already, and only the markers are left out.
+		return v.listLayer(dir.Top(), !v.Single)
 	}
 	ds, ls := v.dirs(dir)
 	entries := whiteout.List(ds)
@@ -187,6 +175,26 @@ func (v *View) List(dir Node) ([]Child, error) {
 	out := make([]Child, len(entries))
 	for i, e := range entries {
 		out[i] = Child{Name: e.Name, Top: v.ref(dir, e.Top)}
+	}
+	return out, nil
+}
+
+func (v *View) listLayer(top Ref, skipMarkers bool) ([]Child, error) {
+	r := v.Layers[top.Layer].Index
+	start, count, err := r.Children(top.Rec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	out := make([]Child, 0, count)
+	for i := start; i < start+count; i++ {
+		name, err := r.Name(i)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		if skipMarkers && whiteout.IsMarker(string(name)) {
+			continue
+		}
+		out = append(out, Child{Name: string(name), Top: Ref{Layer: top.Layer, Rec: i}})
 	}
 	return out, nil
 }
