@@ -16,7 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/sirupsen/logrus"
 )
 
 const (
@@ -236,6 +235,11 @@ func (s *Store) importManifest(name string, desc ocispec.Descriptor, open BlobOp
 
 // fetchSmall reads a small blob from the store, or from open and checks it.
 func (s *Store) fetchSmall(desc ocispec.Descriptor, open BlobOpener) ([]byte, error) {
+	// An index.json may name a manifest by no digest at all; the store's
+	// paths are made from digests, so it is refused before any is.
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
+	}
 	if s.HasBlob(desc.Digest) {
 		return s.ReadBlob(desc.Digest)
 	}
@@ -334,9 +338,6 @@ func (s *Store) ExtractLayers(layers []ocispec.Descriptor, diffIDs []digest.Dige
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			errs[i] = s.ExtractLayer(l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
-			if errs[i] == nil {
-				logrus.WithField("layer", l.Digest).Debug("layer extracted")
-			}
 		}()
 	}
 	wg.Wait()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
@@ -54,7 +55,9 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintf(os.Stderr, "layerfs: %v\n", err)
+		// Errors of parallel work (several layers) are joined with
+		// newlines; the contract is one line per error.
+		fmt.Fprintf(os.Stderr, "layerfs: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		os.Exit(1)
 	}
 }

@@ -1,0 +1,310 @@
+package integration
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// sandbox is a directory holding a store and everything a bad-input case
+// is given, so that a case can be checked to write nothing outside the
+// store: the tree outside root must not change.
+type sandbox struct {
+	dir, root string
+}
+
+func newSandbox(t *testing.T) sandbox {
+	dir := t.TempDir()
+	sb := sandbox{dir: dir, root: filepath.Join(dir, "store")}
+	mustRun(t, sb.root, "import", "../testdata/sample")
+	return sb
+}
+
+// outside lists every path under the sandbox but in the store, with its
+// type and size.
+func (sb sandbox) outside(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(sb.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == sb.root {
+			return filepath.SkipDir
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %v %d\n", p, info.Mode(), info.Size())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// refused checks a failed command as README documents it: exit 1, one
+// line on stderr starting "layerfs:" and saying want, nothing on stdout;
+// then that nothing outside the store changed and the store verifies.
+func (sb sandbox) refused(t *testing.T, before string, r result, want string) {
+	t.Helper()
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 ||
+		!strings.Contains(r.stderr, want) || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want exit 1 and one line saying %q", r.code, r.stdout, r.stderr, want)
+	}
+	if after := sb.outside(t); after != before {
+		t.Errorf("the command changed files outside the store:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	checkStore(t, sb.root, "after a refused command")
+}
+
+// TestBadArguments runs every command with missing and extra arguments,
+// malformed and unknown digests and names, and paths that do not exist or
+// are not what they should be.
+func TestBadArguments(t *testing.T) {
+	requireRoot(t)
+	sb := newSandbox(t)
+	file := filepath.Join(sb.dir, "file")
+	empty := filepath.Join(sb.dir, "empty")
+	missing := filepath.Join(sb.dir, "missing")
+	if err := os.WriteFile(file, []byte("not an image\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unknown := "sha256:" + strings.Repeat("ab", 32)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"--log-level", "loud", "images"}, "--log-level"},
+		{[]string{"images", "--no-such-flag"}, "unknown flag"},
+		{[]string{"import"}, "requires at least 1 arg"},
+		{[]string{"import", missing}, "no such file or directory"},
+		{[]string{"import", file}, "not a tar archive"},
+		{[]string{"import", empty}, "neither an OCI image layout"},
+		{[]string{"import", "--platform", "linux", "../testdata/sample"}, "want os/arch"},
+		{[]string{"images", "extra"}, "unknown command"},
+		{[]string{"layers", "extra"}, "unknown command"},
+		{[]string{"mounts", "extra"}, "unknown command"},
+		{[]string{"gc", "extra"}, "unknown command"},
+		{[]string{"inspect"}, "requires at least 1 arg"},
+		{[]string{"inspect", "no-such-image"}, "not found"},
+		{[]string{"inspect", "sha256:xyz"}, "not an image name, nor a digest"},
+		{[]string{"inspect", "887de7c1b19"}, "not an image name, nor a digest"},
+		{[]string{"inspect", unknown}, "not found"},
+		{[]string{"inspect", "sample", "sample"}, "not an image name"},
+		{[]string{"rm"}, "requires at least 1 arg"},
+		{[]string{"rm", "no-such-image"}, "not found"},
+		{[]string{"rm", "sha256:f300a35215b6"}, "is not an image name"},
+		{[]string{"verify", "no-such-image"}, "not found"},
+		{[]string{"verify", unknown}, "not found"},
+		{[]string{"mount"}, "requires at least 2 arg"},
+		{[]string{"mount", "sample"}, "requires at least 2 arg"},
+		{[]string{"mount", "sample", missing}, "no such file or directory"},
+		{[]string{"mount", "sample", file}, "not a directory"},
+		{[]string{"mount", "no-such-image", empty}, "not found"},
+		{[]string{"mount", "--overlay", "sample", empty}, "--overlay shows one layer"},
+		{[]string{"mount", "sha256:887de7c1b19c", "sha256:f300a35215b6", empty}, "is an image"},
+		{[]string{"umount"}, "accepts 1 arg"},
+		{[]string{"umount", empty, empty}, "accepts 1 arg"},
+		{[]string{"umount", empty}, "not a layerfs mount"},
+		{[]string{"umount", missing}, "not a layerfs mount"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			before := sb.outside(t)
+			sb.refused(t, before, run(t, sb.root, c.args...), c.want)
+		})
+	}
+	t.Logf("%d bad argument lists", len(cases))
+}
+
+// dockerDir writes a docker-archive as a directory holding one image whose
+// only layer is the given bytes, with that layer's own digest as diff_id,
+// so that whatever refuses it is the stream itself.
+func dockerDir(t *testing.T, dir string, layer []byte) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]}}`, digest.FromBytes(layer))
+	files := map[string]string{
+		"manifest.json": `[{"Config":"config.json","RepoTags":["bad/stream:1"],"Layers":["layer.tar"]}]`,
+		"config.json":   config,
+		"layer.tar":     string(layer),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func tarOf(t *testing.T, entries ...testimage.Entry) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		if err := e.AddTo(tw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func gzipOf(b []byte) []byte {
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	zw.Write(b)
+	zw.Close()
+	return out.Bytes()
+}
+
+// TestHostileLayers imports every kind of layer SEMANTICS.md refuses, and
+// the hostile kinds it contains: each refusal is one clear line, exit 1,
+// naming the entry or the stream's fault; each contained one imports; and
+// neither writes or deletes anything outside the store, which verifies.
+func TestHostileLayers(t *testing.T) {
+	requireRoot(t)
+	sb := newSandbox(t)
+	img := func(name string, ls ...[]testimage.Entry) testimage.Image {
+		im := testimage.Image{Name: name}
+		for _, es := range ls {
+			im.Layers = append(im.Layers, testimage.Layer{Entries: es})
+		}
+		return im
+	}
+	type hostile struct {
+		name string
+		src  func() string
+		want string // "" when the layer is contained: it must import
+	}
+	layout := func(im testimage.Image) func() string {
+		return func() string { return writeFaultLayout(t, im) }
+	}
+	var cases []hostile
+	for _, c := range testimage.RefusedCases() {
+		entry := c.BadEntry
+		if entry != "./" {
+			entry = strings.TrimSuffix(entry, "/")
+		}
+		cases = append(cases, hostile{c.Name, layout(testimage.Image{Name: c.Name, Layers: c.Layers}), fmt.Sprintf("entry %q", entry)})
+	}
+	long := tarOf(t, testimage.File("a", strings.Repeat("x", 4096)))
+	bigHeader := tarOf(t, testimage.File("claims-more", strings.Repeat("y", 1<<20)))
+	corrupt := gzipOf(long)
+	corrupt[len(corrupt)/2] ^= 0xff
+	checksum := bytes.Clone(long)
+	checksum[148] ^= 0x07 // the header's checksum field
+	stream := func(name string, b []byte) func() string {
+		return func() string { return dockerDir(t, filepath.Join(sb.dir, "src", name), b) }
+	}
+	cases = append(cases,
+		hostile{"symlink-escape-absolute", layout(img("x", []testimage.Entry{testimage.Symlink("evil", "/"), testimage.File("evil/escaped", "x")})), `entry "evil/escaped"`},
+		hostile{"symlink-escape-relative", layout(img("x", []testimage.Entry{testimage.Symlink("up", "../../../.."), testimage.File("up/escaped", "x")})), `entry "up/escaped"`},
+		hostile{"hardlink-to-host-file", layout(img("x", []testimage.Entry{testimage.Hardlink("pw", "/etc/passwd")})), `entry "pw"`},
+		hostile{"hardlink-cycle", layout(img("x", []testimage.Entry{testimage.Hardlink("a", "b"), testimage.Hardlink("b", "a")})), "hardlink cycle"},
+		hostile{"hardlink-to-itself", layout(img("x", []testimage.Entry{testimage.Hardlink("a", "a")})), "hardlink cycle"},
+		hostile{"hardlink-to-dir", layout(img("x", []testimage.Entry{testimage.Dir("d", 0o755), testimage.Hardlink("h", "d")})), "hardlink to directory"},
+		hostile{"whiteout-escape-by-path", layout(img("x", []testimage.Entry{testimage.File("d/../../.wh.etc", "")})), "leaves the layer"},
+		hostile{"truncated-tar", stream("truncated-tar", long[:1024]), "truncated stream"},
+		hostile{"header-claims-more", stream("header-claims-more", bigHeader[:8192]), "truncated stream"},
+		hostile{"truncated-gzip", stream("truncated-gzip", gzipOf(long)[:40]), "unexpected EOF"},
+		hostile{"corrupt-gzip", stream("corrupt-gzip", corrupt), "layer"},
+		hostile{"bad-header-checksum", stream("bad-header-checksum", checksum), "invalid tar header"},
+		hostile{"garbage", stream("garbage", bytes.Repeat([]byte("garbage!"), 200)), "layer"},
+		hostile{"xz", stream("xz", append([]byte{0xfd, '7', 'z', 'X', 'Z', 0}, long...)), "unsupported compression"},
+		// Contained: harmless in the index, shown by the mount as they are.
+		hostile{"symlink-to-host-file", layout(img("x", []testimage.Entry{testimage.Symlink("shadow", "/etc/shadow"), testimage.Symlink("up", "../../..")})), ""},
+		hostile{"devices-setuid-caps", layout(img("x", []testimage.Entry{testimage.CharDev("mem", 1, 1), testimage.BlockDev("sda", 8, 0), testimage.File("suid", "x").WithMode(0o4755), testimage.File("cap", "x").WithXattr("security.capability", testimage.FileCapability(21))})), ""},
+		hostile{"whiteout-of-host-path", layout(img("x", []testimage.Entry{testimage.File("a", "a")}, []testimage.Entry{testimage.Whiteout("etc", "passwd"), testimage.Opaque("usr")})), ""},
+		hostile{"empty-layer", stream("empty-layer", nil), ""},
+	)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src := c.src()
+			before := sb.outside(t)
+			r := run(t, sb.root, "import", src)
+			if c.want != "" {
+				sb.refused(t, before, r, c.want)
+				if out := mustRun(t, sb.root, "images"); strings.Count(out, "\n") != 2 {
+					t.Errorf("a refused image is listed:\n%s", out)
+				}
+				return
+			}
+			if r.code != 0 {
+				t.Fatalf("contained layer refused: %s", r.stderr)
+			}
+			if after := sb.outside(t); after != before {
+				t.Errorf("import changed files outside the store:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			checkStore(t, sb.root, "after a contained import")
+		})
+	}
+	t.Logf("%d hostile layers", len(cases))
+}
+
+// TestUnusableRoot points the store at a root that cannot hold it: a
+// read-only filesystem, a regular file, and a full disk. Each is a clear
+// error, and the full disk leaves nothing of the import behind.
+func TestUnusableRoot(t *testing.T) {
+	requireRoot(t)
+	ro := t.TempDir()
+	if err := unix.Mount("tmpfs", ro, "tmpfs", unix.MS_RDONLY, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(ro, unix.MNT_DETACH)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ root, want string }{{ro, "read-only file system"}, {file, "not a directory"}} {
+		for _, args := range [][]string{{"import", "../testdata/sample"}, {"images"}, {"gc"}} {
+			r := run(t, c.root, args...)
+			if r.code != 1 || !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("%s on root %s: exit %d, %q; want 1 and %q", args[0], c.root, r.code, r.stderr, c.want)
+			}
+		}
+	}
+
+	full := tmpfsDir(t, 2<<20)
+	mustRun(t, full, "gc")
+	base := storeFiles(t, full)
+	big := writeFaultLayout(t, faultImage("too-big", 7, testimage.Gzip))
+	r := run(t, full, "import", big)
+	if r.code != 1 || !strings.Contains(r.stderr, "no space left on device") {
+		t.Fatalf("import onto a full disk: exit %d, %q; want 1 and no space", r.code, r.stderr)
+	}
+	t.Logf("full disk: %s", strings.TrimSpace(r.stderr))
+	// What is left is complete (layers the import finished before the
+	// disk filled, kept for a rerun) or nothing: gc takes the store back
+	// to exactly what it was.
+	if left, _ := os.ReadDir(filepath.Join(full, "tmp")); len(left) > 0 {
+		t.Errorf("the failed import left %d temp files", len(left))
+	}
+	checkStore(t, full, "after the full disk")
+	if out := mustRun(t, full, "images"); strings.Count(out, "\n") != 1 {
+		t.Errorf("image listed after a failed import:\n%s", out)
+	}
+	mustRun(t, full, "gc")
+	sameFiles(t, "full disk, then gc", base, storeFiles(t, full))
+}

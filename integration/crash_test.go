@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"math/rand/v2"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+)
+
+// killAt starts layerfs with args and SIGKILLs it after delay. It reports
+// whether the kill landed, that is, the command was still running.
+func killAt(t *testing.T, root string, delay time.Duration, args ...string) bool {
+	t.Helper()
+	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("layerfs %s failed before the kill: %v", strings.Join(args, " "), err)
+		}
+		return false
+	case <-time.After(delay):
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	err := <-done
+	ee, ok := err.(*exec.ExitError)
+	return ok && ee.Sys().(syscall.WaitStatus).Signaled()
+}
+
+// timed runs layerfs to completion and returns how long it took.
+func timed(t *testing.T, root string, args ...string) time.Duration {
+	t.Helper()
+	layerfsBin(t) // built before the clock starts
+	start := time.Now()
+	mustRun(t, root, args...)
+	return time.Since(start)
+}
+
+// killUntil kills the command at random points of its run until it has
+// killed it n times, calling after once after every kill that landed. It
+// returns the number of kills that landed and of runs that finished first.
+func killUntil(t *testing.T, n int, d time.Duration, run func(delay time.Duration) bool, after func(kill int)) (killed, finished int) {
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 6))
+	for killed < n && killed+finished < 4*n {
+		// Uniform over the whole run, and a little past its usual end.
+		delay := time.Duration(rng.Int64N(int64(d) * 11 / 10))
+		if run(delay) {
+			killed++
+			after(killed)
+		} else {
+			finished++
+		}
+	}
+	if killed < n {
+		t.Fatalf("only %d of %d kills landed while the command ran", killed, n)
+	}
+	return killed, finished
+}
+
+// TestCrashImport kills `layerfs import` at random points, over an OCI
+// layout and a docker-archive by turns. After every kill the store
+// verifies and every index in it is complete; rerunning the import
+// completes; and after gc the store holds exactly the files, of exactly
+// the sizes, that a clean import of the same source leaves.
+func TestCrashImport(t *testing.T) {
+	requireRoot(t)
+	layout := writeFaultLayout(t, faultImage("crash/layout", 1, testimage.Gzip))
+	archive := filepath.Join(t.TempDir(), "docker.tar")
+	if err := testimage.WriteDockerArchive(archive, []string{"crash/archive:1"}, faultImage("", 2, testimage.None)); err != nil {
+		t.Fatal(err)
+	}
+	sources := []struct {
+		path, name string
+		clean      map[string]int64
+		took       time.Duration
+	}{{path: layout, name: "crash/layout"}, {path: archive, name: "docker.io/crash/archive:1"}}
+	for i := range sources {
+		clean := tmpfsDir(t, 256<<20)
+		sources[i].took = timed(t, clean, "import", sources[i].path)
+		mustRun(t, clean, "gc")
+		sources[i].clean = storeFiles(t, clean)
+		t.Logf("clean import of %s: %v, %d files, %d bytes", filepath.Base(sources[i].path), sources[i].took, len(sources[i].clean), totalSize(sources[i].clean))
+	}
+	root := tmpfsDir(t, 256<<20)
+	var turn int
+	killed, finished := killUntil(t, 32, sources[0].took, func(delay time.Duration) bool {
+		turn++
+		src := sources[turn%2]
+		// Both sources take about as long; scale to the one run.
+		landed := killAt(t, root, delay*src.took/sources[0].took, "import", src.path)
+		if !landed {
+			mustRun(t, root, "rm", src.name)
+			mustRun(t, root, "gc")
+		}
+		return landed
+	}, func(kill int) {
+		src := sources[turn%2]
+		checkStore(t, root, "after kill")
+		if r := run(t, root, "layers"); r.code != 0 {
+			t.Fatalf("layers after a kill: %s", r.stderr)
+		}
+		mustRun(t, root, "import", src.path)
+		checkStore(t, root, "after the rerun")
+		mustRun(t, root, "gc")
+		sameFiles(t, "rerun after a kill, then gc", src.clean, storeFiles(t, root))
+		mustRun(t, root, "rm", src.name)
+		mustRun(t, root, "gc")
+	})
+	t.Logf("import: %d kills survived (%d runs finished before their kill)", killed, finished)
+}
+
+// TestCrashGC kills `layerfs gc` at random points while it frees an image
+// that was removed: the image kept must verify after every kill, and a
+// rerun of gc must leave exactly what a clean import of it leaves.
+func TestCrashGC(t *testing.T) {
+	requireRoot(t)
+	kept := writeFaultLayout(t, faultImage("kept", 3, testimage.Gzip))
+	dropped := writeFaultLayout(t, faultImage("dropped", 4, testimage.Gzip))
+	clean := tmpfsDir(t, 256<<20)
+	mustRun(t, clean, "import", kept)
+	mustRun(t, clean, "gc")
+	want := storeFiles(t, clean)
+
+	root := tmpfsDir(t, 256<<20)
+	mustRun(t, root, "import", kept)
+	prepare := func() {
+		mustRun(t, root, "import", dropped)
+		mustRun(t, root, "rm", "dropped")
+	}
+	prepare()
+	start := time.Now()
+	mustRun(t, root, "gc")
+	took := time.Since(start)
+	prepare()
+	killed, finished := killUntil(t, 30, took, func(delay time.Duration) bool {
+		landed := killAt(t, root, delay, "gc")
+		if !landed {
+			prepare()
+		}
+		return landed
+	}, func(int) {
+		checkStore(t, root, "after a killed gc")
+		mustRun(t, root, "gc")
+		sameFiles(t, "gc rerun after a kill", want, storeFiles(t, root))
+		prepare()
+	})
+	t.Logf("gc: %d kills survived (%d runs finished before their kill), gc takes %v", killed, finished, took)
+}

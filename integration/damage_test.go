@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+)
+
+// TestDamagedStoreUnderLiveMount damages the store of a live mount, an
+// object removed, then the top layer's index truncated: what depends on
+// them answers EIO and the server logs it, while it goes on serving
+// everything else, and verify names both.
+func TestDamagedStoreUnderLiveMount(t *testing.T) {
+	requireRoot(t)
+	var low, high []testimage.Entry
+	body := func(p string) string { return "content of " + p + "\n" }
+	for i := range 200 {
+		p := fmt.Sprintf("low/f%03d", i)
+		low = append(low, testimage.File(p, body(p)))
+		p = fmt.Sprintf("high/f%03d", i)
+		high = append(high, testimage.File(p, body(p)))
+	}
+	img := testimage.Image{Name: "damage", Layers: []testimage.Layer{{Entries: low}, {Entries: high}}}
+	layout := writeFaultLayout(t, img)
+	root := t.TempDir()
+	mustRun(t, root, "import", layout)
+	mnt := t.TempDir()
+	srv := serveLogged(t, root, mnt, "damage")
+	read := func(p string) error {
+		b, err := os.ReadFile(filepath.Join(mnt, p))
+		if err == nil && string(b) != body(p) {
+			return fmt.Errorf("%s: read %q", p, b)
+		}
+		return err
+	}
+	// Looked up now, so the kernel holds their entries when the index
+	// they came from is damaged.
+	for _, p := range []string{"low/f001", "low/f002", "high/f001"} {
+		if _, err := os.Stat(filepath.Join(mnt, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := os.Remove(objectPath(root, body("low/f000"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := read("low/f000"); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read of a file whose object is gone: %v, want EIO", err)
+	}
+	for _, p := range []string{"low/f001", "low/f100", "high/f199"} {
+		if err := read(p); err != nil {
+			t.Errorf("after an object was removed: %v", err)
+		}
+	}
+	waitFor(t, "the server logs the missing object", func() bool {
+		return strings.Contains(srv.Log(), "object") && strings.Contains(srv.Log(), "no such file")
+	})
+
+	top := topLayerIndex(t, root, "damage")
+	st, err := os.Stat(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(top, st.Size()/3); err != nil {
+		t.Fatal(err)
+	}
+	var eio, ok int
+	for i := range 200 {
+		for _, dir := range []string{"low", "high"} {
+			p := fmt.Sprintf("%s/f%03d", dir, i)
+			switch err := read(p); {
+			case err == nil:
+				ok++
+			case errors.Is(err, syscall.EIO):
+				eio++
+			default:
+				t.Errorf("after the index was truncated: %v, want content or EIO", err)
+			}
+		}
+	}
+	if eio == 0 {
+		t.Error("no read failed after the top layer's index was truncated")
+	}
+	// What the kernel already knows, and the lower layer's own contents,
+	// are still served.
+	for _, p := range []string{"low/f001", "low/f002"} {
+		if err := read(p); err != nil {
+			t.Errorf("file of the intact layer after the truncation: %v", err)
+		}
+	}
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &sfs); err != nil || !srv.alive() {
+		t.Fatalf("server gone after the truncation (%v):\n%s", err, srv.Log())
+	}
+	if !strings.Contains(srv.Log(), "EIO") {
+		t.Errorf("server logged nothing of the truncated index:\n%s", srv.Log())
+	}
+	t.Logf("after truncation: %d reads answered EIO, %d served", eio, ok)
+
+	r := run(t, root, "verify")
+	if r.code != 1 || !strings.Contains(r.stderr, digestHex(body("low/f000"))) || !strings.Contains(r.stderr, filepath.Base(filepath.Dir(top))) {
+		t.Errorf("verify of the damaged store: exit %d\n%s\nwant 1, naming the object and the layer", r.code, r.stderr)
+	}
+}
+
+// topLayerIndex is the index file of image name's highest layer.
+func topLayerIndex(t *testing.T, root, name string) string {
+	t.Helper()
+	out := mustRun(t, root, "layers")
+	var top string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "sha256:") && strings.Contains(line, name) {
+			top = strings.TrimPrefix(f[0], "sha256:")
+		}
+	}
+	if top == "" {
+		t.Fatalf("no layer of %s in:\n%s", name, out)
+	}
+	return filepath.Join(root, "layers", "sha256", top, "index")
+}

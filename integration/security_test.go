@@ -1,0 +1,184 @@
+package integration
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/sys/unix"
+)
+
+// TestStoreHoldsOnlyPlainFiles imports layers full of what must never
+// reach the host (setuid and setgid files, devices, FIFOs, capabilities,
+// files of other owners) and checks the store: directories 0700, and
+// nothing but plain files of the store's owner, mode 0600 at most,
+// without special bits or a capability.
+func TestStoreHoldsOnlyPlainFiles(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	mustRun(t, root, "import", "../testdata/sample")
+	var special testimage.RuleCase
+	for _, c := range testimage.RuleCases() {
+		if c.Name == "special-files" || c.Name == "special-mode-bits" || c.Name == "owners" || c.Name == "xattrs" {
+			special.Layers = append(special.Layers, c.Layers...)
+		}
+	}
+	mustRun(t, root, "import", writeFaultLayout(t, testimage.Image{Name: "special", Layers: special.Layers}))
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		n++
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		mode := st.Mode & unix.S_IFMT
+		perm := st.Mode & 0o7777
+		switch {
+		case st.Uid != uint32(os.Geteuid()) || st.Gid != uint32(os.Getegid()):
+			t.Errorf("%s: owned by %d:%d, not the store's owner", p, st.Uid, st.Gid)
+		case mode == unix.S_IFDIR && perm != 0o700:
+			t.Errorf("%s: directory mode %o, want 0700", p, perm)
+		case mode != unix.S_IFDIR && mode != unix.S_IFREG:
+			t.Errorf("%s: not a plain file (type %o)", p, mode)
+		case mode == unix.S_IFREG && perm&^0o600 != 0:
+			t.Errorf("%s: mode %o, more than 0600", p, perm)
+		}
+		if sz, _ := unix.Lgetxattr(p, "security.capability", nil); sz > 0 {
+			t.Errorf("%s: carries a capability", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d store paths checked", n)
+}
+
+// mountOptions returns the per-mount and the superblock options of the
+// mount at mnt, from /proc/self/mountinfo.
+func mountOptions(t *testing.T, mnt string) (mountOpts, superOpts []string) {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		before, after, ok := strings.Cut(sc.Text(), " - ")
+		left, right := strings.Fields(before), strings.Fields(after)
+		if ok && len(left) > 5 && len(right) > 2 && left[4] == mnt {
+			return strings.Split(left[5], ","), strings.Split(right[2], ",")
+		}
+	}
+	t.Fatalf("%s is not in /proc/self/mountinfo", mnt)
+	return nil, nil
+}
+
+func has(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// reachableDir is a new directory that every user can traverse to, for
+// mountpoints that another user must reach.
+func reachableDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// asNobodyRun runs a command as uid and gid 65534 and returns its error,
+// holding what it printed.
+func asNobodyRun(name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, out)
+	}
+	return nil
+}
+
+// denied fails t unless err is a refusal for want of permission.
+func denied(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("%s: %v, want permission denied", what, err)
+	}
+}
+
+// TestMountDefaults checks what a mount is by default: read-only, nosuid,
+// nodev, default_permissions, for its owner only; and that --allow-other
+// lets others in with the image's modes still enforced.
+func TestMountDefaults(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	mustRun(t, root, "import", "../testdata/sample")
+	var devs testimage.RuleCase
+	for _, c := range testimage.RuleCases() {
+		if c.Name == "special-files" {
+			devs = c
+		}
+	}
+	mustRun(t, root, "import", writeFaultLayout(t, testimage.Image{Name: "devs", Layers: devs.Layers}))
+
+	mnt := reachableDir(t)
+	serveLogged(t, root, mnt, "sample")
+	opts, super := mountOptions(t, mnt)
+	for _, o := range []string{"ro", "nosuid", "nodev"} {
+		if !has(opts, o) {
+			t.Errorf("mount options %v lack %s", opts, o)
+		}
+	}
+	if !has(super, "default_permissions") || has(super, "allow_other") {
+		t.Errorf("superblock options %v: want default_permissions and no allow_other", super)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(unix.ST_RDONLY | unix.ST_NOSUID | unix.ST_NODEV); st.Flags&want != want {
+		t.Errorf("statfs flags %#x lack ro, nosuid, nodev", st.Flags)
+	}
+	denied(t, "another user reads a mount made without --allow-other", asNobodyRun("cat", filepath.Join(mnt, "etc", "passwd")))
+
+	other := reachableDir(t)
+	serveLogged(t, root, other, "--allow-other", "sample")
+	if _, super := mountOptions(t, other); !has(super, "allow_other") || !has(super, "default_permissions") {
+		t.Errorf("--allow-other mount: superblock options %v", super)
+	}
+	if err := asNobodyRun("cat", filepath.Join(other, "etc", "passwd")); err != nil {
+		t.Errorf("another user cannot read a 0644 file through --allow-other: %v", err)
+	}
+	// home/user is 0750 and 1000:1000 in the image: nobody is kept out.
+	denied(t, "another user lists home/user, 0750 in the image", asNobodyRun("ls", filepath.Join(other, "home", "user")))
+
+	devMnt := t.TempDir()
+	serveLogged(t, root, devMnt, "devs")
+	if f, err := os.Open(filepath.Join(devMnt, "dev", "null")); !errors.Is(err, syscall.EACCES) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("open of the image's device node through a nodev mount: %v, want EACCES", err)
+	}
+}

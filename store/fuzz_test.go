@@ -1,0 +1,351 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// The seed corpora under testdata/fuzz are generated from internal/testimage
+// by TestWriteFuzzSeeds with LAYERFS_WRITE_FUZZ_SEEDS=1; a crash the fuzzer
+// finds is added there by go test itself.
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("LAYERFS_WRITE_FUZZ_SEEDS") != "1" {
+		t.Skip("writes testdata/fuzz only when LAYERFS_WRITE_FUZZ_SEEDS=1")
+	}
+	layers := seedLayers(t)
+	// Hostile streams: cut short, a header claiming more than follows,
+	// and bytes flipped inside a compressed stream.
+	for _, l := range layers[:12] {
+		layers = append(layers, l[:len(l)/2], l[:min(len(l), 700)])
+		flipped := bytes.Clone(l)
+		flipped[len(flipped)/2] ^= 0xff
+		layers = append(layers, flipped)
+	}
+	src := newFuzzSource(t)
+	_, manifest := src.dockerFiles(t)
+	var idx ocispec.Index
+	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
+		t.Fatal(err)
+	}
+	docs := map[string][][]byte{
+		"FuzzExtract":        layers,
+		"FuzzDockerManifest": {manifest, []byte(`[{"Config":"../config.json","Layers":["/l0.tar"]}]`), []byte(`[{"Config":"config.json","Layers":[]}]`)},
+		"FuzzLayoutIndex":    {src.files["index.json"].Data},
+		"FuzzManifest":       {src.files[layoutBlob(idx.Manifests[0].Digest)].Data},
+	}
+	strs := map[string][]string{
+		"FuzzCleanPath":      {"a/b", "./a", "/abs", "a/../../b", "..", ".", "./", "a//b/", strings.Repeat("x/", 10)},
+		"FuzzParseReference": {"debian", "library/debian:12", "host:5000/a/b:tag", "localhost/x", "a@sha256:" + strings.Repeat("ab", 32), "UPPER", "a/b:", ":tag", "a..b"},
+		"FuzzResolve":        {"sample", "sha256:887de7c1b19c", "887de7c1b19c9ad301d3", "f300a35215b6 73417749b3ad", "docker.io/library/sample:latest", "sha256:", "zzzzzzzzzzzzzzz"},
+	}
+	for target, ds := range docs {
+		for i, d := range ds {
+			writeSeed(t, "testdata", target, i, "[]byte("+strconv.Quote(string(d))+")")
+		}
+	}
+	// store/index's reader is fuzzed from the indexes of these layers.
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range layers {
+		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+		_, err := x.read(bytes.NewReader(l))
+		x.abort()
+		var buf bytes.Buffer
+		if err != nil || index.Write(&buf, x.root, index.Info{DiffID: digest.FromBytes(l)}) != nil {
+			continue
+		}
+		writeSeed(t, filepath.Join("index", "testdata"), "FuzzIndex", n, "[]byte("+strconv.Quote(buf.String())+")")
+		n++
+	}
+	for target, ss := range strs {
+		for i, s := range ss {
+			writeSeed(t, "testdata", target, i, "string("+strconv.Quote(s)+")")
+		}
+	}
+}
+
+// writeSeed writes one value of a seed corpus in go test's own format.
+func writeSeed(t *testing.T, testdata, target string, i int, value string) {
+	t.Helper()
+	dir := filepath.Join(testdata, "fuzz", target)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%03d", i)), []byte("go test fuzz v1\n"+value+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// seedLayers returns the layer blobs (as stored: gzip, zstd or plain) of
+// every rule and refused case of internal/testimage, leaving out the large.
+func seedLayers(t testing.TB) [][]byte {
+	t.Helper()
+	var out [][]byte
+	cases := append(testimage.RuleCases(), testimage.RefusedCases()...)
+	for i, c := range cases {
+		dir := t.TempDir()
+		ls := c.Layers
+		for j := range ls {
+			ls[j].Compression = testimage.Compression(i % 3)
+		}
+		descs, err := testimage.WriteLayout(dir, testimage.Image{Name: c.Name, Layers: ls})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := testimage.ReadImage(dir, descs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range m.Layers {
+			if l.Size > 64<<10 {
+				continue
+			}
+			b, err := os.ReadFile(testimage.BlobPath(dir, l.Digest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// FuzzExtract feeds arbitrary bytes to the tar-to-index path: decompress,
+// read the tar, check every entry, resolve hardlinks, write the index. It
+// must refuse or succeed, never panic; what it accepts must give an index
+// that reads back whole; and nothing may stay in tmp/ once it is done.
+func FuzzExtract(f *testing.F) {
+	s, err := Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, layer []byte) {
+		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+		_, err := x.read(bytes.NewReader(layer))
+		x.abort()
+		if left, _ := os.ReadDir(s.path(tmpDir)); len(left) > 0 {
+			t.Fatalf("%d temp files left behind (read error %v)", len(left), err)
+		}
+		if err != nil {
+			return
+		}
+		var buf bytes.Buffer
+		if err := index.Write(&buf, x.root, index.Info{DiffID: digest.FromBytes(layer)}); err != nil {
+			t.Fatalf("accepted layer gives no index: %v", err)
+		}
+		r, err := index.Parse(buf.Bytes())
+		if err != nil {
+			t.Fatalf("index of an accepted layer does not parse: %v", err)
+		}
+		for i := uint32(0); i < uint32(r.Len()); i++ {
+			e, err := r.Entry(i)
+			if err != nil {
+				t.Fatalf("record %d: %v", i, err)
+			}
+			p, err := r.Path(i)
+			if err != nil {
+				t.Fatalf("record %d: %v", i, err)
+			}
+			if _, err := CleanPath(p); err != nil || (i > 0 && strings.HasPrefix(p, "/")) {
+				t.Fatalf("record %d path %q: %v", i, p, err)
+			}
+			if got, ok, err := r.Walk(p); err != nil || !ok || got != i {
+				t.Fatalf("Walk(%q) = %d %v %v, want record %d", p, got, ok, err, i)
+			}
+			if e.Type == index.TypeReg && e.Size > 0 && e.Object == "" {
+				t.Fatalf("record %d: a non-empty file without an object", i)
+			}
+		}
+	})
+}
+
+// FuzzCleanPath checks that a cleaned tar name never leaves the layer.
+func FuzzCleanPath(f *testing.F) {
+	f.Fuzz(func(t *testing.T, name string) {
+		p, err := CleanPath(name)
+		if err != nil {
+			return
+		}
+		if p == ".." || strings.HasPrefix(p, "../") || strings.HasPrefix(p, "/") || strings.Contains(p, "//") ||
+			strings.HasSuffix(p, "/") || p == "." || strings.Contains(p, "\x00") || len(p) > maxPathLen {
+			t.Fatalf("CleanPath(%q) = %q", name, p)
+		}
+		for _, c := range strings.Split(p, "/") {
+			if c == "." || c == ".." || len(c) > maxNameLen || (p != "" && c == "") {
+				t.Fatalf("CleanPath(%q) = %q holds component %q", name, p, c)
+			}
+		}
+	})
+}
+
+// fuzzSource is a small valid image whose files the import fuzzers keep
+// beside the document they mutate, so a mutation that stays valid goes on
+// into the rest of the import.
+type fuzzSource struct {
+	files  fstest.MapFS
+	layout string // a layout dir holding the same image
+}
+
+func newFuzzSource(t testing.TB) fuzzSource {
+	t.Helper()
+	dir := t.TempDir()
+	img := testimage.Image{Name: "fuzz", Layers: []testimage.Layer{
+		{Compression: testimage.None, Entries: []testimage.Entry{testimage.Dir("d", 0o755), testimage.File("d/f", "f\n")}},
+		{Compression: testimage.None, Entries: []testimage.Entry{testimage.Whiteout("d", "f"), testimage.File("g", "g\n")}},
+	}}
+	if _, err := testimage.WriteLayout(dir, img); err != nil {
+		t.Fatal(err)
+	}
+	files := fstest.MapFS{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		files[filepath.ToSlash(rel)] = &fstest.MapFile{Data: b}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fuzzSource{files: files, layout: dir}
+}
+
+// dockerFiles adds the files a docker-archive manifest.json of the image
+// would name: the config as config.json and the layers as l0.tar, l1.tar.
+func (src fuzzSource) dockerFiles(t testing.TB) (fstest.MapFS, []byte) {
+	t.Helper()
+	var idx ocispec.Index
+	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := testimage.ReadImage(src.layout, idx.Manifests[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := fstest.MapFS{"config.json": src.files[layoutBlob(m.Config.Digest)]}
+	var names []string
+	for i, l := range m.Layers {
+		name := fmt.Sprintf("l%d.tar", i)
+		files[name] = src.files[layoutBlob(l.Digest)]
+		names = append(names, name)
+	}
+	manifest, _ := json.Marshal([]dockerManifest{{Config: "config.json", RepoTags: []string{"fuzz/x:1"}, Layers: names}})
+	return files, manifest
+}
+
+// FuzzDockerManifest imports a docker-archive whose manifest.json is the
+// fuzzer's, beside a valid config and layers.
+func FuzzDockerManifest(f *testing.F) {
+	s, err := Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	files, _ := newFuzzSource(f).dockerFiles(f)
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		fsys := fstest.MapFS{"manifest.json": &fstest.MapFile{Data: doc}}
+		for k, v := range files {
+			fsys[k] = v
+		}
+		s.importDockerArchive(fsys)
+	})
+}
+
+// FuzzLayoutIndex imports an OCI layout whose index.json is the fuzzer's,
+// beside the blobs of a valid image.
+func FuzzLayoutIndex(f *testing.F) {
+	s, err := Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	src := newFuzzSource(f)
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		fsys := fstest.MapFS{"index.json": &fstest.MapFile{Data: doc}}
+		for k, v := range src.files {
+			if k != "index.json" {
+				fsys[k] = v
+			}
+		}
+		s.importLayout(fsys, HostPlatform())
+	})
+}
+
+// FuzzManifest stores an image from manifest bytes the fuzzer chooses,
+// whose config and layers, when it names them, come from a valid image.
+func FuzzManifest(f *testing.F) {
+	s, err := Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	src := newFuzzSource(f)
+	var idx ocispec.Index
+	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
+		f.Fatal(err)
+	}
+	open := func(d ocispec.Descriptor) (io.ReadCloser, error) { return src.files.Open(layoutBlob(d.Digest)) }
+	f.Fuzz(func(t *testing.T, mdata []byte) {
+		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(mdata), Size: int64(len(mdata))}
+		if err := s.StoreImage("", desc, mdata, open); err != nil {
+			return
+		}
+		if _, err := s.Resolve([]string{desc.Digest.String()}); err != nil {
+			t.Fatalf("stored manifest does not resolve: %v", err)
+		}
+	})
+}
+
+// FuzzParseReference checks that a reference that parses prints as one
+// that parses back to itself.
+func FuzzParseReference(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseReference(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseReference(r.String())
+		if err != nil || again != r {
+			t.Fatalf("ParseReference(%q) = %+v, printed %q, parsed back as %+v, %v", s, r, r.String(), again, err)
+		}
+	})
+}
+
+// FuzzResolve resolves command-line targets against a store holding the
+// sample image: any answer but a panic will do, and what resolves must
+// name layers the store has.
+func FuzzResolve(f *testing.F) {
+	s, err := Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	if _, err := s.Import("../testdata/sample", HostPlatform()); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, arg string) {
+		t0, err := s.Resolve(strings.Fields(arg))
+		if err != nil {
+			return
+		}
+		for _, l := range t0.Layers {
+			if !s.Extracted(l.Digest) {
+				t.Fatalf("%q resolves to layer %s, which the store does not hold", arg, l.Digest)
+			}
+		}
+	})
+}
