@@ -155,3 +155,39 @@ func TestCrashGC(t *testing.T) {
 	})
 	t.Logf("gc: %d kills survived (%d runs finished before their kill), gc takes %v", killed, finished, took)
 }
+
+// TestCrashPull kills `layerfs pull` at random points of a pull from a
+// real registry. After every kill the store verifies and every index in
+// it is complete; pulling again completes, resuming what was staged; and
+// after gc the store holds exactly what a clean pull leaves.
+func TestCrashPull(t *testing.T) {
+	requireRoot(t)
+	layout := writeFaultLayout(t, faultImage("crash/pull", 5, testimage.Gzip))
+	reg := startRegistry(t, registryOptions{})
+	ref := reg.host + "/crash/pull:1"
+	push(t, layout, "crash/pull", ref)
+	clean := tmpfsDir(t, 256<<20)
+	took := timed(t, clean, "pull", "--quiet", ref)
+	mustRun(t, clean, "gc")
+	want := storeFiles(t, clean)
+	t.Logf("clean pull: %v, %d files, %d bytes", took, len(want), totalSize(want))
+
+	root := tmpfsDir(t, 256<<20)
+	killed, finished := killUntil(t, 30, took, func(delay time.Duration) bool {
+		landed := killAt(t, root, delay, "pull", "--quiet", ref)
+		if !landed {
+			mustRun(t, root, "rm", ref)
+			mustRun(t, root, "gc")
+		}
+		return landed
+	}, func(int) {
+		checkStore(t, root, "after kill")
+		mustRun(t, root, "pull", "--quiet", ref)
+		checkStore(t, root, "after the rerun")
+		mustRun(t, root, "gc")
+		sameFiles(t, "pull again after a kill, then gc", want, storeFiles(t, root))
+		mustRun(t, root, "rm", ref)
+		mustRun(t, root, "gc")
+	})
+	t.Logf("pull: %d kills survived (%d runs finished before their kill)", killed, finished)
+}
