@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/procstat"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -212,7 +213,7 @@ func (b *bench) cases() []benchCase {
 			layerfs: ready(synth), abs: &target{op: "<", value: 0.3}},
 		{name: "rss-ready/1m", title: "server RSS at ready, synthetic", unit: "MiB", server: true,
 			layerfs: b.onServer(synth, func(m *mounted) (float64, error) {
-				v, err := rss(m.server)
+				v, err := procstat.RSS(m.server)
 				return float64(v) / (1 << 20), err
 			}), abs: &target{op: "<", value: 50}},
 		findCase("find-cold/debian", "cold, Debian", deb, true, true, 1.5),
@@ -268,7 +269,7 @@ func (b *bench) cases() []benchCase {
 				if err != nil {
 					return 0, err
 				}
-				v, err := rss(m.server)
+				v, err := procstat.RSS(m.server)
 				return float64(v) / float64(n), err
 			}), abs: &target{op: "<=", value: 600}},
 	}

@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,10 +11,17 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/oracle"
+	"github.com/layerfs/layerfs/internal/procstat"
 )
 
 // soakTime is how long TestSoak reads: $LAYERFS_SOAK (make soak), else a
 // short run for CI.
+// rssKiB is the server's resident set in KiB.
+func rssKiB(pid int) (int64, error) {
+	b, err := procstat.RSS(pid)
+	return b >> 10, err
+}
+
 func soakTime(t *testing.T) time.Duration {
 	s := os.Getenv("LAYERFS_SOAK")
 	if s == "" {
@@ -27,22 +32,6 @@ func soakTime(t *testing.T) time.Duration {
 		t.Fatalf("LAYERFS_SOAK=%q: %v", s, err)
 	}
 	return d
-}
-
-// rssKiB is a process's resident set, from /proc.
-func rssKiB(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
 // maxServerRSS bounds the server's resident set under the soak: the index
