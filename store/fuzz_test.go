@@ -21,10 +21,10 @@ import (
 // The seed corpora under testdata/fuzz are generated from internal/testimage
 // by TestWriteFuzzSeeds with LAYERFS_WRITE_FUZZ_SEEDS=1; a crash the fuzzer
 // finds is added there by go test itself.
-func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("LAYERFS_WRITE_FUZZ_SEEDS") != "1" {
-		t.Skip("writes testdata/fuzz only when LAYERFS_WRITE_FUZZ_SEEDS=1")
-	}
+// TestFuzzSeedsAreCurrent checks the committed seed corpora are what
+// internal/testimage's cases make today; LAYERFS_WRITE_FUZZ_SEEDS=1
+// rewrites them instead.
+func TestFuzzSeedsAreCurrent(t *testing.T) {
 	layers := seedLayers(t)
 	// Hostile streams: cut short, a header claiming more than follows,
 	// and bytes flipped inside a compressed stream.
@@ -80,14 +80,23 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 }
 
-// writeSeed writes one value of a seed corpus in go test's own format.
+// writeSeed writes one value of a seed corpus in go test's own format
+// when LAYERFS_WRITE_FUZZ_SEEDS=1, and otherwise checks the committed one.
 func writeSeed(t *testing.T, testdata, target string, i int, value string) {
 	t.Helper()
 	dir := filepath.Join(testdata, "fuzz", target)
+	p := filepath.Join(dir, fmt.Sprintf("seed-%03d", i))
+	want := []byte("go test fuzz v1\n" + value + "\n")
+	if os.Getenv("LAYERFS_WRITE_FUZZ_SEEDS") != "1" {
+		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("seed %s is missing or out of date (%v): rerun with LAYERFS_WRITE_FUZZ_SEEDS=1", p, err)
+		}
+		return
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%03d", i)), []byte("go test fuzz v1\n"+value+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(p, want, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
