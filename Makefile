@@ -30,8 +30,11 @@ clean:
 	rm -rf bin
 
 # make bench: every case against its reference in one run; writes bench/results.
+# Then a guest over virtio-fs against the same guest on an ext4 disk made
+# from the mount (LAYERFS_VIRTIOFS_BENCH=debian for the Debian image).
 bench: build
 	$(GO) run ./bench -layerfs $(BIN) -out bench/results
+	$(GO) test -count=1 -timeout 0 -run '^$$' -bench BenchmarkVirtiofsGuest -benchtime 1x -v ./integration/
 
 # make fuzz: each fuzz target for FUZZTIME.
 FUZZTIME ?= 60s
