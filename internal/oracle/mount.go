@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,7 +53,15 @@ func Mount(lowerDirs []string, target string) (unmount func() error, err error) 
 		return nil, errors.Join(fmt.Errorf("mount overlay of %d layers at %s: %w", len(lowerDirs), target, err), cleanup())
 	}
 	return func() error {
-		if err := unix.Unmount(target, 0); err != nil {
+		// A reference the kernel drops a moment after the last close
+		// (a file closed by another thread) can make the mount busy
+		// briefly; wait that out.
+		err := unix.Unmount(target, 0)
+		for deadline := time.Now().Add(10 * time.Second); errors.Is(err, unix.EBUSY) && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+			err = unix.Unmount(target, 0)
+		}
+		if err != nil {
 			return fmt.Errorf("unmount %s: %w", target, err)
 		}
 		return cleanup()
