@@ -249,16 +249,16 @@ func (b *bench) writeImage(img *image, layers []testimage.Layer) error {
 
 // layerBlobs lists the layer blobs of image ref in an OCI layout.
 func layerBlobs(layout, ref string) ([]string, error) {
-	var idx ocispec.Index
-	if err := readJSON(filepath.Join(layout, ocispec.ImageIndexFile), &idx); err != nil {
+	idx, err := testimage.ReadIndex(layout)
+	if err != nil {
 		return nil, err
 	}
 	for _, d := range idx.Manifests {
 		if d.Annotations[ocispec.AnnotationRefName] != ref {
 			continue
 		}
-		var m ocispec.Manifest
-		if err := readJSON(testimage.BlobPath(layout, d.Digest), &m); err != nil {
+		m, _, err := testimage.ReadImage(layout, d)
+		if err != nil {
 			return nil, err
 		}
 		var out []string
@@ -268,17 +268,6 @@ func layerBlobs(layout, ref string) ([]string, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("layout %s has no image %s", layout, ref)
-}
-
-func readJSON(path string, v any) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("parse %s: %w", path, err)
-	}
-	return nil
 }
 
 // unpack unpacks each layer blob of img with the oracle, once per blob:
@@ -363,19 +352,15 @@ func writeSharedLayout(src, dst string) error {
 			return err
 		}
 	}
-	var idx ocispec.Index
-	if err := readJSON(filepath.Join(src, ocispec.ImageIndexFile), &idx); err != nil {
+	idx, err := testimage.ReadIndex(src)
+	if err != nil {
 		return err
 	}
 	if len(idx.Manifests) != 1 {
 		return fmt.Errorf("layout %s: want one image, has %d", src, len(idx.Manifests))
 	}
-	var m ocispec.Manifest
-	var cfg ocispec.Image
-	if err := readJSON(testimage.BlobPath(src, idx.Manifests[0].Digest), &m); err != nil {
-		return err
-	}
-	if err := readJSON(testimage.BlobPath(src, m.Config.Digest), &cfg); err != nil {
+	m, cfg, err := testimage.ReadImage(src, idx.Manifests[0])
+	if err != nil {
 		return err
 	}
 	top, topDiff, err := writeSmallLayer(dst)

@@ -183,6 +183,13 @@ func BlobPath(dir string, d digest.Digest) string {
 }
 
 // ReadImage reads back the manifest and config of a manifest descriptor
+// ReadIndex reads an OCI layout's index.json.
+func ReadIndex(dir string) (ocispec.Index, error) {
+	var idx ocispec.Index
+	err := readJSON(filepath.Join(dir, ocispec.ImageIndexFile), &idx)
+	return idx, err
+}
+
 // returned by WriteLayout.
 func ReadImage(dir string, manifest ocispec.Descriptor) (ocispec.Manifest, ocispec.Image, error) {
 	var m ocispec.Manifest
