@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/oracle"
+	"github.com/layerfs/layerfs/internal/testimage"
 )
 
 var (
@@ -43,17 +44,11 @@ func layerfsBin(t testing.TB) string {
 	return binPath
 }
 
-// requireRoot fails under LAYERFS_INTEGRATION=1 and skips otherwise when
-// the test cannot run without root.
+// requireRoot ends, through testimage.Unavailable, a test that cannot run
+// without root.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("LAYERFS_INTEGRATION") == "1" {
-		t.Fatal("this test needs root, and LAYERFS_INTEGRATION=1 says it must run")
-	}
-	t.Skip("needs root")
+	testimage.RequireRoot(t, "this test")
 }
 
 // result is what one run of the binary did.

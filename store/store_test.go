@@ -3,8 +3,10 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -187,5 +189,32 @@ func TestImportSample(t *testing.T) {
 		}
 	}
 	walk(v.Root(), "")
-	t.Log(strings.Join(paths, "\n"))
+	if want := umociPaths(t, "../testdata/sample", "sample"); !slices.Equal(paths, want) {
+		t.Errorf("the view shows\n%s\numoci unpacks\n%s", strings.Join(paths, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// umociPaths unpacks image ref of the layout at dir with umoci and lists
+// every path of its root filesystem as the walk above does: each
+// directory's children in name order, each path with a leading slash.
+func umociPaths(t *testing.T, dir, ref string) []string {
+	t.Helper()
+	bundle := filepath.Join(t.TempDir(), "bundle")
+	args := []string{"unpack", "--image", dir + ":" + ref, bundle}
+	if os.Geteuid() != 0 {
+		args = append([]string{"unpack", "--rootless"}, args[1:]...)
+	}
+	testimage.RunTool(t, "umoci", args...)
+	rootfs := filepath.Join(bundle, "rootfs")
+	var paths []string
+	err := filepath.WalkDir(rootfs, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil && p != rootfs {
+			paths = append(paths, strings.TrimPrefix(p, rootfs))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return paths
 }

@@ -40,7 +40,10 @@ func TestExportShape(t *testing.T) {
 	for _, c := range testimage.RuleCases() {
 		t.Run(c.Name, func(t *testing.T) {
 			hs := exportHeaders(t, c.Layers)
-			if len(hs) == 0 || hs[0].Name != "./" || hs[0].Typeflag != tar.TypeDir {
+			if len(hs) == 0 {
+				t.Fatal("the export is empty, want the root ./ first")
+			}
+			if hs[0].Name != "./" || hs[0].Typeflag != tar.TypeDir {
 				t.Fatalf("first entry %+v, want the root ./", hs[0])
 			}
 			// open is the directory being written into, and its parents.

@@ -14,24 +14,18 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/oracle"
+	"github.com/layerfs/layerfs/internal/testimage"
 	"golang.org/x/sys/unix"
 )
 
-// requireIntegration skips a test that needs root and the build tools,
-// unless LAYERFS_INTEGRATION=1 asks for it, in which case not being able to
-// run it is a failure.
+// requireIntegration ends, through testimage.Unavailable, a test that
+// needs root and the build tools on a machine without them.
 func requireIntegration(t *testing.T, tools ...string) {
 	t.Helper()
-	fail := t.Skipf
-	if os.Getenv("LAYERFS_INTEGRATION") == "1" {
-		fail = t.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		fail("needs root (euid %d)", os.Geteuid())
-	}
+	testimage.RequireRoot(t, "building the Debian image")
 	for _, tool := range tools {
 		if _, err := lookTool(tool); err != nil {
-			fail("%v", err)
+			testimage.Unavailable(t, "%v", err)
 		}
 	}
 }

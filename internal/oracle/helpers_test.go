@@ -8,28 +8,20 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/layerfs/layerfs/internal/testimage"
 	"golang.org/x/sys/unix"
 )
 
-// requireIntegration skips a test that needs root, GNU tar and overlayfs,
-// unless LAYERFS_INTEGRATION=1 asks for it, in which case not being able to
-// run it is a failure.
+// requireIntegration ends, through testimage.Unavailable, a test that
+// needs root, GNU tar and overlayfs on a machine without them.
 func requireIntegration(t *testing.T) {
 	t.Helper()
-	fail := t.Skipf
-	if os.Getenv("LAYERFS_INTEGRATION") == "1" {
-		fail = t.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		fail("needs root (euid %d)", os.Geteuid())
-	}
-	if _, err := exec.LookPath("tar"); err != nil {
-		fail("needs GNU tar: %v", err)
-	}
+	testimage.RequireRoot(t, "the overlayfs oracle")
+	testimage.RequireTool(t, "tar")
 	lower, target := t.TempDir(), t.TempDir()
 	unmount, err := Mount([]string{lower}, target)
 	if err != nil {
-		fail("needs overlayfs: %v", err)
+		testimage.Unavailable(t, "needs overlayfs: %v", err)
 	}
 	if err := unmount(); err != nil {
 		t.Fatal(err)

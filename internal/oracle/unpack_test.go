@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/layerfs/layerfs/internal/testimage"
 	"golang.org/x/sys/unix"
 )
 
@@ -424,9 +425,7 @@ func TestOpenLayerDetectsCompression(t *testing.T) {
 // TestListingNames checks the parsing of GNU tar's own verbose listing of
 // directories whose names its quoting escapes.
 func TestListingNames(t *testing.T) {
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skip("no tar")
-	}
+	testimage.RequireTool(t, "tar")
 	src := t.TempDir()
 	names := []string{"a\nb", `c\d`, "tab\there", "caf\xc3\xa9", " lead", "two  spaces", `q"uote`, "x\x01y", "a -> b"}
 	want := map[string]unix.Timespec{".": {Sec: 7}}

@@ -11,9 +11,7 @@ import (
 // TestFileCapability compares FileCapability with what libcap's setcap
 // writes for the same capabilities.
 func TestFileCapability(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("setcap needs root")
-	}
+	RequireRoot(t, "setcap")
 	f := filepath.Join(t.TempDir(), "f")
 	if err := os.WriteFile(f, nil, 0o755); err != nil {
 		t.Fatal(err)

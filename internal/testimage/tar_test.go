@@ -131,9 +131,7 @@ func TestTarListing(t *testing.T) {
 // TarCannotExtract fail, and that what it extracts carries every attribute
 // the entries give, xattr values included.
 func TestTarExtract(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("extracting owners, devices and security.capability needs root")
-	}
+	RequireRoot(t, "extracting owners, devices and security.capability")
 	tarPath := RequireTool(t, "tar")
 	cases := RuleCases()
 	blobs := caseLayers(t, cases)

@@ -58,9 +58,7 @@ func TestRewriteReplaces(t *testing.T) {
 // TestUnpacksAsDocumented unpacks the committed sample with umoci and
 // checks the merged tree shows what testimage.Sample's comment promises.
 func TestUnpacksAsDocumented(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("umoci unpack restores owners and xattrs only as root")
-	}
+	testimage.RequireRoot(t, "umoci unpack restoring owners and xattrs")
 	bundle := filepath.Join(t.TempDir(), "bundle")
 	testimage.RunTool(t, "umoci", "unpack", "--image", committed+":"+testimage.SampleName, bundle)
 	root := filepath.Join(bundle, "rootfs")
