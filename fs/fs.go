@@ -37,8 +37,8 @@ const (
 // Tree is one view, ready to be served.
 type Tree struct {
 	view *store.View
-	// objectPath locates a regular file's content.
-	objectPath func(digest.Digest) string
+	// openObject opens a regular file's content.
+	openObject func(digest.Digest) (*os.File, error)
 	// overlay shows a single layer in overlayfs's on-disk format.
 	overlay bool
 	files   uint64
@@ -47,11 +47,11 @@ type Tree struct {
 
 // NewTree makes the node tree of view. overlay asks for the
 // overlay-format view and needs a single-layer view.
-func NewTree(view *store.View, objectPath func(digest.Digest) string, overlay bool) (*Tree, error) {
+func NewTree(view *store.View, openObject func(digest.Digest) (*os.File, error), overlay bool) (*Tree, error) {
 	if overlay && !view.Single {
 		return nil, fmt.Errorf("the overlay-format view shows one layer")
 	}
-	t := &Tree{view: view, objectPath: objectPath, overlay: overlay}
+	t := &Tree{view: view, openObject: openObject, overlay: overlay}
 	for _, l := range view.Layers {
 		info := l.Index.Info()
 		t.files += uint64(info.Entries)
@@ -409,11 +409,7 @@ func (nd *node) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, fus
 	if e.Object == "" {
 		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	p := nd.tree.objectPath(e.Object)
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOATIME, 0)
-	if err != nil {
-		f, err = os.Open(p)
-	}
+	f, err := nd.tree.openObject(e.Object)
 	if err != nil {
 		return nil, 0, nd.fail("open", fmt.Errorf("object %s: %w", e.Object, err))
 	}

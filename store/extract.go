@@ -58,7 +58,7 @@ func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src 
 	if err := os.MkdirAll(s.layerDir(desc.Digest), dirMode); err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	unlock, err := lockFile(s.layerDir(desc.Digest)+".lock", unix.LOCK_EX)
+	unlock, err := s.lock(s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
@@ -78,7 +78,7 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 	var blob *Staged
 	var err error
 	if haveBlob {
-		in, err = os.Open(s.BlobPath(desc.Digest))
+		in, err = s.openRegular(blobRel(desc.Digest))
 	} else {
 		in, err = src()
 	}

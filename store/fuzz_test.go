@@ -57,7 +57,7 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 		}
 	}
 	// store/index's reader is fuzzed from the indexes of these layers.
-	s, err := Open(t.TempDir())
+	s, err := OpenForWriting(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func seedLayers(t testing.TB) [][]byte {
 // must refuse or succeed, never panic; what it accepts must give an index
 // that reads back whole; and nothing may stay in tmp/ once it is done.
 func FuzzExtract(f *testing.F) {
-	s, err := Open(f.TempDir())
+	s, err := OpenForWriting(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func (src fuzzSource) dockerFiles(t testing.TB) (fstest.MapFS, []byte) {
 // FuzzDockerManifest imports a docker-archive whose manifest.json is the
 // fuzzer's, beside a valid config and layers.
 func FuzzDockerManifest(f *testing.F) {
-	s, err := Open(f.TempDir())
+	s, err := OpenForWriting(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func FuzzDockerManifest(f *testing.F) {
 // FuzzLayoutIndex imports an OCI layout whose index.json is the fuzzer's,
 // beside the blobs of a valid image.
 func FuzzLayoutIndex(f *testing.F) {
-	s, err := Open(f.TempDir())
+	s, err := OpenForWriting(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func FuzzLayoutIndex(f *testing.F) {
 // FuzzManifest stores an image from manifest bytes the fuzzer chooses,
 // whose config and layers, when it names them, come from a valid image.
 func FuzzManifest(f *testing.F) {
-	s, err := Open(f.TempDir())
+	s, err := OpenForWriting(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func FuzzParseReference(f *testing.F) {
 // sample image: any answer but a panic will do, and what resolves must
 // name layers the store has.
 func FuzzResolve(f *testing.F) {
-	s, err := Open(f.TempDir())
+	s, err := OpenForWriting(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func (s *Store) GC() (Freed, error) {
 	}
 	remove := func(p string, count *int) {
 		size := diskUsage(p)
-		if err := os.RemoveAll(p); err == nil {
+		if err := s.removeBeneath(s.rel(p)); err == nil {
 			*count++
 			f.Bytes += size
 		}
@@ -105,7 +105,7 @@ func (s *Store) GC() (Freed, error) {
 
 // objectsOf calls fn for every object layer d's index names.
 func (s *Store) objectsOf(d digest.Digest, fn func(digest.Digest)) error {
-	r, err := index.Open(s.IndexPath(d), true)
+	r, err := s.openIndex(d, true)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return err
@@ -172,7 +172,7 @@ func (s *Store) Verify(targets []Target) ([]Problem, error) {
 		}
 	}
 	for d := range blobs {
-		if err := hashFile(s.BlobPath(d), d); err != nil {
+		if err := s.hashFile(blobRel(d), d); err != nil {
 			add("blob", d.String(), err)
 		}
 	}
@@ -186,15 +186,15 @@ func (s *Store) Verify(targets []Target) ([]Problem, error) {
 		}
 	}
 	for o := range objects {
-		if err := hashFile(s.ObjectPath(o), o); err != nil {
+		if err := s.hashFile(objectRel(o), o); err != nil {
 			add("object", o.String(), err)
 		}
 	}
 	return problems, nil
 }
 
-func hashFile(p string, want digest.Digest) error {
-	f, err := os.Open(p)
+func (s *Store) hashFile(rel string, want digest.Digest) error {
+	f, err := s.openRegular(rel)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 
 // OpenLayer opens the index of an extracted layer.
 func (s *Store) OpenLayer(d digest.Digest) (Layer, error) {
-	r, err := index.Open(s.IndexPath(d), false)
+	r, err := s.openIndex(d, false)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return Layer{}, fmt.Errorf("layer %s: %w: not extracted", d, ErrNotFound)

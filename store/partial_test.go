@@ -14,7 +14,7 @@ import (
 // would leave it, and finishes it in a second Partial: the hash covers
 // the bytes of both.
 func TestPartialResumes(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := OpenForWriting(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestPartialResumes(t *testing.T) {
 // TestPartialRefusesWrongBytes commits bytes of the right size but the
 // wrong digest: nothing is kept, neither blob nor partial.
 func TestPartialRefusesWrongBytes(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := OpenForWriting(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestPartialRefusesWrongBytes(t *testing.T) {
 // TestPartialLongerThanBlob drops staged bytes past the blob's size,
 // which cannot belong to it.
 func TestPartialLongerThanBlob(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := OpenForWriting(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

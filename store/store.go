@@ -30,6 +30,7 @@ const (
 	objectsDir = "objects/sha256"
 	tmpDir     = "tmp"
 	indexFile  = "index.json"
+	layoutFile = "oci-layout"
 	indexLock  = ".index.lock"
 	// gcLock is held shared by every command that writes, and exclusively
 	// by gc, so gc never sees an object or blob that a writer has committed
@@ -46,35 +47,139 @@ const (
 // Store is one store root.
 type Store struct {
 	root string
+	// dir is the root, which every path inside the store is resolved
+	// beneath; nil when the store does not exist yet.
+	dir *os.File
 }
 
-// Open opens the store at root, creating it if it does not exist.
-func Open(root string) (*Store, error) {
+// topDirs are a store's own directories. The file oci-layout with the
+// directories layers/ and objects/ mark a directory as a layerfs store: a
+// plain OCI layout has the first but never the others.
+var topDirs = []string{"blobs", blobsDir, "layers", layersDir, "objects", objectsDir, tmpDir}
+
+// storeNames are every name a store holds at its root.
+var storeNames = map[string]bool{"blobs": true, "layers": true, "objects": true, tmpDir: true, indexFile: true, layoutFile: true, indexLock: true, gcLock: true}
+
+// ErrNotStore is wrapped by the error about a --root that is not a store.
+var ErrNotStore = errors.New("is not a layerfs store")
+
+// Open opens the store at root for reading: nothing is created or
+// changed, and a store the user can read but not write will do. A missing
+// or empty directory reads as an empty store.
+func Open(root string) (*Store, error) { return open(root, false) }
+
+// OpenForWriting opens the store at root for a command that writes,
+// making a store of a missing or empty directory. Any other directory
+// that is not a store is refused.
+func OpenForWriting(root string) (*Store, error) { return open(root, true) }
+
+func open(root string, forWriting bool) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", root, err)
 	}
 	s := &Store{root: abs}
-	for _, d := range []string{"", blobsDir, layersDir, objectsDir, tmpDir} {
-		// Chmod too: MkdirAll leaves a directory that exists as it is.
-		if err := os.MkdirAll(s.path(d), dirMode); err != nil {
+	if st, err := os.Stat(abs); err == nil && !st.IsDir() {
+		return nil, fmt.Errorf("%s %w", abs, ErrNotStore)
+	}
+	if forWriting {
+		if err := os.MkdirAll(abs, dirMode); err != nil {
 			return nil, fmt.Errorf("store %s: %w", abs, err)
 		}
-		if err := os.Chmod(s.path(d), dirMode); err != nil {
-			return nil, fmt.Errorf("store %s: %w", abs, err)
-		}
 	}
-	if err := unix.Access(abs, unix.W_OK); err != nil {
-		return nil, fmt.Errorf("store %s: not writable: %w", abs, err)
+	dir, err := os.OpenFile(abs, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return s, nil
+	case errors.Is(err, unix.ENOTDIR):
+		return nil, fmt.Errorf("%s %w", abs, ErrNotStore)
+	case err != nil:
+		return nil, fmt.Errorf("store %s: %w", abs, err)
 	}
-	if err := s.writeIfMissing("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
-		return nil, err
-	}
-	empty, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}})
-	if err := s.writeIfMissing(indexFile, empty); err != nil {
+	s.dir = dir
+	if err := s.openDir(forWriting); err != nil {
+		dir.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// openDir checks the root s.dir is, and makes the store when asked to
+// write in an empty directory (or one a store's creation left half done).
+func (s *Store) openDir(forWriting bool) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(s.dir.Fd()), &st); err != nil {
+		return fmt.Errorf("store %s: %w", s.root, err)
+	}
+	names, err := s.dir.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.root, err)
+	}
+	have := map[string]bool{}
+	ownNamesOnly := true
+	for _, n := range names {
+		have[n] = true
+		ownNamesOnly = ownNamesOnly && storeNames[n]
+	}
+	isStore := have[layoutFile] && have["layers"] && have["objects"]
+	switch {
+	case isStore:
+	case len(names) == 0 && !forWriting:
+		s.dir.Close()
+		s.dir = nil
+		return nil
+	case ownNamesOnly && !have[layoutFile] && forWriting:
+		if st.Uid != uint32(os.Geteuid()) {
+			return checkTrusted(s.root, &st, true)
+		}
+		// The new store's root is its owner's alone, as all of it is.
+		if err := unix.Fchmod(int(s.dir.Fd()), dirMode); err != nil {
+			return fmt.Errorf("store %s: %w", s.root, err)
+		}
+		return s.create()
+	default:
+		return fmt.Errorf("%s %w", s.root, ErrNotStore)
+	}
+	if err := checkTrusted(s.root, &st, forWriting); err != nil {
+		return err
+	}
+	for _, d := range topDirs {
+		if err := unix.Fstatat(int(s.dir.Fd()), d, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("store %s: %w", s.path(d), err)
+		}
+		if err := checkTrusted(s.path(d), &st, forWriting); err != nil {
+			return err
+		}
+	}
+	if forWriting {
+		if err := unix.Access(s.path(tmpDir), unix.W_OK); err != nil {
+			return fmt.Errorf("store %s: not writable: %w", s.root, err)
+		}
+	}
+	return nil
+}
+
+// create makes the store's directories and files in its root; oci-layout
+// comes last, so a directory holding it is a whole store.
+func (s *Store) create() error {
+	for _, d := range topDirs {
+		err := unix.Mkdirat(int(s.dir.Fd()), d, dirMode)
+		if err != nil && err != unix.EEXIST {
+			return fmt.Errorf("store %s: %w", s.path(d), err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(int(s.dir.Fd()), d, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("store %s: %w", s.path(d), err)
+		}
+		if err := checkTrusted(s.path(d), &st, true); err != nil {
+			return err
+		}
+	}
+	empty, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}})
+	if err := s.writeIfMissing(indexFile, empty); err != nil {
+		return err
+	}
+	return s.writeIfMissing(layoutFile, []byte(`{"imageLayoutVersion":"1.0.0"}`))
 }
 
 // Root is the store's directory.
@@ -83,7 +188,8 @@ func (s *Store) Root() string { return s.root }
 func (s *Store) path(rel string) string { return filepath.Join(s.root, rel) }
 
 func (s *Store) writeIfMissing(name string, data []byte) error {
-	if _, err := os.Stat(s.path(name)); err == nil {
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(s.dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil
 	}
 	return s.writeFile(name, data)
@@ -103,14 +209,25 @@ func (s *Store) writeFile(rel string, data []byte) error {
 }
 
 // BlobPath is where a verified blob lives.
-func (s *Store) BlobPath(d digest.Digest) string {
-	return filepath.Join(s.root, blobsDir, d.Encoded())
-}
+func (s *Store) BlobPath(d digest.Digest) string { return s.path(blobRel(d)) }
+
+func blobRel(d digest.Digest) string { return filepath.Join(blobsDir, d.Encoded()) }
 
 // ObjectPath is where a regular-file content object lives.
-func (s *Store) ObjectPath(d digest.Digest) string {
+func (s *Store) ObjectPath(d digest.Digest) string { return s.path(objectRel(d)) }
+
+func objectRel(d digest.Digest) string {
 	e := d.Encoded()
-	return filepath.Join(s.root, objectsDir, e[:2], e)
+	return filepath.Join(objectsDir, e[:2], e)
+}
+
+// OpenObject opens a content object for reading, refusing a symlink or
+// anything but a regular file in its place.
+func (s *Store) OpenObject(d digest.Digest) (*os.File, error) {
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("object %q: %w", d, err)
+	}
+	return s.openRegular(objectRel(d))
 }
 
 func (s *Store) layerDir(d digest.Digest) string {
@@ -169,12 +286,7 @@ func (s *Store) PutJSON(mediaType string, v any) (ocispec.Descriptor, error) {
 
 // ReadBlob returns a small blob's bytes, checked against its digest.
 func (s *Store) ReadBlob(d digest.Digest) ([]byte, error) {
-	f, err := os.Open(s.BlobPath(d))
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", d, err)
-	}
-	defer f.Close()
-	data, err := readMetadata(f)
+	data, err := s.readSmallFile(blobRel(d))
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
@@ -204,8 +316,11 @@ type Image struct {
 }
 
 func (s *Store) readIndex() (ocispec.Index, error) {
-	var idx ocispec.Index
-	data, err := os.ReadFile(s.path(indexFile))
+	idx := ocispec.Index{Manifests: []ocispec.Descriptor{}}
+	if s.dir == nil {
+		return idx, nil
+	}
+	data, err := s.readSmallFile(indexFile)
 	if err != nil {
 		return idx, fmt.Errorf("store index: %w", err)
 	}
@@ -300,7 +415,11 @@ func (s *Store) Untag(name string) error {
 
 // lock takes a flock on a file in the root; how is LOCK_SH or LOCK_EX.
 func (s *Store) lock(name string, how int) (func(), error) {
-	return lockFile(s.path(name), how)
+	f, err := s.openBeneath(name, os.O_RDWR|os.O_CREATE, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	return flock(f, how)
 }
 
 func lockFile(p string, how int) (func(), error) {
@@ -308,6 +427,12 @@ func lockFile(p string, how int) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
+	return flock(f, how)
+}
+
+func flock(f *os.File, how int) (func(), error) {
+	var err error
+	p := f.Name()
 	for {
 		err = unix.Flock(int(f.Fd()), how)
 		if err != unix.EINTR {
@@ -325,4 +450,10 @@ func lockFile(p string, how int) (func(), error) {
 // waits for every writer to finish first.
 func (s *Store) Writing() (release func(), err error) {
 	return s.lock(gcLock, unix.LOCK_SH)
+}
+
+// rel is p, a path inside the store, relative to its root.
+func (s *Store) rel(p string) string {
+	r, _ := filepath.Rel(s.root, p)
+	return r
 }

@@ -18,7 +18,7 @@ import (
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(t.TempDir())
+	s, err := OpenForWriting(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

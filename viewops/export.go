@@ -17,15 +17,15 @@ import (
 // mtimes with nanoseconds, xattrs as SCHILY.xattr records, and the names
 // of one file after the first as hardlinks to that first name. A view
 // shows no whiteout markers, so the stream holds none. Contents are read
-// from objectPath one file at a time. A single-layer view is exported
+// through openObject one file at a time. A single-layer view is exported
 // as that layer merged over nothing: without its markers.
-func Export(w io.Writer, v *store.View, objectPath func(digest.Digest) string) error {
+func Export(w io.Writer, v *store.View, openObject func(digest.Digest) (*os.File, error)) error {
 	if v.Single {
 		// The single-layer view shows markers as files, which any reader
 		// of the tar would take for whiteouts: export the layer merged.
 		v = &store.View{Layers: v.Layers}
 	}
-	x := &exporter{tw: tar.NewWriter(w), objectPath: objectPath, first: map[FileID]string{}}
+	x := &exporter{tw: tar.NewWriter(w), openObject: openObject, first: map[FileID]string{}}
 	if err := Walk(v, "", x.add); err != nil {
 		return err
 	}
@@ -37,7 +37,7 @@ func Export(w io.Writer, v *store.View, objectPath func(digest.Digest) string) e
 
 type exporter struct {
 	tw         *tar.Writer
-	objectPath func(digest.Digest) string
+	openObject func(digest.Digest) (*os.File, error)
 	// first is the name written for each file that may have several.
 	first map[FileID]string
 }
@@ -101,7 +101,7 @@ func (x *exporter) header(h *tar.Header) error {
 }
 
 func (x *exporter) content(p string, a Attr) error {
-	f, err := os.Open(x.objectPath(a.Object))
+	f, err := x.openObject(a.Object)
 	if err != nil {
 		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
 	}

@@ -17,7 +17,7 @@ func exportHeaders(t *testing.T, layers []testimage.Layer) []*tar.Header {
 	t.Helper()
 	s, v := openImage(t, layers)
 	var buf bytes.Buffer
-	if err := Export(&buf, v, s.ObjectPath); err != nil {
+	if err := Export(&buf, v, s.OpenObject); err != nil {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(&buf)

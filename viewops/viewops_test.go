@@ -16,7 +16,7 @@ func openImage(t *testing.T, layers []testimage.Layer) (*store.Store, *store.Vie
 	if _, err := testimage.WriteLayout(dir, testimage.Image{Name: "img", Layers: layers}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.Open(filepath.Join(t.TempDir(), "store"))
+	s, err := store.OpenForWriting(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}

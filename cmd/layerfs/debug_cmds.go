@@ -192,7 +192,7 @@ exactly the merged view.
 
 func exportTo(w io.Writer, v *store.View, s *store.Store) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
-	if err := viewops.Export(bw, v, s.ObjectPath); err != nil {
+	if err := viewops.Export(bw, v, s.OpenObject); err != nil {
 		return err
 	}
 	return bw.Flush()

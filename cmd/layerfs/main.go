@@ -83,10 +83,21 @@ func (g *globals) rootDir() (string, error) {
 	return filepath.Join(home, ".local", "share", "layerfs"), nil
 }
 
+// open opens the store for reading: nothing is created or changed.
 func (g *globals) open() (*store.Store, error) {
 	root, err := g.rootDir()
 	if err != nil {
 		return nil, err
 	}
 	return store.Open(root)
+}
+
+// openForWriting opens the store for a command that writes, making one
+// in a missing or empty directory.
+func (g *globals) openForWriting() (*store.Store, error) {
+	root, err := g.rootDir()
+	if err != nil {
+		return nil, err
+	}
+	return store.OpenForWriting(root)
 }

@@ -115,7 +115,7 @@ func openTree(g *globals, targets []string, overlay bool, op string) (tree *laye
 	if err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	if tree, err = layerfs.NewTree(view, s.ObjectPath, overlay); err != nil {
+	if tree, err = layerfs.NewTree(view, s.OpenObject, overlay); err != nil {
 		view.Close()
 		return nil, t, nil, err
 	}

@@ -50,7 +50,7 @@ An interrupted pull, run again, resumes every blob where it stopped.`,
 			if err != nil {
 				return err
 			}
-			s, err := g.open()
+			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}

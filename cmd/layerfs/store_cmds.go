@@ -38,7 +38,7 @@ func importCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := g.open()
+			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}
@@ -183,7 +183,7 @@ func rmCmd(g *globals) *cobra.Command {
 		Short: "Remove images by name (gc frees what no image uses any more)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.open()
+			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}
@@ -243,7 +243,7 @@ func gcCmd(g *globals) *cobra.Command {
 		Short: "Remove blobs, layers and objects no image uses, and stale temp files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.open()
+			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}

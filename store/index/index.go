@@ -309,6 +309,12 @@ func Open(path string, verify bool) (*Reader, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return OpenFile(f, verify)
+}
+
+// OpenFile maps the index open as f, as Open does; f may be closed after.
+func OpenFile(f *os.File, verify bool) (*Reader, error) {
+	path := f.Name()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
