@@ -82,12 +82,35 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) 
 		opts.DirectMount = true
 		opts.DirectMountStrict = true
 		opts.DirectMountFlags = flags
+	} else if o.AllowOther && !userAllowOther() {
+		// fusermount3 would refuse with its reason on stderr, which a
+		// --daemon mount's error leaves out.
+		return nil, fmt.Errorf("mount %s: --allow-other: fusermount3 allows allow_other only if user_allow_other is set in %s", mountpoint, fuseConf)
 	}
 	srv, err := gofs.Mount(mountpoint, tree.Root(), opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	return srv, nil
+}
+
+const fuseConf = "/etc/fuse.conf"
+
+// userAllowOther reports whether fuse.conf lets users mount with
+// allow_other, as fusermount3 reads it: a line user_allow_other, comments
+// after #.
+func userAllowOther() bool {
+	data, err := os.ReadFile(fuseConf)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrBusy is returned when a mount cannot go because files are open in it.

@@ -108,6 +108,9 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	name := r.String()
+	if err := store.CheckImageName(name); err != nil {
+		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
 	release, err := p.store.Writing()
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)

@@ -49,7 +49,7 @@ func (e *EntryError) Unwrap() error { return e.Err }
 // uncompressed tar. A layer already extracted is left alone, by this
 // process or any other.
 func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
-	if err := desc.Digest.Validate(); err != nil {
+	if err := checkDigest(desc.Digest); err != nil {
 		return fmt.Errorf("layer %q: %w", desc.Digest, err)
 	}
 	if s.Extracted(desc.Digest) && s.HasBlob(desc.Digest) {
@@ -171,6 +171,11 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 		}
 		if err != nil {
 			return "", fmt.Errorf("read tar: %w", streamError(err))
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			// Defaults for the entries after it, which every field of
+			// theirs overrides; docker and containerd skip it too.
+			continue
 		}
 		if err := x.add(hdr, tr); err != nil {
 			return "", &EntryError{Entry: hdr.Name, Err: err}
@@ -341,6 +346,9 @@ func onlyMarkers(n *index.Node) bool {
 }
 
 func headerEntry(hdr *tar.Header) (index.Entry, error) {
+	if err := checkRepresentable(hdr); err != nil {
+		return index.Entry{}, err
+	}
 	e := index.Entry{
 		Mode:    uint32(hdr.Mode) & 0o7777,
 		Mtime:   hdr.ModTime.Unix(),

@@ -299,6 +299,9 @@ func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
 // extracted (in parallel, bounded by the cores), the manifest, and last
 // its name. Blobs the store lacks come from open.
 func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
+	if err := CheckImageName(name); err != nil {
+		return err
+	}
 	m, err := ParseManifest(mdata)
 	if err != nil {
 		return err

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/opencontainers/go-digest"
 )
 
 const (
@@ -97,4 +99,24 @@ func isHex(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// CheckImageName refuses a name that a target would read as a digest: one
+// starting with a digest algorithm, or of 12 to 64 hex digits, as given or
+// in the short form a user would type (docker.io/library/X:latest as X).
+// Digests resolve first, so such a name could only be reached by accident.
+func CheckImageName(name string) error {
+	forms := []string{name}
+	if r, err := ParseReference(name); err == nil && r.Domain == defaultDomain && r.Digest == "" {
+		short := strings.TrimPrefix(r.Path, officialRepo)
+		forms = append(forms, short)
+	}
+	for _, f := range forms {
+		alg, _, hasAlg := strings.Cut(f, ":")
+		isAlg := alg == string(digest.SHA256) || alg == string(digest.SHA384) || alg == string(digest.SHA512)
+		if (hasAlg && isAlg) || (len(f) >= minPrefix && len(f) <= 64 && isHex(f)) {
+			return fmt.Errorf("image name %q reads as a digest: refused, since it would stand for another image's digest", name)
+		}
+	}
+	return nil
 }

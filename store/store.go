@@ -254,7 +254,7 @@ func (s *Store) Extracted(d digest.Digest) bool {
 // PutBlob stages r as blob desc, verifying size and digest. A blob already
 // present is not written again; r is still drained so callers may chain it.
 func (s *Store) PutBlob(desc ocispec.Descriptor, r io.Reader) error {
-	if err := desc.Digest.Validate(); err != nil {
+	if err := checkDigest(desc.Digest); err != nil {
 		return fmt.Errorf("blob %q: %w", desc.Digest, err)
 	}
 	if s.HasBlob(desc.Digest) {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -63,8 +64,13 @@ func (s *Store) Resolve(targets []string) (Target, error) {
 		return Target{}, err
 	}
 	if len(targets) == 1 {
-		if img, ok := findImage(images, targets[0]); ok {
-			return s.imageTarget(img)
+		// A digest the store knows wins over any name, so that no name,
+		// even one stored before names like digests were refused, can
+		// stand in for it.
+		if _, _, err := s.matchDigest(images, targets[0]); errors.Is(err, ErrNotFound) {
+			if img, ok := findImage(images, targets[0]); ok {
+				return s.imageTarget(img)
+			}
 		}
 	}
 	var t Target
