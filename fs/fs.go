@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -318,13 +320,18 @@ func (nd *node) Readlink(ctx context.Context) (target []byte, errno syscall.Errn
 func (nd *node) xattrs() ([]index.Xattr, error) {
 	c := nd.self()
 	e, _, err := nd.tree.entry(c)
-	if err != nil || !nd.tree.overlay || e.Type != index.TypeDir {
+	if err != nil || !nd.tree.overlay {
 		return e.Xattrs, err
+	}
+	xs := escapeOverlayXattrs(e.Xattrs)
+	if e.Type != index.TypeDir || e.Name == "" {
+		// overlayfs never reads a layer root's opaque mark.
+		return xs, nil
 	}
 	// In overlay format, a directory the layer makes opaque, or replaces
 	// after whiting it out, hides what lies beneath it.
 	opaque := e.Flags&index.FlagOpaque != 0
-	if !opaque && e.Name != "" {
+	if !opaque {
 		parent := nd.tree.view.Layers[0].Index
 		pe, err := parent.Entry(nd.n.Top().Rec)
 		if err != nil {
@@ -333,9 +340,36 @@ func (nd *node) xattrs() ([]index.Xattr, error) {
 		_, opaque, _ = parent.Lookup(pe.Parent, whiteout.Prefix+e.Name)
 	}
 	if opaque {
-		return append(e.Xattrs[:len(e.Xattrs):len(e.Xattrs)], index.Xattr{Name: opaqueXattr, Value: "y"}), nil
+		return append(xs[:len(xs):len(xs)], index.Xattr{Name: opaqueXattr, Value: "y"}), nil
 	}
-	return e.Xattrs, nil
+	return xs, nil
+}
+
+// overlayPrefixes are the xattr namespaces overlayfs keeps for itself:
+// trusted.overlay. when mounted by root, user.overlay. with userxattr.
+var overlayPrefixes = []string{"trusted.overlay.", "user.overlay."}
+
+// escapeOverlayXattrs renames the image's own xattrs in overlayfs's
+// namespaces, X.overlay.Y to X.overlay.overlay.Y, the escape overlayfs
+// (Linux 6.7+) and composefs use: overlayfs stacked over the
+// overlay-format view then shows them as the image has them, rather than
+// obeying them as redirects, opaque or whiteout marks or metacopy.
+func escapeOverlayXattrs(xs []index.Xattr) []index.Xattr {
+	var out []index.Xattr
+	for i, x := range xs {
+		for _, p := range overlayPrefixes {
+			if rest, ok := strings.CutPrefix(x.Name, p); ok {
+				if out == nil {
+					out = slices.Clone(xs)
+				}
+				out[i].Name = p + "overlay." + rest
+			}
+		}
+	}
+	if out == nil {
+		return xs
+	}
+	return out
 }
 
 func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (size uint32, errno syscall.Errno) {

@@ -81,9 +81,11 @@ func (d *layerDir) IsDir(child int) bool {
 	return t == index.TypeDir
 }
 
+// Opaque ignores a layer root's mark, as overlayfs does: a .wh..wh..opq at
+// the root of a layer hides nothing.
 func (d *layerDir) Opaque() bool {
 	_, flags := d.r.TypeOf(d.rec)
-	return flags&index.FlagOpaque != 0
+	return d.rec != 0 && flags&index.FlagOpaque != 0
 }
 
 func (d *layerDir) Each(fn func(string, int)) {

@@ -161,7 +161,8 @@ func hiderIn(l store.Layer, comps []string, t index.Type) (Hider, bool, error) {
 	cur := uint32(0)
 	for i, c := range comps {
 		dir := strings.Join(comps[:i], "/")
-		if _, flags := r.TypeOf(cur); flags&index.FlagOpaque != 0 {
+		// A layer root's opaque mark hides nothing (store.View).
+		if _, flags := r.TypeOf(cur); cur != 0 && flags&index.FlagOpaque != 0 {
 			h.Kind, h.Path = ByOpaque, dir
 			return h, true, nil
 		}

@@ -61,6 +61,9 @@ func UnpackLayer(blobPath, dst string, lowerDirs []string) error {
 	if err != nil {
 		return fmt.Errorf("unpack %s: %w", blobPath, err)
 	}
+	if err := escapeOverlayXattrs(dst); err != nil {
+		return fmt.Errorf("unpack %s: %w", blobPath, err)
+	}
 	if err := convertWhiteouts(dst); err != nil {
 		return fmt.Errorf("unpack %s: %w", blobPath, err)
 	}
@@ -518,7 +521,10 @@ func convertWhiteouts(root string) error {
 	sort.Strings(markers)
 	for _, m := range markers {
 		dir, base := filepath.Split(m)
-		if base == opaqueMarker {
+		if base == opaqueMarker && filepath.Clean(dir) == filepath.Clean(root) {
+			// overlayfs never reads a layer root's opaque mark: the
+			// marker hides nothing there.
+		} else if base == opaqueMarker {
 			if err := unix.Lsetxattr(dir, opaqueXattr, []byte("y"), 0); err != nil {
 				return fmt.Errorf("mark %s opaque: %w", dir, err)
 			}
@@ -536,6 +542,43 @@ func convertWhiteouts(root string) error {
 		}
 	}
 	return nil
+}
+
+// escapeOverlayXattrs renames every trusted.overlay.X xattr an image put
+// on its files to trusted.overlay.overlay.X, overlayfs's own escape (Linux
+// 6.7+): overlayfs then shows it as trusted.overlay.X, as the image has
+// it, instead of obeying it as a redirect, an opaque or whiteout mark, or
+// metacopy. user.overlay.* needs no escape: overlayfs reads it only when
+// mounted with userxattr, which the oracle's mount is not.
+func escapeOverlayXattrs(root string) error {
+	return filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		xs, err := readXattrs(p)
+		if err != nil {
+			return err
+		}
+		var names []string
+		for name := range xs {
+			if strings.HasPrefix(name, overlayXattrs) {
+				names = append(names, name)
+			}
+		}
+		// Longest first, so that an escaped name the image already has
+		// moves on before the shorter one takes its place.
+		sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
+		for _, name := range names {
+			rest := strings.TrimPrefix(name, overlayXattrs)
+			if err := unix.Lsetxattr(p, overlayXattrs+"overlay."+rest, []byte(xs[name]), 0); err != nil {
+				return fmt.Errorf("escape xattr %s of %s: %w", name, p, err)
+			}
+			if err := unix.Lremovexattr(p, name); err != nil {
+				return fmt.Errorf("escape xattr %s of %s: %w", name, p, err)
+			}
+		}
+		return nil
+	})
 }
 
 func whiteOut(target string) error {

@@ -3,6 +3,7 @@ package testimage
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -231,6 +232,32 @@ func RuleCases() []RuleCase {
 				Dir("dir", 0o755).WithXattr("user.dir", "on a directory"),
 			},
 		)},
+		// Overlayfs's own xattrs, as an image may carry them: every view
+		// shows them as the image has them and none of them acts. Beneath
+		// each one lies what overlayfs would hide or redirect to if it
+		// obeyed it.
+		RuleCase{Name: "overlay-private-xattrs", Rule: "attributes", Layers: layers(
+			[]Entry{
+				Dir("a", 0o755), File("a/secret", "lower a/secret\n"),
+				Dir("d", 0o755), File("d/old", "old\n"),
+				Dir("w", 0o755), File("w/y", "lower y\n"),
+				Dir("u", 0o755), File("u/old", "old\n"),
+				File("m", "lower m\n"),
+			},
+			[]Entry{
+				Dir("r", 0o755).WithXattr("trusted.overlay.redirect", "/a"),
+				Dir("d", 0o755).WithXattr("trusted.overlay.opaque", "y"), File("d/new", "new\n"),
+				Dir("w", 0o755).WithXattr("trusted.overlay.opaque", "x"), File("w/y", "").WithXattr("trusted.overlay.whiteout", ""),
+				File("m", "upper m\n").WithXattr("trusted.overlay.metacopy", ""),
+				Dir("u", 0o755).WithXattr("user.overlay.opaque", "y"), File("u/new", "new\n"),
+				File("escaped", "e\n").WithXattr("trusted.overlay.overlay.opaque", "y").WithXattr("user.overlay.redirect", "/a"),
+			},
+		)},
+		// overlayfs never reads a layer root's opaque mark.
+		RuleCase{Name: "opaque-at-layer-root", Rule: "3", Layers: layers(
+			[]Entry{File("a", "a\n"), Dir("d", 0o755), File("d/x", "x\n")},
+			[]Entry{Opaque(""), File("b", "b\n")},
+		)},
 		RuleCase{Name: "long-names", Rule: "attributes", Layers: layers(
 			[]Entry{
 				Symlink("long-link", strings.Repeat("long-target-component/", 60)+"end"),
@@ -246,6 +273,15 @@ func RuleCases() []RuleCase {
 		)},
 	)
 	return cases
+}
+
+// manyXattrs gives e n xattrs of 250-byte names: their list is more than
+// the 64 KiB listxattr can return.
+func manyXattrs(e Entry, n int) Entry {
+	for i := range n {
+		e = e.WithXattr(fmt.Sprintf("user.%03d%s", i, strings.Repeat("x", 242)), "")
+	}
+	return e
 }
 
 // pattern returns n bytes that do not repeat with a short period, so a view
@@ -291,5 +327,12 @@ func RefusedCases() []RuleCase {
 		refused("hardlink-to-nothing", 1, "b",
 			[]Entry{File("a", "a\n")},
 			[]Entry{Hardlink("b", "missing")}),
+		// What overlayfs would take for its own whiteout, and what Linux
+		// cannot hold.
+		refused("overlay-whiteout-device", 0, "w", []Entry{File("ok", "ok\n"), CharDev("w", 0, 0)}),
+		refused("symlink-target-too-long", 0, "l", []Entry{Symlink("l", strings.Repeat("t/", 2048))}),
+		refused("xattr-name-too-long", 0, "f", []Entry{File("f", "f\n").WithXattr("user."+strings.Repeat("n", 251), "v")}),
+		refused("xattr-value-too-large", 0, "f", []Entry{File("f", "f\n").WithXattr("user.big", strings.Repeat("v", 64<<10+1))}),
+		refused("xattr-list-too-large", 0, "f", []Entry{manyXattrs(File("f", "f\n"), 300)}),
 	}
 }
