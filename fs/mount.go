@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -40,18 +39,12 @@ func CheckMountpoint(mp string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("mountpoint %s: not a directory", mp)
 	}
-	abs, err := filepath.Abs(mp)
+	m, found, err := FindMount(mp)
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mp, err)
 	}
-	mounts, err := readMountinfo()
-	if err != nil {
-		return err
-	}
-	for _, m := range mounts {
-		if m.Mountpoint == abs {
-			return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
-		}
+	if found {
+		return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("no FUSE: %w", err)
@@ -108,17 +101,11 @@ func Unmount(mountpoint string) error {
 	if err != nil {
 		return err
 	}
-	all, err := readMountinfo()
+	m, found, err := FindMount(abs)
 	if err != nil {
 		return err
 	}
-	var m MountInfo
-	for _, c := range all {
-		if c.Mountpoint == abs && c.FSType == "fuse."+FSType {
-			m = c
-		}
-	}
-	if m.Mountpoint == "" {
+	if !found || m.FSType != "fuse."+FSType {
 		return fmt.Errorf("%s: not a layerfs mount", mountpoint)
 	}
 	aborted := false
@@ -133,6 +120,25 @@ func Unmount(mountpoint string) error {
 	}
 	removeState(abs, true)
 	return nil
+}
+
+// FindMount returns the mount at mountpoint in the kernel's table (the
+// top one, when several are stacked there), touching no mount.
+func FindMount(mountpoint string) (m MountInfo, found bool, err error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return m, false, err
+	}
+	all, err := MountTable()
+	if err != nil {
+		return m, false, err
+	}
+	for _, c := range all {
+		if c.Mountpoint == abs {
+			m, found = c, true
+		}
+	}
+	return m, found, nil
 }
 
 // unmount unmounts abs, detaching it lazily when lazy and it is busy.
@@ -204,6 +210,8 @@ const (
 	// StateUnresponsive is a mount whose server did not answer a statfs
 	// in time: stuck, or very busy.
 	StateUnresponsive MountState = "unresponsive"
+	// StateUnknown is a mount of a server this user did not start.
+	StateUnknown MountState = "unknown"
 )
 
 // MountInfo is one mount of /proc/self/mountinfo; for layerfs mounts,
@@ -226,13 +234,14 @@ type MountInfo struct {
 	Log string `json:"log,omitempty"`
 }
 
-// Mounts lists the layerfs mounts with the state of their servers. A
-// mount this user's runtime directory records is judged by its server's
-// process alone; any other is asked for its statfs, all at once and
-// without waiting more than a few seconds in all, so that a hung mount
-// of someone else's never blocks the listing.
+// Mounts lists the layerfs mounts with the state of their servers, as
+// this user's runtime directory records them: by the server's process
+// alone, never touching a mount. A statfs of a hung FUSE mount cannot be
+// given up on: once its server has read the request, the caller waits
+// uninterruptibly, and even a killed process stays until the answer, so
+// a mount no record names is listed with an unknown state.
 func Mounts() ([]MountInfo, error) {
-	all, err := readMountinfo()
+	all, err := MountTable()
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +250,7 @@ func Mounts() ([]MountInfo, error) {
 		if m.FSType != "fuse."+FSType {
 			continue
 		}
+		m.State = StateUnknown
 		if rec, ok := readRecord(m.Mountpoint); ok {
 			m.State, m.Log = StateDead, rec.Log
 			if rec.running() {
@@ -249,23 +259,12 @@ func Mounts() ([]MountInfo, error) {
 		}
 		out = append(out, m)
 	}
-	var wg sync.WaitGroup
-	for i := range out {
-		if out[i].State == "" {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				out[i].State = probe(out[i].Mountpoint)
-			}()
-		}
-	}
-	wg.Wait()
 	return out, nil
 }
 
-// probe asks mountpoint's server for a statfs, giving up after probeWait:
-// the goroutine doing it is then abandoned, as a statfs of a hung FUSE
-// mount waits until its connection is aborted.
+// probe asks mountpoint's server for a statfs, giving up after probeWait.
+// The goroutine doing it is then left waiting, and the caller must abort
+// the mount's connection to free it (see Mounts).
 func probe(mountpoint string) MountState {
 	done := make(chan error, 1)
 	go func() {
@@ -283,7 +282,9 @@ func probe(mountpoint string) MountState {
 	}
 }
 
-func readMountinfo() ([]MountInfo, error) {
+// MountTable lists every mount of this process's namespace, in the
+// kernel's order, from /proc/self/mountinfo; it touches no mount.
+func MountTable() ([]MountInfo, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("list mounts: %w", err)

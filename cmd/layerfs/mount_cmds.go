@@ -251,9 +251,10 @@ func mountsCmd(*globals) *cobra.Command {
 		Long: `List layerfs mounts: mountpoint, target, server pid and state.
 
 STATE is serving, dead (the server is gone; layerfs umount removes the
-mount) or unresponsive (the server did not answer within seconds). PID is
-known for the mounts of the user's own servers, from the runtime
-directory; the others are asked for a statfs, never waited on for long.`,
+mount) or unknown. The state and PID come from the records the user's own
+servers keep in the runtime directory, checked against /proc; no mount is
+touched, so a hung mount cannot block the listing. Mounts of servers the
+user did not start are unknown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mounts, err := layerfs.Mounts()
