@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -39,18 +39,12 @@ func CheckMountpoint(mp string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("mountpoint %s: not a directory", mp)
 	}
-	abs, err := filepath.Abs(mp)
+	m, found, err := FindMount(mp)
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mp, err)
 	}
-	mounts, err := readMountinfo()
-	if err != nil {
-		return err
-	}
-	for _, m := range mounts {
-		if m.Mountpoint == abs {
-			return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
-		}
+	if found {
+		return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("no FUSE: %w", err)
@@ -116,70 +110,204 @@ func userAllowOther() bool {
 // ErrBusy is returned when a mount cannot go because files are open in it.
 var ErrBusy = errors.New("mount is busy: files or directories in it are still in use")
 
-// Unmount detaches a layerfs mount, including one whose server died.
+// probeWait is how long a mount's server has to answer a statfs before it
+// counts as unresponsive.
+const probeWait = 3 * time.Second
+
+// Unmount detaches the layerfs mount at mountpoint, and removes what the
+// runtime directory holds of it. A mount whose server is gone or does not
+// answer has its FUSE connection aborted first, so that the unmount, and
+// every process waiting on the mount, return; its open files then answer
+// ENOTCONN and the mount is detached lazily. No other mount is touched.
 func Unmount(mountpoint string) error {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return err
 	}
-	mounts, err := Mounts()
+	m, found, err := FindMount(abs)
 	if err != nil {
 		return err
 	}
-	found := false
-	for _, m := range mounts {
-		found = found || m.Mountpoint == abs
-	}
-	if !found {
+	if !found || m.FSType != "fuse."+FSType {
 		return fmt.Errorf("%s: not a layerfs mount", mountpoint)
 	}
+	aborted := false
+	if state := probe(abs); state != StateServing {
+		if err := AbortConnection(m); err != nil {
+			return fmt.Errorf("unmount %s: its server is %s: %w", mountpoint, state, err)
+		}
+		aborted = true
+	}
+	if err := unmount(abs, aborted); err != nil {
+		return fmt.Errorf("unmount %s: %w", mountpoint, err)
+	}
+	removeState(abs, true)
+	return nil
+}
+
+// FindMount returns the mount at mountpoint in the kernel's table (the
+// top one, when several are stacked there), touching no mount.
+func FindMount(mountpoint string) (m MountInfo, found bool, err error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return m, false, err
+	}
+	all, err := MountTable()
+	if err != nil {
+		return m, false, err
+	}
+	for _, c := range all {
+		if c.Mountpoint == abs {
+			m, found = c, true
+		}
+	}
+	return m, found, nil
+}
+
+// unmount unmounts abs, detaching it lazily when lazy and it is busy.
+func unmount(abs string, lazy bool) error {
 	if os.Geteuid() == 0 {
-		err = unix.Unmount(abs, 0)
+		err := unix.Unmount(abs, 0)
+		if errors.Is(err, unix.EBUSY) && lazy {
+			err = unix.Unmount(abs, unix.MNT_DETACH)
+		}
 		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%s: %w", mountpoint, ErrBusy)
+			return ErrBusy
 		}
-		if err != nil {
-			return fmt.Errorf("unmount %s: %w", mountpoint, err)
-		}
-		return nil
+		return err
 	}
 	out, err := exec.Command("fusermount3", "-u", abs).CombinedOutput()
+	if err != nil && strings.Contains(string(out), "busy") && lazy {
+		out, err = exec.Command("fusermount3", "-u", "-z", abs).CombinedOutput()
+	}
 	if err != nil {
 		if strings.Contains(string(out), "busy") {
-			return fmt.Errorf("%s: %w", mountpoint, ErrBusy)
+			return ErrBusy
 		}
-		return fmt.Errorf("unmount %s: %v: %s", mountpoint, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// MountInfo is one mount of /proc/self/mountinfo.
-type MountInfo struct {
-	Mountpoint string
-	Source     string
-	FSType     string
-	// Alive is false when the server is gone and the mount only errors.
-	Alive bool
+// fusectl is where the kernel's FUSE control filesystem is mounted.
+const fusectl = "/sys/fs/fuse/connections"
+
+// AbortConnection aborts the FUSE connection of mount m, as writing to
+// its abort file in the FUSE control filesystem does: every request
+// waiting on the server fails, and the mount answers ENOTCONN. The
+// connection is the one numbered by the minor of the mount's device. The
+// control filesystem is mounted first when it is not (root only).
+func AbortConnection(m MountInfo) error {
+	if m.Major != 0 {
+		return fmt.Errorf("%s: device %d:%d is not a FUSE connection", m.Mountpoint, m.Major, m.Minor)
+	}
+	abort := filepath.Join(fusectl, strconv.FormatUint(uint64(m.Minor), 10), "abort")
+	if _, err := os.Stat(abort); errors.Is(err, os.ErrNotExist) && os.Geteuid() == 0 {
+		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount the FUSE control filesystem at %s: %w", fusectl, err)
+		}
+	}
+	f, err := os.OpenFile(abort, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("abort the FUSE connection of %s: %w", m.Mountpoint, err)
+	}
+	_, err = f.WriteString("1")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("abort the FUSE connection of %s: %w", m.Mountpoint, err)
+	}
+	return nil
 }
 
-// Mounts lists the live layerfs mounts.
+// MountState is how a mount's server is doing.
+type MountState string
+
+const (
+	// StateServing is a mount whose server is running, or answers.
+	StateServing MountState = "serving"
+	// StateDead is a mount whose server is gone: it answers ENOTCONN
+	// until layerfs umount removes it.
+	StateDead MountState = "dead"
+	// StateUnresponsive is a mount whose server did not answer a statfs
+	// in time: stuck, or very busy.
+	StateUnresponsive MountState = "unresponsive"
+	// StateUnknown is a mount of a server this user did not start.
+	StateUnknown MountState = "unknown"
+)
+
+// MountInfo is one mount of /proc/self/mountinfo; for layerfs mounts,
+// with what is known of its server.
+type MountInfo struct {
+	Mountpoint string `json:"mountpoint"`
+	// Target is the mount's source in the kernel's table: what the
+	// server serves, as it was named.
+	Target string `json:"target"`
+	FSType string `json:"-"`
+	// Major and Minor are the mount's device; a FUSE mount's minor
+	// numbers its connection.
+	Major uint32     `json:"-"`
+	Minor uint32     `json:"-"`
+	State MountState `json:"state,omitempty"`
+	// PID is the running server's, when this user's runtime directory
+	// records it; 0 otherwise.
+	PID int `json:"pid,omitempty"`
+	// Log is the log file of a --daemon server of this user.
+	Log string `json:"log,omitempty"`
+}
+
+// Mounts lists the layerfs mounts with the state of their servers, as
+// this user's runtime directory records them: by the server's process
+// alone, never touching a mount. A statfs of a hung FUSE mount cannot be
+// given up on: once its server has read the request, the caller waits
+// uninterruptibly, and even a killed process stays until the answer, so
+// a mount no record names is listed with an unknown state.
 func Mounts() ([]MountInfo, error) {
-	all, err := readMountinfo()
+	all, err := MountTable()
 	if err != nil {
 		return nil, err
 	}
 	var out []MountInfo
 	for _, m := range all {
-		if m.FSType == "fuse."+FSType {
-			var st syscall.Statfs_t
-			m.Alive = !errors.Is(syscall.Statfs(m.Mountpoint, &st), syscall.ENOTCONN)
-			out = append(out, m)
+		if m.FSType != "fuse."+FSType {
+			continue
 		}
+		m.State = StateUnknown
+		if rec, ok := readRecord(m.Mountpoint); ok {
+			m.State, m.Log = StateDead, rec.Log
+			if rec.running() {
+				m.State, m.PID = StateServing, rec.PID
+			}
+		}
+		out = append(out, m)
 	}
 	return out, nil
 }
 
-func readMountinfo() ([]MountInfo, error) {
+// probe asks mountpoint's server for a statfs, giving up after probeWait.
+// The goroutine doing it is then left waiting, and the caller must abort
+// the mount's connection to free it (see Mounts).
+func probe(mountpoint string) MountState {
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		done <- unix.Statfs(mountpoint, &st)
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, unix.ENOTCONN) {
+			return StateDead
+		}
+		return StateServing
+	case <-time.After(probeWait):
+		return StateUnresponsive
+	}
+}
+
+// MountTable lists every mount of this process's namespace, in the
+// kernel's order, from /proc/self/mountinfo; it touches no mount.
+func MountTable() ([]MountInfo, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("list mounts: %w", err)
@@ -198,7 +326,11 @@ func readMountinfo() ([]MountInfo, error) {
 		if len(left) < 5 || len(right) < 2 {
 			continue
 		}
-		out = append(out, MountInfo{Mountpoint: unescape(left[4]), FSType: right[0], Source: unescape(right[1])})
+		var major, minor uint32
+		if _, err := fmt.Sscanf(left[2], "%d:%d", &major, &minor); err != nil {
+			continue
+		}
+		out = append(out, MountInfo{Mountpoint: unescape(left[4]), FSType: right[0], Target: unescape(right[1]), Major: major, Minor: minor})
 	}
 	return out, sc.Err()
 }
@@ -221,30 +353,4 @@ func unescape(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// StatePath is where the server of mountpoint keeps a file of the given
-// kind ("pid", "log"): the user's runtime directory, named after the
-// mountpoint, so that other commands find it from the mountpoint alone.
-func StatePath(mountpoint, kind string) string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" || os.Geteuid() == 0 {
-		dir = os.TempDir()
-	}
-	abs, _ := filepath.Abs(mountpoint)
-	name := strings.ReplaceAll(strings.Trim(abs, "/"), "/", "_")
-	return filepath.Join(dir, fmt.Sprintf("layerfs-%d-%s.%s", os.Geteuid(), name, kind))
-}
-
-// ServerPID is the process serving mountpoint, or 0 when unknown.
-func ServerPID(mountpoint string) int {
-	data, err := os.ReadFile(StatePath(mountpoint, "pid"))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || syscall.Kill(pid, 0) != nil {
-		return 0
-	}
-	return pid
 }

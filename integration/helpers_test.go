@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	layerfs "github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -60,10 +62,21 @@ type result struct {
 // run runs layerfs with args against store root, returning its output.
 func run(t testing.TB, root string, args ...string) result {
 	t.Helper()
+	return runWithin(t, commandDeadline, root, args...)
+}
+
+// commandDeadline bounds every layerfs command a test runs, so that a
+// hang fails the test rather than the CI job.
+const commandDeadline = 10 * time.Minute
+
+// runWithin runs layerfs like run, failing the test if it has not exited
+// within d.
+func runWithin(t testing.TB, d time.Duration, root string, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	_, err := commandWithin(t, cmd, d)
 	r := result{stdout: out.String(), stderr: errb.String()}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
@@ -71,6 +84,31 @@ func run(t testing.TB, root string, args ...string) result {
 		t.Fatalf("layerfs %s: %v", strings.Join(args, " "), err)
 	}
 	return r
+}
+
+// commandWithin runs cmd, failing t if it has not exited within d; it
+// returns the combined output unless cmd has outputs of its own. A
+// process stuck on a hung FUSE request cannot be killed, so one that
+// overruns is killed and left behind rather than waited for.
+func commandWithin(t testing.TB, cmd *exec.Cmd, d time.Duration) ([]byte, error) {
+	t.Helper()
+	var out bytes.Buffer
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = &out, &out
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.Bytes(), err
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		t.Fatalf("%s: no answer within %v", strings.Join(cmd.Args, " "), d)
+		return nil, nil
+	}
 }
 
 // mustRun runs layerfs and fails the test unless it exits 0.
@@ -94,21 +132,47 @@ func mountDaemon(t testing.TB, root string, extra ...string) string {
 	return mnt
 }
 
-// unmount unmounts mnt, waiting out a mount still busy for a moment.
+// unmount unmounts mnt with layerfs umount, waiting out a mount still
+// busy for a moment; a mount still there after that is detached by force,
+// and the test fails.
 func unmount(t testing.TB, root, mnt string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r := run(t, root, "umount", mnt)
+		r := runWithin(t, 20*time.Second, root, "umount", mnt)
 		if r.code == 0 || strings.Contains(r.stderr, "not a layerfs mount") {
 			return
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("umount %s: %s", mnt, r.stderr)
+			forceUnmount(t, mnt)
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// forceUnmount is the last resort for a mount a test made and could not
+// unmount: its FUSE connection, if it has one, is aborted so that nothing
+// waits on its server any more, and the mount is detached lazily.
+func forceUnmount(t testing.TB, mnt string) {
+	t.Helper()
+	if err := detachMount(mnt); err != nil {
+		t.Errorf("force unmount %s: %v", mnt, err)
+	}
+}
+
+func detachMount(mnt string) error {
+	m, found, err := layerfs.FindMount(mnt)
+	if err != nil || !found {
+		return err
+	}
+	if strings.HasPrefix(m.FSType, "fuse") {
+		if err := layerfs.AbortConnection(m); err != nil {
+			return err
+		}
+	}
+	return unix.Unmount(mnt, unix.MNT_DETACH)
 }
 
 // walkMount mounts target from store root and walks the mount.

@@ -180,6 +180,7 @@ func overlayMount(t testing.TB, lowerDirs []string) string {
 	t.Cleanup(func() {
 		if err := unmountOverlay(); err != nil {
 			t.Errorf("oracle: %v", err)
+			forceUnmount(t, mnt)
 		}
 	})
 	return mnt

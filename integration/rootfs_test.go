@@ -19,6 +19,7 @@ func loopMount(t *testing.T, image string, args ...string) string {
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
 			t.Errorf("umount %s: %v\n%s", mnt, err, out)
+			forceUnmount(t, mnt)
 		}
 	})
 	return mnt

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/opencontainers/go-digest"
@@ -135,6 +137,27 @@ func (u *unprivileged) layerfs(args ...string) string {
 	return stdout.String()
 }
 
+// unmountAtEnd unmounts nobody's mount mnt when t ends, whatever the
+// outcome: with nobody's layerfs umount, else by force.
+func (u *unprivileged) unmountAtEnd(t *testing.T, mnt string) {
+	t.Cleanup(func() {
+		if !mountedAt(t, mnt) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		umount := u.command(u.bin, "--root", filepath.Join(u.home, "store"), "umount", mnt)
+		cmd := exec.CommandContext(ctx, umount.Path, umount.Args[1:]...)
+		cmd.Env, cmd.Dir = umount.Env, umount.Dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("umount %s as uid %d: %v\n%s", mnt, nobody, err, out)
+		}
+		if mountedAt(t, mnt) {
+			forceUnmount(t, mnt)
+		}
+	})
+}
+
 // mkdir makes a directory of nobody's.
 func (u *unprivileged) mkdir(name string) string {
 	u.t.Helper()
@@ -184,11 +207,7 @@ func TestUnprivilegedMount(t *testing.T) {
 			}
 			mnt := u.mkdir("mnt-" + name)
 			u.layerfs("mount", "--daemon", "--allow-other", img.ref, mnt)
-			t.Cleanup(func() {
-				if mountedAt(t, mnt) {
-					u.layerfs("umount", mnt)
-				}
-			})
+			u.unmountAtEnd(t, mnt)
 			if st := mustStat(t, filepath.Join(u.home, "store")); st.Sys().(*syscall.Stat_t).Uid != nobody {
 				t.Fatalf("the store is owned by uid %d, not %d", st.Sys().(*syscall.Stat_t).Uid, nobody)
 			}
@@ -205,7 +224,7 @@ func TestUnprivilegedMount(t *testing.T) {
 		u.t = t
 		mnt := u.mkdir("mnt-read")
 		u.layerfs("mount", "--daemon", "sample", mnt)
-		defer u.layerfs("umount", mnt)
+		u.unmountAtEnd(t, mnt)
 		var out bytes.Buffer
 		cmd := u.command("cat", filepath.Join(mnt, "etc/hostname"), filepath.Join(mnt, "usr/bin/sh"))
 		cmd.Stdout, cmd.Stderr = &out, &out

@@ -40,10 +40,12 @@ func (s *Store) referenced() (blobs map[digest.Digest]bool, layers map[digest.Di
 	return blobs, layers, nil
 }
 
-// GC removes every blob, layer index and object no image references, and
-// every temp file. It waits for writers to finish and keeps them out
-// while it runs, so it never removes what an import is writing.
-func (s *Store) GC() (Freed, error) {
+// GC removes every blob, layer index and object that neither an image
+// nor a live view's lease references, every temp file, and the leases of
+// views that are gone. It waits for writers to finish and keeps them out
+// while it runs, so it never removes what an import is writing. With
+// dryRun it removes nothing, and returns what it would free.
+func (s *Store) GC(dryRun bool) (Freed, error) {
 	var f Freed
 	unlock, err := s.lock(gcLock, unix.LOCK_EX)
 	if err != nil {
@@ -54,11 +56,28 @@ func (s *Store) GC() (Freed, error) {
 	if err != nil {
 		return f, fmt.Errorf("gc: %w (nothing removed)", err)
 	}
+	leases, stale, err := s.Leases()
+	if err != nil {
+		return f, fmt.Errorf("gc: %w (nothing removed)", err)
+	}
+	for _, l := range leases {
+		for _, d := range l.Blobs {
+			blobs[d] = true
+		}
+		for _, d := range l.Layers {
+			layers[d] = true
+		}
+	}
 	remove := func(p string, count *int) {
 		size := diskUsage(p)
-		if err := s.removeBeneath(s.rel(p)); err == nil {
+		if dryRun || s.removeBeneath(s.rel(p)) == nil {
 			*count++
 			f.Bytes += size
+		}
+	}
+	if !dryRun {
+		for _, p := range stale {
+			s.removeBeneath(s.rel(p))
 		}
 	}
 	entries, _ := os.ReadDir(s.path(tmpDir))

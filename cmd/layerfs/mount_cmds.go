@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -62,15 +65,29 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
 		return err
 	}
-	if f.daemon && os.Getenv(readyFdEnv) == "" {
+	daemonChild := os.Getenv(readyFdEnv) != ""
+	if f.daemon && !daemonChild {
 		return daemonize(mountpoint)
 	}
+	// Caught from the start, so that a signal arriving while the mount is
+	// being set up waits for the setup to finish, then unmounts: dying of
+	// it there would leave go-fuse's poll-hack file of the mount open
+	// across the process's exit, whose flush would wait forever on this
+	// very process.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	defer startProfiles()()
-	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount")
+	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount", absPath(mountpoint))
 	if err != nil {
 		return err
 	}
 	defer closeView()
+	removeRecord, err := layerfs.Record(mountpoint, t.String(), daemonChild)
+	if err != nil {
+		return err
+	}
+	defer removeRecord()
 	srv, err := layerfs.Mount(tree, mountpoint, layerfs.MountOptions{
 		Source: t.String(), AllowOther: f.allowOther, Dev: f.dev, Suid: f.suid, Debug: f.debug,
 	})
@@ -78,20 +95,17 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 		return err
 	}
 	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint}).Info("mounted")
-	pidFile := layerfs.StatePath(mountpoint, "pid")
-	if err := os.WriteFile(pidFile, []byte(fmt.Sprintln(os.Getpid())), 0o600); err != nil {
-		logrus.Warnf("record server: %v", err)
-	}
-	defer os.Remove(pidFile)
 	signalReady()
-	go unmountOnSignal(srv, mountpoint)
+	go unmountOnSignal(srv, mountpoint, sig)
 	srv.Wait()
 	return nil
 }
 
-// openTree resolves targets and makes the node tree that serves them;
-// op names the command in errors. closeView releases the view.
-func openTree(g *globals, targets []string, overlay bool, op string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+// openTree resolves targets and makes the node tree that serves them as
+// view (a mountpoint or socket), leased in the store so that rm and gc
+// leave it alone; op names the command in errors. closeView releases the
+// view and its lease.
+func openTree(g *globals, targets []string, overlay bool, op, view string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
 	// A server holds one small node per path the kernel keeps: its heap
 	// is many small objects that live long, and the default GC target
 	// would double it. Collect sooner unless the user chose.
@@ -111,15 +125,26 @@ func openTree(g *globals, targets []string, overlay bool, op string) (tree *laye
 	if err := s.Prepare(t); err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	view, err := s.OpenView(t.Digests(), t.Single)
+	v, err := s.OpenView(t.Digests(), t.Single)
 	if err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	if tree, err = layerfs.NewTree(view, s.OpenObject, overlay); err != nil {
-		view.Close()
+	if tree, err = layerfs.NewTree(v, s.OpenObject, overlay); err != nil {
+		v.Close()
 		return nil, t, nil, err
 	}
-	return tree, t, view.Close, nil
+	release, err := s.Lease(t, view)
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		// A store this user may read but not write: served all the same,
+		// but its owner's gc does not know of the view.
+		logrus.Warnf("%s %s: not leased, so gc may remove what it serves: %v", op, t, err)
+		release, err = func() {}, nil
+	}
+	if err != nil {
+		v.Close()
+		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+	}
+	return tree, t, func() { release(); v.Close() }, nil
 }
 
 // signalReady tells a waiting --daemon parent that the mount answers.
@@ -138,9 +163,7 @@ func signalReady() {
 
 // unmountOnSignal unmounts on SIGINT or SIGTERM. A busy mount stays
 // served, and is retried, until the files open in it are closed.
-func unmountOnSignal(srv *fuse.Server, mountpoint string) {
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+func unmountOnSignal(srv *fuse.Server, mountpoint string, sig <-chan os.Signal) {
 	<-sig
 	for {
 		err := srv.Unmount()
@@ -156,20 +179,20 @@ func unmountOnSignal(srv *fuse.Server, mountpoint string) {
 }
 
 // daemonize runs this same command in a new session and waits until it
-// reports the mount ready, or fails; the server's log goes to a file
-// beside the mountpoint's state, since nobody reads its stderr.
+// reports the mount ready, or fails. The server's log, which nobody reads
+// on its stderr, goes to a file in the runtime directory, removed when
+// the mount is unmounted (or here, when the server fails to start).
 func daemonize(mountpoint string) error {
+	logFile, err := layerfs.CreateLog(mountpoint)
+	if err != nil {
+		return fmt.Errorf("daemon log: %w", err)
+	}
+	defer logFile.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	logPath := layerfs.StatePath(mountpoint, "log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("daemon log: %w", err)
-	}
-	defer logFile.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -181,6 +204,7 @@ func daemonize(mountpoint string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
+		layerfs.RemoveState(mountpoint)
 		return fmt.Errorf("start server: %w", err)
 	}
 	w.Close()
@@ -190,8 +214,8 @@ func daemonize(mountpoint string) error {
 		return nil
 	}
 	cmd.Wait()
-	msg, _ := os.ReadFile(logPath)
-	os.Remove(logPath)
+	msg, _ := io.ReadAll(io.NewSectionReader(logFile, 0, 1<<20))
+	layerfs.RemoveState(mountpoint)
 	if text := strings.TrimSpace(string(msg)); text != "" {
 		return errors.New(strings.TrimPrefix(lastLine(text), "layerfs: "))
 	}
@@ -205,8 +229,15 @@ func lastLine(s string) string {
 func umountCmd(*globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "umount MOUNTPOINT",
-		Short: "Unmount a layerfs mount, also one whose server died",
-		Args:  cobra.ExactArgs(1),
+		Short: "Unmount a layerfs mount, also one whose server died or hangs",
+		Long: `Unmount a layerfs mount, also one whose server died or hangs.
+
+A mount whose server is gone, or does not answer within seconds, has its
+FUSE connection aborted first (as fusermount -u -z cannot), so that the
+processes waiting on it get ENOTCONN; it is then detached, lazily when
+files are still open in it. The server's record and log in the runtime
+directory are removed.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return layerfs.Unmount(args[0])
 		},
@@ -216,26 +247,46 @@ func umountCmd(*globals) *cobra.Command {
 func mountsCmd(*globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "mounts",
-		Short: "List live layerfs mounts: mountpoint, target, server state",
-		Args:  cobra.NoArgs,
+		Short: "List layerfs mounts: mountpoint, target, server pid and state",
+		Long: `List layerfs mounts: mountpoint, target, server pid and state.
+
+STATE is serving, dead (the server is gone; layerfs umount removes the
+mount) or unknown. The state and PID come from the records the user's own
+servers keep in the runtime directory, checked against /proc; no mount is
+touched, so a hung mount cannot block the listing. Mounts of servers the
+user did not start are unknown.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mounts, err := layerfs.Mounts()
 			if err != nil {
 				return err
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tSERVER")
+			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tPID\tSTATE")
 			for _, m := range mounts {
-				state := "dead (layerfs umount cleans it)"
-				if m.Alive {
-					state = "serving"
-					if pid := layerfs.ServerPID(m.Mountpoint); pid > 0 {
-						state = fmt.Sprintf("pid %d", pid)
-					}
+				pid := "-"
+				if m.PID > 0 {
+					pid = strconv.Itoa(m.PID)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\n", m.Mountpoint, m.Source, state)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", orDash(m.Mountpoint), orDash(m.Target), pid, m.State)
 			}
 			return w.Flush()
 		},
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// absPath is p made absolute, for records that outlive the working
+// directory; p itself when that fails.
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }

@@ -61,7 +61,7 @@ func runServe(g *globals, f serveFlags, targets []string) error {
 	if f.tag == "" || len(f.tag) > maxTagLen {
 		return fmt.Errorf("--tag %q: a virtio-fs tag has 1 to %d bytes", f.tag, maxTagLen)
 	}
-	tree, t, closeView, err := openTree(g, targets, f.overlay, "serve")
+	tree, t, closeView, err := openTree(g, targets, f.overlay, "serve", absPath(f.virtiofs))
 	if err != nil {
 		return err
 	}

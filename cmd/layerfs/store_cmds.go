@@ -178,10 +178,16 @@ func inspectCmd(g *globals) *cobra.Command {
 }
 
 func rmCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "rm NAME...",
 		Short: "Remove images by name (gc frees what no image uses any more)",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Remove images by name (gc frees what no image uses any more).
+
+An image a live mount or virtio-fs server serves is refused unless
+--force; with it, the view keeps working, and gc frees its data once the
+view ends.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openForWriting()
 			if err != nil {
@@ -195,6 +201,11 @@ func rmCmd(g *globals) *cobra.Command {
 				if t.Name == "" {
 					return fmt.Errorf("%q is not an image name", name)
 				}
+				if !force {
+					if err := s.CheckNotServed(t); err != nil {
+						return err
+					}
+				}
 				if err := s.Untag(t.Name); err != nil {
 					return err
 				}
@@ -203,6 +214,8 @@ func rmCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image even while a mount serves it")
+	return cmd
 }
 
 func verifyCmd(g *globals) *cobra.Command {
@@ -238,21 +251,28 @@ func verifyCmd(g *globals) *cobra.Command {
 }
 
 func gcCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var dryRun bool
+	cmd := &cobra.Command{
 		Use:   "gc",
-		Short: "Remove blobs, layers and objects no image uses, and stale temp files",
+		Short: "Remove blobs, layers and objects no image and no live mount uses, and stale temp files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}
-			f, err := s.GC()
+			f, err := s.GC(dryRun)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("removed %d blobs, %d layers, %d objects, %d temp files: %d bytes\n", f.Blobs, f.Layers, f.Objects, f.Temps, f.Bytes)
+			verb := "removed"
+			if dryRun {
+				verb = "would remove"
+			}
+			fmt.Printf("%s %d blobs, %d layers, %d objects, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Temps, f.Bytes)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, and remove nothing")
+	return cmd
 }

@@ -1,0 +1,169 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/layerfs/layerfs/internal/procstat"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// leasesDir holds one file per live view (a mount or a virtio-fs server)
+// naming what it serves. They live in the store, not in a user's runtime
+// directory, so that gc finds every view of the store whoever runs it.
+const leasesDir = "leases"
+
+// Lease is a live view's hold on what it serves: while its process runs,
+// gc keeps the blobs, layer indexes and objects it names, and rm refuses
+// to remove its image without --force. A lease of a process that is gone
+// holds nothing, and gc removes it.
+type Lease struct {
+	PID int `json:"pid"`
+	// Start is the process's start time, so that a reused pid does not
+	// keep a dead view's lease alive.
+	Start uint64 `json:"start"`
+	// View names the view: a mountpoint, or a virtio-fs socket.
+	View     string          `json:"view"`
+	Manifest digest.Digest   `json:"manifest,omitempty"`
+	Blobs    []digest.Digest `json:"blobs"`
+	Layers   []digest.Digest `json:"layers"`
+}
+
+func (l Lease) live() bool { return procstat.Running(l.PID, l.Start) }
+
+// Lease records that this process serves t as view, until release is
+// called or the process ends. It is taken while writers are admitted, so
+// a gc that starts after it sees it, and one already running has finished.
+func (s *Store) Lease(t Target, view string) (release func(), err error) {
+	start, err := procstat.StartTime(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	l := Lease{PID: os.Getpid(), Start: start, View: view, Manifest: t.Manifest.Digest, Layers: t.Digests()}
+	l.Blobs = append(l.Blobs, l.Layers...)
+	if l.Manifest != "" {
+		m, _, err := s.ImageLayers(l.Manifest)
+		if err != nil {
+			return nil, fmt.Errorf("lease %s: %w", t, err)
+		}
+		l.Blobs = append(l.Blobs, l.Manifest, m.Config.Digest)
+	}
+	data, err := json.Marshal(l)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := s.Writing()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := s.verifyLeased(l); err != nil {
+		return nil, fmt.Errorf("lease %s: %w", t, err)
+	}
+	rel := filepath.Join(leasesDir, fmt.Sprintf("%d-%d.json", l.PID, l.Start))
+	if err := s.writeFile(rel, data); err != nil {
+		return nil, fmt.Errorf("lease %s: %w", t, err)
+	}
+	return func() { os.Remove(s.path(rel)) }, nil
+}
+
+// verifyLeased checks that a gc that ran before the lease was taken left
+// what it names in place.
+func (s *Store) verifyLeased(l Lease) error {
+	if l.Manifest != "" && !s.HasBlob(l.Manifest) {
+		return fmt.Errorf("manifest %s: %w (removed by gc meanwhile?)", l.Manifest, ErrNotFound)
+	}
+	for _, d := range l.Layers {
+		if !s.Extracted(d) {
+			return fmt.Errorf("layer %s: %w (removed by gc meanwhile?)", d, ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// Leases returns the leases of live views, and the files of the leases
+// whose process is gone.
+func (s *Store) Leases() (live []Lease, stale []string, err error) {
+	entries, err := os.ReadDir(s.path(leasesDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("leases: %w", err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		p := filepath.Join(s.path(leasesDir), e.Name())
+		var l Lease
+		data, err := readLeaseFile(p)
+		if err == nil {
+			err = json.Unmarshal(data, &l)
+		}
+		if err != nil || !l.live() {
+			stale = append(stale, p)
+			continue
+		}
+		live = append(live, l)
+	}
+	return live, stale, nil
+}
+
+// ViewsOf returns the live views serving image manifest.
+func (s *Store) ViewsOf(manifest digest.Digest) ([]Lease, error) {
+	live, _, err := s.Leases()
+	if err != nil {
+		return nil, err
+	}
+	var out []Lease
+	for _, l := range live {
+		if l.Manifest == manifest {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func readLeaseFile(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readMetadata(f)
+}
+
+// ErrInUse is wrapped by the refusal to remove an image a live view
+// serves.
+var ErrInUse = errors.New("in use")
+
+// CheckNotServed refuses image t when a live view serves it and no other
+// name keeps its manifest, as docker refuses to remove an image a
+// container uses.
+func (s *Store) CheckNotServed(t Target) error {
+	views, err := s.ViewsOf(t.Manifest.Digest)
+	if err != nil || len(views) == 0 {
+		return err
+	}
+	images, err := s.Images()
+	if err != nil {
+		return err
+	}
+	for _, img := range images {
+		if img.Name != t.Name && img.Manifest.Digest == t.Manifest.Digest {
+			return nil
+		}
+	}
+	var where []string
+	for _, v := range views {
+		where = append(where, fmt.Sprintf("%s (pid %d)", v.View, v.PID))
+	}
+	return fmt.Errorf("image %q is %w: served at %s; unmount it first, or rm --force (the view keeps working, and gc frees the image once it ends)",
+		t.Name, ErrInUse, strings.Join(where, ", "))
+}
