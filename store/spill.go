@@ -16,7 +16,7 @@ import (
 // runBytes is how many bytes of records a sorter holds in memory before it
 // sorts them and writes them out as one run: the bound on an import's
 // memory whatever the number of entries in its layer.
-var runBytes = 16 << 20
+var runBytes = 8 << 20
 
 // sorter sorts (key, body) records by key in bounded memory, as external
 // sorts do: records gather in memory up to runBytes, are sorted and

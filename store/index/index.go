@@ -695,6 +695,26 @@ func (r *Reader) Walk(p string) (uint32, bool, error) {
 	return cur, true, nil
 }
 
+// Scan calls fn with each record's number and type, in order. On a mapped
+// index it gives back each stretch of the mapping once read, so that a
+// scan of a large index leaves little of it resident.
+func (r *Reader) Scan(fn func(rec uint32, t Type) error) error {
+	const stretch = 4 << 20
+	page := os.Getpagesize()
+	released := headerSize / page * page
+	for i := uint32(0); i < r.count; i++ {
+		if err := fn(i, Type(r.rec(i)[8])); err != nil {
+			return err
+		}
+		if end := headerSize + int(i+1)*recordSize; r.mmapped && end-released >= stretch {
+			upTo := end / page * page
+			unix.Madvise(r.data[released:upTo], unix.MADV_DONTNEED)
+			released = upTo
+		}
+	}
+	return nil
+}
+
 // InodeOf returns record i's inode record number without decoding the rest.
 func (r *Reader) InodeOf(i uint32) uint32 {
 	if i >= r.count {
