@@ -100,6 +100,34 @@ func (d *recDecoder) string() string {
 
 var errSpill = errors.New("damaged spill file")
 
+func (d *recDecoder) skipString() {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.err = errSpill
+		return
+	}
+	d.b = d.b[n:]
+}
+
+// dirChildren reads, without decoding the rest, whether an encoded record
+// is a directory and how many children it has.
+func dirChildren(b []byte) (bool, uint32, error) {
+	d := &recDecoder{b: b}
+	d.uvarint()
+	d.skipString()
+	d.skipString()
+	if d.err != nil || len(d.b) < 2 {
+		return false, 0, errSpill
+	}
+	isDir := index.Type(d.b[0]) == index.TypeDir
+	d.b = d.b[2:]
+	for range 7 {
+		d.uvarint()
+	}
+	n := uint32(d.uvarint())
+	return isDir, n, d.err
+}
+
 func decodeRec(b []byte) (rec, error) {
 	d := &recDecoder{b: b}
 	var r rec
@@ -475,6 +503,7 @@ func (x *extraction) build() error {
 }
 
 func (x *extraction) addResult(depth int, key []byte, r *rec) error {
+	r.tarName = "" // only errors use it, and they are all known by now
 	x.keyBuf = binary.BigEndian.AppendUint16(x.keyBuf[:0], uint16(depth))
 	x.keyBuf = append(x.keyBuf, key...)
 	x.recBuf = r.encode(x.recBuf[:0])
@@ -637,12 +666,12 @@ func (x *extraction) writeIndex(out io.Writer, info index.Info) error {
 					return fmt.Errorf("%w: record %d has no parent", errSpill, n)
 				}
 				parentAt++
-				p, err := decodeRec(body)
+				isDir, children, err := dirChildren(body)
 				if err != nil {
 					return err
 				}
-				if p.e.Type == index.TypeDir {
-					parent, left = uint32(parentAt), p.e.ChildCount
+				if isDir {
+					parent, left = uint32(parentAt), children
 				}
 			}
 			e.Parent = parent

@@ -23,7 +23,7 @@ func (s *Store) OpenLayer(d digest.Digest) (Layer, error) {
 
 // OpenView opens layers (lowest first) as one view.
 func (s *Store) OpenView(layers []digest.Digest, single bool) (*View, error) {
-	v := &View{Single: single}
+	v := &View{Single: single, links: &linkCache{m: map[Ref]resolvedLink{}}}
 	for _, d := range layers {
 		l, err := s.OpenLayer(d)
 		if err != nil {
