@@ -184,7 +184,8 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 	}
 	defer closeDec()
 	sum := sha256.New()
-	tee := io.TeeReader(&limitedStream{r: dec, x: x}, sum)
+	tee := readAhead(io.TeeReader(&limitedStream{r: dec, x: x}, sum))
+	defer tee.close()
 	tr := tar.NewReader(tee)
 	for {
 		hdr, err := tr.Next()
