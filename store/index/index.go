@@ -218,7 +218,6 @@ type Writer struct {
 	strOff uint64
 	rec    [recordSize]byte
 	xattrs []byte
-	lenBuf [4]byte
 }
 
 // NewWriter writes the header of an index of count records and strLen
