@@ -247,6 +247,8 @@ func (b *bench) cases() []benchCase {
 				}), target{op: "<=", value: 0.6}},
 				{"tar -xzf of its layers", b.importRun(func(dst string) error { return untarLayers(deb.blobs, dst) }), target{op: "<=", value: 1.0}},
 			}},
+		b.importCase("import/chain", fmt.Sprintf("import of a chain of %d hardlinks in one layer", corpusSizes(b.quick).chain), c.chain),
+		b.importCase("import/chain-layers", fmt.Sprintf("import of a hardlink chain through %d layers", corpusSizes(b.quick).chainLayers), c.chainLayers),
 		{name: "store-size/shared", title: "store size, 4 images sharing a base", unit: "MB", runs: 1,
 			layerfs: func() (float64, error) {
 				n, err := diskUsage(c.sharedStore)
@@ -273,6 +275,17 @@ func (b *bench) cases() []benchCase {
 				return float64(v) / float64(n), err
 			}), abs: &target{op: "<=", value: 600}},
 	}
+}
+
+// importCase times an import of img on its own: hardlink chains took
+// quadratic time in one layer and cubic across layers, so a few seconds is
+// the target.
+func (b *bench) importCase(name, title string, img *image) benchCase {
+	return benchCase{name: name, title: title, unit: "s", abs: &target{op: "<=", value: 5},
+		layerfs: b.importRun(func(dst string) error {
+			_, err := b.layerfs(dst, "import", img.layout)
+			return err
+		})}
 }
 
 // heavy caps the runs of a case that walks a million entries, which takes

@@ -46,16 +46,17 @@ type image struct {
 
 // sizes of the synthetic images; -quick shrinks them.
 type sizes struct {
-	layers, perLayer int
-	bigDir           int
-	depth            int
+	layers, perLayer   int
+	bigDir             int
+	depth              int
+	chain, chainLayers int
 }
 
 func corpusSizes(quick bool) sizes {
 	if quick {
-		return sizes{layers: 10, perLayer: 2000, bigDir: 5000, depth: 100}
+		return sizes{layers: 10, perLayer: 2000, bigDir: 5000, depth: 100, chain: 2000, chainLayers: 100}
 	}
-	return sizes{layers: 10, perLayer: 100000, bigDir: 100000, depth: 100}
+	return sizes{layers: 10, perLayer: 100000, bigDir: 100000, depth: 100, chain: 20000, chainLayers: 1000}
 }
 
 // corpus is every image the cases run on, and the stores holding them.
@@ -65,7 +66,10 @@ type corpus struct {
 	synth  *image
 	bigDir *image
 	deep   *image
-	shared []*image // four images sharing the Debian base layer
+	// chain is one layer of a hardlink chain, chainLayers a chain of
+	// links each in a layer of its own over the one it names.
+	chain, chainLayers *image
+	shared             []*image // four images sharing the Debian base layer
 	// entries the merged views show, the root not counted
 	debianEntries, synthEntries int
 	// store holds every image above but shared; nobodyStore the Debian
@@ -95,6 +99,8 @@ func (b *bench) buildCorpus(ctx context.Context) (*corpus, error) {
 	c.synth = &image{name: "synth-" + suffix}
 	c.bigDir = &image{name: "bigdir-" + suffix}
 	c.deep = &image{name: "deep-" + suffix}
+	c.chain = &image{name: "chain-" + suffix}
+	c.chainLayers = &image{name: "chain-layers-" + suffix}
 	for _, s := range []struct {
 		img    *image
 		layers []testimage.Layer
@@ -102,6 +108,8 @@ func (b *bench) buildCorpus(ctx context.Context) (*corpus, error) {
 		{c.synth, synthLayers(sz)},
 		{c.bigDir, []testimage.Layer{{Stream: bigDirStream(sz.bigDir)}}},
 		{c.deep, []testimage.Layer{{Entries: deepEntries(sz.depth)}}},
+		{c.chain, []testimage.Layer{{Entries: chainEntries(sz.chain)}}},
+		{c.chainLayers, chainLayers(sz.chainLayers)},
 	} {
 		if err := b.writeImage(s.img, s.layers); err != nil {
 			return nil, err
@@ -207,6 +215,25 @@ func deepEntries(depth int) []testimage.Entry {
 		es = append(es, testimage.Dir(p, 0o755), testimage.File(p+"/f", p+"\n"))
 	}
 	return es
+}
+
+// chainEntries is a file and n hardlinks, each naming the one before.
+func chainEntries(n int) []testimage.Entry {
+	es := []testimage.Entry{testimage.File("l00000", "chained\n")}
+	for i := 1; i <= n; i++ {
+		es = append(es, testimage.Hardlink(fmt.Sprintf("l%05d", i), fmt.Sprintf("l%05d", i-1)))
+	}
+	return es
+}
+
+// chainLayers is a file, then n-1 layers each holding one hardlink to the
+// file or link of the layer beneath.
+func chainLayers(n int) []testimage.Layer {
+	ls := []testimage.Layer{{Entries: []testimage.Entry{testimage.File("f0000", "chained\n")}}}
+	for i := 1; i < n; i++ {
+		ls = append(ls, testimage.Layer{Entries: []testimage.Entry{testimage.Hardlink(fmt.Sprintf("f%04d", i), fmt.Sprintf("f%04d", i-1))}})
+	}
+	return ls
 }
 
 // done reports whether dir was finished: it holds the stamp that marks a

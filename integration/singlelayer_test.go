@@ -28,6 +28,10 @@ type member struct {
 	// link is a symlink's target, or a hardlink's target as a path.
 	link    string
 	implied bool
+	// line is the entry's place in the listing; was, for a hardlink, the
+	// member its target was when the link came: the file the link holds.
+	line int
+	was  *member
 }
 
 // tarListing lists a layer blob with GNU tar, which shares no code with
@@ -58,6 +62,10 @@ func tarListing(t testing.TB, blob string) map[string]member {
 		p, m, err := parseListing(line, names[i])
 		if err != nil {
 			t.Fatalf("%s: %v", blob, err)
+		}
+		m.line = i + 1
+		if cur, ok := ms[m.link]; ok && m.kind == 'h' {
+			m.was = &cur
 		}
 		ms[p] = m
 	}
@@ -171,20 +179,31 @@ func singleLayerWant(ms map[string]member, got oracle.Tree) oracle.Tree {
 	want := make(oracle.Tree, len(ms))
 	groups := map[string][]string{}
 	for p, m := range ms {
+		// A hardlink holds the file its target was when the link came, or
+		// the target's last entry when it came later; a hardlink to a
+		// hardlink is one more name of that file.
 		src := m
-		for src.kind == 'h' && ms[src.link].kind == 'h' {
-			// A hardlink to a hardlink is one more name of the same file.
-			src = ms[src.link]
+		for src.kind == 'h' {
+			if src.was != nil {
+				src = *src.was
+			} else if t, ok := ms[src.link]; ok && t.line != src.line {
+				src = t
+			} else {
+				break
+			}
 		}
+		key := p
 		if m.kind == 'h' {
-			m.link = src.link
-			if target, ok := ms[m.link]; ok && target.kind == '-' {
-				src = target
+			if src.kind == '-' {
+				key = fmt.Sprint(src.line)
 			} else {
 				// A hardlink to a lower layer's file: an empty file, since
 				// nothing lies beneath a single layer to resolve it in.
-				src.kind, src.size, m.link = '-', 0, p
+				src = m
+				src.kind, src.size = '-', 0
 			}
+		} else if m.kind == '-' {
+			key = fmt.Sprint(m.line)
 		}
 		e := oracle.Entry{Mode: src.mode, UID: src.uid, GID: src.gid, Mtime: src.mtime}
 		switch src.kind {
@@ -192,10 +211,6 @@ func singleLayerWant(ms map[string]member, got oracle.Tree) oracle.Tree {
 			e.Type = oracle.TypeDir
 		case '-':
 			e.Type, e.Size = oracle.TypeReg, src.size
-			key := p
-			if m.kind == 'h' {
-				key = m.link
-			}
 			groups[key] = append(groups[key], p)
 		case 'l':
 			e.Type, e.Size, e.Link = oracle.TypeSymlink, int64(len(src.link)), src.link

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -94,7 +95,14 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 		defer blob.Abort()
 		r = io.TeeReader(in, blob)
 	}
-	x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+	limit, err := expansionLimit(desc.Size)
+	if err != nil {
+		return err
+	}
+	x, err := s.newExtraction(limit)
+	if err != nil {
+		return err
+	}
 	defer x.abort()
 	uncompressed, err := x.read(r)
 	if err != nil {
@@ -122,38 +130,52 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 	return nil
 }
 
-// extraction is one layer being turned into objects and an index.
+// extraction is one layer being turned into objects and an index. Its
+// files live in a directory of its own under tmp/ until commit.
 type extraction struct {
-	store   *Store
-	root    *index.Node
-	links   []*pendingLink
-	pending []pendingObject
-	objects map[digest.Digest]bool
+	store *Store
+	dir   string
+	// entries holds every tar entry by path, results the index's records
+	// in breadth-first order (see build.go).
+	entries *sorter
+	results *sorter
+	seq     uint64
+	links   map[uint64]*link
+	targets map[string][]uint64 // hardlink seqs by the path they name
+	files   map[uint64]index.Entry
 	content int64
 	objSize int64
-	buf     []byte
+	// limit bounds the uncompressed stream and the sum of file sizes;
+	// 0 for none.
+	limit    int64
+	streamed int64
+	buf      []byte
+	keyBuf   []byte
+	recBuf   []byte
 }
 
-type pendingLink struct {
-	node   *index.Node
-	name   string
-	target string
-}
-
-type pendingObject struct {
-	tmp string
-	d   digest.Digest
+func (s *Store) newExtraction(limit int64) (*extraction, error) {
+	dir, err := os.MkdirTemp(s.path(tmpDir), "extract-")
+	if err != nil {
+		return nil, fmt.Errorf("stage extraction: %w", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "objects"), dirMode); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("stage extraction: %w", err)
+	}
+	return &extraction{
+		store: s, dir: dir, limit: limit,
+		entries: newSorter(dir, "entries"), results: newSorter(dir, "results"),
+		links: map[uint64]*link{}, targets: map[string][]uint64{}, files: map[uint64]index.Entry{},
+	}, nil
 }
 
 func (x *extraction) abort() {
-	for _, p := range x.pending {
-		os.Remove(p.tmp)
-	}
-	x.pending = nil
+	os.RemoveAll(x.dir)
 }
 
-// read consumes the whole compressed stream r and returns the digest of
-// the uncompressed tar.
+// read consumes the whole compressed stream r, applies the layer's rules
+// and returns the digest of the uncompressed tar.
 func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	dec, closeDec, err := decompress(br)
@@ -162,7 +184,8 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 	}
 	defer closeDec()
 	sum := sha256.New()
-	tee := io.TeeReader(dec, sum)
+	tee := readAhead(io.TeeReader(&limitedStream{r: dec, x: x}, sum))
+	defer tee.close()
 	tr := tar.NewReader(tee)
 	for {
 		hdr, err := tr.Next()
@@ -189,10 +212,34 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return "", fmt.Errorf("read layer: %w", err)
 	}
-	if err := x.resolveLinks(); err != nil {
+	if err := x.build(); err != nil {
 		return "", err
 	}
 	return digest.NewDigest(digest.SHA256, sum), nil
+}
+
+// ErrExpansion is wrapped by the refusal of a layer that expands beyond
+// the store's limit.
+var ErrExpansion = errors.New("layer expands beyond the limit")
+
+func (x *extraction) tooLarge(what string, n int64) error {
+	return fmt.Errorf("%w: %s reaches %d bytes, over the limit of %d (see %s)", ErrExpansion, what, n, x.limit, expansionEnv)
+}
+
+// limitedStream counts the uncompressed stream against the limit, so a
+// compression bomb stops when it passes it rather than when the disk fills.
+type limitedStream struct {
+	r io.Reader
+	x *extraction
+}
+
+func (l *limitedStream) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.x.streamed += int64(n)
+	if l.x.limit > 0 && l.x.streamed > l.x.limit {
+		return n, l.x.tooLarge("the uncompressed stream", l.x.streamed)
+	}
+	return n, err
 }
 
 func streamError(err error) error {
@@ -251,6 +298,8 @@ func CleanPath(name string) (string, error) {
 	return p, nil
 }
 
+// add checks one tar entry on its own and passes it to the first sort; the
+// rules between entries apply in build.
 func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
 	p, err := CleanPath(hdr.Name)
 	if err != nil {
@@ -264,86 +313,34 @@ func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
 		if e.Type != index.TypeDir {
 			return errors.New("the layer root is not a directory")
 		}
-		e.Flags = x.root.Flags & index.FlagOpaque
-		x.root.Entry = e
-		return nil
-	}
-	dir, name := path.Split(p)
-	if err := whiteout.Validate(name); err != nil {
-		return err
-	}
-	parent, err := x.mkdirs(strings.TrimSuffix(dir, "/"))
-	if errors.Is(err, errNotDir) && whiteout.IsMarker(name) {
-		// umoci writes, for a directory that became a file, markers for
-		// the old children beneath the new file. The file hides all of
-		// that path already, so they say nothing.
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if name == whiteout.Opaque {
-		parent.Flags |= index.FlagOpaque
-	}
-	e.Name = name
-	node := &index.Node{Entry: e}
-	if old := parent.Children[name]; old != nil && old.Type == index.TypeDir {
-		if e.Type != index.TypeDir && !onlyMarkers(old) {
-			return errors.New("replaces a directory that holds entries of this layer")
-		}
-		if e.Type == index.TypeDir {
-			node.Children = old.Children
-			node.Flags |= old.Flags & index.FlagOpaque
+	} else {
+		e.Name = path.Base(p)
+		if err := whiteout.Validate(e.Name); err != nil {
+			return err
 		}
 	}
-	if e.Type == index.TypeDir && node.Children == nil {
-		node.Children = map[string]*index.Node{}
-	}
-	parent.Children[name] = node
+	x.seq++
 	switch hdr.Typeflag {
 	case tar.TypeLink:
 		target, err := CleanPath(hdr.Linkname)
 		if err != nil {
 			return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
 		}
-		x.links = append(x.links, &pendingLink{node: node, name: p, target: target})
+		e.Link = target
+		x.links[x.seq] = &link{name: p, target: target}
+		x.targets[target] = append(x.targets[target], x.seq)
 	case tar.TypeReg:
-		return x.storeContent(node, body)
-	}
-	return nil
-}
-
-// mkdirs returns the directory node at p, creating implied directories.
-func (x *extraction) mkdirs(p string) (*index.Node, error) {
-	n := x.root
-	if p == "" {
-		return n, nil
-	}
-	for _, c := range strings.Split(p, "/") {
-		child := n.Children[c]
-		if child == nil {
-			child = &index.Node{Entry: index.Entry{Name: c, Type: index.TypeDir, Flags: index.FlagImplied, Mode: 0o755}, Children: map[string]*index.Node{}}
-			n.Children[c] = child
-		} else if child.Type != index.TypeDir {
-			return nil, fmt.Errorf("%w: parent %q is a %s in this layer", errNotDir, c, child.Type)
+		if err := x.storeContent(&e, body); err != nil {
+			return err
 		}
-		n = child
 	}
-	return n, nil
+	r := rec{seq: x.seq, tarName: hdr.Name, e: e}
+	x.keyBuf = entryKey(x.keyBuf[:0], p, x.seq)
+	x.recBuf = r.encode(x.recBuf[:0])
+	return x.entries.add(x.keyBuf, x.recBuf)
 }
 
 var errNotDir = errors.New("not a directory")
-
-// onlyMarkers reports whether everything beneath directory n is whiteout
-// markers, which a non-directory replacing n may drop.
-func onlyMarkers(n *index.Node) bool {
-	for name, c := range n.Children {
-		if !whiteout.IsMarker(name) && (c.Type != index.TypeDir || !onlyMarkers(c)) {
-			return false
-		}
-	}
-	return true
-}
 
 func headerEntry(hdr *tar.Header) (index.Entry, error) {
 	if err := checkRepresentable(hdr); err != nil {
@@ -395,53 +392,72 @@ func headerEntry(hdr *tar.Header) (index.Entry, error) {
 }
 
 // storeContent writes a regular file's bytes as an object, unless the
-// store or this extraction holds that content already.
-func (x *extraction) storeContent(node *index.Node, body io.Reader) error {
-	if node.Size == 0 {
+// store or this extraction holds that content already. Runs of zeros stay
+// holes, so a sparse file costs the disk what its data costs.
+func (x *extraction) storeContent(e *index.Entry, body io.Reader) error {
+	if e.Size == 0 {
 		return nil
 	}
-	x.content += node.Size
-	if node.Size <= smallFile {
+	x.content += e.Size
+	if x.limit > 0 && x.content > x.limit {
+		return x.tooLarge("the sum of file sizes", x.content)
+	}
+	if e.Size <= smallFile {
 		if x.buf == nil {
 			x.buf = make([]byte, smallFile)
 		}
-		b := x.buf[:node.Size]
+		b := x.buf[:e.Size]
 		if _, err := io.ReadFull(body, b); err != nil {
 			return fmt.Errorf("read content: %w", streamError(err))
 		}
-		node.Object = digest.FromBytes(b)
-		if x.known(node.Object) {
+		e.Object = digest.FromBytes(b)
+		if x.known(e.Object) {
 			return nil
 		}
-		return x.writeObject(node.Object, bytes.NewReader(b))
+		return x.writeObject(e.Object, b)
 	}
-	w, err := x.store.stage("object")
+	tmp := filepath.Join(x.dir, "object")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
-		return err
+		return fmt.Errorf("stage object: %w", err)
 	}
-	if _, err := io.Copy(w, body); err != nil {
-		w.Abort()
+	defer f.Close()
+	h := sha256.New()
+	w := &sparseWriter{f: f}
+	n, err := io.Copy(io.MultiWriter(h, w), body)
+	if err != nil {
 		return fmt.Errorf("read content: %w", streamError(err))
 	}
-	if err := w.check(node.Size, ""); err != nil {
-		w.Abort()
+	if n != e.Size {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrMismatch, n, e.Size)
+	}
+	if err := w.finish(); err != nil {
 		return err
 	}
-	node.Object = w.Digest()
-	if x.known(node.Object) {
-		w.Abort()
+	e.Object = digest.NewDigest(digest.SHA256, h)
+	if x.known(e.Object) {
 		return nil
 	}
-	return x.keep(w, node.Object)
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("stage object: %w", err)
+	}
+	x.objSize += n
+	if err := os.Rename(tmp, x.stagedObject(e.Object)); err != nil {
+		return fmt.Errorf("stage object: %w", err)
+	}
+	return nil
+}
+
+func (x *extraction) stagedObject(d digest.Digest) string {
+	return filepath.Join(x.dir, "objects", d.Encoded())
 }
 
 // known reports whether content d needs no new object, counting d as
 // this layer's once.
 func (x *extraction) known(d digest.Digest) bool {
-	if x.objects[d] {
+	if _, err := os.Lstat(x.stagedObject(d)); err == nil {
 		return true
 	}
-	x.objects[d] = true
 	st, err := os.Stat(x.store.ObjectPath(d))
 	if err == nil {
 		x.objSize += st.Size()
@@ -450,96 +466,71 @@ func (x *extraction) known(d digest.Digest) bool {
 	return false
 }
 
-func (x *extraction) writeObject(d digest.Digest, r io.Reader) error {
-	w, err := x.store.stage("object")
+func (x *extraction) writeObject(d digest.Digest, b []byte) error {
+	f, err := os.OpenFile(x.stagedObject(d), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 	if err != nil {
-		return err
+		return fmt.Errorf("stage object: %w", err)
 	}
-	if _, err := io.Copy(w, r); err != nil {
-		w.Abort()
+	w := &sparseWriter{f: f}
+	_, err = w.Write(b)
+	if err == nil {
+		err = w.finish()
+	}
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("stage object: %w", cerr)
+	}
+	x.objSize += int64(len(b))
+	return err
+}
+
+// sparseWriter writes a file from its start, seeking over every aligned
+// block of zeros instead of writing it.
+type sparseWriter struct {
+	f   *os.File
+	off int64
+}
+
+const sparseBlock = 4096
+
+var zeroBlock [sparseBlock]byte
+
+func (w *sparseWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		// The data up to the next block of zeros goes in one write.
+		n := 0
+		for n < len(p) {
+			step := min(sparseBlock-int((w.off+int64(n))%sparseBlock), len(p)-n)
+			if bytes.Equal(p[n:n+step], zeroBlock[:step]) {
+				break
+			}
+			n += step
+		}
+		if n > 0 {
+			if _, err := w.f.WriteAt(p[:n], w.off); err != nil {
+				return total - len(p), fmt.Errorf("write object: %w", err)
+			}
+			w.off += int64(n)
+			p = p[n:]
+		}
+		for len(p) > 0 {
+			step := min(sparseBlock-int(w.off%sparseBlock), len(p))
+			if !bytes.Equal(p[:step], zeroBlock[:step]) {
+				break
+			}
+			w.off += int64(step)
+			p = p[step:]
+		}
+	}
+	return total, nil
+}
+
+// finish sets the file's size, which a trailing hole leaves short.
+func (w *sparseWriter) finish() error {
+	if err := w.f.Truncate(w.off); err != nil {
 		return fmt.Errorf("write object: %w", err)
 	}
-	return x.keep(w, d)
-}
-
-func (x *extraction) keep(w *Staged, d digest.Digest) error {
-	x.objSize += w.Size()
-	if err := w.close(); err != nil {
-		return err
-	}
-	x.pending = append(x.pending, pendingObject{tmp: w.f.Name(), d: d})
 	return nil
-}
-
-// resolveLinks turns each hardlink into another name of its target's
-// inode when the target is in this layer, wherever it stands in the tar.
-func (x *extraction) resolveLinks() error {
-	byNode := map[*index.Node]*pendingLink{}
-	for _, l := range x.links {
-		byNode[l.node] = l
-	}
-	names := map[*index.Node]int{}
-	final := map[*index.Node]*index.Node{}
-	for _, l := range x.links {
-		target, err := x.follow(l, byNode)
-		if err != nil {
-			return &EntryError{Entry: l.name, Err: err}
-		}
-		if target == nil {
-			l.node.Link = l.target
-			continue
-		}
-		final[l.node] = target
-		names[target]++
-	}
-	for link, target := range final {
-		name := link.Name
-		link.Entry = target.Entry
-		link.Name = name
-		link.LinkTo(target)
-	}
-	for link, target := range final {
-		link.Nlink = uint32(names[target] + 1)
-		target.Nlink = link.Nlink
-	}
-	return nil
-}
-
-// follow finds the non-link node a hardlink ends at in this layer, or nil
-// when its target is not in the layer.
-func (x *extraction) follow(l *pendingLink, byNode map[*index.Node]*pendingLink) (*index.Node, error) {
-	seen := map[*pendingLink]bool{}
-	for {
-		if seen[l] {
-			return nil, fmt.Errorf("hardlink cycle through %q", l.target)
-		}
-		seen[l] = true
-		target := x.lookup(l.target)
-		if target == nil {
-			return nil, nil
-		}
-		if target.Type == index.TypeDir {
-			return nil, fmt.Errorf("hardlink to directory %q", l.target)
-		}
-		next, isLink := byNode[target]
-		if !isLink {
-			return target, nil
-		}
-		l = next
-	}
-}
-
-func (x *extraction) lookup(p string) *index.Node {
-	n := x.root
-	for _, c := range strings.Split(p, "/") {
-		if c == "" {
-			continue
-		}
-		if n = n.Children[c]; n == nil {
-			return nil
-		}
-	}
-	return n
 }
 
 // commit makes the extraction visible. The order is what makes a crash
@@ -555,19 +546,23 @@ func (x *extraction) lookup(p string) *index.Node {
 // index exists, and by then everything it names is durable.
 func (x *extraction) commit(desc ocispec.Descriptor, diffID digest.Digest, blob *Staged) error {
 	s := x.store
+	// The index is written first, so the one syncfs makes it durable with
+	// the objects and its own fsync at commit costs nothing.
+	w, err := s.stage("index")
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	info := index.Info{DiffID: diffID, ContentBytes: x.content, ObjectBytes: x.objSize}
+	if err := x.writeIndex(w, info); err != nil {
+		return err
+	}
 	if err := s.syncfs(); err != nil {
 		return err
 	}
-	for _, p := range x.pending {
-		final := s.ObjectPath(p.d)
-		if err := os.MkdirAll(path.Dir(final), dirMode); err != nil {
-			return fmt.Errorf("object %s: %w", p.d, err)
-		}
-		if err := os.Rename(p.tmp, final); err != nil {
-			return fmt.Errorf("object %s: %w", p.d, err)
-		}
+	if err := x.moveObjects(); err != nil {
+		return err
 	}
-	x.pending = nil
 	if err := s.syncfs(); err != nil {
 		return err
 	}
@@ -576,16 +571,35 @@ func (x *extraction) commit(desc ocispec.Descriptor, diffID digest.Digest, blob 
 			return fmt.Errorf("blob: %w", err)
 		}
 	}
-	w, err := s.stage("index")
-	if err != nil {
-		return err
-	}
-	info := index.Info{DiffID: diffID, ContentBytes: x.content, ObjectBytes: x.objSize}
-	if err := index.Write(w, x.root, info); err != nil {
-		w.Abort()
-		return err
-	}
 	return w.Commit(s.IndexPath(desc.Digest), -1, "")
+}
+
+// moveObjects renames the staged objects to their content names, a batch
+// of directory entries at a time.
+func (x *extraction) moveObjects() error {
+	d, err := os.Open(filepath.Join(x.dir, "objects"))
+	if err != nil {
+		return fmt.Errorf("objects: %w", err)
+	}
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(1024)
+		for _, name := range names {
+			final := x.store.ObjectPath(digest.NewDigestFromEncoded(digest.SHA256, name))
+			if err := os.MkdirAll(filepath.Dir(final), dirMode); err != nil {
+				return fmt.Errorf("object %s: %w", name, err)
+			}
+			if err := os.Rename(filepath.Join(x.dir, "objects", name), final); err != nil {
+				return fmt.Errorf("object %s: %w", name, err)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("objects: %w", err)
+		}
+	}
 }
 
 func (s *Store) syncfs() error {

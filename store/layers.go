@@ -23,7 +23,7 @@ func (s *Store) OpenLayer(d digest.Digest) (Layer, error) {
 
 // OpenView opens layers (lowest first) as one view.
 func (s *Store) OpenView(layers []digest.Digest, single bool) (*View, error) {
-	v := &View{Single: single}
+	v := &View{Single: single, links: &linkCache{m: map[Ref]resolvedLink{}}}
 	for _, d := range layers {
 		l, err := s.OpenLayer(d)
 		if err != nil {
@@ -52,9 +52,9 @@ func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
 	}
 	defer v.Close()
 	for k, l := range v.Layers {
-		for rec := uint32(0); rec < uint32(l.Index.Len()); rec++ {
-			if t, _ := l.Index.TypeOf(rec); t != index.TypeLowerLink {
-				continue
+		err := l.Index.Scan(func(rec uint32, t index.Type) error {
+			if t != index.TypeLowerLink {
+				return nil
 			}
 			e, err := l.Index.Entry(rec)
 			if err != nil {
@@ -64,6 +64,10 @@ func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
 				p, _ := l.Index.Path(rec)
 				return fmt.Errorf("layer %s: %w", l.Digest, &EntryError{Entry: p, Err: err})
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil

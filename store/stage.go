@@ -83,16 +83,6 @@ func (w *Staged) Commit(final string, size int64, want digest.Digest) error {
 	return w.rename(final, true)
 }
 
-// close ends writing without making the data durable; the caller syncs
-// the whole filesystem once for many such files before renaming them.
-func (w *Staged) close() error {
-	if err := w.f.Close(); err != nil {
-		os.Remove(w.f.Name())
-		return fmt.Errorf("close %s: %w", w.f.Name(), err)
-	}
-	return nil
-}
-
 func (w *Staged) rename(final string, syncDir bool) error {
 	w.f.Close()
 	if err := os.MkdirAll(filepath.Dir(final), dirMode); err != nil {

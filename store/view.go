@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/whiteout"
@@ -22,7 +23,26 @@ type Layer struct {
 type View struct {
 	Layers []Layer // lowest first
 	Single bool
+	// links remembers what each hardlink to a lower layer resolved to,
+	// shared by the views beneath this one: a chain of such links through
+	// N layers would otherwise resolve again beneath every layer above,
+	// N³ lookups in all. Nil in a view made by hand: nothing remembered.
+	links *linkCache
 }
+
+type linkCache struct {
+	mu sync.Mutex
+	m  map[Ref]resolvedLink
+}
+
+type resolvedLink struct {
+	e   index.Entry
+	ref Ref
+	err error
+}
+
+// below is the view of the layers beneath layer k.
+func (v *View) below(k int) *View { return &View{Layers: v.Layers[:k], links: v.links} }
 
 // Ref is one layer's record: Layer indexes View.Layers.
 type Ref struct {
@@ -230,7 +250,7 @@ func (v *View) Entry(n Node) (index.Entry, Ref, error) {
 		if err != nil {
 			return e, top, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		below := &View{Layers: v.Layers[:top.Layer]}
+		below := v.below(top.Layer)
 		if bn, ok, err := below.Resolve(p); err != nil {
 			return e, top, err
 		} else if ok && below.Type(bn.Top()) == index.TypeDir {
@@ -239,7 +259,7 @@ func (v *View) Entry(n Node) (index.Entry, Ref, error) {
 			return be, top, err
 		}
 	} else if top.Layer > 0 {
-		be, _, err := (&View{Layers: v.Layers[:top.Layer]}).Entry(Node{{Layer: top.Layer - 1, Rec: 0}})
+		be, _, err := v.below(top.Layer).Entry(Node{{Layer: top.Layer - 1, Rec: 0}})
 		return be, top, err
 	}
 	e.Mode, e.UID, e.GID, e.Mtime, e.MtimeNs, e.Xattrs = 0o755, 0, 0, 0, 0, nil
@@ -257,7 +277,23 @@ func (v *View) record(ref Ref) (index.Entry, error) {
 // lowerLinkTarget resolves a hardlink to a file of a lower layer in the
 // view beneath the link's own layer.
 func (v *View) lowerLinkTarget(ref Ref, link index.Entry) (index.Entry, Ref, error) {
-	below := &View{Layers: v.Layers[:ref.Layer]}
+	if v.links == nil {
+		return v.resolveLowerLink(ref, link)
+	}
+	v.links.mu.Lock()
+	r, ok := v.links.m[ref]
+	v.links.mu.Unlock()
+	if !ok {
+		r.e, r.ref, r.err = v.resolveLowerLink(ref, link)
+		v.links.mu.Lock()
+		v.links.m[ref] = r
+		v.links.mu.Unlock()
+	}
+	return r.e, r.ref, r.err
+}
+
+func (v *View) resolveLowerLink(ref Ref, link index.Entry) (index.Entry, Ref, error) {
+	below := v.below(ref.Layer)
 	n, ok, err := below.Resolve(link.Link)
 	if err != nil {
 		return link, ref, err

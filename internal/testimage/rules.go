@@ -271,6 +271,17 @@ func RuleCases() []RuleCase {
 				{Name: "large", Type: tar.TypeReg, Mode: 0o644, Body: pattern(1<<20 + 4097)},
 			},
 		)},
+		// A link holds the inode its target had when the link was
+		// written: a later entry of the same name is a new file, as
+		// GNU tar and the runtimes' appliers, extracting in order, make it.
+		RuleCase{Name: "hardlink-then-target-rewritten", Rule: "10", Layers: layers(
+			[]Entry{
+				File("a", "first bytes\n").WithMode(0o640).WithOwner(10, 20),
+				Hardlink("b", "a"),
+				File("a", "second, longer bytes\n").WithMode(0o600),
+				Hardlink("c", "a"),
+			},
+		)},
 	)
 	return cases
 }

@@ -13,11 +13,13 @@
 package index
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sort"
@@ -178,88 +180,192 @@ func Write(f io.Writer, root *Node, info Info) error {
 			order = append(order, c)
 		}
 	}
-	if len(order) > 1<<31 {
-		return fmt.Errorf("layer has %d entries, more than an index holds", len(order))
-	}
 	number := make(map[*Node]uint32, len(order))
+	var strLen int64
 	for i, n := range order {
 		number[n] = uint32(i)
+		strLen += StringBytes(n.Entry)
 	}
-	var strs strings.Builder
-	addString := func(s string) (uint32, uint32) {
-		off := strs.Len()
-		strs.WriteString(s)
-		return uint32(off), uint32(len(s))
+	var spool bytes.Buffer
+	w, err := NewWriter(f, &spool, len(order), strLen, info)
+	if err != nil {
+		return err
 	}
-	recs := make([]byte, len(order)*recordSize)
 	for i, n := range order {
-		r := recs[i*recordSize : (i+1)*recordSize]
-		nameOff, nameLen := addString(n.Name)
-		linkOff, linkLen := addString(n.Link)
-		xOff, xLen := addString(encodeXattrs(n.Xattrs))
-		le := binary.LittleEndian
-		le.PutUint32(r[0:], nameOff)
-		le.PutUint32(r[4:], nameLen)
-		r[8] = byte(n.Type)
-		r[9] = n.Flags
-		le.PutUint32(r[12:], n.Mode)
-		le.PutUint32(r[16:], n.UID)
-		le.PutUint32(r[20:], n.GID)
-		le.PutUint64(r[24:], uint64(n.Size))
-		le.PutUint64(r[32:], uint64(n.Mtime))
-		le.PutUint32(r[40:], n.MtimeNs)
-		le.PutUint32(r[44:], n.Major)
-		le.PutUint32(r[48:], n.Minor)
-		le.PutUint32(r[52:], linkOff)
-		le.PutUint32(r[56:], linkLen)
-		le.PutUint32(r[60:], xOff)
-		le.PutUint32(r[64:], xLen)
-		le.PutUint32(r[68:], n.ChildStart)
-		le.PutUint32(r[72:], n.ChildCount)
-		le.PutUint32(r[76:], n.Nlink)
-		inode := uint32(i)
+		n.Inode = uint32(i)
 		if n.inodeOf != nil {
-			inode = number[n.inodeOf]
+			n.Inode = number[n.inodeOf]
 		}
-		le.PutUint32(r[80:], inode)
-		le.PutUint32(r[84:], n.Parent)
-		if n.Object != "" {
-			raw, err := hexBytes(n.Object)
-			if err != nil {
-				return fmt.Errorf("entry %q: %w", n.Name, err)
-			}
-			copy(r[88:120], raw)
+		if err := w.Add(n.Entry); err != nil {
+			return err
 		}
 	}
-	if strs.Len() > 1<<32-1 {
-		return errors.New("layer names and xattrs exceed 4 GiB")
+	return w.Close()
+}
+
+// Writer writes an index one record at a time, in final order, so that a
+// layer of any size is written holding one record: the caller numbers the
+// records (Inode, Parent, ChildStart, ChildCount) and knows the record count
+// and the string bytes (the sum of StringBytes) before the first one.
+// Strings go to a spool until Close appends them after the records.
+type Writer struct {
+	out    io.Writer
+	spool  io.ReadWriter
+	sum    hash.Hash
+	count  uint64
+	added  uint64
+	strLen uint64
+	strOff uint64
+	rec    [recordSize]byte
+	xattrs []byte
+}
+
+// NewWriter writes the header of an index of count records and strLen
+// string bytes to out. spool holds the strings meanwhile; Close reads it
+// back from its start (seeking there when it is an io.Seeker).
+func NewWriter(out io.Writer, spool io.ReadWriter, count int, strLen int64, info Info) (*Writer, error) {
+	if count > 1<<31 {
+		return nil, fmt.Errorf("layer has %d entries, more than an index holds", count)
+	}
+	if strLen > 1<<32-1 {
+		return nil, errors.New("layer names and xattrs exceed 4 GiB")
 	}
 	hdr := make([]byte, headerSize)
 	le := binary.LittleEndian
 	copy(hdr, magic)
 	le.PutUint32(hdr[8:], version)
 	le.PutUint32(hdr[12:], recordSize)
-	le.PutUint64(hdr[16:], uint64(len(order)))
-	le.PutUint64(hdr[24:], uint64(headerSize+len(recs)))
-	le.PutUint64(hdr[32:], uint64(strs.Len()))
+	le.PutUint64(hdr[16:], uint64(count))
+	le.PutUint64(hdr[24:], uint64(headerSize+count*recordSize))
+	le.PutUint64(hdr[32:], uint64(strLen))
 	le.PutUint64(hdr[40:], uint64(info.ContentBytes))
 	le.PutUint64(hdr[48:], uint64(info.ObjectBytes))
 	raw, err := hexBytes(info.DiffID)
 	if err != nil {
-		return fmt.Errorf("diff_id: %w", err)
+		return nil, fmt.Errorf("diff_id: %w", err)
 	}
 	copy(hdr[56:88], raw)
-	sum := sha256.New()
-	for _, part := range [][]byte{hdr, recs, []byte(strs.String())} {
-		sum.Write(part)
-		if _, err := f.Write(part); err != nil {
-			return fmt.Errorf("write index: %w", err)
-		}
+	w := &Writer{out: out, spool: spool, sum: sha256.New(), count: uint64(count), strLen: uint64(strLen)}
+	if err := w.write(hdr); err != nil {
+		return nil, err
 	}
-	if _, err := f.Write(sum.Sum(nil)); err != nil {
+	return w, nil
+}
+
+func (w *Writer) write(b []byte) error {
+	w.sum.Write(b)
+	if _, err := w.out.Write(b); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	return nil
+}
+
+// StringBytes is what entry e adds to an index's string section.
+func StringBytes(e Entry) int64 {
+	n := int64(len(e.Name) + len(e.Link))
+	for _, x := range e.Xattrs {
+		n += int64(8 + len(x.Name) + len(x.Value))
+	}
+	return n
+}
+
+func (w *Writer) addString(s []byte) (uint32, uint32, error) {
+	off := w.strOff
+	w.strOff += uint64(len(s))
+	if w.strOff > w.strLen {
+		return 0, 0, fmt.Errorf("index strings exceed the %d bytes declared", w.strLen)
+	}
+	if _, err := w.spool.Write(s); err != nil {
+		return 0, 0, fmt.Errorf("write index strings: %w", err)
+	}
+	return uint32(off), uint32(len(s)), nil
+}
+
+// Add writes the next record.
+func (w *Writer) Add(e Entry) error {
+	if w.added == w.count {
+		return fmt.Errorf("index holds %d records, not more", w.count)
+	}
+	w.added++
+	r := w.rec[:]
+	clear(r)
+	nameOff, nameLen, err := w.addString([]byte(e.Name))
+	if err != nil {
+		return err
+	}
+	linkOff, linkLen, err := w.addString([]byte(e.Link))
+	if err != nil {
+		return err
+	}
+	w.xattrs = w.xattrs[:0]
+	for _, x := range e.Xattrs {
+		w.xattrs = binary.LittleEndian.AppendUint32(w.xattrs, uint32(len(x.Name)))
+		w.xattrs = append(w.xattrs, x.Name...)
+		w.xattrs = binary.LittleEndian.AppendUint32(w.xattrs, uint32(len(x.Value)))
+		w.xattrs = append(w.xattrs, x.Value...)
+	}
+	xOff, xLen, err := w.addString(w.xattrs)
+	if err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	le.PutUint32(r[0:], nameOff)
+	le.PutUint32(r[4:], nameLen)
+	r[8] = byte(e.Type)
+	r[9] = e.Flags
+	le.PutUint32(r[12:], e.Mode)
+	le.PutUint32(r[16:], e.UID)
+	le.PutUint32(r[20:], e.GID)
+	le.PutUint64(r[24:], uint64(e.Size))
+	le.PutUint64(r[32:], uint64(e.Mtime))
+	le.PutUint32(r[40:], e.MtimeNs)
+	le.PutUint32(r[44:], e.Major)
+	le.PutUint32(r[48:], e.Minor)
+	le.PutUint32(r[52:], linkOff)
+	le.PutUint32(r[56:], linkLen)
+	le.PutUint32(r[60:], xOff)
+	le.PutUint32(r[64:], xLen)
+	le.PutUint32(r[68:], e.ChildStart)
+	le.PutUint32(r[72:], e.ChildCount)
+	le.PutUint32(r[76:], e.Nlink)
+	le.PutUint32(r[80:], e.Inode)
+	le.PutUint32(r[84:], e.Parent)
+	if e.Object != "" {
+		raw, err := hexBytes(e.Object)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", e.Name, err)
+		}
+		copy(r[88:120], raw)
+	}
+	return w.write(r)
+}
+
+// Close appends the strings and the checksum trailer.
+func (w *Writer) Close() error {
+	if w.added != w.count || w.strOff != w.strLen {
+		return fmt.Errorf("index declared %d records and %d string bytes, got %d and %d", w.count, w.strLen, w.added, w.strOff)
+	}
+	if sk, ok := w.spool.(io.Seeker); ok {
+		if _, err := sk.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("read index strings: %w", err)
+		}
+	}
+	if _, err := io.Copy(writerFunc(w.write), w.spool); err != nil {
+		return fmt.Errorf("copy index strings: %w", err)
+	}
+	if _, err := w.out.Write(w.sum.Sum(nil)); err != nil {
+		return fmt.Errorf("write index: %w", err)
+	}
+	return nil
+}
+
+type writerFunc func([]byte) error
+
+func (f writerFunc) Write(p []byte) (int, error) {
+	if err := f(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // LinkTo makes n another name of the file target: the same inode.
@@ -270,23 +376,6 @@ func hexBytes(d digest.Digest) ([]byte, error) {
 		return nil, fmt.Errorf("not a sha256 digest: %q", d)
 	}
 	return hex.DecodeString(d.Encoded())
-}
-
-func encodeXattrs(xs []Xattr) string {
-	if len(xs) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	var n [4]byte
-	for _, x := range xs {
-		binary.LittleEndian.PutUint32(n[:], uint32(len(x.Name)))
-		b.Write(n[:])
-		b.WriteString(x.Name)
-		binary.LittleEndian.PutUint32(n[:], uint32(len(x.Value)))
-		b.Write(n[:])
-		b.WriteString(x.Value)
-	}
-	return b.String()
 }
 
 // Reader serves one index file through a read-only mapping.
@@ -609,6 +698,26 @@ func (r *Reader) Walk(p string) (uint32, bool, error) {
 		cur = next
 	}
 	return cur, true, nil
+}
+
+// Scan calls fn with each record's number and type, in order. On a mapped
+// index it gives back each stretch of the mapping once read, so that a
+// scan of a large index leaves little of it resident.
+func (r *Reader) Scan(fn func(rec uint32, t Type) error) error {
+	const stretch = 4 << 20
+	page := os.Getpagesize()
+	released := headerSize / page * page
+	for i := uint32(0); i < r.count; i++ {
+		if err := fn(i, Type(r.rec(i)[8])); err != nil {
+			return err
+		}
+		if end := headerSize + int(i+1)*recordSize; r.mmapped && end-released >= stretch {
+			upTo := end / page * page
+			unix.Madvise(r.data[released:upTo], unix.MADV_DONTNEED)
+			released = upTo
+		}
+	}
+	return nil
 }
 
 // InodeOf returns record i's inode record number without decoding the rest.
