@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,7 +20,14 @@ func (s *Store) ImportLayer(file string) (ocispec.Descriptor, error) {
 		return ocispec.Descriptor{}, err
 	}
 	defer release()
-	desc, err := describeLayerFile(file)
+	// A FIFO or a device would block the open or never end.
+	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
+		if err == nil {
+			err = fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+		}
+		return ocispec.Descriptor{}, fmt.Errorf("import layer %s: %w", file, err)
+	}
+	desc, err := describeLayerFile(os.DirFS(filepath.Dir(file)), filepath.Base(file), "")
 	if err != nil {
 		return desc, fmt.Errorf("import layer %s: %w", file, err)
 	}
@@ -36,37 +44,30 @@ func (s *Store) ImportLayer(file string) (ocispec.Descriptor, error) {
 	return desc, s.keepLayer(desc)
 }
 
-// describeLayerFile hashes a layer file and names its media type from
-// its magic bytes.
-func describeLayerFile(file string) (ocispec.Descriptor, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if !st.Mode().IsRegular() {
-		return ocispec.Descriptor{}, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
-	}
-	br := bufio.NewReader(io.LimitReader(f, st.Size()))
-	mediaType := ocispec.MediaTypeImageLayer
-	switch sniffCompression(br) {
+// describeLayer describes a layer of size bytes read from r, its media
+// type told by its magic bytes. An uncompressed layer's digest is its
+// diff_id, so it is hashed only when diffID is not known.
+func describeLayer(r io.Reader, size int64, diffID digest.Digest) (ocispec.Descriptor, error) {
+	br := bufio.NewReader(io.LimitReader(r, size))
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: diffID, Size: size}
+	switch kind := sniffCompression(br); kind {
 	case "gzip":
-		mediaType = ocispec.MediaTypeImageLayerGzip
+		desc.MediaType = ocispec.MediaTypeImageLayerGzip
 	case "zstd":
-		mediaType = ocispec.MediaTypeImageLayerZstd
+		desc.MediaType = ocispec.MediaTypeImageLayerZstd
 	case "":
+		if diffID != "" {
+			return desc, nil
+		}
 	default:
-		return ocispec.Descriptor{}, fmt.Errorf("layers compressed with %s are not supported (gzip and zstd are)", sniffCompression(br))
+		return desc, fmt.Errorf("layers compressed with %s are not supported (gzip and zstd are)", kind)
 	}
 	d, err := digest.FromReader(br)
 	if err != nil {
-		return ocispec.Descriptor{}, err
+		return desc, err
 	}
-	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: st.Size()}, nil
+	desc.Digest = d
+	return desc, nil
 }
 
 // keepLayer records a bare layer in the store's index.json.

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -619,7 +618,7 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 	}
 	files := map[digest.Digest]string{}
 	for i, l := range img.Layers {
-		desc, err := dockerLayer(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
+		desc, err := describeLayerFile(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", l, err)
 		}
@@ -655,9 +654,8 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 	return out, nil
 }
 
-// dockerLayer describes a docker-archive layer file. An uncompressed
-// layer's digest is its diff_id, so only a compressed one is hashed first.
-func dockerLayer(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
+// describeLayerFile describes a layer file, of a docker-archive or bare.
+func describeLayerFile(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
 	f, err := fsys.Open(name)
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -667,20 +665,5 @@ func dockerLayer(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descrip
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	br := bufio.NewReader(f)
-	magic, _ := br.Peek(4)
-	compressed := bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) || bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd})
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: diffID, Size: st.Size()}
-	if compressed {
-		d, err := digest.FromReader(br)
-		if err != nil {
-			return desc, err
-		}
-		desc.Digest = d
-		desc.MediaType = ocispec.MediaTypeImageLayerGzip
-		if magic[0] == 0x28 {
-			desc.MediaType = ocispec.MediaTypeImageLayerZstd
-		}
-	}
-	return desc, nil
+	return describeLayer(f, st.Size(), diffID)
 }
