@@ -362,7 +362,12 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 		if err := d.Digest.Validate(); err != nil {
 			return nil, err
 		}
-		data, err := readSmall(li.fsys, layoutBlob(d.Digest))
+		r, err := li.open(d)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		data, err := readMetadata(r)
 		indexes[d.Digest] = data
 		return data, err
 	}

@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -54,7 +57,7 @@ func openSource(p string) (fs.FS, io.Closer, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("read archive: %w", err)
 	}
-	return t, f, nil
+	return t, t, nil
 }
 
 // dirFS serves the regular files of a directory, refusing anything else
@@ -135,6 +138,23 @@ type tarFS struct {
 	// compressed is set when members must be streamed again to be read.
 	compressed bool
 	members    map[string]*tarMember
+
+	mu sync.Mutex
+	// idle are decompressions of a compressed archive that a closed
+	// member left, kept to read later members from.
+	idle []*archiveStream
+}
+
+// maxIdleStreams bounds the decompressions kept between reads: a layer
+// import reads at most one member per core at a time.
+const maxIdleStreams = 4
+
+// archiveStream is one decompression of an archive from its start.
+type archiveStream struct {
+	tr *tar.Reader
+	// at is the ordinal of the member last reached, -1 before the first.
+	at   int
+	done func()
 }
 
 type tarMember struct {
@@ -160,24 +180,20 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// openStream reads f from its start, decompressed.
+// openStream reads the archive in f from its start, decompressed. The
+// reads are at offsets, so that several streams share f.
 func openStream(f *os.File) (tr *tar.Reader, counted *countingReader, done func(), err error) {
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, nil, nil, err
-	}
-	r, closer, err := decompressStream(bufio.NewReaderSize(f, 1<<16))
+	r, done, err := decompressStream(bufio.NewReaderSize(io.NewSectionReader(f, 0, math.MaxInt64), 1<<16))
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	counted = &countingReader{r: r}
-	return tar.NewReader(counted), counted, closer, nil
+	return tar.NewReader(counted), counted, done, nil
 }
 
 func indexTar(f *os.File) (*tarFS, error) {
-	if kind := sniffCompression(bufio.NewReader(f)); kind != "" {
-		return indexStream(f, true)
-	}
-	return indexStream(f, false)
+	kind := sniffCompression(bufio.NewReader(io.NewSectionReader(f, 0, math.MaxInt64)))
+	return indexStream(f, kind != "")
 }
 
 func indexStream(f *os.File, compressed bool) (*tarFS, error) {
@@ -270,27 +286,82 @@ func (t *tarFS) Open(name string) (fs.File, error) {
 	return file, nil
 }
 
-// stream decompresses the archive again up to file's member; the file's
-// reader then reads the member from that stream.
+// stream positions a decompression of the archive at file's member: an
+// idle one that has not passed it, so that members read in archive order
+// cost one decompression between them, else a new one.
 func (t *tarFS) stream(file *tarFile) error {
-	f, err := os.Open(t.f.Name())
-	if err != nil {
-		return err
+	s := t.takeIdle(file.m.ordinal)
+	if s != nil {
+		if err := s.advance(file.m.ordinal); err != nil {
+			s = nil // a stream left broken by its last reader
+		}
 	}
-	tr, _, done, err := openStream(f)
-	if err != nil {
-		f.Close()
-		return err
-	}
-	file.close = func() { done(); f.Close() }
-	for i := 0; i <= file.m.ordinal; i++ {
-		if _, err := tr.Next(); err != nil {
-			file.close()
+	if s == nil {
+		tr, _, done, err := openStream(t.f)
+		if err != nil {
+			return err
+		}
+		s = &archiveStream{tr: tr, at: -1, done: done}
+		if err := s.advance(file.m.ordinal); err != nil {
 			return fmt.Errorf("archive changed since it was read: %w", err)
 		}
 	}
-	file.r = tr
+	file.r = s.tr
+	file.close = func() { t.putIdle(s) }
 	return nil
+}
+
+// advance reads headers until s is at member ordinal; on error s is done.
+func (s *archiveStream) advance(ordinal int) error {
+	for s.at < ordinal {
+		if _, err := s.tr.Next(); err != nil {
+			s.done()
+			return err
+		}
+		s.at++
+	}
+	return nil
+}
+
+// takeIdle takes the idle stream nearest before member ordinal, if any.
+func (t *tarFS) takeIdle(ordinal int) *archiveStream {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	best := -1
+	for i, s := range t.idle {
+		if s.at < ordinal && (best < 0 || s.at > t.idle[best].at) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return nil
+	}
+	s := t.idle[best]
+	t.idle = slices.Delete(t.idle, best, best+1)
+	return s
+}
+
+func (t *tarFS) putIdle(s *archiveStream) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.idle = append(t.idle, s)
+	if len(t.idle) > maxIdleStreams {
+		// The stream furthest behind is the least likely to be reused.
+		slices.SortFunc(t.idle, func(a, b *archiveStream) int { return b.at - a.at })
+		t.idle[maxIdleStreams].done()
+		t.idle = t.idle[:maxIdleStreams]
+	}
+}
+
+// Close ends the idle decompressions and closes the archive.
+func (t *tarFS) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range t.idle {
+		s.done()
+	}
+	t.idle = nil
+	return t.f.Close()
 }
 
 type tarFile struct {
@@ -305,6 +376,7 @@ func (f *tarFile) Stat() (fs.FileInfo, error) { return f, nil }
 func (f *tarFile) Close() error {
 	if f.close != nil {
 		f.close()
+		f.close = nil
 	}
 	return nil
 }
