@@ -1,9 +1,13 @@
 package integration
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -526,4 +531,87 @@ func TestImportWarnsOfAnotherPlatform(t *testing.T) {
 		t.Errorf("ls as linux/arm64 of a linux/arm64/v8 image: exit %d, stderr %q; want 0 and no warning", r.code, r.stderr)
 	}
 	requireView(t, root, layerBlobs(t, layout, descs[0]), "--platform", "linux/arm64", "b")
+}
+
+// writeBlob writes data into layout dir as a blob of mediaType.
+func writeBlob(t *testing.T, dir, mediaType string, data []byte) ocispec.Descriptor {
+	t.Helper()
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := os.WriteFile(testimage.BlobPath(dir, d.Digest), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestImportSeekableAndForeignLayers imports an image whose layers are
+// a foreign-media-type layer, an eStargz-shaped layer (a table of
+// contents after the tar's end, in a gzip member of its own) and a
+// zstd:chunked-shaped one (the same in a zstd skippable frame): the view
+// is that of the plain layers, as kernel overlayfs shows them.
+func TestImportSeekableAndForeignLayers(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	a.Layers = append(a.Layers, testimage.Layer{Entries: []testimage.Entry{testimage.File("third", "3\n")}})
+	layout, descs := layoutWith(t, a)
+	plain := layerBlobs(t, layout, descs[0])
+	m, c, err := testimage.ReadImage(layout, descs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	toc := []byte(`{"version":1,"entries":[]}`)
+	tarOf := func(blob string) []byte {
+		f, err := os.Open(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	// Layer 0: a foreign layer's media type over the same bytes.
+	m.Layers[0].MediaType = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+	// Layer 1: eStargz's shape.
+	tar1 := tarOf(plain[1])
+	var gz bytes.Buffer
+	for _, part := range [][]byte{append(slices.Clone(tar1), toc...), {}} {
+		zw := gzip.NewWriter(&gz)
+		zw.Write(part)
+		zw.Close()
+	}
+	m.Layers[1] = writeBlob(t, layout, ocispec.MediaTypeImageLayerGzip, gz.Bytes())
+	m.Layers[1].Annotations = map[string]string{"containerd.io/snapshot/stargz/toc.digest": digest.FromBytes(toc).String()}
+	c.RootFS.DiffIDs[1] = digest.FromBytes(append(slices.Clone(tar1), toc...))
+	// Layer 2: zstd:chunked's shape.
+	tar2 := tarOf(plain[2])
+	zw, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := zw.EncodeAll(append(slices.Clone(tar2), toc...), nil)
+	skippable := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, 0x184D2A50), uint32(len(toc)))
+	frame = append(frame, append(skippable, toc...)...)
+	m.Layers[2] = writeBlob(t, layout, ocispec.MediaTypeImageLayerZstd, frame)
+	m.Layers[2].Annotations = map[string]string{"io.github.containers.zstd-chunked.manifest-checksum": digest.FromBytes(toc).String()}
+	c.RootFS.DiffIDs[2] = digest.FromBytes(append(slices.Clone(tar2), toc...))
+
+	cdata, _ := json.Marshal(c)
+	m.Config = writeBlob(t, layout, ocispec.MediaTypeImageConfig, cdata)
+	mdata, _ := json.Marshal(m)
+	desc := writeBlob(t, layout, ocispec.MediaTypeImageManifest, mdata)
+	desc.Annotations = map[string]string{ocispec.AnnotationRefName: "seekable"}
+	setIndex(t, layout, desc)
+
+	root := t.TempDir()
+	if got := importedNames(mustRun(t, root, "import", layout)); !slices.Equal(got, []string{"seekable"}) {
+		t.Fatalf("imported %v", got)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, plain, "seekable")
 }
