@@ -288,7 +288,7 @@ func FuzzDockerManifest(f *testing.F) {
 		for k, v := range files {
 			fsys[k] = v
 		}
-		s.importDockerArchive(fsys)
+		s.importDockerArchive(fsys, ImportOptions{})
 	})
 }
 
@@ -307,7 +307,7 @@ func FuzzLayoutIndex(f *testing.F) {
 				fsys[k] = v
 			}
 		}
-		s.importLayout(fsys, HostPlatform())
+		s.importLayout(fsys, ImportOptions{})
 	})
 }
 
@@ -358,7 +358,7 @@ func FuzzResolve(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if _, err := s.Import("../testdata/sample", HostPlatform()); err != nil {
+	if _, err := s.Import("../testdata/sample", ImportOptions{}); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {

@@ -28,14 +28,30 @@ func (s *Store) referenced() (blobs map[digest.Digest]bool, layers map[digest.Di
 	blobs, layers = map[digest.Digest]bool{}, map[digest.Digest]bool{}
 	for _, img := range images {
 		blobs[img.Manifest.Digest] = true
-		m, _, err := s.ImageLayers(img.Manifest.Digest)
+		manifests, indexes, err := s.imageParts(img)
 		if err != nil {
 			return nil, nil, fmt.Errorf("image %s: %w", imageLabel(img), err)
 		}
-		blobs[m.Config.Digest] = true
-		for _, l := range m.Layers {
-			blobs[l.Digest], layers[l.Digest] = true, true
+		for _, d := range indexes {
+			blobs[d] = true
 		}
+		for _, desc := range manifests {
+			m, _, err := s.ImageLayers(desc.Digest)
+			if err != nil {
+				return nil, nil, fmt.Errorf("image %s: %w", imageLabel(img), err)
+			}
+			blobs[desc.Digest], blobs[m.Config.Digest] = true, true
+			for _, l := range m.Layers {
+				blobs[l.Digest], layers[l.Digest] = true, true
+			}
+		}
+	}
+	bare, err := s.bareLayers()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, l := range bare {
+		blobs[l.Digest], layers[l.Digest] = true, true
 	}
 	return blobs, layers, nil
 }

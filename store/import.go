@@ -1,21 +1,24 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 )
 
 const (
@@ -65,42 +68,103 @@ func (p Platform) String() string {
 	return s
 }
 
-func (p Platform) matches(q *ocispec.Platform) bool {
-	if q == nil {
-		return false
-	}
-	return q.OS == p.OS && q.Architecture == p.Architecture && (p.Variant == "" || q.Variant == p.Variant)
+// ImportOptions chooses what an import takes.
+type ImportOptions struct {
+	// Ref, when set, takes only the image it names: an OCI layout's ref
+	// name, a docker-archive's tag, or "@N" for an archive's Nth image.
+	Ref string
+	// Platform is the one taken from image indexes; zero is the host's.
+	Platform Platform
+	// AllPlatforms takes every platform of an image index.
+	AllPlatforms bool
 }
 
-// Import stores every image of an OCI image layout (a directory or a tar)
-// or a docker-archive, under the names it gives them.
-func (s *Store) Import(src string, platform Platform) ([]Imported, error) {
+// Skipped is an entry of a source that an import left out as no image.
+type Skipped struct {
+	Digest digest.Digest
+	What   string
+}
+
+// ImportResult is what an import stored, and what it skipped.
+type ImportResult struct {
+	Images  []Imported
+	Skipped []Skipped
+}
+
+// SplitSourceRef splits skopeo's PATH:REF form. An argument that exists as
+// a path is that path, whatever colons it holds; otherwise it splits at
+// the first colon whose left side exists, so a REF may hold colons
+// (host:5000/repo:tag) and so may a PATH.
+func SplitSourceRef(arg string) (src, ref string) {
+	if _, err := os.Lstat(arg); err == nil {
+		return arg, ""
+	}
+	for i := 0; i < len(arg); i++ {
+		if arg[i] != ':' {
+			continue
+		}
+		if _, err := os.Lstat(arg[:i]); err == nil {
+			return arg[:i], arg[i+1:]
+		}
+	}
+	return arg, ""
+}
+
+// Import stores the images of an OCI image layout (a directory or a tar)
+// or a docker-archive, plain or compressed, under the names it gives them.
+// Entries that are not images (artifacts, signatures, attestations) are
+// skipped and listed; a bad image fails the import.
+func (s *Store) Import(src string, opts ImportOptions) (ImportResult, error) {
 	release, err := s.Writing()
 	if err != nil {
-		return nil, err
+		return ImportResult{}, err
 	}
 	defer release()
 	fsys, closer, err := openSource(src)
 	if err != nil {
-		return nil, fmt.Errorf("import %s: %w", src, err)
+		return ImportResult{}, fmt.Errorf("import %s: %w", src, err)
 	}
 	defer closer.Close()
-	var out []Imported
-	if _, err := fs.Stat(fsys, "manifest.json"); err == nil {
-		out, err = s.importDockerArchive(fsys)
-		if err != nil {
-			return nil, fmt.Errorf("import %s: %w", src, err)
-		}
-		return out, nil
+	var res ImportResult
+	switch {
+	case exists(fsys, "manifest.json"):
+		// Docker 25 writes index.json too, with "manifests": null when
+		// saving by digest, and in 25.0.0 with the layers of its OCI
+		// manifest out of order (moby #47150): manifest.json is the
+		// document docker load reads, so it is the one read here.
+		res.Images, err = s.importDockerArchive(fsys, opts)
+	case exists(fsys, "index.json"):
+		res, err = s.importLayout(fsys, opts)
+	case exists(fsys, "repositories"):
+		err = errLegacyArchive
+	default:
+		err = errNotImage
 	}
-	if _, err := fs.Stat(fsys, "index.json"); err != nil {
-		return nil, fmt.Errorf("import %s: %w", src, errNotImage)
-	}
-	out, err = s.importLayout(fsys, platform)
 	if err != nil {
-		return nil, fmt.Errorf("import %s: %w", src, err)
+		return res, fmt.Errorf("import %s: %w", src, err)
 	}
-	return out, nil
+	return res, nil
+}
+
+func exists(fsys fs.FS, name string) bool {
+	_, err := fs.Stat(fsys, name)
+	return err == nil
+}
+
+// limitedBlob reads at most one byte more than a blob's declared size, so
+// a blob that goes on (a symlink to a device, a file still growing) is
+// found out as too long instead of read forever.
+type limitedBlob struct {
+	io.Reader
+	io.Closer
+}
+
+func openLimited(fsys fs.FS, name string, size int64) (io.ReadCloser, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	return limitedBlob{io.LimitReader(f, max(size, 0)+1), f}, nil
 }
 
 // readSmall reads a JSON document of at most maxMetadataSize bytes.
@@ -121,54 +185,67 @@ func layoutBlob(d digest.Digest) string {
 	return path.Join("blobs", d.Algorithm().String(), d.Encoded())
 }
 
-// readLayoutBlob reads a small blob of a layout and checks it against desc.
-func readLayoutBlob(fsys fs.FS, desc ocispec.Descriptor) ([]byte, error) {
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
-	}
-	data, err := readSmall(fsys, layoutBlob(desc.Digest))
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if int64(len(data)) != desc.Size {
-		return nil, fmt.Errorf("blob %s: %w: %d bytes, want %d", desc.Digest, ErrMismatch, len(data), desc.Size)
-	}
-	if got := digest.FromBytes(data); got != desc.Digest {
-		return nil, fmt.Errorf("blob %s: %w: digest %s", desc.Digest, ErrMismatch, got)
-	}
-	return data, nil
+// layoutImport is the import of one OCI image layout.
+type layoutImport struct {
+	s    *Store
+	fsys fs.FS
+	opts ImportOptions
+	res  ImportResult
 }
 
-func (s *Store) importLayout(fsys fs.FS, platform Platform) ([]Imported, error) {
+func (s *Store) importLayout(fsys fs.FS, opts ImportOptions) (ImportResult, error) {
 	data, err := readSmall(fsys, "index.json")
 	if err != nil {
-		return nil, err
+		return ImportResult{}, err
 	}
 	var idx ocispec.Index
 	if err := json.Unmarshal(data, &idx); err != nil {
-		return nil, fmt.Errorf("index.json: %w", err)
+		return ImportResult{}, fmt.Errorf("index.json: %w", err)
 	}
-	var out []Imported
-	for _, desc := range idx.Manifests {
-		name := desc.Annotations[annotationContainerdName]
-		if name == "" {
-			name = desc.Annotations[AnnotationRefName]
-		}
-		m, err := s.resolvePlatform(fsys, desc, platform)
-		if err != nil {
-			return nil, imageError(name, desc.Digest, err)
-		}
-		if err := s.importManifest(name, m, func(d ocispec.Descriptor) (io.ReadCloser, error) {
-			return fsys.Open(layoutBlob(d.Digest))
-		}); err != nil {
-			return nil, imageError(name, desc.Digest, err)
-		}
-		out = append(out, Imported{Name: name, Manifest: m.Digest})
+	entries, err := selectRef(idx.Manifests, opts.Ref)
+	if err != nil {
+		return ImportResult{}, err
 	}
-	if len(out) == 0 {
-		return nil, errors.New("index.json lists no image")
+	li := &layoutImport{s: s, fsys: fsys, opts: opts}
+	for _, desc := range entries {
+		name := refName(desc)
+		if err := li.entry(name, desc); err != nil {
+			return li.res, imageError(name, desc.Digest, err)
+		}
 	}
-	return out, nil
+	if len(li.res.Images) == 0 {
+		if len(li.res.Skipped) > 0 {
+			return li.res, fmt.Errorf("%w: index.json lists %d entries, none an image", errNoImage, len(li.res.Skipped))
+		}
+		return li.res, errors.New("index.json lists no image")
+	}
+	return li.res, nil
+}
+
+func refName(desc ocispec.Descriptor) string {
+	if name := desc.Annotations[annotationContainerdName]; name != "" {
+		return name
+	}
+	return desc.Annotations[AnnotationRefName]
+}
+
+// selectRef picks the entry of index.json that ref names, as skopeo's
+// oci:DIR:REF does: by its ref name annotation (or containerd's name).
+func selectRef(entries []ocispec.Descriptor, ref string) ([]ocispec.Descriptor, error) {
+	if ref == "" {
+		return entries, nil
+	}
+	var names []string
+	for _, d := range entries {
+		short, full := d.Annotations[AnnotationRefName], d.Annotations[annotationContainerdName]
+		if short == ref || (full != "" && (full == ref || full == NormalizeName(ref))) {
+			return []ocispec.Descriptor{d}, nil
+		}
+		if name := refName(d); name != "" {
+			names = append(names, name)
+		}
+	}
+	return nil, fmt.Errorf("%w: no image %q in index.json (has %s)", ErrNotFound, ref, strings.Join(names, ", "))
 }
 
 func imageError(name string, d digest.Digest, err error) error {
@@ -178,60 +255,174 @@ func imageError(name string, d digest.Digest, err error) error {
 	return fmt.Errorf("image %s: %w", name, err)
 }
 
-// resolvePlatform follows image indexes down to the manifest of platform.
-func (s *Store) resolvePlatform(fsys fs.FS, desc ocispec.Descriptor, platform Platform) (ocispec.Descriptor, error) {
-	for depth := 0; ; depth++ {
-		if desc.MediaType != ocispec.MediaTypeImageIndex && desc.MediaType != mediaTypeDockerManifestList {
-			return desc, nil
-		}
-		if depth > 4 {
-			return desc, errors.New("image indexes nested too deep")
-		}
-		data, err := readLayoutBlob(fsys, desc)
-		if err != nil {
-			return desc, err
-		}
-		var idx ocispec.Index
-		if err := json.Unmarshal(data, &idx); err != nil {
-			return desc, fmt.Errorf("index %s: %w", desc.Digest, err)
-		}
-		next, err := PickPlatform(idx, platform)
-		if err != nil {
-			return desc, fmt.Errorf("index %s: %w", desc.Digest, err)
-		}
-		desc = next
-	}
+func (li *layoutImport) skip(d digest.Digest, what string) {
+	li.res.Skipped = append(li.res.Skipped, Skipped{Digest: d, What: what})
 }
 
-// PickPlatform chooses the manifest of platform from an image index.
-func PickPlatform(idx ocispec.Index, platform Platform) (ocispec.Descriptor, error) {
-	var seen []string
-	for _, m := range idx.Manifests {
-		if platform.matches(m.Platform) {
-			return m, nil
-		}
-		if m.Platform != nil {
-			seen = append(seen, Platform{m.Platform.OS, m.Platform.Architecture, m.Platform.Variant}.String())
+// describe says what a descriptor of no image media type is.
+func describe(d ocispec.Descriptor) string {
+	if d.ArtifactType != "" {
+		return d.ArtifactType + " artifact"
+	}
+	return d.MediaType
+}
+
+func (li *layoutImport) open(d ocispec.Descriptor) (io.ReadCloser, error) {
+	return openLimited(li.fsys, layoutBlob(d.Digest), d.Size)
+}
+
+// entry imports one entry of index.json, or skips it.
+func (li *layoutImport) entry(name string, desc ocispec.Descriptor) error {
+	switch {
+	case isIndex(desc.MediaType):
+		return li.index(name, desc)
+	case isAttestation(desc):
+		li.skip(desc.Digest, "attestation manifest")
+		return nil
+	case !isManifest(desc.MediaType):
+		li.skip(desc.Digest, describe(desc))
+		return nil
+	}
+	stored, err := li.manifest(desc)
+	if err != nil || !stored {
+		return err
+	}
+	if li.opts.Platform != (Platform{}) {
+		if _, c, err := li.s.ImageLayers(desc.Digest); err == nil {
+			if p := configPlatform(c); p != nil && !li.opts.Platform.matches(p) {
+				logrus.Warnf("image %s is for %s, not %s", imageLabel(Image{Name: name, Manifest: desc}), platformOf(p), li.opts.Platform)
+			}
 		}
 	}
-	return ocispec.Descriptor{}, fmt.Errorf("no manifest for platform %s (has %s)", platform, strings.Join(seen, ", "))
+	return li.tag(name, desc)
+}
+
+func (li *layoutImport) tag(name string, desc ocispec.Descriptor) error {
+	if err := li.s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}); err != nil {
+		return err
+	}
+	li.res.Images = append(li.res.Images, Imported{Name: name, Manifest: desc.Digest})
+	return nil
+}
+
+// manifest stores an image manifest with its config and layers, or skips
+// it when it is no image.
+func (li *layoutImport) manifest(desc ocispec.Descriptor) (stored bool, err error) {
+	mdata, err := li.s.fetchSmall(desc, li.open)
+	if err != nil {
+		return false, err
+	}
+	m, err := ParseManifest(mdata)
+	if err != nil {
+		return false, err
+	}
+	if what := notImage(m); what != "" {
+		li.skip(desc.Digest, what)
+		return false, nil
+	}
+	if err := li.checkLayerOrder(desc, m); err != nil {
+		return false, err
+	}
+	return true, li.s.storeManifest(desc, mdata, li.open)
+}
+
+// checkLayerOrder names the docker 25.0.0 bug (moby #47150) plainly: an
+// OCI manifest whose uncompressed layers are the config's diff_ids in
+// another order.
+func (li *layoutImport) checkLayerOrder(desc ocispec.Descriptor, m ocispec.Manifest) error {
+	cdata, err := li.s.fetchSmall(m.Config, li.open)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(cdata, len(m.Layers))
+	if err != nil {
+		return err
+	}
+	layers := make([]digest.Digest, len(m.Layers))
+	for i, l := range m.Layers {
+		layers[i] = l.Digest
+	}
+	if slices.Equal(layers, cfg.RootFS.DiffIDs) {
+		return nil
+	}
+	sorted, want := slices.Clone(layers), slices.Clone(cfg.RootFS.DiffIDs)
+	slices.Sort(sorted)
+	slices.Sort(want)
+	if slices.Equal(sorted, want) {
+		return fmt.Errorf("manifest %s lists its layers in another order than its config's diff_ids (as docker 25.0.0 wrote them, moby #47150): import the archive's manifest.json instead", desc.Digest)
+	}
+	return nil
+}
+
+// index imports the platform asked for (or every one) of an image index,
+// skipping the entries that are not images, and names the index.
+func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
+	indexes := map[digest.Digest][]byte{}
+	read := func(d ocispec.Descriptor) ([]byte, error) {
+		if err := d.Digest.Validate(); err != nil {
+			return nil, err
+		}
+		r, err := li.open(d)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		data, err := readMetadata(r)
+		indexes[d.Digest] = data
+		return data, err
+	}
+	var images []ocispec.Descriptor
+	err := walkIndex(read, top, func(d ocispec.Descriptor) error {
+		switch {
+		case isAttestation(d):
+			what := "attestation manifest"
+			if of := d.Annotations[annotationReferenceDigest]; of != "" {
+				what += " for " + of
+			}
+			li.skip(d.Digest, what)
+		case !isManifest(d.MediaType):
+			li.skip(d.Digest, describe(d))
+		default:
+			images = append(images, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	chosen := images
+	if !li.opts.AllPlatforms {
+		p := li.opts.Platform
+		if p == (Platform{}) {
+			p = HostPlatform()
+		}
+		i := slices.IndexFunc(images, func(d ocispec.Descriptor) bool { return p.matches(d.Platform) })
+		if i < 0 {
+			return fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, platformNames(images))
+		}
+		chosen = images[i : i+1]
+	}
+	stored := false
+	for _, d := range chosen {
+		ok, err := li.manifest(d)
+		if err != nil {
+			return fmt.Errorf("platform %s: %w", platformNames([]ocispec.Descriptor{d}), err)
+		}
+		stored = stored || ok
+	}
+	if !stored {
+		return nil
+	}
+	for d, data := range indexes {
+		if err := li.s.PutBlob(ocispec.Descriptor{Digest: d, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
+			return err
+		}
+	}
+	return li.tag(name, top)
 }
 
 // BlobOpener opens the source's copy of a blob.
 type BlobOpener func(ocispec.Descriptor) (io.ReadCloser, error)
-
-// ImportManifest stores the image whose manifest descriptor is desc,
-// reading blobs the store lacks with open, and names it.
-func (s *Store) importManifest(name string, desc ocispec.Descriptor, open BlobOpener) error {
-	if desc.MediaType != ocispec.MediaTypeImageManifest && desc.MediaType != mediaTypeDockerManifest {
-		return fmt.Errorf("manifest %s: unsupported media type %q", desc.Digest, desc.MediaType)
-	}
-	mdata, err := s.fetchSmall(desc, open)
-	if err != nil {
-		return err
-	}
-	return s.StoreImage(name, desc, mdata, open)
-}
 
 // fetchSmall reads a small blob from the store, or from open and checks it.
 func (s *Store) fetchSmall(desc ocispec.Descriptor, open BlobOpener) ([]byte, error) {
@@ -302,6 +493,14 @@ func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, o
 	if err := CheckImageName(name); err != nil {
 		return err
 	}
+	if err := s.storeManifest(desc, mdata, open); err != nil {
+		return err
+	}
+	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
+}
+
+// storeManifest stores an image's config, layers and manifest, unnamed.
+func (s *Store) storeManifest(desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
 	m, err := ParseManifest(mdata)
 	if err != nil {
 		return err
@@ -323,10 +522,7 @@ func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, o
 	if err := s.PutBlob(desc, bytes.NewReader(mdata)); err != nil {
 		return err
 	}
-	if err := s.checkLowerLinks(m.Layers); err != nil {
-		return err
-	}
-	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
+	return s.checkLowerLinks(m.Layers)
 }
 
 // ExtractLayers extracts layers in parallel, at most one per core.
@@ -354,7 +550,7 @@ type dockerManifest struct {
 	Layers   []string
 }
 
-func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
+func (s *Store) importDockerArchive(fsys fs.FS, opts ImportOptions) ([]Imported, error) {
 	data, err := readSmall(fsys, "manifest.json")
 	if err != nil {
 		return nil, err
@@ -365,6 +561,13 @@ func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
 	}
 	if len(images) == 0 {
 		return nil, errors.New("manifest.json lists no image")
+	}
+	if opts.Ref != "" {
+		img, err := selectTag(images, opts.Ref)
+		if err != nil {
+			return nil, err
+		}
+		images = []dockerManifest{img}
 	}
 	var out []Imported
 	for i, img := range images {
@@ -379,6 +582,30 @@ func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
 		out = append(out, imported...)
 	}
 	return out, nil
+}
+
+// selectTag picks the image of a docker-archive that ref names, as
+// skopeo's docker-archive:FILE:REF does: a tag, or @N for the Nth image
+// (from 0). The image is then named by ref alone.
+func selectTag(images []dockerManifest, ref string) (dockerManifest, error) {
+	if n, ok := strings.CutPrefix(ref, "@"); ok {
+		i, err := strconv.Atoi(n)
+		if err != nil || i < 0 || i >= len(images) {
+			return dockerManifest{}, fmt.Errorf("%w: no image %s in manifest.json (it lists %d, from @0)", ErrNotFound, ref, len(images))
+		}
+		return images[i], nil
+	}
+	var tags []string
+	for _, img := range images {
+		for _, tag := range img.RepoTags {
+			if NormalizeName(tag) == NormalizeName(ref) {
+				img.RepoTags = []string{tag}
+				return img, nil
+			}
+			tags = append(tags, tag)
+		}
+	}
+	return dockerManifest{}, fmt.Errorf("%w: no image %q in manifest.json (has %s)", ErrNotFound, ref, strings.Join(tags, ", "))
 }
 
 // importDockerImage turns one docker-archive image into an OCI manifest
@@ -399,7 +626,7 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 	}
 	files := map[digest.Digest]string{}
 	for i, l := range img.Layers {
-		desc, err := dockerLayer(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
+		desc, err := describeLayerFile(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", l, err)
 		}
@@ -410,7 +637,7 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 		if d.Digest == m.Config.Digest {
 			return io.NopCloser(bytes.NewReader(cdata)), nil
 		}
-		return fsys.Open(files[d.Digest])
+		return openLimited(fsys, files[d.Digest], d.Size)
 	}
 	mdata, err := json.Marshal(m)
 	if err != nil {
@@ -435,9 +662,8 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 	return out, nil
 }
 
-// dockerLayer describes a docker-archive layer file. An uncompressed
-// layer's digest is its diff_id, so only a compressed one is hashed first.
-func dockerLayer(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
+// describeLayerFile describes a layer file, of a docker-archive or bare.
+func describeLayerFile(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
 	f, err := fsys.Open(name)
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -447,20 +673,5 @@ func dockerLayer(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descrip
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	br := bufio.NewReader(f)
-	magic, _ := br.Peek(4)
-	compressed := bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) || bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd})
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: diffID, Size: st.Size()}
-	if compressed {
-		d, err := digest.FromReader(br)
-		if err != nil {
-			return desc, err
-		}
-		desc.Digest = d
-		desc.MediaType = ocispec.MediaTypeImageLayerGzip
-		if magic[0] == 0x28 {
-			desc.MediaType = ocispec.MediaTypeImageLayerZstd
-		}
-	}
-	return desc, nil
+	return describeLayer(f, st.Size(), diffID)
 }

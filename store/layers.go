@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/opencontainers/go-digest"
@@ -103,15 +104,23 @@ func (s *Store) Layers() ([]LayerInfo, error) {
 		return li
 	}
 	for _, img := range images {
-		m, c, err := s.ImageLayers(img.Manifest.Digest)
+		err := s.eachImageLayer(img, func(l ocispec.Descriptor, diffID digest.Digest) {
+			li := get(l.Digest)
+			li.MediaType, li.DiffID, li.CompressedSize = l.MediaType, diffID, l.Size
+			if !slices.Contains(li.Images, imageLabel(img)) {
+				li.Images = append(li.Images, imageLabel(img))
+			}
+		})
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", imageLabel(img), err)
 		}
-		for i, l := range m.Layers {
-			li := get(l.Digest)
-			li.MediaType, li.DiffID, li.CompressedSize = l.MediaType, c.RootFS.DiffIDs[i], l.Size
-			li.Images = append(li.Images, imageLabel(img))
-		}
+	}
+	bare, err := s.bareLayers()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range bare {
+		get(l.Digest).MediaType = l.MediaType
 	}
 	for _, d := range s.knownLayers() {
 		get(d)

@@ -143,27 +143,36 @@ func readLeaseFile(p string) ([]byte, error) {
 // serves.
 var ErrInUse = errors.New("in use")
 
-// CheckNotServed refuses image t when a live view serves it and no other
+// CheckNotServed refuses img when a live view serves it and no other
 // name keeps its manifest, as docker refuses to remove an image a
 // container uses.
-func (s *Store) CheckNotServed(t Target) error {
-	views, err := s.ViewsOf(t.Manifest.Digest)
-	if err != nil || len(views) == 0 {
-		return err
-	}
+func (s *Store) CheckNotServed(img Image) error {
 	images, err := s.Images()
 	if err != nil {
 		return err
 	}
-	for _, img := range images {
-		if img.Name != t.Name && img.Manifest.Digest == t.Manifest.Digest {
+	for _, other := range images {
+		if other.Name != img.Name && other.Manifest.Digest == img.Manifest.Digest {
 			return nil
 		}
 	}
 	var where []string
-	for _, v := range views {
-		where = append(where, fmt.Sprintf("%s (pid %d)", v.View, v.PID))
+	for _, p := range img.Platforms {
+		t, err := s.imageTarget(img, p)
+		if err != nil {
+			return err
+		}
+		views, err := s.ViewsOf(t.Manifest.Digest)
+		if err != nil {
+			return err
+		}
+		for _, v := range views {
+			where = append(where, fmt.Sprintf("%s (pid %d)", v.View, v.PID))
+		}
+	}
+	if len(where) == 0 {
+		return nil
 	}
 	return fmt.Errorf("image %q is %w: served at %s; unmount it first, or rm --force (the view keeps working, and gc frees the image once it ends)",
-		t.Name, ErrInUse, strings.Join(where, ", "))
+		img.Name, ErrInUse, strings.Join(where, ", "))
 }

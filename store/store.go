@@ -309,10 +309,14 @@ func readMetadata(r io.Reader) ([]byte, error) {
 	return data, nil
 }
 
-// Image is one named entry of the store's index.json.
+// Image is one named entry of the store's index.json: a manifest, or an
+// image index whose platforms are chosen when a view is opened.
 type Image struct {
 	Name     string
 	Manifest ocispec.Descriptor
+	// Platforms are those of the image's manifests the store holds (one
+	// for a manifest whose config names none: the zero Platform).
+	Platforms []Platform
 }
 
 func (s *Store) readIndex() (ocispec.Index, error) {
@@ -338,7 +342,17 @@ func (s *Store) Images() ([]Image, error) {
 	}
 	var out []Image
 	for _, m := range idx.Manifests {
-		out = append(out, Image{Name: m.Annotations[AnnotationRefName], Manifest: m})
+		if !isManifest(m.MediaType) && !isIndex(m.MediaType) {
+			continue // a bare layer, kept by keepLayer
+		}
+		img := Image{Name: m.Annotations[AnnotationRefName], Manifest: m}
+		// An image that cannot be read lists no platform here; the
+		// commands that use it report why.
+		manifests, _, _ := s.imageParts(img)
+		for _, d := range manifests {
+			img.Platforms = append(img.Platforms, platformOf(d.Platform))
+		}
+		out = append(out, img)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -370,6 +384,9 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 
 // Tag names manifest desc, replacing any image of the same name.
 func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
+	if err := CheckImageName(name); err != nil {
+		return err
+	}
 	if name != "" {
 		desc.Annotations = map[string]string{AnnotationRefName: name}
 	} else {

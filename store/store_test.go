@@ -129,7 +129,7 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 		t.Run(c.Name, func(t *testing.T) {
 			s := newStore(t)
 			src := writeImage(t, testimage.Image{Name: "bad", Layers: c.Layers})
-			_, err := s.Import(src, HostPlatform())
+			_, err := s.Import(src, ImportOptions{})
 			if err == nil {
 				t.Fatal("import succeeded")
 			}
@@ -144,7 +144,7 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 			if problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
 				t.Errorf("verify after refusal: %v %v", problems, err)
 			}
-			if _, err := s.Import(good, HostPlatform()); err != nil {
+			if _, err := s.Import(good, ImportOptions{}); err != nil {
 				t.Errorf("a good import after the refusal: %v", err)
 			}
 		})
@@ -153,12 +153,12 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 
 func TestImportSample(t *testing.T) {
 	s := newStore(t)
-	got, err := s.Import("../testdata/sample", HostPlatform())
+	res, err := s.Import("../testdata/sample", ImportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 || got[0].Name != "sample" {
-		t.Fatalf("imported %v", got)
+	if got := res.Images; len(got) != 1 || got[0].Name != "sample" {
+		t.Fatalf("imported %v", res.Images)
 	}
 	target, err := s.Resolve([]string{"sample"})
 	if err != nil {

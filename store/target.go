@@ -52,10 +52,16 @@ func (t Target) String() string {
 	return fmt.Sprintf("%d layers", len(t.Layers))
 }
 
-// Resolve reads targets: one image (a name as listed, a docker-style name,
-// a manifest digest or a unique prefix of one), or one or more layer
-// digests (lowest first).
+// Resolve reads targets as ResolvePlatform does, for the host's platform.
 func (s *Store) Resolve(targets []string) (Target, error) {
+	return s.ResolvePlatform(targets, Platform{})
+}
+
+// ResolvePlatform reads targets: one image (a name as listed, a
+// docker-style name, a manifest or index digest or a unique prefix of
+// one), or one or more layer digests (lowest first). An image index is
+// resolved to its manifest for platform p (the host's when zero).
+func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 	if len(targets) == 0 {
 		return Target{}, fmt.Errorf("no target given")
 	}
@@ -69,7 +75,7 @@ func (s *Store) Resolve(targets []string) (Target, error) {
 		// stand in for it.
 		if _, _, err := s.matchDigest(images, targets[0]); errors.Is(err, ErrNotFound) {
 			if img, ok := findImage(images, targets[0]); ok {
-				return s.imageTarget(img)
+				return s.imageTarget(img, p)
 			}
 		}
 	}
@@ -83,12 +89,7 @@ func (s *Store) Resolve(targets []string) (Target, error) {
 			if len(targets) > 1 {
 				return Target{}, fmt.Errorf("target %q is an image: several targets must all be layers", arg)
 			}
-			for _, img := range images {
-				if img.Manifest.Digest == d {
-					img.Name = ""
-					return s.imageTarget(img)
-				}
-			}
+			return s.imageTarget(s.imageByDigest(images, d), p)
 		}
 		desc, diffID := s.layerDescriptor(images, d)
 		t.Layers = append(t.Layers, desc)
@@ -96,6 +97,19 @@ func (s *Store) Resolve(targets []string) (Target, error) {
 	}
 	t.Single = len(t.Layers) == 1
 	return t, nil
+}
+
+// ImageNamed finds the image called name (as listed, or docker-style),
+// whatever platforms it has.
+func (s *Store) ImageNamed(name string) (Image, error) {
+	images, err := s.Images()
+	if err != nil {
+		return Image{}, err
+	}
+	if img, ok := findImage(images, name); ok {
+		return img, nil
+	}
+	return Image{}, fmt.Errorf("%q is not an image name: %w", name, ErrNotFound)
 }
 
 func findImage(images []Image, name string) (Image, bool) {
@@ -131,12 +145,36 @@ func (s *Store) ImageLayers(manifest digest.Digest) (ocispec.Manifest, ocispec.I
 	return m, c, err
 }
 
-func (s *Store) imageTarget(img Image) (Target, error) {
-	m, c, err := s.ImageLayers(img.Manifest.Digest)
+// imageTarget is the view of img on platform p.
+func (s *Store) imageTarget(img Image, p Platform) (Target, error) {
+	desc, err := s.choosePlatform(img, p)
+	if err != nil {
+		return Target{}, err
+	}
+	m, c, err := s.ImageLayers(desc.Digest)
 	if err != nil {
 		return Target{}, fmt.Errorf("image %s: %w", imageLabel(img), err)
 	}
-	return Target{Name: img.Name, Manifest: img.Manifest, Layers: m.Layers, DiffIDs: c.RootFS.DiffIDs}, nil
+	return Target{Name: img.Name, Manifest: desc, Layers: m.Layers, DiffIDs: c.RootFS.DiffIDs}, nil
+}
+
+// imageByDigest is the unnamed image whose index or manifest is d: an
+// image of the store, or one platform's manifest of an image index.
+func (s *Store) imageByDigest(images []Image, d digest.Digest) Image {
+	for _, img := range images {
+		if img.Manifest.Digest == d {
+			return Image{Manifest: img.Manifest}
+		}
+	}
+	for _, img := range images {
+		manifests, _, _ := s.imageParts(img)
+		for _, m := range manifests {
+			if m.Digest == d {
+				return Image{Manifest: m}
+			}
+		}
+	}
+	return Image{Manifest: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d}}
 }
 
 func imageLabel(img Image) string {
@@ -157,6 +195,12 @@ func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, 
 	for _, img := range images {
 		if strings.HasPrefix(img.Manifest.Digest.Encoded(), hex) {
 			found[img.Manifest.Digest] = "manifest"
+		}
+		manifests, _, _ := s.imageParts(img)
+		for _, m := range manifests {
+			if strings.HasPrefix(m.Digest.Encoded(), hex) {
+				found[m.Digest] = "manifest"
+			}
 		}
 	}
 	for _, d := range s.knownLayers() {
@@ -199,14 +243,15 @@ func (s *Store) knownLayers() []digest.Digest {
 // that uses it; a layer no image uses is described from its blob.
 func (s *Store) layerDescriptor(images []Image, d digest.Digest) (ocispec.Descriptor, digest.Digest) {
 	for _, img := range images {
-		m, c, err := s.ImageLayers(img.Manifest.Digest)
-		if err != nil {
-			continue
-		}
-		for i, l := range m.Layers {
+		var found ocispec.Descriptor
+		var diffID digest.Digest
+		s.eachImageLayer(img, func(l ocispec.Descriptor, id digest.Digest) {
 			if l.Digest == d {
-				return l, c.RootFS.DiffIDs[i]
+				found, diffID = l, id
 			}
+		})
+		if found.Digest != "" {
+			return found, diffID
 		}
 	}
 	desc := ocispec.Descriptor{Digest: d, Size: -1}

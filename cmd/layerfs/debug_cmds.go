@@ -28,7 +28,7 @@ func openView(g *globals, arg string) (*store.Store, *store.View, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := s.Resolve(strings.Split(arg, ","))
+	t, err := resolveView(g, s, strings.Split(arg, ","))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -43,7 +43,7 @@ func openView(g *globals, arg string) (*store.Store, *store.View, error) {
 }
 
 func whichCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return withViewPlatform(g, &cobra.Command{
 		Use:   "which TARGET PATH",
 		Short: "Tell which layer provides a path, and what it hides",
 		Long: `Tell which layer provides PATH in the view of TARGET.
@@ -89,11 +89,11 @@ what removed it; its hidden entries are still listed on stdout.
 			}
 			return fmt.Errorf("%s is not in the view: %s removed it", shown, pr.Hidden[0].By)
 		},
-	}
+	})
 }
 
 func diffCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return withViewPlatform(g, &cobra.Command{
 		Use:   "diff A B",
 		Short: "List what changed from view A to view B, from the indexes alone",
 		Long: `List every path that differs from the view of A to the view of B, one a
@@ -126,7 +126,7 @@ compared by digest, so nothing but the indexes is read.
 			}
 			return w.Flush()
 		},
-	}
+	})
 }
 
 func lsCmd(g *globals) *cobra.Command {
@@ -157,7 +157,7 @@ headed "PATH:".
 	}
 	cmd.Flags().BoolVarP(&opt.Long, "long", "l", false, "long listing, as ls -ln")
 	cmd.Flags().BoolVarP(&opt.Recursive, "recursive", "R", false, "list subdirectories recursively")
-	return cmd
+	return withViewPlatform(g, cmd)
 }
 
 func exportCmd(g *globals) *cobra.Command {
@@ -187,7 +187,7 @@ exactly the merged view.
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout")
-	return cmd
+	return withViewPlatform(g, cmd)
 }
 
 func exportTo(w io.Writer, v *store.View, s *store.Store) error {

@@ -24,8 +24,10 @@ func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 var commands []func(*globals) *cobra.Command
 
 type globals struct {
-	root     string
-	logLevel string
+	// viewPlatform is --platform of the commands that open a view.
+	viewPlatform string
+	root         string
+	logLevel     string
 }
 
 func main() {

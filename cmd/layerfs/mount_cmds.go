@@ -58,7 +58,7 @@ foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
 	fl.BoolVar(&f.dev, "dev", false, "honour device nodes (default nodev)")
 	fl.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (default nosuid)")
 	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request")
-	return cmd
+	return withViewPlatform(g, cmd)
 }
 
 func runMount(g *globals, f mountFlags, targets []string, mountpoint string) error {
@@ -116,7 +116,7 @@ func openTree(g *globals, targets []string, overlay bool, op, view string) (tree
 	if err != nil {
 		return nil, t, nil, err
 	}
-	if t, err = s.Resolve(targets); err != nil {
+	if t, err = resolveView(g, s, targets); err != nil {
 		return nil, t, nil, err
 	}
 	if overlay && !t.Single {

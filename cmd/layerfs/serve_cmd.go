@@ -54,7 +54,7 @@ only names it in the qemu arguments the command logs at info level.
 	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
 	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request (at debug level)")
 	cmd.MarkFlagRequired("virtiofs")
-	return cmd
+	return withViewPlatform(g, cmd)
 }
 
 func runServe(g *globals, f serveFlags, targets []string) error {

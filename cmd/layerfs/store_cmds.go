@@ -29,32 +29,66 @@ func parsePlatform(s string) (store.Platform, error) {
 
 func importCmd(g *globals) *cobra.Command {
 	var platform string
+	var opts store.ImportOptions
+	var layer bool
 	cmd := &cobra.Command{
-		Use:   "import PATH...",
-		Short: "Import every image of OCI image layouts (directories or tars) and docker-archives",
-		Args:  cobra.MinimumNArgs(1),
+		Use:   "import PATH[:REF]...",
+		Short: "Import the images of OCI image layouts (directories or tars) and docker-archives, plain or compressed",
+		Long: `Import the images of OCI image layouts (directories or tars) and
+docker-archives, plain or gzip, zstd, xz or bzip2 compressed.
+
+PATH:REF imports only the image REF names: an OCI layout's ref name, a
+docker-archive's tag, or @N for an archive's Nth image (from 0), as
+skopeo's oci:PATH:REF and docker-archive:PATH:REF. A PATH that exists as
+given is never split at a colon.
+
+Of an image index, the host's platform is imported (--platform chooses
+another, --all-platforms every one); the name then refers to the index
+and the platform is chosen when a view is opened. Entries that are not
+images (artifacts, signatures, SBOMs, attestations) are skipped with a
+line on stderr. With --layer, each PATH is a bare layer tar.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := parsePlatform(platform)
-			if err != nil {
-				return err
+			if platform != "" {
+				p, err := store.ParsePlatform(platform)
+				if err != nil {
+					return err
+				}
+				opts.Platform = p
 			}
 			s, err := g.openForWriting()
 			if err != nil {
 				return err
 			}
-			for _, src := range args {
-				imported, err := s.Import(src, p)
+			for _, arg := range args {
+				if layer {
+					desc, err := s.ImportLayer(arg)
+					if err != nil {
+						return err
+					}
+					fmt.Println(desc.Digest)
+					continue
+				}
+				src, ref := store.SplitSourceRef(arg)
+				opts.Ref = ref
+				res, err := s.Import(src, opts)
+				for _, skipped := range res.Skipped {
+					fmt.Fprintf(os.Stderr, "skipped %s (%s)\n", skipped.Digest, skipped.What)
+				}
+				for _, img := range res.Images {
+					fmt.Printf("%s %s\n", nameOrNone(img.Name), img.Manifest)
+				}
 				if err != nil {
 					return err
-				}
-				for _, img := range imported {
-					fmt.Printf("%s %s\n", nameOrNone(img.Name), img.Manifest)
 				}
 			}
 			return nil
 		},
 	}
 	platformFlag(cmd, &platform)
+	cmd.Flags().BoolVar(&opts.AllPlatforms, "all-platforms", false, "import every platform of an image index")
+	cmd.Flags().BoolVar(&layer, "layer", false, "import each PATH as a bare layer tar (plain, gzip or zstd)")
+	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
 	return cmd
 }
 
@@ -82,17 +116,17 @@ func imagesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			w := table()
-			fmt.Fprintln(w, "NAME\tMANIFEST\tLAYERS\tSIZE")
+			fmt.Fprintln(w, "NAME\tMANIFEST\tPLATFORM\tLAYERS\tSIZE")
 			for _, img := range images {
-				m, _, err := s.ImageLayers(img.Manifest.Digest)
+				layers, size, err := s.ImageSize(img)
 				if err != nil {
 					return fmt.Errorf("image %s: %w", nameOrNone(img.Name), err)
 				}
-				size := m.Config.Size
-				for _, l := range m.Layers {
-					size += l.Size
+				var platforms []string
+				for _, p := range img.Platforms {
+					platforms = append(platforms, p.String())
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%d\n", nameOrNone(img.Name), img.Manifest.Digest, len(m.Layers), size)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", nameOrNone(img.Name), img.Manifest.Digest, strings.Join(platforms, ","), layers, size)
 			}
 			return w.Flush()
 		},
@@ -194,22 +228,19 @@ view ends.`,
 				return err
 			}
 			for _, name := range args {
-				t, err := s.Resolve([]string{name})
+				img, err := s.ImageNamed(name)
 				if err != nil {
 					return err
 				}
-				if t.Name == "" {
-					return fmt.Errorf("%q is not an image name", name)
-				}
 				if !force {
-					if err := s.CheckNotServed(t); err != nil {
+					if err := s.CheckNotServed(img); err != nil {
 						return err
 					}
 				}
-				if err := s.Untag(t.Name); err != nil {
+				if err := s.Untag(img.Name); err != nil {
 					return err
 				}
-				fmt.Println(t.Name)
+				fmt.Println(img.Name)
 			}
 			return nil
 		},

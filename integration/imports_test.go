@@ -1,0 +1,617 @@
+package integration
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content/oci"
+)
+
+// sharedBase is the layer the two images of these tests share.
+var sharedBase = testimage.Layer{Entries: []testimage.Entry{
+	testimage.Dir("etc", 0o755),
+	testimage.File("etc/os-release", "ID=layerfs-test\n"),
+	testimage.Dir("usr", 0o755),
+	testimage.File("usr/shared", "in both images\n"),
+}}
+
+// twoImages are two images over sharedBase, each with a layer of its own
+// that changes and deletes something of the base.
+func twoImages(osArch ...string) (a, b testimage.Image) {
+	a = testimage.Image{Name: "a", Layers: []testimage.Layer{sharedBase, {Entries: []testimage.Entry{
+		testimage.File("etc/os-release", "ID=a\n"),
+		testimage.File("only-a", "a\n"),
+	}}}}
+	b = testimage.Image{Name: "b", Layers: []testimage.Layer{sharedBase, {Entries: []testimage.Entry{
+		testimage.Whiteout("usr", "shared"),
+		testimage.File("only-b", "b\n"),
+	}}}}
+	if len(osArch) == 2 {
+		b.Arch, b.Variant = osArch[0], osArch[1]
+	}
+	return a, b
+}
+
+// layoutWith writes images into a new OCI layout and returns it with the
+// descriptors index.json lists.
+func layoutWith(t *testing.T, images ...testimage.Image) (string, []ocispec.Descriptor) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "layout")
+	descs, err := testimage.WriteLayout(dir, images...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, descs
+}
+
+// layerBlobs are the paths of a layout image's layer blobs, lowest first.
+func layerBlobs(t *testing.T, dir string, desc ocispec.Descriptor) []string {
+	t.Helper()
+	m, _, err := testimage.ReadImage(dir, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range m.Layers {
+		out = append(out, testimage.BlobPath(dir, l.Digest))
+	}
+	return out
+}
+
+// requireView mounts target of store root and compares it with kernel
+// overlayfs over blobs.
+func requireView(t *testing.T, root string, blobs []string, target ...string) {
+	t.Helper()
+	requireSame(t, "layerfs mount "+strings.Join(target, " "), oracleTree(t, blobs), walkMount(t, root, target...))
+}
+
+// requireVerifies runs layerfs verify on root.
+func requireVerifies(t *testing.T, root string) {
+	t.Helper()
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Errorf("verify: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+// requireRefused runs an import that must fail with exit 1 naming want,
+// and leave the store verifying.
+func requireRefused(t *testing.T, root, want string, args ...string) {
+	t.Helper()
+	r := run(t, root, append([]string{"import"}, args...)...)
+	if r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("import %s: exit %d, stderr %q; want exit 1 and %q", strings.Join(args, " "), r.code, r.stderr, want)
+	}
+	requireVerifies(t, root)
+}
+
+// importedNames are the names an import printed, one per line.
+func importedNames(out string) []string {
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			names = append(names, f[0])
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// multiImageArchive makes a docker-archive holding both images, the way
+// docker save writes one: skopeo copies each image to a docker-archive,
+// and the two are merged into one tar whose second image names its
+// layers through the <id>/layer.tar symlinks skopeo wrote, so the layer
+// the images share is read through a symlink.
+func multiImageArchive(t *testing.T, layout string) string {
+	t.Helper()
+	testimage.RequireTool(t, "skopeo")
+	work := t.TempDir()
+	merged := filepath.Join(work, "merged")
+	if err := os.Mkdir(merged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var all []map[string]any
+	for _, name := range []string{"a", "b"} {
+		archive := filepath.Join(work, name+".tar")
+		testimage.RunTool(t, "skopeo", "copy", "-q", "oci:"+layout+":"+name, "docker-archive:"+archive+":example/"+name+":1")
+		testimage.RunTool(t, "tar", "-C", merged, "-xf", archive)
+		var entries []map[string]any
+		data, err := os.ReadFile(filepath.Join(merged, "manifest.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(data, &entries); err != nil || len(entries) != 1 {
+			t.Fatalf("skopeo's manifest.json %s: %v", data, err)
+		}
+		all = append(all, entries[0])
+	}
+	links := map[string]string{}
+	symlinks, _ := filepath.Glob(filepath.Join(merged, "*", "layer.tar"))
+	for _, l := range symlinks {
+		target, err := os.Readlink(l)
+		if err != nil {
+			t.Fatalf("skopeo's %s is not a symlink: %v", l, err)
+		}
+		rel, _ := filepath.Rel(merged, l)
+		links[filepath.Base(target)] = rel
+	}
+	second := all[1]["Layers"].([]any)
+	for i, l := range second {
+		rel, ok := links[l.(string)]
+		if !ok {
+			t.Fatalf("no <id>/layer.tar symlink to %s in skopeo's archive", l)
+		}
+		second[i] = rel
+	}
+	data, _ := json.Marshal(all)
+	if err := os.WriteFile(filepath.Join(merged, "manifest.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(work, "both.tar")
+	testimage.RunTool(t, "tar", "-C", merged, "-cf", archive, ".")
+	return archive
+}
+
+// compressed runs archive through tool (gzip, xz, zstd) into a new file.
+func compressed(t *testing.T, archive, tool string) string {
+	t.Helper()
+	testimage.RequireTool(t, tool)
+	out := archive + "." + tool
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var stderr strings.Builder
+	cmd := exec.Command(tool, "-c", archive)
+	cmd.Stdout, cmd.Stderr = f, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v %s", tool, err, stderr.String())
+	}
+	return out
+}
+
+// TestImportCompressedMultiImageArchive imports a docker-archive of two
+// images sharing a layer through a symlinked layer.tar, plain and piped
+// through gzip, xz and zstd; each view is compared with overlayfs.
+func TestImportCompressedMultiImageArchive(t *testing.T) {
+	requireRoot(t)
+	a, b := twoImages()
+	layout, descs := layoutWith(t, a, b)
+	archive := multiImageArchive(t, layout)
+	for _, tool := range []string{"", "gzip", "xz", "zstd"} {
+		t.Run("compression="+tool, func(t *testing.T) {
+			src := archive
+			if tool != "" {
+				src = compressed(t, archive, tool)
+			}
+			root := t.TempDir()
+			out := mustRun(t, root, "import", src)
+			want := []string{"docker.io/example/a:1", "docker.io/example/b:1"}
+			if got := importedNames(out); !slices.Equal(got, want) {
+				t.Fatalf("import printed %q, want %v", out, want)
+			}
+			requireVerifies(t, root)
+			requireView(t, root, layerBlobs(t, layout, descs[0]), "example/a:1")
+			requireView(t, root, layerBlobs(t, layout, descs[1]), "example/b:1")
+		})
+	}
+}
+
+// TestImportArchiveRef imports one image of a multi-image docker-archive
+// and of a layout, by PATH:REF, also from a path holding colons.
+func TestImportArchiveRef(t *testing.T) {
+	requireRoot(t)
+	a, b := twoImages()
+	layout, descs := layoutWith(t, a, b)
+	archive := multiImageArchive(t, layout)
+	colons := filepath.Join(t.TempDir(), "my:layout:dir")
+	testimage.RunTool(t, "cp", "-a", layout, colons)
+	for _, c := range []struct {
+		arg, want string
+		desc      ocispec.Descriptor
+	}{
+		{archive + ":example/b:1", "docker.io/example/b:1", descs[1]},
+		{archive + ":@0", "docker.io/example/a:1", descs[0]},
+		{layout + ":b", "b", descs[1]},
+		{colons + ":a", "a", descs[0]},
+	} {
+		t.Run(filepath.Base(c.arg), func(t *testing.T) {
+			root := t.TempDir()
+			if got := importedNames(mustRun(t, root, "import", c.arg)); !slices.Equal(got, []string{c.want}) {
+				t.Fatalf("imported %v, want only %s", got, c.want)
+			}
+			requireView(t, root, layerBlobs(t, layout, c.desc), c.want)
+		})
+	}
+	root := t.TempDir()
+	if got := importedNames(mustRun(t, root, "import", colons)); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("import of a path with colons imported %v, want a and b", got)
+	}
+	requireRefused(t, root, `no image "c" in index.json (has a, b)`, layout+":c")
+	requireRefused(t, root, `no image "example/c:1" in manifest.json (has docker.io/example/a:1, docker.io/example/b:1)`, archive+":example/c:1")
+}
+
+// packArtifacts writes, with oras-go, an OCI 1.1 artifact tagged
+// "artifact" and a signature-like referrer of subject into layout dir.
+func packArtifacts(t *testing.T, dir string, subject ocispec.Descriptor) (artifact, referrer ocispec.Descriptor) {
+	t.Helper()
+	ctx := context.Background()
+	store, err := oci.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := pushBytes(t, store, "application/vnd.example.data+json", `{"hello":"artifact"}`)
+	artifact, err = oras.PackManifest(ctx, store, oras.PackManifestVersion1_1, "application/vnd.example+json", oras.PackManifestOptions{Layers: []ocispec.Descriptor{blob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Tag(ctx, artifact, "artifact"); err != nil {
+		t.Fatal(err)
+	}
+	subject = ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
+	referrer, err = oras.PackManifest(ctx, store, oras.PackManifestVersion1_1, "application/vnd.dev.cosign.artifact.sig.v1+json",
+		oras.PackManifestOptions{Subject: &subject, Layers: []ocispec.Descriptor{blob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Tag(ctx, referrer, "signature"); err != nil {
+		t.Fatal(err)
+	}
+	return artifact, referrer
+}
+
+// TestImportLayoutWithArtifacts imports a layout holding an image, an
+// artifact and a referrer of the image: the image is imported and the
+// two others skipped, one stderr line each.
+func TestImportLayoutWithArtifacts(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	layout, descs := layoutWith(t, a)
+	artifact, referrer := packArtifacts(t, layout, descs[0])
+	root := t.TempDir()
+	r := run(t, root, "import", layout)
+	if r.code != 0 {
+		t.Fatalf("import: exit %d: %s", r.code, r.stderr)
+	}
+	if got := importedNames(r.stdout); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("imported %v, want a", got)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("skipped %s (application/vnd.example+json artifact)", artifact.Digest),
+		fmt.Sprintf("skipped %s (application/vnd.dev.cosign.artifact.sig.v1+json artifact, referrer of %s)", referrer.Digest, descs[0].Digest),
+	} {
+		if !strings.Contains(r.stderr, want+"\n") {
+			t.Errorf("stderr %q lacks %q", r.stderr, want)
+		}
+	}
+	if n := strings.Count(r.stderr, "skipped "); n != 2 {
+		t.Errorf("%d skipped lines, want 2: %s", n, r.stderr)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "a")
+	requireRefused(t, root, "no image to import", layout+":artifact")
+}
+
+// multiPlatformLayout writes an index named "multi" of a linux/amd64 and
+// a linux/arm64/v8 image, plus a buildkit-style attestation manifest
+// (unknown/unknown) written with oras-go. It returns the layout, the two
+// images' descriptors and the attestation's.
+func multiPlatformLayout(t *testing.T) (string, []ocispec.Descriptor, ocispec.Descriptor) {
+	t.Helper()
+	amd, arm := twoImages("arm64", "v8")
+	dir, descs := layoutWith(t, amd, arm)
+	ctx := context.Background()
+	store, err := oci.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := pushBytes(t, store, "application/vnd.in-toto+json", `{"_type":"https://in-toto.io/Statement/v0.1"}`)
+	config := pushBytes(t, store, ocispec.MediaTypeImageConfig, `{"architecture":"unknown","os":"unknown","rootfs":{"type":"layers","diff_ids":[]}}`)
+	att, err := oras.PackManifest(ctx, store, oras.PackManifestVersion1_1, "", oras.PackManifestOptions{
+		Layers: []ocispec.Descriptor{layer}, ConfigDescriptor: &config})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att.Platform = &ocispec.Platform{OS: "unknown", Architecture: "unknown"}
+	att.Annotations = map[string]string{"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": descs[0].Digest.String()}
+	att.ArtifactType = ""
+	var manifests []ocispec.Descriptor
+	for _, d := range descs {
+		manifests = append(manifests, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Platform: d.Platform})
+	}
+	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: append(manifests, att)}
+	data, _ := json.Marshal(index)
+	top := pushBytes(t, store, ocispec.MediaTypeImageIndex, string(data))
+	if err := store.Tag(ctx, top, "multi"); err != nil {
+		t.Fatal(err)
+	}
+	// Only the index is named: the single images were the way to write
+	// its platforms.
+	onlyRef(t, dir, "multi")
+	return dir, descs, att
+}
+
+// pushBytes stores data in an oras-go layout store as a blob.
+func pushBytes(t *testing.T, store *oci.Store, mediaType, data string) ocispec.Descriptor {
+	t.Helper()
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromString(data), Size: int64(len(data))}
+	if err := store.Push(context.Background(), d, strings.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// onlyRef keeps, of index.json's entries, the one named ref.
+func onlyRef(t *testing.T, dir, ref string) {
+	t.Helper()
+	idx, err := testimage.ReadIndex(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx.Manifests = slices.DeleteFunc(idx.Manifests, func(d ocispec.Descriptor) bool {
+		return d.Annotations[ocispec.AnnotationRefName] != ref
+	})
+	data, _ := json.Marshal(idx)
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestImportSeveralPlatformsUnderOneName imports two platforms of an
+// index under one name, skipping its attestation, and opens each view.
+func TestImportSeveralPlatformsUnderOneName(t *testing.T) {
+	requireRoot(t)
+	layout, descs, att := multiPlatformLayout(t)
+	root := t.TempDir()
+	r := run(t, root, "import", layout)
+	if r.code != 0 || !strings.Contains(r.stderr, fmt.Sprintf("skipped %s (attestation manifest for %s)\n", att.Digest, descs[0].Digest)) {
+		t.Fatalf("import: exit %d, stderr %q: want 0 and the attestation skipped", r.code, r.stderr)
+	}
+	requireRefused(t, root, "no manifest for platform linux/ppc64le (has linux/amd64, linux/arm64/v8)", "--platform", "linux/ppc64le", layout)
+	if r := run(t, root, "ls", "--platform", "linux/arm64", "multi"); r.code == 0 || !strings.Contains(r.stderr, "no platform linux/arm64 (has linux/amd64)") {
+		t.Errorf("ls of a platform not imported: exit %d, %q", r.code, r.stderr)
+	}
+	mustRun(t, root, "import", "--platform", "linux/arm64", layout)
+	images := mustRun(t, root, "images")
+	if !strings.Contains(images, "linux/amd64,linux/arm64/v8") {
+		t.Errorf("images does not list both platforms of multi:\n%s", images)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "multi")
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "--platform", "linux/amd64", "multi")
+	requireView(t, root, layerBlobs(t, layout, descs[1]), "--platform", "linux/arm64", "multi")
+	requireView(t, root, layerBlobs(t, layout, descs[1]), "--platform", "linux/arm64/v8", "multi")
+	if r := run(t, root, "ls", "--platform", "linux/arm/v7", "multi"); r.code == 0 || !strings.Contains(r.stderr, "no platform linux/arm/v7 (has linux/amd64, linux/arm64/v8)") {
+		t.Errorf("ls of a missing platform: exit %d, %q", r.code, r.stderr)
+	}
+	mustRun(t, root, "rm", "multi")
+	mustRun(t, root, "gc")
+	if r := run(t, root, "layers"); strings.Count(r.stdout, "sha256:") != 0 {
+		t.Errorf("layers left after rm and gc:\n%s", r.stdout)
+	}
+
+	all := t.TempDir()
+	mustRun(t, all, "import", "--all-platforms", layout)
+	requireView(t, all, layerBlobs(t, layout, descs[1]), "--platform", "linux/arm64", "multi")
+	requireVerifies(t, all)
+}
+
+// TestImportRefusesSelfReferringIndex refuses an index that lists itself
+// and a chain of indexes nested too deep, without hanging.
+func TestImportRefusesSelfReferringIndex(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	layout, descs := layoutWith(t, a)
+	root := t.TempDir()
+	mustRun(t, root, "import", layout)
+
+	self := digest.FromString("an index that lists itself")
+	data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageIndex, Digest: self, Size: 1}}})
+	if err := os.WriteFile(testimage.BlobPath(layout, self), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setIndex(t, layout, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: self, Size: int64(len(data)),
+		Annotations: map[string]string{ocispec.AnnotationRefName: "self"}})
+	requireRefused(t, root, fmt.Sprintf("index %s refers to itself", self), layout)
+
+	desc := descs[0]
+	for range 12 {
+		data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{desc}})
+		desc = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(data), Size: int64(len(data))}
+		if err := os.WriteFile(testimage.BlobPath(layout, desc.Digest), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desc.Annotations = map[string]string{ocispec.AnnotationRefName: "deep"}
+	setIndex(t, layout, desc)
+	requireRefused(t, root, "image indexes nested more than 8 deep", layout)
+}
+
+// setIndex makes desc the one entry of layout's index.json.
+func setIndex(t *testing.T, layout string, desc ocispec.Descriptor) {
+	t.Helper()
+	data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{desc}})
+	if err := os.WriteFile(filepath.Join(layout, "index.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestImportRefusesBlobOutOfLayout refuses a layer blob that is a symlink
+// to /dev/zero, in a layout directory and in a layout tar, at once.
+func TestImportRefusesBlobOutOfLayout(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	layout, descs := layoutWith(t, a)
+	blob := layerBlobs(t, layout, descs[0])[1]
+	if err := os.Remove(blob); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", blob); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	requireRefused(t, root, `symlink to "/dev/zero" leads out of the directory`, layout)
+	archive := filepath.Join(t.TempDir(), "layout.tar.gz")
+	testimage.RunTool(t, "tar", "-C", layout, "-czf", archive, ".")
+	requireRefused(t, root, `links to "/dev/zero", outside the archive`, archive)
+}
+
+// TestImportBareLayer imports a gzip layer tar with no image around it:
+// layers lists it, it mounts by digest as overlayfs shows it, gc keeps it.
+func TestImportBareLayer(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	layout, descs := layoutWith(t, a)
+	blob := layerBlobs(t, layout, descs[0])[0]
+	root := t.TempDir()
+	out := strings.TrimSpace(mustRun(t, root, "import", "--layer", blob))
+	if want := "sha256:" + filepath.Base(blob); out != want {
+		t.Fatalf("import --layer printed %q, want %s", out, want)
+	}
+	mustRun(t, root, "gc")
+	if layers := mustRun(t, root, "layers"); !strings.Contains(layers, out) {
+		t.Errorf("layers does not list %s:\n%s", out, layers)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, []string{blob}, out)
+}
+
+// TestImportRefusesLegacyArchive names the pre-1.10 docker-archive: one
+// directory per layer with json and layer.tar, a repositories file and no
+// manifest.json, made here from skopeo's docker-archive (which still
+// writes those directories) re-tarred by GNU tar without manifest.json.
+func TestImportRefusesLegacyArchive(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	a, _ := twoImages()
+	layout, _ := layoutWith(t, a)
+	work := t.TempDir()
+	modern, tree := filepath.Join(work, "modern.tar"), filepath.Join(work, "tree")
+	testimage.RunTool(t, "skopeo", "copy", "-q", "oci:"+layout+":a", "docker-archive:"+modern+":example/legacy:1")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testimage.RunTool(t, "tar", "-C", tree, "-xf", modern)
+	legacy := filepath.Join(work, "legacy.tar")
+	testimage.RunTool(t, "tar", "-C", tree, "--exclude", "./manifest.json", "-cf", legacy, ".")
+	requireRefused(t, t.TempDir(), "legacy docker-archive (before docker 1.10", legacy)
+}
+
+// TestImportWarnsOfAnotherPlatform opens a single-platform image built for
+// another platform than the one asked: a warning, and the view.
+func TestImportWarnsOfAnotherPlatform(t *testing.T) {
+	requireRoot(t)
+	_, arm := twoImages("arm64", "v8")
+	layout, descs := layoutWith(t, arm)
+	root := t.TempDir()
+	mustRun(t, root, "import", layout)
+	warning := "image b is for linux/arm64/v8, not linux/amd64"
+	if r := run(t, root, "ls", "--platform", "linux/amd64", "b"); r.code != 0 || !strings.Contains(r.stderr, warning) {
+		t.Errorf("ls of an arm64 image as amd64: exit %d, stderr %q; want 0 and %q", r.code, r.stderr, warning)
+	}
+	if r := run(t, root, "ls", "--platform", "linux/arm64", "b"); r.code != 0 || r.stderr != "" {
+		t.Errorf("ls as linux/arm64 of a linux/arm64/v8 image: exit %d, stderr %q; want 0 and no warning", r.code, r.stderr)
+	}
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "--platform", "linux/arm64", "b")
+}
+
+// writeBlob writes data into layout dir as a blob of mediaType.
+func writeBlob(t *testing.T, dir, mediaType string, data []byte) ocispec.Descriptor {
+	t.Helper()
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := os.WriteFile(testimage.BlobPath(dir, d.Digest), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestImportSeekableAndForeignLayers imports an image whose layers are
+// a foreign-media-type layer, an eStargz-shaped layer (a table of
+// contents after the tar's end, in a gzip member of its own) and a
+// zstd:chunked-shaped one (the same in a zstd skippable frame): the view
+// is that of the plain layers, as kernel overlayfs shows them.
+func TestImportSeekableAndForeignLayers(t *testing.T) {
+	requireRoot(t)
+	a, _ := twoImages()
+	a.Layers = append(a.Layers, testimage.Layer{Entries: []testimage.Entry{testimage.File("third", "3\n")}})
+	layout, descs := layoutWith(t, a)
+	plain := layerBlobs(t, layout, descs[0])
+	m, c, err := testimage.ReadImage(layout, descs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	toc := []byte(`{"version":1,"entries":[]}`)
+	tarOf := func(blob string) []byte {
+		f, err := os.Open(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	// Layer 0: a foreign layer's media type over the same bytes.
+	m.Layers[0].MediaType = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+	// Layer 1: eStargz's shape.
+	tar1 := tarOf(plain[1])
+	var gz bytes.Buffer
+	for _, part := range [][]byte{append(slices.Clone(tar1), toc...), {}} {
+		zw := gzip.NewWriter(&gz)
+		zw.Write(part)
+		zw.Close()
+	}
+	m.Layers[1] = writeBlob(t, layout, ocispec.MediaTypeImageLayerGzip, gz.Bytes())
+	m.Layers[1].Annotations = map[string]string{"containerd.io/snapshot/stargz/toc.digest": digest.FromBytes(toc).String()}
+	c.RootFS.DiffIDs[1] = digest.FromBytes(append(slices.Clone(tar1), toc...))
+	// Layer 2: zstd:chunked's shape.
+	tar2 := tarOf(plain[2])
+	zw, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := zw.EncodeAll(append(slices.Clone(tar2), toc...), nil)
+	skippable := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, 0x184D2A50), uint32(len(toc)))
+	frame = append(frame, append(skippable, toc...)...)
+	m.Layers[2] = writeBlob(t, layout, ocispec.MediaTypeImageLayerZstd, frame)
+	m.Layers[2].Annotations = map[string]string{"io.github.containers.zstd-chunked.manifest-checksum": digest.FromBytes(toc).String()}
+	c.RootFS.DiffIDs[2] = digest.FromBytes(append(slices.Clone(tar2), toc...))
+
+	cdata, _ := json.Marshal(c)
+	m.Config = writeBlob(t, layout, ocispec.MediaTypeImageConfig, cdata)
+	mdata, _ := json.Marshal(m)
+	desc := writeBlob(t, layout, ocispec.MediaTypeImageManifest, mdata)
+	desc.Annotations = map[string]string{ocispec.AnnotationRefName: "seekable"}
+	setIndex(t, layout, desc)
+
+	root := t.TempDir()
+	if got := importedNames(mustRun(t, root, "import", layout)); !slices.Equal(got, []string{"seekable"}) {
+		t.Fatalf("imported %v", got)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, plain, "seekable")
+}

@@ -1,0 +1,99 @@
+package store
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ImportLayer stores a bare layer tar, plain or compressed, with no image
+// around it: it is listed by Layers, mountable by digest, and kept by gc
+// through an entry of the store's index.json of a layer media type.
+func (s *Store) ImportLayer(file string) (ocispec.Descriptor, error) {
+	release, err := s.Writing()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer release()
+	// A FIFO or a device would block the open or never end.
+	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
+		if err == nil {
+			err = fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+		}
+		return ocispec.Descriptor{}, fmt.Errorf("import layer %s: %w", file, err)
+	}
+	desc, err := describeLayerFile(os.DirFS(filepath.Dir(file)), filepath.Base(file), "")
+	if err != nil {
+		return desc, fmt.Errorf("import layer %s: %w", file, err)
+	}
+	err = s.ExtractLayer(desc, "", func() (io.ReadCloser, error) {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		return limitedBlob{io.LimitReader(f, desc.Size+1), f}, nil
+	})
+	if err != nil {
+		return desc, fmt.Errorf("import layer %s: %w", file, err)
+	}
+	return desc, s.keepLayer(desc)
+}
+
+// describeLayer describes a layer of size bytes read from r, its media
+// type told by its magic bytes. An uncompressed layer's digest is its
+// diff_id, so it is hashed only when diffID is not known.
+func describeLayer(r io.Reader, size int64, diffID digest.Digest) (ocispec.Descriptor, error) {
+	br := bufio.NewReader(io.LimitReader(r, size))
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: diffID, Size: size}
+	switch kind := sniffCompression(br); kind {
+	case "gzip":
+		desc.MediaType = ocispec.MediaTypeImageLayerGzip
+	case "zstd":
+		desc.MediaType = ocispec.MediaTypeImageLayerZstd
+	case "":
+		if diffID != "" {
+			return desc, nil
+		}
+	default:
+		return desc, fmt.Errorf("layers compressed with %s are not supported (gzip and zstd are)", kind)
+	}
+	d, err := digest.FromReader(br)
+	if err != nil {
+		return desc, err
+	}
+	desc.Digest = d
+	return desc, nil
+}
+
+// keepLayer records a bare layer in the store's index.json.
+func (s *Store) keepLayer(desc ocispec.Descriptor) error {
+	return s.updateIndex(func(idx *ocispec.Index) error {
+		for _, m := range idx.Manifests {
+			if m.Digest == desc.Digest {
+				return nil
+			}
+		}
+		idx.Manifests = append(idx.Manifests, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
+		return nil
+	})
+}
+
+// bareLayers lists the layers imported with no image.
+func (s *Store) bareLayers() ([]ocispec.Descriptor, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	var out []ocispec.Descriptor
+	for _, m := range idx.Manifests {
+		if !isManifest(m.MediaType) && !isIndex(m.MediaType) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,280 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+)
+
+// maxIndexDepth bounds how deep image indexes may nest; registries and
+// builders write one level, rarely two.
+const maxIndexDepth = 8
+
+const (
+	mediaTypeDockerConfig = "application/vnd.docker.container.image.v1+json"
+	// annotationReferenceType marks buildkit's attestation manifests.
+	annotationReferenceType   = "vnd.docker.reference.type"
+	annotationReferenceDigest = "vnd.docker.reference.digest"
+)
+
+func isIndex(mediaType string) bool {
+	return mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerManifestList
+}
+
+func isManifest(mediaType string) bool {
+	return mediaType == ocispec.MediaTypeImageManifest || mediaType == mediaTypeDockerManifest
+}
+
+// isLayerType reports whether a layer media type is a filesystem tar,
+// compressed or not, distributable or not (foreign and non-distributable
+// layers are tars like any other once their bytes are at hand).
+func isLayerType(mediaType string) bool {
+	return mediaType == "" ||
+		strings.HasPrefix(mediaType, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mediaType, "application/vnd.docker.image.rootfs.")
+}
+
+// notImage says what a manifest is when it is not a container image (an
+// artifact, a signature, an SBOM, an attestation), "" when it is one.
+func notImage(m ocispec.Manifest) string {
+	what := ""
+	switch {
+	case m.ArtifactType != "":
+		what = m.ArtifactType + " artifact"
+	case m.Config.MediaType != ocispec.MediaTypeImageConfig && m.Config.MediaType != mediaTypeDockerConfig:
+		what = m.Config.MediaType + " artifact"
+	default:
+		for _, l := range m.Layers {
+			if !isLayerType(l.MediaType) {
+				what = l.MediaType + " artifact"
+				break
+			}
+		}
+	}
+	if what != "" && m.Subject != nil {
+		what += ", referrer of " + m.Subject.Digest.String()
+	}
+	return what
+}
+
+// isAttestation reports an index entry that buildkit wrote for the
+// provenance or SBOM of a sibling, not an image to run.
+func isAttestation(d ocispec.Descriptor) bool {
+	return d.Annotations[annotationReferenceType] == "attestation-manifest" ||
+		(d.Platform != nil && d.Platform.OS == "unknown" && d.Platform.Architecture == "unknown")
+}
+
+// walkIndex reads index top and the indexes it nests, depth first, and
+// calls leaf for every entry that is not an index. read returns a blob's
+// bytes unverified: an index that lists itself or an ancestor is named as
+// such before its digest is checked, so the message says what is wrong.
+func walkIndex(read func(ocispec.Descriptor) ([]byte, error), top ocispec.Descriptor, leaf func(ocispec.Descriptor) error) error {
+	var walk func(desc ocispec.Descriptor, chain []digest.Digest) error
+	walk = func(desc ocispec.Descriptor, chain []digest.Digest) error {
+		if len(chain) >= maxIndexDepth {
+			return fmt.Errorf("index %s: image indexes nested more than %d deep", top.Digest, maxIndexDepth)
+		}
+		data, err := read(desc)
+		if err != nil {
+			return fmt.Errorf("index %s: %w", desc.Digest, err)
+		}
+		var idx ocispec.Index
+		if err := json.Unmarshal(data, &idx); err != nil {
+			return fmt.Errorf("index %s: %w", desc.Digest, err)
+		}
+		chain = append(chain, desc.Digest)
+		for _, child := range idx.Manifests {
+			if slices.Contains(chain, child.Digest) {
+				if child.Digest == desc.Digest {
+					return fmt.Errorf("index %s refers to itself", desc.Digest)
+				}
+				return fmt.Errorf("index %s refers to %s, an index that contains it", desc.Digest, child.Digest)
+			}
+		}
+		if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
+			return fmt.Errorf("index %s: %w", desc.Digest, ErrMismatch)
+		}
+		for _, child := range idx.Manifests {
+			if isIndex(child.MediaType) {
+				err = walk(child, chain)
+			} else {
+				err = leaf(child)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(top, nil)
+}
+
+// normalized is p with the variants that name the same thing made equal,
+// as containerd's platform matcher does (arm64 is v8; amd64 is v1).
+func (p Platform) normalized() Platform {
+	if (p.Architecture == "arm64" && p.Variant == "v8") || (p.Architecture == "amd64" && p.Variant == "v1") {
+		p.Variant = ""
+	}
+	return p
+}
+
+func platformOf(q *ocispec.Platform) Platform {
+	if q == nil {
+		return Platform{}
+	}
+	return Platform{OS: q.OS, Architecture: q.Architecture, Variant: q.Variant}
+}
+
+func (p Platform) matches(q *ocispec.Platform) bool {
+	if q == nil {
+		return false
+	}
+	a, b := p.normalized(), platformOf(q).normalized()
+	return a.OS == b.OS && a.Architecture == b.Architecture && (a.Variant == "" || a.Variant == b.Variant)
+}
+
+// configPlatform is the platform an image config says it is for.
+func configPlatform(c ocispec.Image) *ocispec.Platform {
+	if c.OS == "" && c.Architecture == "" {
+		return nil
+	}
+	return &ocispec.Platform{OS: c.OS, Architecture: c.Architecture, Variant: c.Variant}
+}
+
+// imageParts lists the image manifests of img the store holds, each with
+// its platform (from its index entry, or its config), and the indexes
+// on the way to them.
+func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes []digest.Digest, err error) {
+	if !isIndex(img.Manifest.MediaType) {
+		desc := img.Manifest
+		if desc.Platform == nil {
+			_, c, err := s.ImageLayers(desc.Digest)
+			if err != nil {
+				return nil, nil, err
+			}
+			desc.Platform = configPlatform(c)
+		}
+		return []ocispec.Descriptor{desc}, nil, nil
+	}
+	read := func(d ocispec.Descriptor) ([]byte, error) {
+		indexes = append(indexes, d.Digest)
+		return s.ReadBlob(d.Digest)
+	}
+	err = walkIndex(read, img.Manifest, func(d ocispec.Descriptor) error {
+		// An index names every platform it was built for; the store
+		// holds those that were imported.
+		if isManifest(d.MediaType) && !isAttestation(d) && s.HasBlob(d.Digest) {
+			manifests = append(manifests, d)
+		}
+		return nil
+	})
+	return manifests, indexes, err
+}
+
+// platformNames lists the platforms of manifests, for messages.
+func platformNames(manifests []ocispec.Descriptor) string {
+	var names []string
+	for _, m := range manifests {
+		if m.Platform == nil {
+			names = append(names, "unknown platform")
+			continue
+		}
+		names = append(names, platformOf(m.Platform).String())
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+// choosePlatform picks the manifest of img to show on platform p (the
+// host's when p is zero). An index lacking p is an error naming the
+// platforms it has; a lone manifest for another platform is shown with a
+// warning, as docker run does.
+func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error) {
+	if p == (Platform{}) {
+		p = HostPlatform()
+	}
+	manifests, _, err := s.imageParts(img)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if !isIndex(img.Manifest.MediaType) {
+		m := manifests[0]
+		if m.Platform != nil && !p.matches(m.Platform) {
+			logrus.Warnf("image %s is for %s, not %s", imageLabel(img), platformOf(m.Platform), p)
+		}
+		m.Platform = nil
+		return m, nil
+	}
+	for _, m := range manifests {
+		if p.matches(m.Platform) {
+			return m, nil
+		}
+	}
+	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w: no platform %s (has %s)", imageLabel(img), ErrNotFound, p, platformNames(manifests))
+}
+
+// errNoImage is returned by an import that found only non-images.
+var errNoImage = errors.New("no image to import")
+
+// PickPlatform chooses the manifest of platform from an image index.
+func PickPlatform(idx ocispec.Index, platform Platform) (ocispec.Descriptor, error) {
+	i := slices.IndexFunc(idx.Manifests, func(d ocispec.Descriptor) bool {
+		return !isAttestation(d) && platform.matches(d.Platform)
+	})
+	if i < 0 {
+		return ocispec.Descriptor{}, fmt.Errorf("no manifest for platform %s (has %s)", platform, platformNames(idx.Manifests))
+	}
+	return idx.Manifests[i], nil
+}
+
+// eachImageLayer calls fn for every layer of every manifest of img the
+// store holds, with its diff_id.
+func (s *Store) eachImageLayer(img Image, fn func(layer ocispec.Descriptor, diffID digest.Digest)) error {
+	manifests, _, err := s.imageParts(img)
+	if err != nil {
+		return err
+	}
+	for _, desc := range manifests {
+		m, c, err := s.ImageLayers(desc.Digest)
+		if err != nil {
+			return err
+		}
+		for i, l := range m.Layers {
+			fn(l, c.RootFS.DiffIDs[i])
+		}
+	}
+	return nil
+}
+
+// ImageSize counts the distinct layers of img's manifests in the store
+// and their bytes, with the configs'.
+func (s *Store) ImageSize(img Image) (layers int, size int64, err error) {
+	manifests, _, err := s.imageParts(img)
+	if err != nil {
+		return 0, 0, err
+	}
+	seen := map[digest.Digest]bool{}
+	for _, desc := range manifests {
+		m, _, err := s.ImageLayers(desc.Digest)
+		if err != nil {
+			return 0, 0, err
+		}
+		size += m.Config.Size
+		for _, l := range m.Layers {
+			if !seen[l.Digest] {
+				seen[l.Digest] = true
+				layers++
+				size += l.Size
+			}
+		}
+	}
+	return layers, size, nil
+}

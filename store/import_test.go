@@ -1,0 +1,121 @@
+package store
+
+import (
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func TestSplitSourceRef(t *testing.T) {
+	dir := t.TempDir()
+	colons := filepath.Join(dir, "a:b")
+	if err := os.Mkdir(colons, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ arg, src, ref string }{
+		{dir, dir, ""},
+		{dir + ":v1", dir, "v1"},
+		{dir + ":host:5000/repo:tag", dir, "host:5000/repo:tag"},
+		{colons, colons, ""},
+		{colons + ":v1", colons, "v1"},
+		{dir + "/missing:v1", dir + "/missing:v1", ""},
+	} {
+		if src, ref := SplitSourceRef(c.arg); src != c.src || ref != c.ref {
+			t.Errorf("SplitSourceRef(%q) = %q, %q; want %q, %q", c.arg, src, ref, c.src, c.ref)
+		}
+	}
+}
+
+// overlayFS serves some files from memory and the rest from below.
+type overlayFS struct {
+	fstest.MapFS
+	below fs.FS
+}
+
+func (o overlayFS) Open(name string) (fs.File, error) {
+	if _, ok := o.MapFS[name]; ok {
+		return o.MapFS.Open(name)
+	}
+	return o.below.Open(name)
+}
+
+// TestImportJibLowercaseKeys reads a manifest.json with jib's lowercase
+// keys as docker load does.
+func TestImportJibLowercaseKeys(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "jib.tar")
+	img := testimage.Image{Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("app.jar", "jar")}}}}
+	if err := testimage.WriteDockerArchive(archive, []string{"example/jib:1"}, img); err != nil {
+		t.Fatal(err)
+	}
+	fsys, closer, err := openSource(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	data, err := fs.ReadFile(fsys, "manifest.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lower := strings.NewReplacer(`"Config"`, `"config"`, `"RepoTags"`, `"repoTags"`, `"Layers"`, `"layers"`).Replace(string(data))
+	if lower == string(data) {
+		t.Fatalf("manifest.json has no docker keys to lowercase: %s", data)
+	}
+	s := newStore(t)
+	got, err := s.importDockerArchive(overlayFS{fstest.MapFS{"manifest.json": {Data: []byte(lower)}}, fsys}, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != "docker.io/example/jib:1" {
+		t.Fatalf("imported %v", got)
+	}
+	target, err := s.Resolve([]string{"example/jib:1"})
+	if err != nil || len(target.Layers) != 1 {
+		t.Fatalf("resolve: %v, %v", target, err)
+	}
+}
+
+// TestImportNamesDocker25LayerOrder refuses an OCI manifest whose
+// uncompressed layers are its config's diff_ids in another order, the
+// docker 25.0.0 bug, naming it.
+func TestImportNamesDocker25LayerOrder(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "layout")
+	img := testimage.Image{Name: "swapped", Layers: []testimage.Layer{
+		{Entries: []testimage.Entry{testimage.File("a", "a")}, Compression: testimage.None},
+		{Entries: []testimage.Entry{testimage.File("b", "b")}, Compression: testimage.None},
+	}}
+	descs, err := testimage.WriteLayout(dir, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := testimage.ReadImage(dir, descs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Layers[0], m.Layers[1] = m.Layers[1], m.Layers[0]
+	data, _ := json.Marshal(m)
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(data), Size: int64(len(data)),
+		Annotations: map[string]string{AnnotationRefName: "swapped"}}
+	if err := os.WriteFile(testimage.BlobPath(dir, desc.Digest), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	index, _ := json.Marshal(ocispec.Index{Versioned: m.Versioned, Manifests: []ocispec.Descriptor{desc}})
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(t)
+	_, err = s.Import(dir, ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), "moby #47150") {
+		t.Fatalf("import: %v; want the docker 25.0.0 layer order named", err)
+	}
+	if problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
+		t.Errorf("verify after refusal: %v %v", problems, err)
+	}
+}
