@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -48,7 +49,10 @@ func (e *EntryError) Unwrap() error { return e.Err }
 // extracted in that one pass. diffID is the config's digest of the
 // uncompressed tar. A layer already extracted is left alone, by this
 // process or any other.
-func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if err := desc.Digest.Validate(); err != nil {
 		return fmt.Errorf("layer %q: %w", desc.Digest, err)
 	}
@@ -63,20 +67,19 @@ func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src 
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	defer unlock()
-	if err := s.extractLocked(desc, diffID, src); err != nil {
+	if err := s.extractLocked(ctx, desc, diffID, src); err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	return nil
 }
 
-func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) (err error) {
 	haveBlob := s.HasBlob(desc.Digest)
 	if haveBlob && s.Extracted(desc.Digest) {
 		return nil
 	}
 	var in io.ReadCloser
 	var blob *Staged
-	var err error
 	if haveBlob {
 		in, err = os.Open(s.BlobPath(desc.Digest))
 	} else {
@@ -86,15 +89,17 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 		return err
 	}
 	defer in.Close()
-	var r io.Reader = in
+	meter := extractMeter(ctx, desc)
+	defer func() { meter.Done(err) }()
+	var r io.Reader = contextReader{ctx, in, meter}
 	if !haveBlob {
 		if blob, err = s.stage("blob"); err != nil {
 			return err
 		}
 		defer blob.Abort()
-		r = io.TeeReader(in, blob)
+		r = io.TeeReader(r, blob)
 	}
-	x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+	x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}, meter: meter}
 	defer x.abort()
 	uncompressed, err := x.read(r)
 	if err != nil {
@@ -132,6 +137,7 @@ type extraction struct {
 	content int64
 	objSize int64
 	buf     []byte
+	meter   ExtractMeter
 }
 
 type pendingLink struct {
@@ -175,6 +181,7 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 		if err := x.add(hdr, tr); err != nil {
 			return "", &EntryError{Entry: hdr.Name, Err: err}
 		}
+		x.meter.Entry()
 	}
 	// The tar's end blocks and any padding after them are part of the
 	// diff_id, and the rest of the compressed stream part of the digest.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -273,7 +274,7 @@ func FuzzDockerManifest(f *testing.F) {
 		for k, v := range files {
 			fsys[k] = v
 		}
-		s.importDockerArchive(fsys)
+		s.importDockerArchive(context.Background(), fsys)
 	})
 }
 
@@ -292,7 +293,7 @@ func FuzzLayoutIndex(f *testing.F) {
 				fsys[k] = v
 			}
 		}
-		s.importLayout(fsys, HostPlatform())
+		s.importLayout(context.Background(), fsys, HostPlatform())
 	})
 }
 
@@ -311,7 +312,7 @@ func FuzzManifest(f *testing.F) {
 	open := func(d ocispec.Descriptor) (io.ReadCloser, error) { return src.files.Open(layoutBlob(d.Digest)) }
 	f.Fuzz(func(t *testing.T, mdata []byte) {
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(mdata), Size: int64(len(mdata))}
-		if err := s.StoreImage("", desc, mdata, open); err != nil {
+		if err := s.StoreImage(context.Background(), "", desc, mdata, open); err != nil {
 			return
 		}
 		if _, err := s.Resolve([]string{desc.Digest.String()}); err != nil {
@@ -343,7 +344,7 @@ func FuzzResolve(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if _, err := s.Import("../testdata/sample", HostPlatform()); err != nil {
+	if _, err := s.Import(context.Background(), "../testdata/sample", HostPlatform()); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {

@@ -3,6 +3,7 @@ package store
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,7 +75,7 @@ func (p Platform) matches(q *ocispec.Platform) bool {
 
 // Import stores every image of an OCI image layout (a directory or a tar)
 // or a docker-archive, under the names it gives them.
-func (s *Store) Import(src string, platform Platform) ([]Imported, error) {
+func (s *Store) Import(ctx context.Context, src string, platform Platform) ([]Imported, error) {
 	release, err := s.Writing()
 	if err != nil {
 		return nil, err
@@ -87,7 +88,7 @@ func (s *Store) Import(src string, platform Platform) ([]Imported, error) {
 	defer closer.Close()
 	var out []Imported
 	if _, err := fs.Stat(fsys, "manifest.json"); err == nil {
-		out, err = s.importDockerArchive(fsys)
+		out, err = s.importDockerArchive(ctx, fsys)
 		if err != nil {
 			return nil, fmt.Errorf("import %s: %w", src, err)
 		}
@@ -96,7 +97,7 @@ func (s *Store) Import(src string, platform Platform) ([]Imported, error) {
 	if _, err := fs.Stat(fsys, "index.json"); err != nil {
 		return nil, fmt.Errorf("import %s: %w", src, errNotImage)
 	}
-	out, err = s.importLayout(fsys, platform)
+	out, err = s.importLayout(ctx, fsys, platform)
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", src, err)
 	}
@@ -139,7 +140,7 @@ func readLayoutBlob(fsys fs.FS, desc ocispec.Descriptor) ([]byte, error) {
 	return data, nil
 }
 
-func (s *Store) importLayout(fsys fs.FS, platform Platform) ([]Imported, error) {
+func (s *Store) importLayout(ctx context.Context, fsys fs.FS, platform Platform) ([]Imported, error) {
 	data, err := readSmall(fsys, "index.json")
 	if err != nil {
 		return nil, err
@@ -158,7 +159,7 @@ func (s *Store) importLayout(fsys fs.FS, platform Platform) ([]Imported, error) 
 		if err != nil {
 			return nil, imageError(name, desc.Digest, err)
 		}
-		if err := s.importManifest(name, m, func(d ocispec.Descriptor) (io.ReadCloser, error) {
+		if err := s.importManifest(ctx, name, m, func(d ocispec.Descriptor) (io.ReadCloser, error) {
 			return fsys.Open(layoutBlob(d.Digest))
 		}); err != nil {
 			return nil, imageError(name, desc.Digest, err)
@@ -222,7 +223,7 @@ type BlobOpener func(ocispec.Descriptor) (io.ReadCloser, error)
 
 // ImportManifest stores the image whose manifest descriptor is desc,
 // reading blobs the store lacks with open, and names it.
-func (s *Store) importManifest(name string, desc ocispec.Descriptor, open BlobOpener) error {
+func (s *Store) importManifest(ctx context.Context, name string, desc ocispec.Descriptor, open BlobOpener) error {
 	if desc.MediaType != ocispec.MediaTypeImageManifest && desc.MediaType != mediaTypeDockerManifest {
 		return fmt.Errorf("manifest %s: unsupported media type %q", desc.Digest, desc.MediaType)
 	}
@@ -230,7 +231,7 @@ func (s *Store) importManifest(name string, desc ocispec.Descriptor, open BlobOp
 	if err != nil {
 		return err
 	}
-	return s.StoreImage(name, desc, mdata, open)
+	return s.StoreImage(ctx, name, desc, mdata, open)
 }
 
 // fetchSmall reads a small blob from the store, or from open and checks it.
@@ -298,7 +299,7 @@ func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
 // StoreImage stores an image given its manifest bytes: config, every layer
 // extracted (in parallel, bounded by the cores), the manifest, and last
 // its name. Blobs the store lacks come from open.
-func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
+func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
 	m, err := ParseManifest(mdata)
 	if err != nil {
 		return err
@@ -311,7 +312,7 @@ func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, o
 	if err != nil {
 		return err
 	}
-	if err := s.ExtractLayers(m.Layers, cfg.RootFS.DiffIDs, open); err != nil {
+	if err := s.ExtractLayers(ctx, m.Layers, cfg.RootFS.DiffIDs, open); err != nil {
 		return err
 	}
 	if err := s.PutBlob(m.Config, bytes.NewReader(cdata)); err != nil {
@@ -327,7 +328,7 @@ func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, o
 }
 
 // ExtractLayers extracts layers in parallel, at most one per core.
-func (s *Store) ExtractLayers(layers []ocispec.Descriptor, diffIDs []digest.Digest, open BlobOpener) error {
+func (s *Store) ExtractLayers(ctx context.Context, layers []ocispec.Descriptor, diffIDs []digest.Digest, open BlobOpener) error {
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	errs := make([]error, len(layers))
 	var wg sync.WaitGroup
@@ -337,7 +338,7 @@ func (s *Store) ExtractLayers(layers []ocispec.Descriptor, diffIDs []digest.Dige
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			errs[i] = s.ExtractLayer(l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
+			errs[i] = s.ExtractLayer(ctx, l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
 		}()
 	}
 	wg.Wait()
@@ -351,7 +352,7 @@ type dockerManifest struct {
 	Layers   []string
 }
 
-func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
+func (s *Store) importDockerArchive(ctx context.Context, fsys fs.FS) ([]Imported, error) {
 	data, err := readSmall(fsys, "manifest.json")
 	if err != nil {
 		return nil, err
@@ -369,7 +370,7 @@ func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
 		if len(img.RepoTags) > 0 {
 			label = "image " + img.RepoTags[0]
 		}
-		imported, err := s.importDockerImage(fsys, img)
+		imported, err := s.importDockerImage(ctx, fsys, img)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
@@ -380,7 +381,7 @@ func (s *Store) importDockerArchive(fsys fs.FS) ([]Imported, error) {
 
 // importDockerImage turns one docker-archive image into an OCI manifest
 // over the same config and the archive's layer tars.
-func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, error) {
+func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerManifest) ([]Imported, error) {
 	cdata, err := readSmall(fsys, path.Clean(img.Config))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -424,7 +425,7 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 		if tag != "" {
 			name = NormalizeName(tag)
 		}
-		if err := s.StoreImage(name, desc, mdata, open); err != nil {
+		if err := s.StoreImage(ctx, name, desc, mdata, open); err != nil {
 			return nil, err
 		}
 		out = append(out, Imported{Name: name, Manifest: desc.Digest})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,11 +11,11 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -43,10 +44,12 @@ first); a unique digest prefix of 12 or more hex digits is enough. One
 layer digest shows that layer as built, whiteout markers as files; with
 --overlay, in the form kernel overlayfs stacks. The command serves in the
 foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
-		Args: cobra.MinimumNArgs(2),
+		Args:        cobra.MinimumNArgs(2),
+		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMount(g, f, args[:len(args)-1], args[len(args)-1])
+			return runMount(cmd.Context(), g, f, args[:len(args)-1], args[len(args)-1])
 		},
+		ValidArgsFunction: completeTargets(g),
 	}
 	fl := cmd.Flags()
 	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
@@ -58,7 +61,7 @@ foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
 	return cmd
 }
 
-func runMount(g *globals, f mountFlags, targets []string, mountpoint string) error {
+func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
 		return err
 	}
@@ -66,7 +69,7 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 		return daemonize(mountpoint)
 	}
 	defer startProfiles()()
-	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount")
+	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "mount")
 	if err != nil {
 		return err
 	}
@@ -91,7 +94,7 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 
 // openTree resolves targets and makes the node tree that serves them;
 // op names the command in errors. closeView releases the view.
-func openTree(g *globals, targets []string, overlay bool, op string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
 	// A server holds one small node per path the kernel keeps: its heap
 	// is many small objects that live long, and the default GC target
 	// would double it. Collect sooner unless the user chose.
@@ -102,13 +105,13 @@ func openTree(g *globals, targets []string, overlay bool, op string) (tree *laye
 	if err != nil {
 		return nil, t, nil, err
 	}
-	if t, err = s.Resolve(targets); err != nil {
+	if t, err = resolve(s, targets); err != nil {
 		return nil, t, nil, err
 	}
 	if overlay && !t.Single {
 		return nil, t, nil, fmt.Errorf("--overlay shows one layer; %s is not one", t)
 	}
-	if err := s.Prepare(t); err != nil {
+	if err := s.Prepare(ctx, t); err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
 	view, err := s.OpenView(t.Digests(), t.Single)
@@ -204,38 +207,64 @@ func lastLine(s string) string {
 
 func umountCmd(*globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "umount MOUNTPOINT",
-		Short: "Unmount a layerfs mount, also one whose server died",
-		Args:  cobra.ExactArgs(1),
+		Use:               "umount MOUNTPOINT",
+		Short:             "Unmount a layerfs mount, also one whose server died",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeMountpoints,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return layerfs.Unmount(args[0])
 		},
 	}
 }
 
+// mountItem is one line of mounts; its fields are what --format json
+// prints and templates see.
+type mountItem struct {
+	Mountpoint string `json:"mountpoint"`
+	Target     string `json:"target"`
+	// PID is the server's, when it is alive and recorded.
+	PID   int    `json:"pid,omitempty"`
+	State string `json:"state"`
+}
+
 func mountsCmd(*globals) *cobra.Command {
-	return &cobra.Command{
+	var o output.Options
+	cmd := &cobra.Command{
 		Use:   "mounts",
-		Short: "List live layerfs mounts: mountpoint, target, server state",
-		Args:  cobra.NoArgs,
+		Short: "List live layerfs mounts: mountpoint, target, server pid, state",
+		Long: `List live layerfs mounts: mountpoint, target, the server's pid, and its
+state: "serving", or "dead" when the server is gone and only
+"layerfs umount" cleans the mount up.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mounts, err := layerfs.Mounts()
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tSERVER")
+			items := make([]mountItem, 0, len(mounts))
 			for _, m := range mounts {
-				state := "dead (layerfs umount cleans it)"
+				it := mountItem{Mountpoint: m.Mountpoint, Target: m.Source, State: "dead"}
 				if m.Alive {
-					state = "serving"
-					if pid := layerfs.ServerPID(m.Mountpoint); pid > 0 {
-						state = fmt.Sprintf("pid %d", pid)
-					}
+					it.State, it.PID = "serving", layerfs.ServerPID(m.Mountpoint)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\n", m.Mountpoint, m.Source, state)
+				items = append(items, it)
 			}
-			return w.Flush()
+			return output.Write(os.Stdout, o, output.List[mountItem]{
+				ID: func(m mountItem) string { return output.Name(m.Mountpoint) },
+				Columns: []output.Column[mountItem]{
+					{Header: "MOUNTPOINT", Cell: func(m mountItem) string { return output.Name(m.Mountpoint) }},
+					{Header: "TARGET", Cell: func(m mountItem) string { return output.Name(m.Target) }},
+					{Header: "PID", Cell: func(m mountItem) string {
+						if m.PID <= 0 {
+							return ""
+						}
+						return fmt.Sprint(m.PID)
+					}},
+					{Header: "STATE", Cell: func(m mountItem) string { return m.State }},
+				},
+			}, items)
 		},
 	}
+	listFlags(cmd, &o, "mountpoints")
+	return cmd
 }
