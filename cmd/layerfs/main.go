@@ -70,12 +70,13 @@ type globals struct {
 }
 
 func main() {
+	// First of all: a signal before this is the default one's death.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	ctx, interrupt := context.WithCancel(context.Background())
 	cmd := rootCommand()
 	var running atomic.Pointer[cobra.Command]
 	cmd.PersistentPreRunE = chainPreRun(cmd.PersistentPreRunE, func(c *cobra.Command) { running.Store(c) })
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		<-sig
 		interrupt()
