@@ -45,8 +45,9 @@ func openView(ctx context.Context, g *globals, arg string) (*store.Store, *store
 
 func whichCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "which TARGET PATH",
-		Short: "Tell which layer provides a path, and what it hides",
+		Use:               "which TARGET PATH",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "Tell which layer provides a path, and what it hides",
 		Long: `Tell which layer provides PATH in the view of TARGET.
 
 The first line is the digest of the layer whose entry the view shows.
@@ -97,8 +98,9 @@ Go-quoted.
 
 func diffCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "diff A B",
-		Short: "List what changed from view A to view B, from the indexes alone",
+		Use:               "diff A B",
+		ValidArgsFunction: completeTargets(g, 2),
+		Short:             "List what changed from view A to view B, from the indexes alone",
 		Long: `List every path that differs from the view of A to the view of B, one a
 line, sorted by path: "A" added, "D" deleted or "M" modified (type, mode,
 owner, size, mtime, content, link target, device numbers or xattrs), a
@@ -136,8 +138,9 @@ compared by digest, so nothing but the indexes is read.
 func lsCmd(g *globals) *cobra.Command {
 	var opt viewops.ListOptions
 	cmd := &cobra.Command{
-		Use:   "ls [-l] [-R] TARGET [PATH]",
-		Short: "List a directory of a view from the index, with no mount",
+		Use:               "ls [-l] [-R] TARGET [PATH]",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "List a directory of a view from the index, with no mount",
 		Long: `List directory PATH (default the root) of the view of TARGET as GNU
 ls -A does to a pipe (LC_ALL=C): dot files included, sorted by byte
 order. -l writes ls -ln lines, times in UTC as --time-style='+%Y-%m-%d
@@ -167,8 +170,9 @@ headed "PATH:".
 func exportCmd(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
-		Use:   "export TARGET [-o FILE]",
-		Short: "Write the merged view as one tar stream",
+		Use:               "export TARGET [-o FILE]",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "Write the merged view as one tar stream",
 		Long: `Write the merged view of TARGET as one PAX tar stream, to stdout or FILE:
 every path in sorted order, every directory with an entry of its own,
 hardlinks as links to the first name written, mtimes with nanoseconds,

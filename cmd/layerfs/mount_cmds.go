@@ -49,7 +49,12 @@ foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runMount(cmd.Context(), g, f, args[:len(args)-1], args[len(args)-1])
 		},
-		ValidArgsFunction: completeTargets(g),
+		// Targets, and the shell's own completion for the mountpoint
+		// once no target matches.
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			targets, _ := completeTargets(g, 0)(cmd, args, toComplete)
+			return targets, cobra.ShellCompDirectiveDefault
+		},
 	}
 	fl := cmd.Flags()
 	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")

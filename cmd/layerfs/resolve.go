@@ -76,9 +76,13 @@ func editDistance(a, b string) int {
 }
 
 // completeTargets completes image names and manifest and layer digests
-// of the store the flags name.
-func completeTargets(g *globals) cobra.CompletionFunc {
+// of the store the flags name, for the first targets arguments (all of
+// them when targets is 0).
+func completeTargets(g *globals, targets int) cobra.CompletionFunc {
 	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if targets > 0 && len(args) >= targets {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
 		s, err := g.open()
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveError

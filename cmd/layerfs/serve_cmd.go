@@ -50,7 +50,7 @@ starts listening (silenced by --log-level error).
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), g, f, args)
 		},
-		ValidArgsFunction: completeTargets(g),
+		ValidArgsFunction: completeTargets(g, 0),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.virtiofs, "virtiofs", "", "vhost-user socket to listen on (required)")

@@ -230,7 +230,7 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 
 ` + stackHelp,
 		Args:              cobra.MinimumNArgs(1),
-		ValidArgsFunction: completeTargets(g),
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -276,7 +276,7 @@ func rmCmd(g *globals) *cobra.Command {
 		Use:               "rm NAME...",
 		Short:             "Remove images by name (gc frees what no image uses any more)",
 		Args:              cobra.MinimumNArgs(1),
-		ValidArgsFunction: completeTargets(g),
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -308,7 +308,7 @@ func verifyCmd(g *globals) *cobra.Command {
 every image. A store that verifies prints one line: "ok: N
 blobs, N objects, N indexes" on stdout. Otherwise every problem is a line on
 stderr, then the images it affects, and the exit code is 1.`,
-		ValidArgsFunction: completeTargets(g),
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
