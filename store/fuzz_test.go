@@ -64,7 +64,7 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 	}
 	n := 0
 	for _, l := range layers {
-		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}, meter: noMeter{}}
 		_, err := x.read(bytes.NewReader(l))
 		x.abort()
 		var buf bytes.Buffer
@@ -146,7 +146,7 @@ func FuzzExtract(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, layer []byte) {
-		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}}
+		x := &extraction{store: s, root: index.NewRoot(), objects: map[digest.Digest]bool{}, meter: noMeter{}}
 		_, err := x.read(bytes.NewReader(layer))
 		x.abort()
 		if left, _ := os.ReadDir(s.path(tmpDir)); len(left) > 0 {
