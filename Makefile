@@ -1,16 +1,25 @@
 # make demo: build, import the sample image, mount it, show it, unmount.
 # make test: install what the tests need (apt-get, as root), then run them all.
+# make install: build, then install to $(DESTDIR)$(PREFIX)/bin.
 GO ?= go
 BIN := bin/layerfs
+PREFIX ?= /usr/local
+# layerfs --version tells these; without git they are left to the go command.
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Tests that mount for real fail, rather than skip, when they cannot run.
 export LAYERFS_INTEGRATION ?= 1
 TEST_PACKAGES := fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin qemu-system-x86 linux-image-amd64 busybox-static xz-utils
 
-.PHONY: build demo test deps lint unit bench fuzz soak clean
+.PHONY: build install demo test deps lint unit bench fuzz soak clean
 
 build:
-	$(GO) build -o $(BIN) ./cmd/layerfs
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/layerfs
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/layerfs
 
 demo: build
 	@bash scripts/demo.sh $(BIN)

@@ -57,12 +57,21 @@ func (sb sandbox) outside(t *testing.T) string {
 
 // refused checks a failed command as README documents it: exit 1, one
 // line on stderr starting "layerfs:" and saying want, nothing on stdout;
-// then that nothing outside the store changed and the store verifies.
+// or for a usage error exit 2, the message then the usage line. Then
+// that nothing outside the store changed and the store verifies.
 func (sb sandbox) refused(t *testing.T, before string, r result, want string) {
 	t.Helper()
-	if r.code != 1 || !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 ||
-		!strings.Contains(r.stderr, want) || r.stdout != "" {
-		t.Errorf("exit %d, stdout %q, stderr %q; want exit 1 and one line saying %q", r.code, r.stdout, r.stderr, want)
+	msg, usage, _ := strings.Cut(r.stderr, "\nUsage: layerfs")
+	if r.code == 2 {
+		msg = strings.TrimSuffix(strings.TrimSuffix(msg, "\n"), "?")
+		if usage == "" {
+			t.Errorf("usage error without the usage line: %q", r.stderr)
+		}
+	}
+	if (r.code != 1 && (r.code != 2 || usage == "")) || !strings.HasPrefix(r.stderr, "layerfs: ") ||
+		(!strings.HasPrefix(msg, "layerfs: unknown command") && strings.Count(strings.TrimSpace(msg), "\n") > 0) ||
+		!strings.Contains(msg, want) || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want exit 1 (2 with the usage line) and one line saying %q", r.code, r.stdout, r.stderr, want)
 	}
 	if after := sb.outside(t); after != before {
 		t.Errorf("the command changed files outside the store:\nbefore:\n%s\nafter:\n%s", before, after)
@@ -107,7 +116,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"inspect", "sha256:xyz"}, "not an image name, nor a digest"},
 		{[]string{"inspect", "887de7c1b19"}, "not an image name, nor a digest"},
 		{[]string{"inspect", unknown}, "not found"},
-		{[]string{"inspect", "sample", "sample"}, "not an image name"},
+		{[]string{"inspect", "sample", "no-such-image"}, "not found"},
 		{[]string{"rm"}, "requires at least 1 arg"},
 		{[]string{"rm", "no-such-image"}, "not found"},
 		{[]string{"rm", "sha256:f300a35215b6"}, "is not an image name"},

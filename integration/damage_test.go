@@ -112,7 +112,7 @@ func TestDamagedStoreUnderLiveMount(t *testing.T) {
 // topLayerIndex is the index file of image name's highest layer.
 func topLayerIndex(t *testing.T, root, name string) string {
 	t.Helper()
-	out := mustRun(t, root, "layers")
+	out := mustRun(t, root, "layers", "--no-trunc")
 	var top string
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "sha256:") && strings.Contains(line, name) {

@@ -218,8 +218,8 @@ func TestWhichMatchesMounts(t *testing.T) {
 					continue
 				}
 				if !shown {
-					if !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, "not in the view") {
-						t.Errorf("which %s: stderr %q", p, r.stderr)
+					if r.code != 3 || !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, "not in the view") {
+						t.Errorf("which %s: exit %d, stderr %q; want exit 3", p, r.code, r.stderr)
 					}
 				} else {
 					provider, ok := layer[lines[0]]

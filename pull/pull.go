@@ -276,7 +276,7 @@ func (p *Puller) pullManifest(ctx context.Context, name string, repo *remote.Rep
 	}
 	// Every layer is extracted now: StoreImage only has to write the
 	// config and manifest and name the image.
-	return p.store.StoreImage(name, desc, mdata, func(d ocispec.Descriptor) (io.ReadCloser, error) {
+	return p.store.StoreImage(ctx, name, desc, mdata, func(d ocispec.Descriptor) (io.ReadCloser, error) {
 		if d.Digest == m.Config.Digest {
 			return io.NopCloser(bytes.NewReader(cdata)), nil
 		}
@@ -324,7 +324,7 @@ func (p *Puller) fetchAndExtract(ctx context.Context, repo *remote.Repository, l
 		return ctx.Err()
 	}
 	defer func() { <-p.extract }()
-	return p.store.ExtractLayer(l, diffID, func() (io.ReadCloser, error) {
+	return p.store.ExtractLayer(ctx, l, diffID, func() (io.ReadCloser, error) {
 		return nil, fmt.Errorf("blob %s left the store", l.Digest)
 	})
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -14,7 +15,7 @@ import (
 // ImportLayer stores a bare layer tar, plain or compressed, with no image
 // around it: it is listed by Layers, mountable by digest, and kept by gc
 // through an entry of the store's index.json of a layer media type.
-func (s *Store) ImportLayer(file string) (ocispec.Descriptor, error) {
+func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descriptor, error) {
 	release, err := s.Writing()
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -31,7 +32,7 @@ func (s *Store) ImportLayer(file string) (ocispec.Descriptor, error) {
 	if err != nil {
 		return desc, fmt.Errorf("import layer %s: %w", file, err)
 	}
-	err = s.ExtractLayer(desc, "", func() (io.ReadCloser, error) {
+	err = s.ExtractLayer(ctx, desc, "", func() (io.ReadCloser, error) {
 		f, err := os.Open(file)
 		if err != nil {
 			return nil, err

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -39,7 +40,7 @@ func TestManyExtractorsOfOneLayer(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = s.ExtractLayer(layer, diffID, func() (io.ReadCloser, error) {
+			errs[i] = s.ExtractLayer(context.Background(), layer, diffID, func() (io.ReadCloser, error) {
 				reads.Add(1)
 				return io.NopCloser(bytes.NewReader(blob)), nil
 			})

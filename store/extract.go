@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -49,7 +50,10 @@ func (e *EntryError) Unwrap() error { return e.Err }
 // extracted in that one pass. diffID is the config's digest of the
 // uncompressed tar. A layer already extracted is left alone, by this
 // process or any other.
-func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if err := checkDigest(desc.Digest); err != nil {
 		return fmt.Errorf("layer %q: %w", desc.Digest, err)
 	}
@@ -64,20 +68,19 @@ func (s *Store) ExtractLayer(desc ocispec.Descriptor, diffID digest.Digest, src 
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	defer unlock()
-	if err := s.extractLocked(desc, diffID, src); err != nil {
+	if err := s.extractLocked(ctx, desc, diffID, src); err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	return nil
 }
 
-func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) (err error) {
 	haveBlob := s.HasBlob(desc.Digest)
 	if haveBlob && s.Extracted(desc.Digest) {
 		return nil
 	}
 	var in io.ReadCloser
 	var blob *Staged
-	var err error
 	if haveBlob {
 		in, err = s.openRegular(blobRel(desc.Digest))
 	} else {
@@ -87,13 +90,15 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 		return err
 	}
 	defer in.Close()
-	var r io.Reader = in
+	meter := extractMeter(ctx, desc)
+	defer func() { meter.Done(err) }()
+	var r io.Reader = contextReader{ctx, in, meter}
 	if !haveBlob {
 		if blob, err = s.stage("blob"); err != nil {
 			return err
 		}
 		defer blob.Abort()
-		r = io.TeeReader(in, blob)
+		r = io.TeeReader(r, blob)
 	}
 	limit, err := expansionLimit(desc.Size)
 	if err != nil {
@@ -104,6 +109,7 @@ func (s *Store) extractLocked(desc ocispec.Descriptor, diffID digest.Digest, src
 		return err
 	}
 	defer x.abort()
+	x.meter = meter
 	uncompressed, err := x.read(r)
 	if err != nil {
 		return err
@@ -152,6 +158,7 @@ type extraction struct {
 	buf      []byte
 	keyBuf   []byte
 	recBuf   []byte
+	meter    ExtractMeter
 }
 
 func (s *Store) newExtraction(limit int64) (*extraction, error) {
@@ -164,7 +171,7 @@ func (s *Store) newExtraction(limit int64) (*extraction, error) {
 		return nil, fmt.Errorf("stage extraction: %w", err)
 	}
 	return &extraction{
-		store: s, dir: dir, limit: limit,
+		store: s, dir: dir, limit: limit, meter: noMeter{},
 		entries: newSorter(dir, "entries"), results: newSorter(dir, "results"),
 		links: map[uint64]*link{}, targets: map[string][]uint64{}, files: map[uint64]index.Entry{},
 	}, nil
@@ -203,6 +210,7 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 		if err := x.add(hdr, tr); err != nil {
 			return "", &EntryError{Entry: hdr.Name, Err: err}
 		}
+		x.meter.Entry()
 	}
 	// The tar's end blocks and any padding after them are part of the
 	// diff_id, and the rest of the compressed stream part of the digest.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -288,7 +289,7 @@ func FuzzDockerManifest(f *testing.F) {
 		for k, v := range files {
 			fsys[k] = v
 		}
-		s.importDockerArchive(fsys, ImportOptions{})
+		s.importDockerArchive(context.Background(), fsys, ImportOptions{})
 	})
 }
 
@@ -307,7 +308,7 @@ func FuzzLayoutIndex(f *testing.F) {
 				fsys[k] = v
 			}
 		}
-		s.importLayout(fsys, ImportOptions{})
+		s.importLayout(context.Background(), fsys, ImportOptions{})
 	})
 }
 
@@ -326,7 +327,7 @@ func FuzzManifest(f *testing.F) {
 	open := func(d ocispec.Descriptor) (io.ReadCloser, error) { return src.files.Open(layoutBlob(d.Digest)) }
 	f.Fuzz(func(t *testing.T, mdata []byte) {
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(mdata), Size: int64(len(mdata))}
-		if err := s.StoreImage("", desc, mdata, open); err != nil {
+		if err := s.StoreImage(context.Background(), "", desc, mdata, open); err != nil {
 			return
 		}
 		if _, err := s.Resolve([]string{desc.Digest.String()}); err != nil {
@@ -358,7 +359,7 @@ func FuzzResolve(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if _, err := s.Import("../testdata/sample", ImportOptions{}); err != nil {
+	if _, err := s.Import(context.Background(), "../testdata/sample", ImportOptions{}); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {

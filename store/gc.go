@@ -183,9 +183,15 @@ type Problem struct {
 
 func (p Problem) String() string { return fmt.Sprintf("%s %s: %v", p.What, p.ID, p.Err) }
 
+// Verified counts what a Verify checked.
+type Verified struct {
+	Blobs, Objects, Indexes int
+}
+
 // Verify re-hashes the blobs and objects of t's layers (of every image
-// when t is nil) and checks their indexes; it returns every problem found.
-func (s *Store) Verify(targets []Target) ([]Problem, error) {
+// when t is nil) and checks their indexes; it returns what it checked and
+// every problem found.
+func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 	var problems []Problem
 	add := func(what, id string, err error) { problems = append(problems, Problem{what, id, err}) }
 	blobs := map[digest.Digest]bool{}
@@ -194,7 +200,7 @@ func (s *Store) Verify(targets []Target) ([]Problem, error) {
 		var err error
 		blobs, layers, err = s.referenced()
 		if err != nil {
-			return nil, err
+			return Verified{}, nil, err
 		}
 	} else {
 		for _, t := range targets {
@@ -212,10 +218,12 @@ func (s *Store) Verify(targets []Target) ([]Problem, error) {
 		}
 	}
 	objects := map[digest.Digest]bool{}
+	indexes := 0
 	for d := range layers {
 		if !s.Extracted(d) {
 			continue
 		}
+		indexes++
 		if err := s.objectsOf(d, func(o digest.Digest) { objects[o] = true }); err != nil {
 			add("layer", d.String(), err)
 		}
@@ -225,7 +233,7 @@ func (s *Store) Verify(targets []Target) ([]Problem, error) {
 			add("object", o.String(), err)
 		}
 	}
-	return problems, nil
+	return Verified{Blobs: len(blobs), Objects: len(objects), Indexes: indexes}, problems, nil
 }
 
 func (s *Store) hashFile(rel string, want digest.Digest) error {

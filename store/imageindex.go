@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -277,4 +278,20 @@ func (s *Store) ImageSize(img Image) (layers int, size int64, err error) {
 		}
 	}
 	return layers, size, nil
+}
+
+// Created is the newest creation time the configs of img's manifests give,
+// or nil when none gives one.
+func (s *Store) Created(img Image) *time.Time {
+	manifests, _, err := s.imageParts(img)
+	if err != nil {
+		return nil
+	}
+	var newest *time.Time
+	for _, desc := range manifests {
+		if _, c, err := s.ImageLayers(desc.Digest); err == nil && c.Created != nil && (newest == nil || c.Created.After(*newest)) {
+			newest = c.Created
+		}
+	}
+	return newest
 }

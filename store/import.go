@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ func SplitSourceRef(arg string) (src, ref string) {
 // or a docker-archive, plain or compressed, under the names it gives them.
 // Entries that are not images (artifacts, signatures, attestations) are
 // skipped and listed; a bad image fails the import.
-func (s *Store) Import(src string, opts ImportOptions) (ImportResult, error) {
+func (s *Store) Import(ctx context.Context, src string, opts ImportOptions) (ImportResult, error) {
 	release, err := s.Writing()
 	if err != nil {
 		return ImportResult{}, err
@@ -132,9 +133,9 @@ func (s *Store) Import(src string, opts ImportOptions) (ImportResult, error) {
 		// saving by digest, and in 25.0.0 with the layers of its OCI
 		// manifest out of order (moby #47150): manifest.json is the
 		// document docker load reads, so it is the one read here.
-		res.Images, err = s.importDockerArchive(fsys, opts)
+		res.Images, err = s.importDockerArchive(ctx, fsys, opts)
 	case exists(fsys, "index.json"):
-		res, err = s.importLayout(fsys, opts)
+		res, err = s.importLayout(ctx, fsys, opts)
 	case exists(fsys, "repositories"):
 		err = errLegacyArchive
 	default:
@@ -187,13 +188,14 @@ func layoutBlob(d digest.Digest) string {
 
 // layoutImport is the import of one OCI image layout.
 type layoutImport struct {
+	ctx  context.Context
 	s    *Store
 	fsys fs.FS
 	opts ImportOptions
 	res  ImportResult
 }
 
-func (s *Store) importLayout(fsys fs.FS, opts ImportOptions) (ImportResult, error) {
+func (s *Store) importLayout(ctx context.Context, fsys fs.FS, opts ImportOptions) (ImportResult, error) {
 	data, err := readSmall(fsys, "index.json")
 	if err != nil {
 		return ImportResult{}, err
@@ -206,7 +208,7 @@ func (s *Store) importLayout(fsys fs.FS, opts ImportOptions) (ImportResult, erro
 	if err != nil {
 		return ImportResult{}, err
 	}
-	li := &layoutImport{s: s, fsys: fsys, opts: opts}
+	li := &layoutImport{ctx: ctx, s: s, fsys: fsys, opts: opts}
 	for _, desc := range entries {
 		name := refName(desc)
 		if err := li.entry(name, desc); err != nil {
@@ -323,7 +325,7 @@ func (li *layoutImport) manifest(desc ocispec.Descriptor) (stored bool, err erro
 	if err := li.checkLayerOrder(desc, m); err != nil {
 		return false, err
 	}
-	return true, li.s.storeManifest(desc, mdata, li.open)
+	return true, li.s.storeManifest(li.ctx, desc, mdata, li.open)
 }
 
 // checkLayerOrder names the docker 25.0.0 bug (moby #47150) plainly: an
@@ -489,18 +491,18 @@ func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
 // StoreImage stores an image given its manifest bytes: config, every layer
 // extracted (in parallel, bounded by the cores), the manifest, and last
 // its name. Blobs the store lacks come from open.
-func (s *Store) StoreImage(name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
+func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
 	if err := CheckImageName(name); err != nil {
 		return err
 	}
-	if err := s.storeManifest(desc, mdata, open); err != nil {
+	if err := s.storeManifest(ctx, desc, mdata, open); err != nil {
 		return err
 	}
 	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
 }
 
 // storeManifest stores an image's config, layers and manifest, unnamed.
-func (s *Store) storeManifest(desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
+func (s *Store) storeManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
 	m, err := ParseManifest(mdata)
 	if err != nil {
 		return err
@@ -513,7 +515,7 @@ func (s *Store) storeManifest(desc ocispec.Descriptor, mdata []byte, open BlobOp
 	if err != nil {
 		return err
 	}
-	if err := s.ExtractLayers(m.Layers, cfg.RootFS.DiffIDs, open); err != nil {
+	if err := s.ExtractLayers(ctx, m.Layers, cfg.RootFS.DiffIDs, open); err != nil {
 		return err
 	}
 	if err := s.PutBlob(m.Config, bytes.NewReader(cdata)); err != nil {
@@ -526,7 +528,7 @@ func (s *Store) storeManifest(desc ocispec.Descriptor, mdata []byte, open BlobOp
 }
 
 // ExtractLayers extracts layers in parallel, at most one per core.
-func (s *Store) ExtractLayers(layers []ocispec.Descriptor, diffIDs []digest.Digest, open BlobOpener) error {
+func (s *Store) ExtractLayers(ctx context.Context, layers []ocispec.Descriptor, diffIDs []digest.Digest, open BlobOpener) error {
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	errs := make([]error, len(layers))
 	var wg sync.WaitGroup
@@ -536,7 +538,7 @@ func (s *Store) ExtractLayers(layers []ocispec.Descriptor, diffIDs []digest.Dige
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			errs[i] = s.ExtractLayer(l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
+			errs[i] = s.ExtractLayer(ctx, l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
 		}()
 	}
 	wg.Wait()
@@ -550,7 +552,7 @@ type dockerManifest struct {
 	Layers   []string
 }
 
-func (s *Store) importDockerArchive(fsys fs.FS, opts ImportOptions) ([]Imported, error) {
+func (s *Store) importDockerArchive(ctx context.Context, fsys fs.FS, opts ImportOptions) ([]Imported, error) {
 	data, err := readSmall(fsys, "manifest.json")
 	if err != nil {
 		return nil, err
@@ -575,7 +577,7 @@ func (s *Store) importDockerArchive(fsys fs.FS, opts ImportOptions) ([]Imported,
 		if len(img.RepoTags) > 0 {
 			label = "image " + img.RepoTags[0]
 		}
-		imported, err := s.importDockerImage(fsys, img)
+		imported, err := s.importDockerImage(ctx, fsys, img)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
@@ -610,7 +612,7 @@ func selectTag(images []dockerManifest, ref string) (dockerManifest, error) {
 
 // importDockerImage turns one docker-archive image into an OCI manifest
 // over the same config and the archive's layer tars.
-func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, error) {
+func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerManifest) ([]Imported, error) {
 	cdata, err := readSmall(fsys, path.Clean(img.Config))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -654,7 +656,7 @@ func (s *Store) importDockerImage(fsys fs.FS, img dockerManifest) ([]Imported, e
 		if tag != "" {
 			name = NormalizeName(tag)
 		}
-		if err := s.StoreImage(name, desc, mdata, open); err != nil {
+		if err := s.StoreImage(ctx, name, desc, mdata, open); err != nil {
 			return nil, err
 		}
 		out = append(out, Imported{Name: name, Manifest: desc.Digest})

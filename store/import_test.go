@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -69,7 +70,7 @@ func TestImportJibLowercaseKeys(t *testing.T) {
 		t.Fatalf("manifest.json has no docker keys to lowercase: %s", data)
 	}
 	s := newStore(t)
-	got, err := s.importDockerArchive(overlayFS{fstest.MapFS{"manifest.json": {Data: []byte(lower)}}, fsys}, ImportOptions{})
+	got, err := s.importDockerArchive(context.Background(), overlayFS{fstest.MapFS{"manifest.json": {Data: []byte(lower)}}, fsys}, ImportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,11 +112,11 @@ func TestImportNamesDocker25LayerOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newStore(t)
-	_, err = s.Import(dir, ImportOptions{})
+	_, err = s.Import(context.Background(), dir, ImportOptions{})
 	if err == nil || !strings.Contains(err.Error(), "moby #47150") {
 		t.Fatalf("import: %v; want the docker 25.0.0 layer order named", err)
 	}
-	if problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
+	if _, problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
 		t.Errorf("verify after refusal: %v %v", problems, err)
 	}
 }

@@ -122,8 +122,12 @@ func (s *Store) Layers() ([]LayerInfo, error) {
 	for _, l := range bare {
 		get(l.Digest).MediaType = l.MediaType
 	}
+	// A directory of a layer no image uses is listed only once it holds
+	// something: an interrupted extraction leaves an empty one.
 	for _, d := range s.knownLayers() {
-		get(d)
+		if s.Extracted(d) || s.HasBlob(d) {
+			get(d)
+		}
 	}
 	out := make([]LayerInfo, 0, len(order))
 	for _, d := range order {

@@ -107,3 +107,24 @@ func (p *Partial) Abort() {
 	p.Staged.Abort()
 	p.unlock()
 }
+
+// PartialDownloads counts the partial blobs kept under tmp/ for a later
+// fetch to resume from, and their bytes; gc removes them.
+func (s *Store) PartialDownloads() (files int, bytes int64, err error) {
+	names, err := filepath.Glob(filepath.Join(s.path(tmpDir), "partial-*"))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, name := range names {
+		if filepath.Ext(name) == ".lock" {
+			continue
+		}
+		st, err := os.Lstat(name)
+		if err != nil {
+			continue
+		}
+		files++
+		bytes += st.Size()
+	}
+	return files, bytes, nil
+}

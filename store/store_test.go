@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -129,7 +130,7 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 		t.Run(c.Name, func(t *testing.T) {
 			s := newStore(t)
 			src := writeImage(t, testimage.Image{Name: "bad", Layers: c.Layers})
-			_, err := s.Import(src, ImportOptions{})
+			_, err := s.Import(context.Background(), src, ImportOptions{})
 			if err == nil {
 				t.Fatal("import succeeded")
 			}
@@ -141,10 +142,10 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 				t.Errorf("refused image listed: %v", imgs)
 			}
 			assertNoTemps(t, s)
-			if problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
+			if _, problems, err := s.Verify(nil); err != nil || len(problems) > 0 {
 				t.Errorf("verify after refusal: %v %v", problems, err)
 			}
-			if _, err := s.Import(good, ImportOptions{}); err != nil {
+			if _, err := s.Import(context.Background(), good, ImportOptions{}); err != nil {
 				t.Errorf("a good import after the refusal: %v", err)
 			}
 		})
@@ -153,7 +154,7 @@ func TestImportRefusesHostileLayers(t *testing.T) {
 
 func TestImportSample(t *testing.T) {
 	s := newStore(t)
-	res, err := s.Import("../testdata/sample", ImportOptions{})
+	res, err := s.Import(context.Background(), "../testdata/sample", ImportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -263,7 +264,7 @@ func (s *Store) layerDescriptor(images []Image, d digest.Digest) (ocispec.Descri
 
 // Prepare makes sure every layer of t is extracted, extracting from the
 // store's blobs those that are not.
-func (s *Store) Prepare(t Target) error {
+func (s *Store) Prepare(ctx context.Context, t Target) error {
 	var missing []ocispec.Descriptor
 	var diffIDs []digest.Digest
 	for i, l := range t.Layers {
@@ -283,7 +284,7 @@ func (s *Store) Prepare(t Target) error {
 		return err
 	}
 	defer release()
-	return s.ExtractLayers(missing, diffIDs, func(ocispec.Descriptor) (io.ReadCloser, error) {
+	return s.ExtractLayers(ctx, missing, diffIDs, func(ocispec.Descriptor) (io.ReadCloser, error) {
 		return nil, ErrNotFound
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/layerfs/layerfs/store/index"
 )
@@ -29,7 +30,7 @@ func (c Change) String() string {
 	if p == "" {
 		p = "."
 	}
-	return string(c.Kind) + " " + p
+	return string(c.Kind) + " " + output.Name(p)
 }
 
 // Diff lists every path that differs from view a to view b, sorted by

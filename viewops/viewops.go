@@ -9,6 +9,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/layerfs/layerfs/store/index"
 )
@@ -77,8 +78,10 @@ func lookup(v *store.View, dir store.Node, p, name string) (store.Node, error) {
 }
 
 // showPath names a path in messages; the root is "/".
+// showPath prints p for messages and line-oriented output, quoted when
+// it holds a newline, tab, backslash or other control character.
 func showPath(p string) string {
-	return "/" + p
+	return output.Name("/" + p)
 }
 
 // WalkFunc is called for every path Walk visits, p as CleanPath gives it.

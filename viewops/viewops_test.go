@@ -1,6 +1,7 @@
 package viewops
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 
@@ -20,7 +21,7 @@ func openImage(t *testing.T, layers []testimage.Layer) (*store.Store, *store.Vie
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Import(dir, store.ImportOptions{}); err != nil {
+	if _, err := s.Import(context.Background(), dir, store.ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	target, err := s.Resolve([]string{"img"})

@@ -2,13 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/layerfs/layerfs/viewops"
 	"github.com/spf13/cobra"
@@ -23,7 +24,7 @@ commas, lowest first; one layer digest is that layer as built.`
 
 // openView opens the view one TARGET argument names, extracting any
 // layer not yet extracted.
-func openView(g *globals, arg string) (*store.Store, *store.View, error) {
+func openView(ctx context.Context, g *globals, arg string) (*store.Store, *store.View, error) {
 	s, err := g.open()
 	if err != nil {
 		return nil, nil, err
@@ -32,7 +33,7 @@ func openView(g *globals, arg string) (*store.Store, *store.View, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.Prepare(t); err != nil {
+	if err := s.Prepare(ctx, t); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", t, err)
 	}
 	v, err := s.OpenView(t.Digests(), t.Single)
@@ -44,21 +45,24 @@ func openView(g *globals, arg string) (*store.Store, *store.View, error) {
 
 func whichCmd(g *globals) *cobra.Command {
 	return withViewPlatform(g, &cobra.Command{
-		Use:   "which TARGET PATH",
-		Short: "Tell which layer provides a path, and what it hides",
+		Use:               "which TARGET PATH",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "Tell which layer provides a path, and what it hides",
 		Long: `Tell which layer provides PATH in the view of TARGET.
 
 The first line is the digest of the layer whose entry the view shows.
 Then, one a line, each lower layer whose directory merges into it
 ("merges DIGEST TYPE") and each lower layer's entry that the view hides,
 with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
-in DIGEST"). A path the view does not show exits 1, saying on stderr
-what removed it; its hidden entries are still listed on stdout.
+in DIGEST"). A path the view does not show exits 3, saying on stderr
+what removed it; its hidden entries are still listed on stdout. Paths
+with a newline, tab, backslash or other control character are printed
+Go-quoted.
 
 ` + stackHelp,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, v, err := openView(g, args[0])
+			_, v, err := openView(cmd.Context(), g, args[0])
 			if err != nil {
 				return err
 			}
@@ -83,35 +87,37 @@ what removed it; its hidden entries are still listed on stdout.
 			if pr.Shown {
 				return nil
 			}
-			shown := "/" + pr.Path
+			shown := output.Name("/" + pr.Path)
 			if len(pr.Hidden) == 0 {
-				return fmt.Errorf("%s is not in the view, and no layer has it", shown)
+				return exitError{exitNotInView, fmt.Sprintf("%s is not in the view, and no layer has it", shown)}
 			}
-			return fmt.Errorf("%s is not in the view: %s removed it", shown, pr.Hidden[0].By)
+			return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: %s removed it", shown, pr.Hidden[0].By)}
 		},
 	})
 }
 
 func diffCmd(g *globals) *cobra.Command {
 	return withViewPlatform(g, &cobra.Command{
-		Use:   "diff A B",
-		Short: "List what changed from view A to view B, from the indexes alone",
+		Use:               "diff A B",
+		ValidArgsFunction: completeTargets(g, 2),
+		Short:             "List what changed from view A to view B, from the indexes alone",
 		Long: `List every path that differs from the view of A to the view of B, one a
 line, sorted by path: "A" added, "D" deleted or "M" modified (type, mode,
 owner, size, mtime, content, link target, device numbers or xattrs), a
 space, and the path without a leading slash ("." for the root). The
-children of an added or deleted directory are listed too. Contents are
+children of an added or deleted directory are listed too. A path with a
+newline, tab, backslash or other control character is printed Go-quoted. Contents are
 compared by digest, so nothing but the indexes is read.
 
 ` + stackHelp,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, a, err := openView(g, args[0])
+			_, a, err := openView(cmd.Context(), g, args[0])
 			if err != nil {
 				return err
 			}
 			defer a.Close()
-			_, b, err := openView(g, args[1])
+			_, b, err := openView(cmd.Context(), g, args[1])
 			if err != nil {
 				return err
 			}
@@ -132,8 +138,9 @@ compared by digest, so nothing but the indexes is read.
 func lsCmd(g *globals) *cobra.Command {
 	var opt viewops.ListOptions
 	cmd := &cobra.Command{
-		Use:   "ls [-l] [-R] TARGET [PATH]",
-		Short: "List a directory of a view from the index, with no mount",
+		Use:               "ls [-l] [-R] TARGET [PATH]",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "List a directory of a view from the index, with no mount",
 		Long: `List directory PATH (default the root) of the view of TARGET as GNU
 ls -A does to a pipe (LC_ALL=C): dot files included, sorted by byte
 order. -l writes ls -ln lines, times in UTC as --time-style='+%Y-%m-%d
@@ -143,7 +150,7 @@ headed "PATH:".
 ` + stackHelp,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, v, err := openView(g, args[0])
+			_, v, err := openView(cmd.Context(), g, args[0])
 			if err != nil {
 				return err
 			}
@@ -163,8 +170,9 @@ headed "PATH:".
 func exportCmd(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
-		Use:   "export TARGET [-o FILE]",
-		Short: "Write the merged view as one tar stream",
+		Use:               "export TARGET [-o FILE]",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "Write the merged view as one tar stream",
 		Long: `Write the merged view of TARGET as one PAX tar stream, to stdout or FILE:
 every path in sorted order, every directory with an entry of its own,
 hardlinks as links to the first name written, mtimes with nanoseconds,
@@ -172,47 +180,62 @@ xattrs as SCHILY.xattr records, and no whiteout markers.
 "tar --xattrs --xattrs-include='*' --numeric-owner -xpf -" unpacks it to
 exactly the merged view.
 
+A terminal is refused, as stdout or FILE. A regular FILE is written
+beside its name and renamed into place once whole; a FIFO or character
+device is written into, never replaced; a symlink is followed; a
+directory, socket or block device is refused before anything is read.
+
 ` + stackHelp,
-		Args: cobra.ExactArgs(1),
+		Args:        cobra.ExactArgs(1),
+		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, v, err := openView(g, args[0])
+			w, err := exportOutput(out)
 			if err != nil {
+				return fmt.Errorf("export to %s: %w", out, err)
+			}
+			s, v, err := openView(cmd.Context(), g, args[0])
+			if err != nil {
+				w.Abort()
 				return err
 			}
 			defer v.Close()
-			if out == "" {
-				return exportTo(os.Stdout, v, s)
+			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), w}, 1<<20)
+			if err := errors.Join(viewops.Export(bw, v, s.OpenObject), bw.Flush()); err != nil {
+				w.Abort()
+				return fmt.Errorf("export to %s: %w", w.Name(), err)
 			}
-			return exportFile(out, v, s)
+			if err := w.Commit(); err != nil {
+				return fmt.Errorf("export to %s: %w", out, err)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout")
 	return withViewPlatform(g, cmd)
 }
 
-func exportTo(w io.Writer, v *store.View, s *store.Store) error {
-	bw := bufio.NewWriterSize(w, 1<<20)
-	if err := viewops.Export(bw, v, s.OpenObject); err != nil {
-		return err
+// exportOutput opens where export writes: FILE, or stdout unless it is a
+// terminal.
+func exportOutput(file string) (*output.File, error) {
+	if file != "" {
+		return output.Create(file)
 	}
-	return bw.Flush()
+	if err := output.RefuseTerminal(os.Stdout, "stdout"); err != nil {
+		return nil, err
+	}
+	return &output.File{File: os.Stdout}, nil
 }
 
-// exportFile writes the tar beside file and renames it into place, so a
-// failed export never leaves a truncated tar under the name asked for.
-func exportFile(file string, v *store.View, s *store.Store) error {
-	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("export to %s: %w", file, err)
+// contextWriter fails writes once ctx is done, so an interrupted export
+// stops within one buffer.
+type contextWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c contextWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
 	}
-	// CreateTemp's 0600 is for the temporary name; the tar is no secret.
-	err = errors.Join(f.Chmod(0o644), exportTo(f, v, s), f.Close())
-	if err == nil {
-		err = os.Rename(f.Name(), file)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("export to %s: %w", file, err)
-	}
-	return nil
+	return c.w.Write(p)
 }

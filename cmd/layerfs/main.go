@@ -3,22 +3,63 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
 
-// exitError carries an exit code other than 1 for a command that failed
-// without anything more to say than its own output.
-type exitError struct{ code int }
+// Exit codes, documented in README.md.
+const (
+	exitFailure     = 1
+	exitUsage       = 2
+	exitNotInView   = 3
+	exitInterrupted = 130
+)
 
-func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+// exitError carries an exit code other than 1 for a command that failed
+// without anything more to say than its own output, or with msg.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return fmt.Sprintf("exit %d", e.code)
+}
+
+// usageError is a command line that does not parse: exit 2, with the
+// usage line of the command.
+type usageError struct {
+	cmd *cobra.Command
+	err error
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// handlesInterrupt marks a command that handles SIGINT and SIGTERM
+// itself: with stopsOnInterrupt, it stops, removes what it staged and
+// returns, and exits 130 (a second signal ends it at once); with
+// servesOnInterrupt, it unmounts and exits 0, and every further signal is
+// its own. Any other command is ended at once, with exit 130.
+const (
+	handlesInterrupt  = "layerfs/interrupt"
+	stopsOnInterrupt  = "stops"
+	servesOnInterrupt = "serves"
+)
 
 // commands are the subcommands; each file registers its own in init.
 var commands []func(*globals) *cobra.Command
@@ -31,36 +72,128 @@ type globals struct {
 }
 
 func main() {
+	// First of all: a signal before this is the default one's death.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	ctx, interrupt := context.WithCancel(context.Background())
+	cmd := rootCommand()
+	var running atomic.Pointer[cobra.Command]
+	cmd.PersistentPreRunE = chainPreRun(cmd.PersistentPreRunE, func(c *cobra.Command) { running.Store(c) })
+	go func() {
+		<-sig
+		interrupt()
+		switch c := running.Load(); {
+		case c == nil:
+		case c.Annotations[handlesInterrupt] == servesOnInterrupt:
+			return
+		case c.Annotations[handlesInterrupt] == stopsOnInterrupt:
+			<-sig
+		}
+		fmt.Fprintln(os.Stderr, "layerfs: interrupted")
+		os.Exit(exitInterrupted)
+	}()
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "layerfs: interrupted")
+		os.Exit(exitInterrupted)
+	}
+	os.Exit(report(err))
+}
+
+// report prints err as layerfs's one-line error, or a usage error with
+// its usage line, and returns the exit code.
+func report(err error) int {
+	var ee exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintf(os.Stderr, "layerfs: %s\n", oneLine(ee.msg))
+		}
+		return ee.code
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		// cobra's own messages (an unknown command and its suggestions)
+		// are several lines on purpose: printed as they are.
+		fmt.Fprintf(os.Stderr, "layerfs: %s\n", strings.TrimRight(ue.err.Error(), "\n"))
+		fmt.Fprintf(os.Stderr, "Usage: %s\nRun '%s --help' for more.\n", ue.cmd.UseLine(), ue.cmd.CommandPath())
+		return exitUsage
+	}
+	fmt.Fprintf(os.Stderr, "layerfs: %s\n", oneLine(err.Error()))
+	return exitFailure
+}
+
+// oneLine joins the lines of errors of parallel work (several layers):
+// the contract is one line per error.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+
+func rootCommand() *cobra.Command {
 	g := &globals{}
 	cmd := &cobra.Command{
 		Use:           "layerfs",
 		Short:         "Serve OCI image layers and images as read-only FUSE mounts",
+		Version:       versionLine(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+			}
+			return errors.New(msg)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			level, err := logrus.ParseLevel(g.logLevel)
 			if err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+				return usageError{cmd, fmt.Errorf("--log-level: %w", err)}
 			}
 			logrus.SetLevel(level)
 			logrus.SetOutput(os.Stderr)
 			return nil
 		},
 	}
+	cmd.SetVersionTemplate("{{.Version}}\n")
+	cmd.SuggestionsMinimumDistance = 2
 	cmd.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $LAYERFS_ROOT, else /var/lib/layerfs as root, else $XDG_DATA_HOME/layerfs)")
 	cmd.PersistentFlags().StringVar(&g.logLevel, "log-level", "warning", "log level: debug, info, warning, error")
+	cmd.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warning", "error"}, cobra.ShellCompDirectiveNoFileComp))
 	for _, c := range commands {
 		cmd.AddCommand(c(g))
 	}
-	if err := cmd.Execute(); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{c, err} })
+	wrapArgs(cmd)
+	return cmd
+}
+
+// wrapArgs makes every argument-count error a usage error.
+func wrapArgs(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return usageError{c, err}
+			}
+			return nil
 		}
-		// Errors of parallel work (several layers) are joined with
-		// newlines; the contract is one line per error.
-		fmt.Fprintf(os.Stderr, "layerfs: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
-		os.Exit(1)
+	}
+	for _, c := range cmd.Commands() {
+		wrapArgs(c)
+	}
+}
+
+// chainPreRun runs then after first, for the command that runs.
+func chainPreRun(first func(*cobra.Command, []string) error, then func(*cobra.Command)) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		if err := first(c, args); err != nil {
+			return err
+		}
+		then(c)
+		return nil
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,14 +11,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -46,9 +46,16 @@ first); a unique digest prefix of 12 or more hex digits is enough. One
 layer digest shows that layer as built, whiteout markers as files; with
 --overlay, in the form kernel overlayfs stacks. The command serves in the
 foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
-		Args: cobra.MinimumNArgs(2),
+		Args:        cobra.MinimumNArgs(2),
+		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMount(g, f, args[:len(args)-1], args[len(args)-1])
+			return runMount(cmd.Context(), g, f, args[:len(args)-1], args[len(args)-1])
+		},
+		// Targets, and the shell's own completion for the mountpoint
+		// once no target matches.
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			targets, _ := completeTargets(g, 0)(cmd, args, toComplete)
+			return targets, cobra.ShellCompDirectiveDefault
 		},
 	}
 	fl := cmd.Flags()
@@ -61,7 +68,7 @@ foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
 	return withViewPlatform(g, cmd)
 }
 
-func runMount(g *globals, f mountFlags, targets []string, mountpoint string) error {
+func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
 		return err
 	}
@@ -78,7 +85,7 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 	defer startProfiles()()
-	tree, t, closeView, err := openTree(g, targets, f.overlay, "mount", absPath(mountpoint))
+	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "mount", absPath(mountpoint))
 	if err != nil {
 		return err
 	}
@@ -105,7 +112,7 @@ func runMount(g *globals, f mountFlags, targets []string, mountpoint string) err
 // view (a mountpoint or socket), leased in the store so that rm and gc
 // leave it alone; op names the command in errors. closeView releases the
 // view and its lease.
-func openTree(g *globals, targets []string, overlay bool, op, view string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op, view string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
 	// A server holds one small node per path the kernel keeps: its heap
 	// is many small objects that live long, and the default GC target
 	// would double it. Collect sooner unless the user chose.
@@ -122,7 +129,7 @@ func openTree(g *globals, targets []string, overlay bool, op, view string) (tree
 	if overlay && !t.Single {
 		return nil, t, nil, fmt.Errorf("--overlay shows one layer; %s is not one", t)
 	}
-	if err := s.Prepare(t); err != nil {
+	if err := s.Prepare(ctx, t); err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
 	v, err := s.OpenView(t.Digests(), t.Single)
@@ -237,7 +244,8 @@ FUSE connection aborted first (as fusermount -u -z cannot), so that the
 processes waiting on it get ENOTCONN; it is then detached, lazily when
 files are still open in it. The server's record and log in the runtime
 directory are removed.`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeMountpoints,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return layerfs.Unmount(args[0])
 		},
@@ -245,7 +253,8 @@ directory are removed.`,
 }
 
 func mountsCmd(*globals) *cobra.Command {
-	return &cobra.Command{
+	var o output.Options
+	cmd := &cobra.Command{
 		Use:   "mounts",
 		Short: "List layerfs mounts: mountpoint, target, server pid and state",
 		Long: `List layerfs mounts: mountpoint, target, server pid and state.
@@ -261,25 +270,24 @@ user did not start are unknown.`,
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "MOUNTPOINT\tTARGET\tPID\tSTATE")
-			for _, m := range mounts {
-				pid := "-"
-				if m.PID > 0 {
-					pid = strconv.Itoa(m.PID)
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", orDash(m.Mountpoint), orDash(m.Target), pid, m.State)
-			}
-			return w.Flush()
+			return output.Write(os.Stdout, o, output.List[layerfs.MountInfo]{
+				ID: func(m layerfs.MountInfo) string { return output.Name(m.Mountpoint) },
+				Columns: []output.Column[layerfs.MountInfo]{
+					{Header: "MOUNTPOINT", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Mountpoint) }},
+					{Header: "TARGET", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Target) }},
+					{Header: "PID", Cell: func(m layerfs.MountInfo) string {
+						if m.PID <= 0 {
+							return ""
+						}
+						return fmt.Sprint(m.PID)
+					}},
+					{Header: "STATE", Cell: func(m layerfs.MountInfo) string { return string(m.State) }},
+				},
+			}, mounts)
 		},
 	}
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	listFlags(cmd, &o, "mountpoints")
+	return cmd
 }
 
 // absPath is p made absolute, for records that outlive the working

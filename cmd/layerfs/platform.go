@@ -18,5 +18,5 @@ func resolveView(g *globals, s *store.Store, targets []string) (store.Target, er
 	if err != nil {
 		return store.Target{}, err
 	}
-	return s.ResolvePlatform(targets, p)
+	return resolveOn(s, targets, p)
 }

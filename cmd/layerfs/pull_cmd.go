@@ -1,24 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"syscall"
-	"time"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/pull"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/sirupsen/logrus"
+	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
-	"github.com/vbauerster/mpb/v8"
-	"github.com/vbauerster/mpb/v8/decor"
-	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -39,12 +30,20 @@ func pullCmd(g *globals) *cobra.Command {
 reads it (debian is docker.io/library/debian:latest) and the image is listed
 under that full form. Loopback registries are reached over plain HTTP;
 credentials come from docker's config.json and its credential helpers.
-An interrupted pull, run again, resumes every blob where it stopped.`,
-		Args: cobra.MinimumNArgs(1),
+An interrupted pull stops, keeps the bytes downloaded so far under the
+store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
+run again, it resumes every blob where it stopped. On a terminal, each
+layer shows a progress bar while it downloads and again while it is
+extracted.`,
+		Args:        cobra.MinimumNArgs(1),
+		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if jobs < 1 {
+				return usageError{cmd, fmt.Errorf("--jobs %d: want at least 1", jobs)}
+			}
 			p, err := parsePlatform(platform)
 			if err != nil {
-				return err
+				return usageError{cmd, err}
 			}
 			cfg, err := registriesConfig(cmd.Flags().Changed("registries-config"), config)
 			if err != nil {
@@ -54,9 +53,8 @@ An interrupted pull, run again, resumes every blob where it stopped.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			prog := newProgress(quiet)
+			ctx := store.WithExtractObserver(cmd.Context(), prog)
 			puller, err := pull.New(s, pull.Options{
 				Platform: p, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
 			})
@@ -74,7 +72,10 @@ An interrupted pull, run again, resumes every blob where it stopped.`,
 					}
 					continue
 				}
-				fmt.Printf("%s %s\n", img.Name, img.Manifest)
+				fmt.Printf("%s %s\n", output.Name(img.Name), img.Manifest)
+			}
+			if ctx.Err() != nil {
+				reportPartial(s)
 			}
 			return errors.Join(errs...)
 		},
@@ -86,6 +87,15 @@ An interrupted pull, run again, resumes every blob where it stopped.`,
 	cmd.Flags().StringArrayVar(&mirrors, "mirror", nil, "registry HOST[:PORT] to try first, in order, for every image (repeatable)")
 	cmd.Flags().StringVar(&config, "registries-config", defaultRegistriesConfig(), `JSON file of mirrors per registry: {"mirrors": {"docker.io": ["HOST:PORT"]}}`)
 	return cmd
+}
+
+// reportPartial says what an interrupted pull kept for a resume.
+func reportPartial(s *store.Store) {
+	files, bytes, err := s.PartialDownloads()
+	if err != nil || files == 0 {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "layerfs: kept %s of partial downloads (%d blobs) to resume from; \"layerfs gc\" frees them\n", output.Size(bytes), files)
 }
 
 func defaultRegistriesConfig() string {
@@ -110,131 +120,4 @@ func registriesConfig(explicit bool, path string) (pull.Config, error) {
 		return pull.Config{}, nil
 	}
 	return cfg, err
-}
-
-// progress shows one bar per layer on a terminal, else one log line per
-// layer when it is done.
-type progress struct {
-	quiet bool
-	mu    sync.Mutex
-	bars  *mpb.Progress
-	log   *logrus.Logger
-}
-
-func newProgress(quiet bool) *progress {
-	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
-	p := &progress{quiet: quiet || err != nil, log: logrus.New()}
-	p.log.SetOutput(os.Stderr)
-	p.log.SetFormatter(logrus.StandardLogger().Formatter)
-	// These lines are the command's output on stderr, not diagnostics:
-	// only --log-level error silences them.
-	p.log.SetLevel(max(logrus.InfoLevel, logrus.GetLevel()))
-	if logrus.GetLevel() <= logrus.ErrorLevel {
-		p.log.SetLevel(logrus.ErrorLevel)
-	}
-	return p
-}
-
-// wait ends the bars of one image, so the next image gets its own.
-func (p *progress) wait() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.bars != nil {
-		p.bars.Wait()
-		p.bars = nil
-		logrus.SetOutput(os.Stderr)
-	}
-}
-
-func (p *progress) Layer(ref string, desc ocispec.Descriptor, have bool) pull.LayerProgress {
-	l := &layerProgress{p: p, ref: ref, desc: desc, start: time.Now()}
-	if have {
-		l.status.Store("in store")
-	} else {
-		l.status.Store("waiting")
-	}
-	if p.quiet {
-		return l
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.bars == nil {
-		p.bars = mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
-		// Logs print above the bars instead of through them.
-		logrus.SetOutput(p.bars)
-	}
-	l.bar = p.bars.AddBar(0,
-		mpb.PrependDecorators(decor.Name(shortDigest(desc.Digest.Encoded())+" ", decor.WC{W: 14, C: decor.DindentRight})),
-		mpb.AppendDecorators(
-			decor.CountersKibiByte("% .1f / % .1f", decor.WC{W: 22}),
-			decor.Any(func(decor.Statistics) string { return "  " + l.status.Load().(string) }),
-		))
-	l.bar.SetTotal(desc.Size, false)
-	if have {
-		l.bar.SetCurrent(desc.Size)
-	}
-	return l
-}
-
-func shortDigest(hex string) string { return hex[:min(12, len(hex))] }
-
-type layerProgress struct {
-	p      *progress
-	ref    string
-	desc   ocispec.Descriptor
-	bar    *mpb.Bar
-	status atomic.Value
-	start  time.Time
-	bytes  atomic.Int64
-	resume atomic.Int64
-}
-
-func (l *layerProgress) Set(have int64) {
-	l.bytes.Store(have)
-	l.resume.Store(have)
-	if have > 0 {
-		l.status.Store("resuming")
-	} else {
-		l.status.Store("fetching")
-	}
-	if l.bar != nil {
-		l.bar.SetCurrent(have)
-	}
-}
-
-func (l *layerProgress) Add(n int) {
-	l.bytes.Add(int64(n))
-	if l.bar != nil {
-		l.bar.IncrBy(n)
-	}
-}
-
-func (l *layerProgress) Fetched() { l.status.Store("extracting") }
-
-func (l *layerProgress) Done(err error) {
-	if err != nil {
-		l.status.Store("failed")
-	} else if l.status.Load() != "in store" {
-		l.status.Store("done")
-	}
-	if l.bar != nil {
-		l.bar.SetTotal(-1, true)
-		return
-	}
-	if !l.p.quiet {
-		return
-	}
-	fields := logrus.Fields{"image": l.ref, "layer": l.desc.Digest, "size": l.desc.Size}
-	if err != nil {
-		l.p.log.WithFields(fields).WithError(err).Error("layer failed")
-		return
-	}
-	if st := l.status.Load(); st == "in store" {
-		l.p.log.WithFields(fields).Info("layer already in the store")
-		return
-	}
-	fields["fetched"] = l.bytes.Load() - l.resume.Load()
-	fields["resumed"] = l.resume.Load()
-	fields["took"] = time.Since(l.start).Round(time.Millisecond)
-	l.p.log.WithFields(fields).Info("layer pulled")
 }

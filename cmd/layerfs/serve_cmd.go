@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log"
 	"os"
@@ -37,16 +38,19 @@ The command listens on the vhost-user socket SOCKET and serves TARGET,
 read-only, with the same rules and attributes as layerfs mount, to one
 guest at a time, until SIGINT or SIGTERM; then it removes the socket.
 The tag is qemu's to give the guest (vhost-user-fs-pci,tag=TAG); --tag
-only names it in the qemu arguments the command logs at info level.
+only names it in the qemu arguments the command prints on stderr as it
+starts listening (silenced by --log-level error).
 
   qemu-system-x86_64 ... \
     -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
     -chardev socket,id=fs0,path=SOCKET -device vhost-user-fs-pci,chardev=fs0,tag=TAG
   guest: mount -t virtiofs TAG /mnt   (or boot with root=TAG rootfstype=virtiofs)`,
-		Args: cobra.MinimumNArgs(1),
+		Args:        cobra.MinimumNArgs(1),
+		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runServe(g, f, args)
+			return runServe(cmd.Context(), g, f, args)
 		},
+		ValidArgsFunction: completeTargets(g, 0),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.virtiofs, "virtiofs", "", "vhost-user socket to listen on (required)")
@@ -57,11 +61,11 @@ only names it in the qemu arguments the command logs at info level.
 	return withViewPlatform(g, cmd)
 }
 
-func runServe(g *globals, f serveFlags, targets []string) error {
+func runServe(ctx context.Context, g *globals, f serveFlags, targets []string) error {
 	if f.tag == "" || len(f.tag) > maxTagLen {
 		return fmt.Errorf("--tag %q: a virtio-fs tag has 1 to %d bytes", f.tag, maxTagLen)
 	}
-	tree, t, closeView, err := openTree(g, targets, f.overlay, "serve", absPath(f.virtiofs))
+	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "serve", absPath(f.virtiofs))
 	if err != nil {
 		return err
 	}
@@ -75,8 +79,12 @@ func runServe(g *globals, f serveFlags, targets []string) error {
 	if err := layerfs.ServeVirtiofs(tree, f.virtiofs, f.debug); err != nil {
 		return fmt.Errorf("serve %s: %w", t, err)
 	}
-	logrus.WithFields(logrus.Fields{"target": t.String(), "socket": f.virtiofs}).Info("serving over virtio-fs")
-	logrus.Infof("qemu: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s", f.virtiofs, f.tag)
+	// Where it listens and how to start a guest on it are the command's
+	// output to a person, at every log level but error.
+	if logrus.GetLevel() >= logrus.WarnLevel {
+		fmt.Fprintf(os.Stderr, "layerfs: serving %s over virtio-fs on %s\n", t, f.virtiofs)
+		fmt.Fprintf(os.Stderr, "layerfs: qemu arguments: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s\n", f.virtiofs, f.tag)
+	}
 	s := <-sig
 	logrus.WithField("signal", s).Info("stopping")
 	return layerfs.RemoveSocket(f.virtiofs)

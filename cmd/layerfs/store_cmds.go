@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
-	"text/tabwriter"
+	"time"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 )
@@ -18,6 +21,7 @@ func init() {
 
 func platformFlag(cmd *cobra.Command, p *string) {
 	cmd.Flags().StringVar(p, "platform", "", "os/arch[/variant] to take from an image index (default: this host's)")
+	cmd.RegisterFlagCompletionFunc("platform", completePlatforms)
 }
 
 func parsePlatform(s string) (store.Platform, error) {
@@ -30,12 +34,13 @@ func parsePlatform(s string) (store.Platform, error) {
 func importCmd(g *globals) *cobra.Command {
 	var platform string
 	var opts store.ImportOptions
-	var layer bool
+	var layer, quiet bool
 	cmd := &cobra.Command{
 		Use:   "import PATH[:REF]...",
 		Short: "Import the images of OCI image layouts (directories or tars) and docker-archives, plain or compressed",
 		Long: `Import the images of OCI image layouts (directories or tars) and
-docker-archives, plain or gzip, zstd, xz or bzip2 compressed.
+docker-archives, plain or gzip, zstd, xz or bzip2 compressed, printing
+"NAME DIGEST" for each image stored.
 
 PATH:REF imports only the image REF names: an OCI layout's ref name, a
 docker-archive's tag, or @N for an archive's Nth image (from 0), as
@@ -46,13 +51,18 @@ Of an image index, the host's platform is imported (--platform chooses
 another, --all-platforms every one); the name then refers to the index
 and the platform is chosen when a view is opened. Entries that are not
 images (artifacts, signatures, SBOMs, attestations) are skipped with a
-line on stderr. With --layer, each PATH is a bare layer tar.`,
-		Args: cobra.MinimumNArgs(1),
+line on stderr. With --layer, each PATH is a bare layer tar.
+
+On a terminal, each layer being extracted shows a progress bar: bytes
+read, speed and tar entries. An interrupted import stops, removes what it
+staged, and exits 130.`,
+		Args:        cobra.MinimumNArgs(1),
+		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if platform != "" {
 				p, err := store.ParsePlatform(platform)
 				if err != nil {
-					return err
+					return usageError{cmd, err}
 				}
 				opts.Platform = p
 			}
@@ -60,9 +70,15 @@ line on stderr. With --layer, each PATH is a bare layer tar.`,
 			if err != nil {
 				return err
 			}
+			ctx := cmd.Context()
+			prog := newProgress(quiet)
+			if !prog.quiet {
+				ctx = store.WithExtractObserver(ctx, prog)
+			}
 			for _, arg := range args {
 				if layer {
-					desc, err := s.ImportLayer(arg)
+					desc, err := s.ImportLayer(ctx, arg)
+					prog.wait()
 					if err != nil {
 						return err
 					}
@@ -71,12 +87,13 @@ line on stderr. With --layer, each PATH is a bare layer tar.`,
 				}
 				src, ref := store.SplitSourceRef(arg)
 				opts.Ref = ref
-				res, err := s.Import(src, opts)
+				res, err := s.Import(ctx, src, opts)
+				prog.wait()
 				for _, skipped := range res.Skipped {
 					fmt.Fprintf(os.Stderr, "skipped %s (%s)\n", skipped.Digest, skipped.What)
 				}
 				for _, img := range res.Images {
-					fmt.Printf("%s %s\n", nameOrNone(img.Name), img.Manifest)
+					fmt.Printf("%s %s\n", output.Name(nameOrNone(img.Name)), img.Manifest)
 				}
 				if err != nil {
 					return err
@@ -89,6 +106,7 @@ line on stderr. With --layer, each PATH is a bare layer tar.`,
 	cmd.Flags().BoolVar(&opts.AllPlatforms, "all-platforms", false, "import every platform of an image index")
 	cmd.Flags().BoolVar(&layer, "layer", false, "import each PATH as a bare layer tar (plain, gzip or zstd)")
 	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress bars")
 	return cmd
 }
 
@@ -99,13 +117,37 @@ func nameOrNone(n string) string {
 	return n
 }
 
-func table() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0) }
+// listFlags adds the flags every list command takes.
+func listFlags(cmd *cobra.Command, o *output.Options, ids string) {
+	cmd.Flags().StringVar(&o.Format, "format", "table", `"table", "json", or a Go template applied to each item, e.g. '{{.Name}} {{.Digest}}'`)
+	cmd.Flags().BoolVarP(&o.Quiet, "quiet", "q", false, "print only "+ids)
+	cmd.Flags().BoolVar(&o.NoTrunc, "no-trunc", false, "print digests whole")
+	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+// imageItem is one line of images; its fields are what --format json
+// prints and templates see.
+type imageItem struct {
+	Name     string        `json:"name"`
+	Digest   digest.Digest `json:"digest"`
+	Platform string        `json:"platform"`
+	Created  *time.Time    `json:"created,omitempty"`
+	Layers   int           `json:"layers"`
+	// Size is the sum of the config's and the compressed layers' sizes,
+	// as the manifest gives them: what a pull of it downloads.
+	Size int64 `json:"size"`
+}
 
 func imagesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var o output.Options
+	cmd := &cobra.Command{
 		Use:   "images",
-		Short: "List images: name, manifest digest, layers, size",
-		Args:  cobra.NoArgs,
+		Short: "List images: name, manifest digest, platform, created, layers, size",
+		Long: `List images: name, manifest digest, platform and creation time (from
+the config), number of layers, and SIZE: the config and the compressed
+layers as the manifest gives them, what a pull downloads. A layer shared
+by several images counts in each.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -115,29 +157,53 @@ func imagesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := table()
-			fmt.Fprintln(w, "NAME\tMANIFEST\tPLATFORM\tLAYERS\tSIZE")
+			items := make([]imageItem, 0, len(images))
 			for _, img := range images {
 				layers, size, err := s.ImageSize(img)
 				if err != nil {
-					return fmt.Errorf("image %s: %w", nameOrNone(img.Name), err)
+					return fmt.Errorf("image %s: %w", output.Name(nameOrNone(img.Name)), err)
 				}
 				var platforms []string
 				for _, p := range img.Platforms {
 					platforms = append(platforms, p.String())
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", nameOrNone(img.Name), img.Manifest.Digest, strings.Join(platforms, ","), layers, size)
+				items = append(items, imageItem{Name: img.Name, Digest: img.Manifest.Digest, Platform: strings.Join(platforms, ","), Created: s.Created(img), Layers: layers, Size: size})
 			}
-			return w.Flush()
+			return output.Write(os.Stdout, o, output.List[imageItem]{
+				ID: func(i imageItem) string { return output.Digest(i.Digest, o.NoTrunc) },
+				Columns: []output.Column[imageItem]{
+					{Header: "NAME", Cell: func(i imageItem) string { return output.Name(nameOrNone(i.Name)) }},
+					{Header: "DIGEST", Cell: func(i imageItem) string { return output.Digest(i.Digest, o.NoTrunc) }},
+					{Header: "PLATFORM", Cell: func(i imageItem) string { return i.Platform }},
+					{Header: "CREATED", Cell: func(i imageItem) string { return created(i.Created) }},
+					{Header: "LAYERS", Cell: func(i imageItem) string { return fmt.Sprint(i.Layers) }},
+					{Header: "SIZE", Cell: func(i imageItem) string { return output.Size(i.Size) }},
+				},
+			}, items)
 		},
 	}
+	listFlags(cmd, &o, "manifest digests")
+	return cmd
+}
+
+// created prints a creation time to the second, in UTC, as one word.
+func created(t *time.Time) string {
+	if t == nil {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func layersCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var o output.Options
+	cmd := &cobra.Command{
 		Use:   "layers",
 		Short: "List layers: digest, media type, compressed and extracted size, entries, images using it",
-		Args:  cobra.NoArgs,
+		Long: `List layers: digest, media type, COMPRESSED (the blob's size),
+EXTRACTED (the bytes of the regular files' contents the layer holds, before
+sharing objects with other layers; "-" when not extracted), ENTRIES (tar
+entries) and the images that use it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -147,68 +213,92 @@ func layersCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := table()
-			fmt.Fprintln(w, "DIGEST\tMEDIA TYPE\tCOMPRESSED\tEXTRACTED\tENTRIES\tIMAGES")
-			for _, l := range layers {
-				extracted, entries := "-", "-"
-				if l.Extracted {
-					extracted, entries = fmt.Sprint(l.ContentBytes), fmt.Sprint(l.Entries)
+			extracted := func(l store.LayerInfo, v string) string {
+				if !l.Extracted {
+					return ""
 				}
-				mt := l.MediaType
-				if mt == "" {
-					mt = "-"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", l.Digest, mt, l.CompressedSize, extracted, entries, strings.Join(l.Images, ","))
+				return v
 			}
-			return w.Flush()
+			return output.Write(os.Stdout, o, output.List[store.LayerInfo]{
+				ID: func(l store.LayerInfo) string { return output.Digest(l.Digest, o.NoTrunc) },
+				Columns: []output.Column[store.LayerInfo]{
+					{Header: "DIGEST", Cell: func(l store.LayerInfo) string { return output.Digest(l.Digest, o.NoTrunc) }},
+					{Header: "MEDIA-TYPE", Cell: func(l store.LayerInfo) string { return l.MediaType }},
+					{Header: "COMPRESSED", Cell: func(l store.LayerInfo) string { return output.Size(l.CompressedSize) }},
+					{Header: "EXTRACTED", Cell: func(l store.LayerInfo) string { return extracted(l, output.Size(l.ContentBytes)) }},
+					{Header: "ENTRIES", Cell: func(l store.LayerInfo) string { return extracted(l, fmt.Sprint(l.Entries)) }},
+					{Header: "IMAGES", Cell: func(l store.LayerInfo) string {
+						names := make([]string, len(l.Images))
+						for i, n := range l.Images {
+							names[i] = output.Name(n)
+						}
+						return strings.Join(names, ",")
+					}},
+				},
+			}, layers)
 		},
 	}
+	listFlags(cmd, &o, "layer digests")
+	return cmd
+}
+
+// inspected is what inspect prints of one target.
+type inspected struct {
+	Name     string            `json:"name,omitempty"`
+	Manifest *ocispec.Manifest `json:"manifest,omitempty"`
+	Digest   string            `json:"manifestDigest,omitempty"`
+	Config   *ocispec.Image    `json:"config,omitempty"`
+	Layers   []store.LayerInfo `json:"layers"`
 }
 
 func inspectCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "inspect TARGET...",
-		Short: "Print an image's or layers' manifest, config and layer facts as JSON",
-		Args:  cobra.MinimumNArgs(1),
+		Short: "Print each image's or layer stack's manifest, config and layer facts, as a JSON array",
+		Long: `Print, as a JSON array with one object per TARGET, each image's or
+layer stack's manifest, config and layer facts, as docker inspect does.
+
+` + stackHelp,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
 				return err
 			}
-			t, err := s.Resolve(args)
-			if err != nil {
-				return err
-			}
-			out := struct {
-				Name     string            `json:"name,omitempty"`
-				Manifest *ocispec.Manifest `json:"manifest,omitempty"`
-				Digest   string            `json:"manifestDigest,omitempty"`
-				Config   *ocispec.Image    `json:"config,omitempty"`
-				Layers   []store.LayerInfo `json:"layers"`
-			}{Name: t.Name, Layers: []store.LayerInfo{}}
-			if t.Manifest.Digest != "" {
-				m, c, err := s.ImageLayers(t.Manifest.Digest)
-				if err != nil {
-					return err
-				}
-				out.Manifest, out.Config, out.Digest = &m, &c, t.Manifest.Digest.String()
-			}
 			all, err := s.Layers()
 			if err != nil {
 				return err
 			}
-			for _, d := range t.Digests() {
-				for _, l := range all {
-					if l.Digest == d {
-						out.Layers = append(out.Layers, l)
+			out := make([]inspected, 0, len(args))
+			for _, arg := range args {
+				t, err := resolve(s, strings.Split(arg, ","))
+				if err != nil {
+					return err
+				}
+				one := inspected{Name: t.Name, Layers: []store.LayerInfo{}}
+				if t.Manifest.Digest != "" {
+					m, c, err := s.ImageLayers(t.Manifest.Digest)
+					if err != nil {
+						return err
+					}
+					one.Manifest, one.Config, one.Digest = &m, &c, t.Manifest.Digest.String()
+				}
+				for _, d := range t.Digests() {
+					for _, l := range all {
+						if l.Digest == d {
+							one.Layers = append(one.Layers, l)
+						}
 					}
 				}
+				out = append(out, one)
 			}
 			enc := json.NewEncoder(os.Stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		},
 	}
+	return cmd
 }
 
 func rmCmd(g *globals) *cobra.Command {
@@ -221,7 +311,8 @@ func rmCmd(g *globals) *cobra.Command {
 An image a live mount or virtio-fs server serves is refused unless
 --force; with it, the view keeps working, and gc frees its data once the
 view ends.`,
-		Args: cobra.MinimumNArgs(1),
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openForWriting()
 			if err != nil {
@@ -240,7 +331,7 @@ view ends.`,
 				if err := s.Untag(img.Name); err != nil {
 					return err
 				}
-				fmt.Println(img.Name)
+				fmt.Println(output.Name(img.Name))
 			}
 			return nil
 		},
@@ -253,6 +344,11 @@ func verifyCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify [TARGET...]",
 		Short: "Re-hash blobs and objects and check layer indexes; exit 1 naming every bad digest",
+		Long: `Re-hash blobs and objects and check layer indexes, of TARGETs or of
+every image. A store that verifies prints one line: "ok: N
+blobs, N objects, N indexes" on stdout. Otherwise every problem is a line on
+stderr, then the images it affects, and the exit code is 1.`,
+		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -260,25 +356,87 @@ func verifyCmd(g *globals) *cobra.Command {
 			}
 			var targets []store.Target
 			for _, a := range args {
-				t, err := s.Resolve([]string{a})
+				t, err := resolve(s, []string{a})
 				if err != nil {
 					return err
 				}
 				targets = append(targets, t)
 			}
-			problems, err := s.Verify(targets)
+			checked, problems, err := s.Verify(targets)
 			if err != nil {
 				return err
 			}
 			for _, p := range problems {
 				fmt.Fprintf(os.Stderr, "layerfs: verify: %s\n", p)
 			}
-			if len(problems) > 0 {
-				return exitError{1}
+			if len(problems) == 0 {
+				fmt.Printf("ok: %s blobs, %s objects, %s indexes\n", thousands(checked.Blobs), thousands(checked.Objects), thousands(checked.Indexes))
+				return nil
 			}
-			return nil
+			affected, err := affectedImages(s, problems)
+			if err != nil {
+				return err
+			}
+			for _, name := range affected {
+				fmt.Fprintf(os.Stderr, "layerfs: verify: image %s is affected\n", output.Name(name))
+			}
+			return exitError{code: exitFailure}
 		},
 	}
+}
+
+// thousands prints n with commas between groups of three digits.
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// affectedImages names the images that use a blob, layer or object of
+// problems, sorted.
+func affectedImages(s *store.Store, problems []store.Problem) ([]string, error) {
+	bad := map[string]bool{}
+	for _, p := range problems {
+		bad[p.ID] = true
+	}
+	images, err := s.Images()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, img := range images {
+		m, _, err := s.ImageLayers(img.Manifest.Digest)
+		uses := err != nil || bad[img.Manifest.Digest.String()] || bad[m.Config.Digest.String()]
+		for _, l := range m.Layers {
+			if uses {
+				break
+			}
+			uses = bad[l.Digest.String()] || layerUsesObject(s, l.Digest, bad)
+		}
+		if uses {
+			out = append(out, nameOrNone(img.Name))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// layerUsesObject reports whether layer d's index names an object in bad;
+// an index that does not open is a problem of its own, named already.
+func layerUsesObject(s *store.Store, d digest.Digest, bad map[string]bool) bool {
+	l, err := s.OpenLayer(d)
+	if err != nil {
+		return false
+	}
+	defer l.Index.Close()
+	for rec := uint32(0); rec < uint32(l.Index.Len()); rec++ {
+		if e, err := l.Index.Entry(rec); err == nil && e.Object != "" && bad[e.Object.String()] {
+			return true
+		}
+	}
+	return false
 }
 
 func gcCmd(g *globals) *cobra.Command {

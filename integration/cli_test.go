@@ -1,0 +1,899 @@
+package integration
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	shortHex = regexp.MustCompile(`^[0-9a-f]{12}$`)
+	fullHex  = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
+
+// sampleLayout reads the sample image's manifest and config from its OCI
+// layout, the reference the store's listings are checked against.
+func sampleLayout(t *testing.T) (ocispec.Descriptor, ocispec.Manifest, ocispec.Image) {
+	t.Helper()
+	idx, err := testimage.ReadIndex("../testdata/sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, c, err := testimage.ReadImage("../testdata/sample", idx.Manifests[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx.Manifests[0], m, c
+}
+
+// mustRunWithin runs layerfs as mustRun does, killing it after d: a
+// command that lists mounts can block on a mount another test hangs on
+// purpose.
+func mustRunWithin(t *testing.T, d time.Duration, root string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, layerfsBin(t), append([]string{"--root", root}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("layerfs %s: %v (deadline %v)\n%s", strings.Join(args, " "), err, d, errb.String())
+	}
+	return out.String()
+}
+
+// sampleStore is a new store holding the sample image.
+func sampleStore(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	mustRun(t, root, "import", "../testdata/sample")
+	return root
+}
+
+// tableRows splits a table into its header's fields and each row's,
+// failing t unless every row has exactly as many fields as the header.
+func tableRows(t *testing.T, out string, header ...string) [][]string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if got := strings.Fields(lines[0]); strings.Join(got, " ") != strings.Join(header, " ") {
+		t.Fatalf("header %q, want %q", lines[0], header)
+	}
+	var rows [][]string
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) != len(header) {
+			t.Fatalf("row %q has %d fields, want %d", l, len(f), len(header))
+		}
+		rows = append(rows, f)
+	}
+	return rows
+}
+
+// humanBytes reads a size as the tables print it, "1.91kB", to bytes.
+func humanBytes(t *testing.T, s string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`^([0-9.]+)(B|kB|MB|GB|TB)$`).FindStringSubmatch(s)
+	if m == nil {
+		t.Fatalf("size %q is not a human size", s)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v * map[string]float64{"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[m[2]]
+}
+
+func nearSize(t *testing.T, what, human string, raw int64) {
+	t.Helper()
+	if h := humanBytes(t, human); h < float64(raw)*0.99 || h > float64(raw)*1.01 {
+		t.Errorf("%s: table says %s, the raw size is %d bytes", what, human, raw)
+	}
+}
+
+// TestCLIListings checks images, layers and mounts in every output form
+// against the sample layout's own manifest and config and the live mount.
+func TestCLIListings(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	desc, m, c := sampleLayout(t)
+	size := m.Config.Size
+	layerSize := map[string]int64{}
+	for _, l := range m.Layers {
+		size += l.Size
+		layerSize[l.Digest.String()] = l.Size
+	}
+
+	t.Run("images", func(t *testing.T) {
+		rows := tableRows(t, mustRun(t, root, "images"), "NAME", "DIGEST", "PLATFORM", "CREATED", "LAYERS", "SIZE")
+		if len(rows) != 1 {
+			t.Fatalf("%d rows", len(rows))
+		}
+		r := rows[0]
+		wantCreated := c.Created.UTC().Format(time.RFC3339)
+		if r[0] != "sample" || r[1] != desc.Digest.Encoded()[:12] || r[2] != c.OS+"/"+c.Architecture || r[3] != wantCreated || r[4] != fmt.Sprint(len(m.Layers)) {
+			t.Errorf("row %q; want sample, %s, %s/%s, %s, %d layers", r, desc.Digest.Encoded()[:12], c.OS, c.Architecture, wantCreated, len(m.Layers))
+		}
+		nearSize(t, "images SIZE", r[5], size)
+		if rows := tableRows(t, mustRun(t, root, "images", "--no-trunc"), "NAME", "DIGEST", "PLATFORM", "CREATED", "LAYERS", "SIZE"); rows[0][1] != desc.Digest.String() {
+			t.Errorf("--no-trunc digest %q, want %s", rows[0][1], desc.Digest)
+		}
+		var got []struct {
+			Name, Digest, Platform string
+			Created                time.Time
+			Layers                 int
+			Size                   int64
+		}
+		if err := json.Unmarshal([]byte(mustRun(t, root, "images", "--format", "json")), &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].Name != "sample" || got[0].Digest != desc.Digest.String() || got[0].Platform != "linux/amd64" ||
+			!got[0].Created.Equal(*c.Created) || got[0].Layers != len(m.Layers) || got[0].Size != size {
+			t.Errorf("json %+v; want sample %s linux/amd64 %v %d layers %d bytes", got, desc.Digest, c.Created, len(m.Layers), size)
+		}
+		if out := mustRun(t, root, "images", "--format", "{{.Name}} {{.Digest}}"); out != "sample "+desc.Digest.String()+"\n" {
+			t.Errorf("template: %q", out)
+		}
+		if out := strings.TrimSpace(mustRun(t, root, "images", "-q")); !shortHex.MatchString(out) || !strings.HasPrefix(desc.Digest.Encoded(), out) {
+			t.Errorf("-q: %q", out)
+		}
+		if out := strings.TrimSpace(mustRun(t, root, "images", "-q", "--no-trunc")); out != desc.Digest.String() {
+			t.Errorf("-q --no-trunc: %q", out)
+		}
+	})
+
+	t.Run("layers", func(t *testing.T) {
+		rows := tableRows(t, mustRun(t, root, "layers"), "DIGEST", "MEDIA-TYPE", "COMPRESSED", "EXTRACTED", "ENTRIES", "IMAGES")
+		var got []struct {
+			Digest         string
+			MediaType      string
+			CompressedSize int64
+			Extracted      bool
+			ContentBytes   int64
+			Entries        int
+			Images         []string
+		}
+		if err := json.Unmarshal([]byte(mustRun(t, root, "layers", "--format", "json")), &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != len(m.Layers) || len(got) != len(m.Layers) {
+			t.Fatalf("%d rows, %d json items, want %d layers", len(rows), len(got), len(m.Layers))
+		}
+		for i, l := range got {
+			want, ok := layerSize[l.Digest]
+			if !ok || l.CompressedSize != want || !l.Extracted || l.Entries == 0 || len(l.Images) != 1 || l.Images[0] != "sample" {
+				t.Errorf("layer %+v: not one of the manifest's (%d bytes) as imported", l, want)
+			}
+			r := rows[i]
+			if r[0] != strings.TrimPrefix(l.Digest, "sha256:")[:12] || r[1] != l.MediaType || r[4] != fmt.Sprint(l.Entries) || r[5] != "sample" {
+				t.Errorf("row %q does not show %+v", r, l)
+			}
+			nearSize(t, "COMPRESSED", r[2], l.CompressedSize)
+			nearSize(t, "EXTRACTED", r[3], l.ContentBytes)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(mustRun(t, root, "layers", "-q")), "\n") {
+			if !shortHex.MatchString(line) {
+				t.Errorf("layers -q line %q is not a short digest", line)
+			}
+		}
+		for _, line := range strings.Split(strings.TrimSpace(mustRun(t, root, "layers", "-q", "--no-trunc")), "\n") {
+			if _, ok := layerSize[line]; !ok || !fullHex.MatchString(line) {
+				t.Errorf("layers -q --no-trunc line %q is not a layer digest of the manifest", line)
+			}
+		}
+		if out := mustRun(t, root, "layers", "--format", "{{.Digest}} {{.Entries}}"); strings.Count(out, "\n") != len(m.Layers) {
+			t.Errorf("template: %q", out)
+		}
+	})
+
+	t.Run("mounts", func(t *testing.T) {
+		mnt := mountDaemon(t, root, "sample")
+		var got []struct {
+			Mountpoint, Target, State string
+			PID                       int
+		}
+		if err := json.Unmarshal([]byte(mustRunWithin(t, time.Minute, root, "mounts", "--format", "json")), &got); err != nil {
+			t.Fatal(err)
+		}
+		var found bool
+		for _, m := range got {
+			if m.Mountpoint != mnt {
+				continue
+			}
+			found = true
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.PID))
+			if m.State != "serving" || !bytes.Contains(cmdline, []byte(mnt)) {
+				t.Errorf("mount %+v: want serving, by a process serving %s (cmdline %q)", m, mnt, cmdline)
+			}
+		}
+		if !found {
+			t.Fatalf("mounts --format json does not list %s: %+v", mnt, got)
+		}
+		var row []string
+		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE") {
+			if r[0] == mnt {
+				row = r
+			}
+		}
+		if row == nil || row[3] != "serving" {
+			t.Errorf("mounts table row %q", row)
+		}
+		if out := mustRunWithin(t, time.Minute, root, "mounts", "-q"); !strings.Contains("\n"+out, "\n"+mnt+"\n") {
+			t.Errorf("mounts -q does not list %s:\n%s", mnt, out)
+		}
+	})
+
+	t.Run("empty fields", func(t *testing.T) {
+		// A layer with no image and no media type, whose index is gone:
+		// every field it lacks prints as "-".
+		other := writeFaultLayout(t, testimage.Image{Name: "dash", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("f", "x")}}}})
+		r2 := t.TempDir()
+		mustRun(t, r2, "import", other)
+		mustRun(t, r2, "rm", "dash")
+		idx, _ := filepath.Glob(filepath.Join(r2, "layers", "sha256", "*", "index"))
+		if len(idx) != 1 {
+			t.Fatalf("indexes %q", idx)
+		}
+		if err := os.Remove(idx[0]); err != nil {
+			t.Fatal(err)
+		}
+		rows := tableRows(t, mustRun(t, r2, "layers"), "DIGEST", "MEDIA-TYPE", "COMPRESSED", "EXTRACTED", "ENTRIES", "IMAGES")
+		if len(rows) != 1 || rows[0][1] != "-" || rows[0][3] != "-" || rows[0][4] != "-" || rows[0][5] != "-" {
+			t.Errorf("rows %q: want - for media type, extracted, entries and images", rows)
+		}
+	})
+}
+
+// TestCLIArguments checks exit codes, usage errors, suggestions,
+// inspect of several images and the version.
+func TestCLIArguments(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	other := writeFaultLayout(t, testimage.Image{Name: "other", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("f", "x")}}}})
+	mustRun(t, root, "import", other)
+	fuse, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/hanwen/go-fuse/v2").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"inspect", "sampel"}, 1, `did you mean "sample"?`},
+		{[]string{"inspect", "othr"}, 1, `did you mean "other"?`},
+		{[]string{"imags"}, 2, "unknown command \"imags\" for \"layerfs\"\n\nDid you mean this?\n\timages\n"},
+		{[]string{"inspect"}, 2, "Usage: layerfs inspect TARGET... [flags]"},
+		{[]string{"images", "extra"}, 2, "Usage: layerfs images [flags]"},
+		{[]string{"which", "sample"}, 2, "Usage: layerfs which TARGET PATH"},
+		{[]string{"images", "--no-such-flag"}, 2, "unknown flag"},
+		{[]string{"pull", "--jobs", "0", "x"}, 2, "--jobs 0"},
+		{[]string{"pull", "--jobs", "-3", "x"}, 2, "--jobs -3"},
+		{[]string{"pull", "--jobs", "many", "x"}, 2, "invalid argument"},
+		{[]string{"import", "--platform", "linux", "../testdata/sample"}, 2, "want os/arch"},
+		{[]string{"which", "sample", "/no/such/path"}, 3, "not in the view"},
+		{[]string{"rm", "no-such-image"}, 1, "not found"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			r := run(t, root, c.args...)
+			if r.code != c.code || !strings.Contains(r.stderr, c.stderr) || !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Contains(r.stderr, "; ;") {
+				t.Errorf("exit %d, stderr %q; want exit %d saying %q", r.code, r.stderr, c.code, c.stderr)
+			}
+			if c.code == 2 && !strings.Contains(r.stderr, "\nUsage: layerfs") {
+				t.Errorf("usage error without the usage line: %q", r.stderr)
+			}
+		})
+	}
+
+	t.Run("inspect several", func(t *testing.T) {
+		var got []struct {
+			Name   string
+			Layers []json.RawMessage
+		}
+		if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", "sample", "other")), &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Name != "sample" || got[1].Name != "other" || len(got[0].Layers) != 3 || len(got[1].Layers) != 1 {
+			t.Errorf("inspect sample other: %+v", got)
+		}
+	})
+
+	t.Run("version", func(t *testing.T) {
+		v1, v2 := mustRun(t, root, "--version"), mustRun(t, root, "version")
+		if v1 != v2 || !strings.HasPrefix(v1, "layerfs ") || !strings.Contains(v1, "commit ") || !strings.Contains(v1, "go-fuse "+strings.TrimSpace(string(fuse))) {
+			t.Errorf("--version %q, version %q; want both naming the commit and go-fuse %s", v1, v2, fuse)
+		}
+	})
+}
+
+// TestCLICompletion asks the shell completion for image names, digests,
+// live mountpoints and platforms.
+func TestCLICompletion(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	desc, m, _ := sampleLayout(t)
+	mnt := mountDaemon(t, root, "sample")
+	complete := func(args ...string) []string {
+		out := mustRunWithin(t, time.Minute, root, append([]string{"__complete"}, args...)...)
+		var words []string
+		for _, l := range strings.Split(out, "\n") {
+			if l != "" && !strings.HasPrefix(l, ":") {
+				words = append(words, strings.SplitN(l, "\t", 2)[0])
+			}
+		}
+		return words
+	}
+	has := func(what string, words []string, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			found := false
+			for _, x := range words {
+				found = found || x == w
+			}
+			if !found {
+				t.Errorf("%s: %q lacks %q", what, words, w)
+			}
+		}
+	}
+	has("inspect", complete("inspect", ""), "sample", desc.Digest.String(), m.Layers[0].Digest.String())
+	has("mount", complete("mount", ""), "sample")
+	has("umount", complete("umount", ""), mnt)
+	has("import --platform", complete("import", "--platform", ""), "linux/amd64", "linux/arm64")
+	has("pull --platform", complete("pull", "--platform", ""), "linux/arm/v7")
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if out := mustRun(t, root, "completion", shell); !strings.Contains(out, "__complete") {
+			t.Errorf("completion %s does not ask layerfs to complete", shell)
+		}
+	}
+}
+
+// openPTY opens a pseudo-terminal pair.
+func openPTY(t *testing.T) (master, tty *os.File) {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tty, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tty.Close() })
+	// A terminal has a size; progress bars are drawn to its width.
+	if err := unix.IoctlSetWinsize(int(tty.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 24, Col: 160}); err != nil {
+		t.Fatal(err)
+	}
+	return master, tty
+}
+
+// runOnTTY runs layerfs with stdout and stderr as picked, and returns
+// what the terminal showed, stderr when not on it, and the exit code.
+func runOnTTY(t *testing.T, root string, stdoutTTY, stderrTTY bool, args ...string) (shown, stderr string, code int) {
+	t.Helper()
+	master, tty := openPTY(t)
+	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
+	var errb, outb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &outb, &errb
+	if stdoutTTY {
+		cmd.Stdout = tty
+	}
+	if stderrTTY {
+		cmd.Stderr = tty
+	}
+	var screen bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&screen, master); close(copied) }()
+	err := cmd.Run()
+	tty.Close()
+	select {
+	case <-copied:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the terminal did not drain")
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return screen.String(), errb.String(), code
+}
+
+// TestCLIExportOutput exports to every kind of -o: a regular file is
+// replaced whole, a FIFO and a character device made here (standing in
+// for /dev/null) are written into and stay what they were, a symlink is
+// followed and stays, and a directory, a dangling symlink, a socket and
+// a terminal are refused with nothing changed.
+func TestCLIExportOutput(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	want := mustRun(t, root, "export", "sample")
+	if _, err := tar.NewReader(strings.NewReader(want)).Next(); err != nil {
+		t.Fatalf("export to a pipe is no tar: %v", err)
+	}
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	entries := func() []string {
+		es, _ := os.ReadDir(dir)
+		var names []string
+		for _, e := range es {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	mode := func(name string) os.FileMode {
+		st, err := os.Lstat(p(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode()
+	}
+	readFile := func(name string) string {
+		b, err := os.ReadFile(p(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+
+	t.Run("regular file", func(t *testing.T) {
+		if err := os.WriteFile(p("old.tar"), []byte("old"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p("old.tar"), 0o640)
+		mustRun(t, root, "export", "sample", "-o", p("old.tar"))
+		mustRun(t, root, "export", "sample", "-o", p("new.tar"))
+		if readFile("old.tar") != want || readFile("new.tar") != want || mode("old.tar") != 0o640 {
+			t.Errorf("old.tar (mode %v) or new.tar is not the export", mode("old.tar"))
+		}
+	})
+	t.Run("fifo", func(t *testing.T) {
+		if err := unix.Mkfifo(p("fifo"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 1)
+		go func() {
+			f, err := os.Open(p("fifo"))
+			if err != nil {
+				got <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(f)
+			f.Close()
+			got <- string(b)
+		}()
+		mustRun(t, root, "export", "sample", "-o", p("fifo"))
+		select {
+		case b := <-got:
+			if b != want {
+				t.Errorf("the FIFO's reader got %d bytes, want the export's %d", len(b), len(want))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the FIFO's reader got no end of file")
+		}
+		if mode("fifo")&os.ModeNamedPipe == 0 {
+			t.Errorf("fifo is now %v", mode("fifo"))
+		}
+	})
+	t.Run("character device", func(t *testing.T) {
+		if err := unix.Mknod(p("null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, root, "export", "sample", "-o", p("null"))
+		var st unix.Stat_t
+		if err := unix.Lstat(p("null"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(1, 3) {
+			t.Errorf("the device is now mode %o rdev %x", st.Mode, st.Rdev)
+		}
+	})
+	t.Run("symlinks", func(t *testing.T) {
+		os.WriteFile(p("target.tar"), []byte("old"), 0o644)
+		os.Symlink("target.tar", p("link.tar"))
+		mustRun(t, root, "export", "sample", "-o", p("link.tar"))
+		if dest, _ := os.Readlink(p("link.tar")); dest != "target.tar" || readFile("target.tar") != want {
+			t.Errorf("link now points at %q; the target has the export: %v", dest, readFile("target.tar") == want)
+		}
+		os.Symlink("null", p("link-to-null"))
+		mustRun(t, root, "export", "sample", "-o", p("link-to-null"))
+		if mode("link-to-null")&os.ModeSymlink == 0 || mode("null")&os.ModeCharDevice == 0 {
+			t.Errorf("link-to-null is %v, null is %v", mode("link-to-null"), mode("null"))
+		}
+	})
+	refused := []struct {
+		name, want string
+		make       func(string) error
+	}{
+		{"dir", "is a directory", func(n string) error { return os.Mkdir(n, 0o755) }},
+		{"dangling", "symlink to nothing", func(n string) error { return os.Symlink("nowhere", n) }},
+		{"sock", "socket", func(n string) error {
+			l, err := net.Listen("unix", n)
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		}},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			if err := c.make(p(c.name)); err != nil {
+				t.Fatal(err)
+			}
+			before, m := entries(), mode(c.name)
+			r := run(t, root, "export", "sample", "-o", p(c.name))
+			if r.code != 1 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("exit %d, stderr %q; want 1 saying %q", r.code, r.stderr, c.want)
+			}
+			if after := entries(); strings.Join(after, " ") != strings.Join(before, " ") || mode(c.name) != m {
+				t.Errorf("the directory changed: %q, then %q", before, after)
+			}
+		})
+	}
+	t.Run("terminal", func(t *testing.T) {
+		for _, args := range [][]string{{"export", "sample"}, {"export", "sample", "-o", "/dev/stdout"}} {
+			shown, stderr, code := runOnTTY(t, root, true, false, args...)
+			if code != 1 || !strings.Contains(stderr, "terminal") || shown != "" {
+				t.Errorf("%q to a terminal: exit %d, stderr %q, %d bytes shown; want refused", args, code, stderr, len(shown))
+			}
+		}
+	})
+	if strings.Contains(strings.Join(entries(), " "), ".tmp-") {
+		t.Errorf("temp files left: %q", entries())
+	}
+}
+
+// interruptAt starts layerfs with args, sends SIGINT after delay, and
+// returns what it did; landed says the signal came while it ran, early
+// that it came before the Go runtime had started main, and so killed it
+// the default way, before it could do anything.
+func interruptAt(t *testing.T, root string, delay time.Duration, args ...string) (r result, landed, early bool) {
+	t.Helper()
+	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(delay):
+		landed = true
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case err = <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("layerfs %s still runs 30s after SIGINT", strings.Join(args, " "))
+		}
+	}
+	r = result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+		if ws := ee.Sys().(syscall.WaitStatus); ws.Signaled() && ws.Signal() == syscall.SIGINT && r.stderr == "" {
+			return r, false, true
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if landed && r.code == 0 {
+		landed = false // it had finished by the time the signal came
+	}
+	return r, landed, false
+}
+
+// tmpFiles lists the store's tmp/.
+func tmpFiles(t *testing.T, root string) []string {
+	t.Helper()
+	es, err := os.ReadDir(filepath.Join(root, "tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// checkNoHalfLayers fails unless every layer `layers` lists is extracted,
+// used by an image, or a whole blob in the store (a pull interrupted
+// between a layer's download and its extraction keeps the download).
+func checkNoHalfLayers(t *testing.T, root string) {
+	t.Helper()
+	var layers []struct {
+		Digest         string
+		CompressedSize int64
+		Extracted      bool
+		Images         []string
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, root, "layers", "--format", "json")), &layers); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		if l.Extracted || len(l.Images) > 0 {
+			continue
+		}
+		st, err := os.Stat(filepath.Join(root, "blobs", "sha256", strings.TrimPrefix(l.Digest, "sha256:")))
+		if err != nil || st.Size() != l.CompressedSize || st.Size() == 0 {
+			t.Errorf("layers lists %s (%d bytes), neither extracted, nor used by an image, nor a whole blob (%v)", l.Digest, l.CompressedSize, err)
+		}
+	}
+}
+
+// interruptRepeatedly interrupts layerfs args at n random points of a run
+// that takes about took; check runs after every interrupt that landed.
+// Between runs, image name is removed and gc run, so that every run
+// starts from an empty store.
+func interruptRepeatedly(t *testing.T, root, name string, n int, took time.Duration, args []string, check func(r result)) {
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+	landed, finished, early := 0, 0, 0
+	for landed < n && landed+finished+early < 4*n {
+		delay := time.Duration(rng.Int64N(int64(took)))
+		r, ok, before := interruptAt(t, root, delay, args...)
+		switch {
+		case before:
+			early++
+			check(r)
+		case !ok:
+			if r.code != 0 {
+				t.Fatalf("layerfs %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
+			}
+			finished++
+		default:
+			landed++
+			if r.code != 130 || !strings.HasSuffix(r.stderr, "layerfs: interrupted\n") {
+				t.Fatalf("interrupted after %v: exit %d, stderr %q; want 130 and \"interrupted\"", delay, r.code, r.stderr)
+			}
+			check(r)
+		}
+		run(t, root, "rm", name)
+		mustRun(t, root, "gc")
+	}
+	if landed < n {
+		t.Fatalf("only %d of %d interrupts landed while the command ran", landed, n)
+	}
+	t.Logf("%s: %d interrupts (%d runs finished first, %d were killed before main ran)", args[0], landed, finished, early)
+}
+
+// TestCLIInterrupt sends SIGINT to import and to pull from a real
+// registry at random points: each exits 130 saying "interrupted", the
+// store verifies, no half-extracted layer is listed, and tmp/ is empty
+// but for the partial downloads pull keeps and says it keeps.
+func TestCLIInterrupt(t *testing.T) {
+	requireRoot(t)
+	img := faultImage("cli/interrupt", 9, testimage.Gzip)
+	layout := writeFaultLayout(t, img)
+
+	t.Run("import", func(t *testing.T) {
+		root := t.TempDir()
+		took := timed(t, root, "import", layout)
+		mustRun(t, root, "rm", "cli/interrupt")
+		mustRun(t, root, "gc")
+		interruptRepeatedly(t, root, "cli/interrupt", 12, took, []string{"import", layout}, func(r result) {
+			if tmp := tmpFiles(t, root); len(tmp) != 0 {
+				t.Fatalf("tmp/ after an interrupted import: %q", tmp)
+			}
+			checkStore(t, root, "after an interrupted import")
+			checkNoHalfLayers(t, root)
+		})
+		mustRun(t, root, "import", layout)
+		checkStore(t, root, "after the import completed")
+	})
+
+	t.Run("pull", func(t *testing.T) {
+		reg := startRegistry(t, registryOptions{})
+		ref := reg.host + "/cli/interrupt:1"
+		push(t, layout, "cli/interrupt", ref)
+		root := t.TempDir()
+		took := timed(t, root, "pull", "--quiet", ref)
+		mustRun(t, root, "rm", ref)
+		mustRun(t, root, "gc")
+		partial := regexp.MustCompile(`^partial-[0-9a-f]{64}(\.lock)?$`)
+		var keptTimes int
+		interruptRepeatedly(t, root, ref, 12, took, []string{"pull", "--quiet", ref}, func(r result) {
+			var kept bool
+			for _, name := range tmpFiles(t, root) {
+				if !partial.MatchString(name) {
+					t.Fatalf("tmp/ after an interrupted pull holds %s", name)
+				}
+				if st, err := os.Stat(filepath.Join(root, "tmp", name)); err == nil && st.Size() > 0 && !strings.HasSuffix(name, ".lock") {
+					kept = true
+				}
+			}
+			if kept && !strings.Contains(r.stderr, `"layerfs gc" frees them`) {
+				t.Errorf("partial downloads kept without saying so: %q", r.stderr)
+			}
+			if kept {
+				keptTimes++
+			}
+			checkStore(t, root, "after an interrupted pull")
+			checkNoHalfLayers(t, root)
+		})
+		t.Logf("pull kept partial downloads after %d interrupts", keptTimes)
+		mustRun(t, root, "pull", "--quiet", ref)
+		checkStore(t, root, "after the pull completed")
+	})
+}
+
+// TestCLIProgressAndSummaries checks import's progress bars on a
+// terminal, verify's summary against the store's own files and its
+// naming of the images a damaged object affects, and what serve
+// --virtiofs says at the default log level.
+func TestCLIProgressAndSummaries(t *testing.T) {
+	requireRoot(t)
+	_, m, _ := sampleLayout(t)
+
+	t.Run("import progress", func(t *testing.T) {
+		root := t.TempDir()
+		shown, _, code := runOnTTY(t, root, false, true, "import", "../testdata/sample")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, shown)
+		}
+		for _, l := range m.Layers {
+			if !strings.Contains(shown, l.Digest.Encoded()[:12]) {
+				t.Errorf("no progress of layer %s on the terminal:\n%s", l.Digest, shown)
+			}
+		}
+		if !strings.Contains(shown, "entries") {
+			t.Errorf("no entry count on the terminal:\n%s", shown)
+		}
+		if _, stderr, _ := runOnTTY(t, t.TempDir(), true, false, "import", "../testdata/sample"); stderr != "" {
+			t.Errorf("import with stderr not a terminal printed %q", stderr)
+		}
+	})
+
+	t.Run("verify", func(t *testing.T) {
+		root := sampleStore(t)
+		objects, _ := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*"))
+		want := fmt.Sprintf("ok: %d blobs, %d objects, %d indexes\n", 2+len(m.Layers), len(objects), len(m.Layers))
+		if out := mustRun(t, root, "verify"); out != want {
+			t.Errorf("verify: %q, want %q", out, want)
+		}
+		other := writeFaultLayout(t, testimage.Image{Name: "other", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("f", "other's own")}}}})
+		mustRun(t, root, "import", other)
+		// Damage an object of the sample's only.
+		hex := digest.FromString("other's own").Encoded()
+		var victim string
+		for _, o := range objects {
+			if filepath.Base(o) != hex {
+				victim = o
+				break
+			}
+		}
+		if err := os.WriteFile(victim, []byte("damaged"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, root, "verify")
+		if r.code != 1 || !strings.Contains(r.stderr, filepath.Base(victim)) || !strings.Contains(r.stderr, "image sample is affected") || strings.Contains(r.stderr, "image other is affected") {
+			t.Errorf("verify of a damaged object: exit %d\n%s\nwant 1, naming the object and the sample image only", r.code, r.stderr)
+		}
+	})
+
+	t.Run("serve says where", func(t *testing.T) {
+		root := sampleStore(t)
+		sock := filepath.Join(t.TempDir(), "fs.sock")
+		cmd := exec.Command(layerfsBin(t), "--root", root, "serve", "--virtiofs", sock, "--tag", "sampletag", "sample")
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+			}
+		})
+		lines := make(chan string, 16)
+		go func() {
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+			done <- cmd.Wait()
+		}()
+		var listening, qemu bool
+		deadline := time.After(20 * time.Second)
+		for !(listening && qemu) {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("serve exited before saying where it listens")
+				}
+				listening = listening || (strings.Contains(l, "serving") && strings.Contains(l, sock))
+				qemu = qemu || (strings.Contains(l, "path="+sock) && strings.Contains(l, "vhost-user-fs-pci,chardev=layerfs,tag=sampletag"))
+			case <-deadline:
+				t.Fatal("serve said nothing of where it listens within 20s")
+			}
+		}
+	})
+}
+
+// TestCLINamesEscaped imports an image whose name and paths hold a
+// newline, a tab and a backslash: line-oriented output quotes them, so
+// each thing is still one line, and JSON keeps them exact.
+func TestCLINamesEscaped(t *testing.T) {
+	requireRoot(t)
+	name := "evil\nname"
+	paths := []string{"new\nline", "tab\there", `back\slash`}
+	lower := testimage.Layer{Entries: []testimage.Entry{testimage.File("gone\nfile", "x"), testimage.File("plain", "y")}}
+	upper := testimage.Layer{Entries: []testimage.Entry{testimage.Whiteout("", "gone\nfile")}}
+	for _, p := range paths {
+		upper.Entries = append(upper.Entries, testimage.File(p, p))
+	}
+	layout := writeFaultLayout(t,
+		testimage.Image{Name: "base", Layers: []testimage.Layer{lower}},
+		testimage.Image{Name: name, Layers: []testimage.Layer{lower, upper}})
+	root := t.TempDir()
+	out := mustRun(t, root, "import", layout)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], strconv.Quote(name)+" sha256:") {
+		t.Errorf("import printed %q; want two lines, the second for %s", out, strconv.Quote(name))
+	}
+	if rows := tableRows(t, mustRun(t, root, "images"), "NAME", "DIGEST", "PLATFORM", "CREATED", "LAYERS", "SIZE"); len(rows) != 2 || rows[1][0] != strconv.Quote(name) {
+		t.Errorf("images rows %q", rows)
+	}
+	var images []struct{ Name string }
+	if err := json.Unmarshal([]byte(mustRun(t, root, "images", "--format", "json")), &images); err != nil || len(images) != 2 || images[1].Name != name {
+		t.Errorf("images json %+v (%v); want the name exact", images, err)
+	}
+	imgDigest := strings.TrimSpace(strings.Split(lines[1], " ")[1])
+	diff := mustRun(t, root, "diff", "base", imgDigest)
+	want := []string{"D " + strconv.Quote("gone\nfile")}
+	for _, p := range paths {
+		want = append(want, "A "+strconv.Quote(p))
+	}
+	got := strings.Split(strings.TrimSuffix(diff, "\n"), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("diff printed %q; want %q", got, want)
+	}
+	for _, w := range want {
+		if !strings.Contains(diff, w+"\n") {
+			t.Errorf("diff printed %q; want a line %q", diff, w)
+		}
+	}
+	r := run(t, root, "which", imgDigest, "gone\nfile")
+	if r.code != 3 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, strconv.Quote("/gone\nfile")) {
+		t.Errorf("which of the whited-out path: exit %d, stderr %q; want 3 and one line quoting the path", r.code, r.stderr)
+	}
+	if out := mustRun(t, root, "which", imgDigest, "plain"); strings.Count(out, "\n") != 1 {
+		t.Errorf("which plain: %q", out)
+	}
+}

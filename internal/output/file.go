@@ -1,0 +1,118 @@
+package output
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is a file a command writes its output to (export -o). A regular
+// file, or a new one, is written beside its name and renamed into place
+// by Commit, so a failed command leaves no truncated file under that
+// name. A character device or a FIFO is written into, never replaced. A
+// symlink is followed, as docker does, and its target treated so; the
+// link itself is left alone. A directory, a socket, a block device or a
+// terminal is refused before any work starts.
+type File struct {
+	*os.File
+	// final is the name the temp file is renamed to; empty when the
+	// output is written in place.
+	final string
+}
+
+// Create checks name and opens the output for it.
+func Create(name string) (*File, error) {
+	target, err := filepath.EvalSymlinks(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, lerr := os.Lstat(name); lerr == nil {
+			return nil, fmt.Errorf("%s: a symlink to nothing: name an existing file, or a new name", name)
+		}
+		return createTemp(name, 0o644)
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(target)
+	if err != nil {
+		return nil, err
+	}
+	switch mode := st.Mode(); {
+	case mode.IsRegular():
+		return createTemp(target, mode.Perm())
+	case mode.IsDir():
+		return nil, fmt.Errorf("%s: is a directory", name)
+	case mode&fs.ModeNamedPipe != 0, mode&fs.ModeCharDevice != 0:
+		f, err := os.OpenFile(target, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, err
+		}
+		if err := RefuseTerminal(f, name); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return &File{File: f}, nil
+	default:
+		return nil, fmt.Errorf("%s: a %s is not a file to write to", name, kind(mode))
+	}
+}
+
+func kind(mode fs.FileMode) string {
+	switch {
+	case mode&fs.ModeSocket != 0:
+		return "socket"
+	case mode&fs.ModeDevice != 0:
+		return "block device"
+	}
+	return "special file"
+}
+
+func createTemp(name string, perm fs.FileMode) (*File, error) {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	// CreateTemp's 0600 is for the temporary name; the output is no
+	// secret, and a file replaced keeps its mode.
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return &File{File: f, final: name}, nil
+}
+
+// Commit closes the output and renames it into place.
+func (f *File) Commit() error {
+	err := f.Close()
+	if f.final == "" {
+		return err
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), f.final)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+// Abort closes the output and removes what was written beside its name.
+func (f *File) Abort() {
+	f.Close()
+	if f.final != "" {
+		os.Remove(f.Name())
+	}
+}
+
+// RefuseTerminal refuses to write binary output to a terminal, as docker
+// export does.
+func RefuseTerminal(f *os.File, name string) error {
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+		return fmt.Errorf("%s is a terminal: refusing to write a tar to it; redirect it or use -o FILE", name)
+	}
+	return nil
+}

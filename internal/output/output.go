@@ -1,0 +1,160 @@
+// Package output writes the lists of layerfs commands in the forms
+// docker and podman users expect: an aligned table for people, and for
+// scripts ids only (-q), JSON, or a Go template per item.
+package output
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"text/template"
+	"unicode"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Options are the flags every list command takes.
+type Options struct {
+	// Format is "table" (or empty), "json", or a Go template applied to
+	// each item, as docker's --format.
+	Format string
+	// Quiet prints only each item's id.
+	Quiet bool
+	// NoTrunc prints digests whole in the table and with -q.
+	NoTrunc bool
+}
+
+// Column is one column of the table: its header, one word, and the text
+// of the cell for an item. An empty cell prints as "-".
+type Column[T any] struct {
+	Header string
+	Cell   func(T) string
+}
+
+// List is how one command's items print.
+type List[T any] struct {
+	Columns []Column[T]
+	// ID is the item's id, printed alone by -q.
+	ID func(T) string
+}
+
+// Write prints items to w as opts ask. JSON and templates see the items
+// themselves, so they carry raw numbers and whole digests.
+func Write[T any](w io.Writer, opts Options, l List[T], items []T) error {
+	switch {
+	case opts.Quiet:
+		for _, it := range items {
+			if _, err := fmt.Fprintln(w, l.ID(it)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case opts.Format == "json":
+		if items == nil {
+			items = []T{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(items)
+	case opts.Format == "" || opts.Format == "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		headers := make([]string, len(l.Columns))
+		for i, c := range l.Columns {
+			headers[i] = c.Header
+		}
+		fmt.Fprintln(tw, strings.Join(headers, "\t"))
+		for _, it := range items {
+			cells := make([]string, len(l.Columns))
+			for i, c := range l.Columns {
+				cells[i] = c.Cell(it)
+				if cells[i] == "" {
+					cells[i] = "-"
+				}
+			}
+			fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		}
+		return tw.Flush()
+	}
+	tmpl, err := ParseTemplate(opts.Format)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		if err := tmpl.Execute(w, it); err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+		if _, err := fmt.Fprintln(w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseTemplate reads a --format template; {{json .}} prints a value as
+// JSON, as in docker's templates.
+func ParseTemplate(format string) (*template.Template, error) {
+	tmpl, err := template.New("format").Funcs(template.FuncMap{
+		"json": func(v any) (string, error) {
+			b, err := json.Marshal(v)
+			return string(b), err
+		},
+	}).Parse(format)
+	if err != nil {
+		return nil, fmt.Errorf("--format: %w", err)
+	}
+	return tmpl, nil
+}
+
+// ShortLen is the number of hex digits a truncated digest keeps, as
+// docker's image ids.
+const ShortLen = 12
+
+// Digest prints d as its first 12 hex digits, or whole with noTrunc.
+func Digest(d digest.Digest, noTrunc bool) string {
+	if noTrunc || d == "" {
+		return d.String()
+	}
+	hex := d.Encoded()
+	return hex[:min(ShortLen, len(hex))]
+}
+
+// Size prints a byte count in decimal units with three significant
+// digits, as docker does, and without a space so that every table field
+// is one word: 165MB, 4.1kB, 512B.
+func Size(n int64) string {
+	units := []string{"B", "kB", "MB", "GB", "TB", "PB"}
+	f := float64(n)
+	i := 0
+	for f >= 999.5 && i < len(units)-1 {
+		f /= 1000
+		i++
+	}
+	return strconv.FormatFloat(f, 'g', 3, 64) + units[i]
+}
+
+// Name prints a name or path for line-oriented output: as it is when it
+// is plain, else Go-quoted, so that a newline, tab, backslash or other
+// control character in it cannot write a line, or a field, of its own.
+// A name starting with a double quote is quoted too, so that a quoted
+// name is never mistaken for a plain one.
+func Name(s string) string {
+	if needsQuote(s) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+func needsQuote(s string) bool {
+	if strings.HasPrefix(s, `"`) {
+		return true
+	}
+	for _, r := range s {
+		if r == '\\' || r == unicode.ReplacementChar || !unicode.IsPrint(r) {
+			return true
+		}
+	}
+	return false
+}
