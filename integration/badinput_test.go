@@ -188,7 +188,7 @@ func gzipOf(b []byte) []byte {
 	return out.Bytes()
 }
 
-// TestHostileLayers imports every kind of layer SEMANTICS.md refuses, and
+// TestHostileLayers imports every kind of layer docs/semantics.md refuses, and
 // the hostile kinds it contains: each refusal is one clear line, exit 1,
 // naming the entry or the stream's fault; each contained one imports; and
 // neither writes or deletes anything outside the store, which verifies.

@@ -135,7 +135,7 @@ func unpackLayers(t testing.TB, blobs []string) []string {
 // dropIdleWhiteouts removes the whiteout devices of the unpacked layer dir
 // that hide nothing: no layer beneath has anything at their path. Kernel
 // overlayfs lists such a device by name in a directory no lower layer
-// has, and then cannot stat it, although SEMANTICS.md says a marker is
+// has, and then cannot stat it, although docs/semantics.md says a marker is
 // never shown; removing it changes nothing else the overlay shows.
 func dropIdleWhiteouts(dir string, lowerDirs []string) error {
 	return filepath.WalkDir(dir, func(p string, d iofs.DirEntry, err error) error {
@@ -225,7 +225,7 @@ func checkMergedView(t *testing.T, img layoutImage) {
 	requireSame(t, "layerfs mount "+img.ref, oracleTree(t, img.blobs), walk(t, mnt))
 }
 
-// TestMergedViewMatchesOracle is the central check of SEMANTICS.md: for
+// TestMergedViewMatchesOracle is the central check of docs/semantics.md: for
 // every rule case, the sample image and the Debian image, the merged
 // mount equals kernel overlayfs over the layers as snapshotters unpack
 // them, in every attribute of every entry, the root included.

@@ -17,7 +17,7 @@ type hid struct {
 	byPath  string
 }
 
-// TestWhichRules checks Which against what SEMANTICS.md says hides what.
+// TestWhichRules checks Which against what docs/semantics.md says hides what.
 func TestWhichRules(t *testing.T) {
 	const none = -1
 	tests := []struct {

@@ -41,7 +41,7 @@ const (
 //
 // lowerDirs are the layers beneath, lowest first, each already unpacked by
 // UnpackLayer. They are only read, to give the directories this layer merely
-// implies the attributes of the merged view beneath (SEMANTICS rule 6). A
+// implies the attributes of the merged view beneath (docs/semantics.md rule 6). A
 // directory this layer whites out and also has entries under (rule 4) is
 // implied too and still takes the attributes of the directory beneath it:
 // the whiteout hides the lower children, not the lower directory's
@@ -183,7 +183,7 @@ func extract(blobPath, dst string) (map[string]unix.Timespec, error) {
 // markers beneath a non-directory of the same layer. umoci writes those when
 // a directory became a file: the file entry, then a whiteout for each of the
 // old directory's children. The file hides everything beneath it anyway
-// (SEMANTICS rule 7), so such markers change nothing and are dropped.
+// (docs/semantics.md rule 7), so such markers change nothing and are dropped.
 func onlyMarkersUnderFiles(waitErr error, stderr, dst string) bool {
 	var exit *exec.ExitError
 	if !errors.As(waitErr, &exit) || exit.ExitCode() != 2 {

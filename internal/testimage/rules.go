@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// RuleCase is a small image built to exercise one rule of SEMANTICS.md.
+// RuleCase is a small image built to exercise one rule of docs/semantics.md.
 type RuleCase struct {
 	Name string
-	// Rule is the SEMANTICS.md rule exercised: "1" to "10", "attributes",
+	// Rule is the docs/semantics.md rule exercised: "1" to "10", "attributes",
 	// or "refused".
 	Rule string
 	// Layers are in manifest order, lowest first.
@@ -51,7 +51,7 @@ var orders = []struct {
 	reversed bool
 }{{"before", false}, {"after", true}}
 
-// RuleCases returns one case per rule of SEMANTICS.md's merged view and per
+// RuleCases returns one case per rule of docs/semantics.md's merged view and per
 // attribute a view must show. Every call builds fresh values.
 func RuleCases() []RuleCase {
 	t1 := time.Date(2020, time.May, 6, 7, 8, 9, 0, time.UTC)
@@ -307,7 +307,7 @@ func pattern(n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// RefusedCases returns images that SEMANTICS.md says an import must refuse
+// RefusedCases returns images that docs/semantics.md says an import must refuse
 // with an error naming BadLayer and BadEntry.
 func RefusedCases() []RuleCase {
 	long := strings.Repeat("c", 200) + "/"
