@@ -266,7 +266,7 @@ func TestSymlinksInsideTheStoreAreNotFollowed(t *testing.T) {
 	must(t, os.Symlink("/dev/zero", objects[0]))
 	must(t, os.Remove(objects[1]))
 	must(t, unix.Mkfifo(objects[1], 0o600))
-	layer := digest.Digest(strings.Fields(strings.Split(mustRun(t, root, "layers"), "\n")[1])[0])
+	layer := digest.Digest(strings.Split(mustRun(t, root, "layers", "-q", "--no-trunc"), "\n")[0])
 	blob := filepath.Join(root, "blobs", "sha256", layer.Encoded())
 	must(t, os.Rename(blob, blob+".moved"))
 	must(t, os.Symlink(blob+".moved", blob))
