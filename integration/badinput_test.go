@@ -286,8 +286,19 @@ func TestUnusableRoot(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct{ root, want string }{{ro, "read-only file system"}, {file, "not a directory"}} {
-		for _, args := range [][]string{{"import", "../testdata/sample"}, {"images"}, {"gc"}} {
+	// An empty directory is an empty store to a read-only command, which
+	// creates nothing; anything that is not a directory is not a store.
+	if r := run(t, ro, "images", "-q"); r.code != 0 || r.stdout != "" {
+		t.Errorf("images on the empty read-only root: exit %d, %q %q; want 0 and nothing", r.code, r.stdout, r.stderr)
+	}
+	for _, c := range []struct {
+		root, want string
+		args       [][]string
+	}{
+		{ro, "read-only file system", [][]string{{"import", "../testdata/sample"}, {"gc"}}},
+		{file, "is not a layerfs store", [][]string{{"import", "../testdata/sample"}, {"images"}, {"gc"}}},
+	} {
+		for _, args := range c.args {
 			r := run(t, c.root, args...)
 			if r.code != 1 || !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, c.want) {
 				t.Errorf("%s on root %s: exit %d, %q; want 1 and %q", args[0], c.root, r.code, r.stderr, c.want)
