@@ -76,19 +76,18 @@ type Entry struct {
 // a leading "./", to its entry. The root itself is ".".
 type Tree map[string]Entry
 
-// excludedXattr tells the xattrs a view cannot be asked to show:
-// trusted.overlay.* are overlayfs's own bookkeeping (the opaque marks of
-// the unpacked layers), which a mount hides, and security.selinux is the
-// label the host's security module gives every file, not something an image
-// carries.
+// excludedXattr tells the xattr a view cannot be asked to show:
+// security.selinux is the label the host's security module gives every
+// file, not something an image carries. trusted.overlay.* stays: a kernel
+// overlay mount hides its own marks and shows the ones an image carries
+// (unpacked escaped), so a walk of a mount sees exactly the image's.
 func excludedXattr(name string) bool {
-	return strings.HasPrefix(name, overlayXattrs) || name == "security.selinux"
+	return name == "security.selinux"
 }
 
 // Walk reads every entry under root, root included, without following
-// symlinks. It leaves out the xattrs that no image carries:
-// trusted.overlay.* and security.selinux. Regular files are hashed in
-// parallel.
+// symlinks. It leaves out security.selinux, which no image carries.
+// Regular files are hashed in parallel.
 func Walk(root string) (Tree, error) {
 	tree := make(Tree)
 	type inode struct{ dev, ino uint64 }
