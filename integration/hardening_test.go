@@ -370,11 +370,14 @@ func TestNamesCannotShadowDigests(t *testing.T) {
 
 func inspectDigest(t testing.TB, root, target string) digest.Digest {
 	t.Helper()
-	var out struct {
+	var out []struct {
 		Digest digest.Digest `json:"manifestDigest"`
 	}
 	must(t, json.Unmarshal([]byte(mustRun(t, root, "inspect", target)), &out))
-	return out.Digest
+	if len(out) != 1 {
+		t.Fatalf("inspect %s printed %d objects, want 1", target, len(out))
+	}
+	return out[0].Digest
 }
 
 // TestPAXGlobalHeaderIsSkipped imports a layer opening with a PAX global

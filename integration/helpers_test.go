@@ -178,9 +178,13 @@ func detachMount(mnt string) error {
 // walkMount mounts target from store root and walks the mount.
 func walkMount(t testing.TB, root string, target ...string) oracle.Tree {
 	t.Helper()
-	tree, err := oracle.Walk(mountDaemon(t, root, target...))
+	mnt := mountDaemon(t, root, target...)
+	tree, err := oracle.Walk(mnt)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Unmounted at once: a live view holds its image against rm and gc,
+	// which the caller may go on to run.
+	unmount(t, root, mnt)
 	return tree
 }

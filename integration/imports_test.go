@@ -487,7 +487,7 @@ func TestImportBareLayer(t *testing.T) {
 		t.Fatalf("import --layer printed %q, want %s", out, want)
 	}
 	mustRun(t, root, "gc")
-	if layers := mustRun(t, root, "layers"); !strings.Contains(layers, out) {
+	if layers := mustRun(t, root, "layers", "--no-trunc"); !strings.Contains(layers, out) {
 		t.Errorf("layers does not list %s:\n%s", out, layers)
 	}
 	requireVerifies(t, root)

@@ -102,8 +102,19 @@ func TestVerifyFindsFlippedBytes(t *testing.T) {
 			t.Errorf("verify did not name %s:\n%s", want, r.stderr)
 		}
 	}
-	if n := strings.Count(strings.TrimSpace(r.stderr), "\n") + 1; n != 2 {
-		t.Errorf("verify named %d problems, want 2:\n%s", n, r.stderr)
+	var problems, affected []string
+	for _, line := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		if strings.HasSuffix(line, " is affected") {
+			affected = append(affected, line)
+		} else {
+			problems = append(problems, line)
+		}
+	}
+	if len(problems) != 2 {
+		t.Errorf("verify named %d problems, want 2:\n%s", len(problems), r.stderr)
+	}
+	if want := "layerfs: verify: image debian is affected"; len(affected) != 1 || affected[0] != want {
+		t.Errorf("verify named affected images %q, want %q", affected, want)
 	}
 }
 
