@@ -652,13 +652,12 @@ func checkNoHalfLayers(t *testing.T, root string) {
 }
 
 // interruptRepeatedly interrupts layerfs args at n random points of a run
-// that takes about took; check runs after every interrupt that landed.
-// Between runs, image name is removed and gc run, so that every run
-// starts from an empty store.
-func interruptRepeatedly(t *testing.T, root, name string, n int, took time.Duration, args []string, check func(r result)) {
+// that takes about took; check runs after every interrupt that landed,
+// and reset after every run, so that each starts from the same store.
+func interruptRepeatedly(t *testing.T, root string, n int, took time.Duration, args []string, check func(r result), reset func()) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
 	landed, finished, early := 0, 0, 0
-	for landed < n && landed+finished+early < 4*n {
+	for landed < n && landed+finished+early < 8*n {
 		delay := time.Duration(rng.Int64N(int64(took)))
 		r, ok, before := interruptAt(t, root, delay, args...)
 		switch {
@@ -677,8 +676,7 @@ func interruptRepeatedly(t *testing.T, root, name string, n int, took time.Durat
 			}
 			check(r)
 		}
-		run(t, root, "rm", name)
-		mustRun(t, root, "gc")
+		reset()
 	}
 	if landed < n {
 		t.Fatalf("only %d of %d interrupts landed while the command ran", landed, n)
@@ -686,10 +684,11 @@ func interruptRepeatedly(t *testing.T, root, name string, n int, took time.Durat
 	t.Logf("%s: %d interrupts (%d runs finished first, %d were killed before main ran)", args[0], landed, finished, early)
 }
 
-// TestCLIInterrupt sends SIGINT to import and to pull from a real
-// registry at random points: each exits 130 saying "interrupted", the
-// store verifies, no half-extracted layer is listed, and tmp/ is empty
-// but for the partial downloads pull keeps and says it keeps.
+// TestCLIInterrupt sends SIGINT to import, to pull from a real registry
+// and to export at random points: each exits 130 saying "interrupted",
+// the store verifies, no half-extracted layer is listed, tmp/ is empty
+// but for the partial downloads pull keeps and says it keeps, and an
+// export's -o target is as it was, with nothing left beside it.
 func TestCLIInterrupt(t *testing.T) {
 	requireRoot(t)
 	img := faultImage("cli/interrupt", 9, testimage.Gzip)
@@ -700,13 +699,13 @@ func TestCLIInterrupt(t *testing.T) {
 		took := timed(t, root, "import", layout)
 		mustRun(t, root, "rm", "cli/interrupt")
 		mustRun(t, root, "gc")
-		interruptRepeatedly(t, root, "cli/interrupt", 12, took, []string{"import", layout}, func(r result) {
+		interruptRepeatedly(t, root, 12, took, []string{"import", layout}, func(r result) {
 			if tmp := tmpFiles(t, root); len(tmp) != 0 {
 				t.Fatalf("tmp/ after an interrupted import: %q", tmp)
 			}
 			checkStore(t, root, "after an interrupted import")
 			checkNoHalfLayers(t, root)
-		})
+		}, emptyStore(t, root, "cli/interrupt"))
 		mustRun(t, root, "import", layout)
 		checkStore(t, root, "after the import completed")
 	})
@@ -721,7 +720,7 @@ func TestCLIInterrupt(t *testing.T) {
 		mustRun(t, root, "gc")
 		partial := regexp.MustCompile(`^partial-[0-9a-f]{64}(\.lock)?$`)
 		var keptTimes int
-		interruptRepeatedly(t, root, ref, 12, took, []string{"pull", "--quiet", ref}, func(r result) {
+		interruptRepeatedly(t, root, 12, took, []string{"pull", "--quiet", ref}, func(r result) {
 			var kept bool
 			for _, name := range tmpFiles(t, root) {
 				if !partial.MatchString(name) {
@@ -739,11 +738,41 @@ func TestCLIInterrupt(t *testing.T) {
 			}
 			checkStore(t, root, "after an interrupted pull")
 			checkNoHalfLayers(t, root)
-		})
+		}, emptyStore(t, root, ref))
 		t.Logf("pull kept partial downloads after %d interrupts", keptTimes)
 		mustRun(t, root, "pull", "--quiet", ref)
 		checkStore(t, root, "after the pull completed")
 	})
+
+	t.Run("export", func(t *testing.T) {
+		root, _ := importedDebian(t)
+		dir := t.TempDir()
+		target := filepath.Join(dir, "rootfs.tar")
+		const mine = "the user's own file\n"
+		writeMine := func() { must(t, os.WriteFile(target, []byte(mine), 0o644)) }
+		writeMine()
+		args := []string{"export", debianImage(t).Ref, "-o", target}
+		timed(t, root, args...) // the first run reads the store cold
+		took := timed(t, root, args...)
+		writeMine()
+		interruptRepeatedly(t, root, 12, took, args, func(r result) {
+			if b, err := os.ReadFile(target); err != nil || string(b) != mine {
+				t.Fatalf("the -o target after an interrupted export: %q, %v", b, err)
+			}
+			if es, err := os.ReadDir(dir); err != nil || len(es) != 1 {
+				t.Fatalf("an interrupted export left %v beside its target (%v)", es, err)
+			}
+		}, writeMine)
+	})
+}
+
+// emptyStore returns a reset for interruptRepeatedly: image name is
+// removed and gc run, so that the next run starts from an empty store.
+func emptyStore(t *testing.T, root, name string) func() {
+	return func() {
+		run(t, root, "rm", name)
+		mustRun(t, root, "gc")
+	}
 }
 
 // TestCLIProgressAndSummaries checks import's progress bars on a
