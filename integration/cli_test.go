@@ -802,6 +802,24 @@ func TestCLIProgressAndSummaries(t *testing.T) {
 		}
 	})
 
+	t.Run("pull progress", func(t *testing.T) {
+		reg := startRegistry(t, registryOptions{})
+		ref := reg.host + "/cli/progress:1"
+		push(t, "../testdata/sample", "sample", ref)
+		shown, _, code := runOnTTY(t, t.TempDir(), false, true, "pull", ref)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, shown)
+		}
+		for _, l := range m.Layers {
+			if !strings.Contains(shown, l.Digest.Encoded()[:12]) {
+				t.Errorf("no progress of layer %s on the terminal:\n%s", l.Digest, shown)
+			}
+		}
+		if !strings.Contains(shown, "entries") {
+			t.Errorf("no entry count of the extraction on the terminal:\n%s", shown)
+		}
+	})
+
 	t.Run("verify", func(t *testing.T) {
 		root := sampleStore(t)
 		objects, _ := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*"))
