@@ -244,7 +244,7 @@ func (b *bench) cases() []benchCase {
 			refs: []ref{
 				{"umoci unpack", b.importRun(func(dst string) error {
 					return run("umoci", "unpack", "--image", deb.layout+":"+deb.name, dst)
-				}), target{op: "<=", value: 0.6}},
+				}), target{op: "<=", value: 0.5}},
 				{"tar -xzf of its layers", b.importRun(func(dst string) error { return untarLayers(deb.blobs, dst) }), target{op: "<=", value: 1.0}},
 			}},
 		b.importCase("import/chain", fmt.Sprintf("import of a chain of %d hardlinks in one layer", corpusSizes(b.quick).chain), c.chain),
