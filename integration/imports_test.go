@@ -475,7 +475,8 @@ func TestImportRefusesBlobOutOfLayout(t *testing.T) {
 }
 
 // TestImportBareLayer imports a gzip layer tar with no image around it:
-// layers lists it, it mounts by digest as overlayfs shows it, gc keeps it.
+// layers lists it, it mounts by digest as overlayfs shows it, gc keeps it
+// until rm forgets it by digest.
 func TestImportBareLayer(t *testing.T) {
 	requireRoot(t)
 	a, _ := twoImages()
@@ -492,6 +493,30 @@ func TestImportBareLayer(t *testing.T) {
 	}
 	requireVerifies(t, root)
 	requireView(t, root, []string{blob}, out)
+
+	// rm by digest forgets it, refused while a mount serves it.
+	mnt := mountDaemon(t, root, out)
+	if r := run(t, root, "rm", out[:7+12]); r.code != 1 || !strings.Contains(r.stderr, "is in use: served at "+mnt) {
+		t.Errorf("rm of a mounted bare layer: exit %d, %q; want 1, naming the mount", r.code, r.stderr)
+	}
+	unmount(t, root, mnt)
+	if got := strings.TrimSpace(mustRun(t, root, "rm", out[:7+12])); got != out {
+		t.Errorf("rm printed %q, want %s", got, out)
+	}
+	mustRun(t, root, "gc")
+	if layers := mustRun(t, root, "layers", "-q", "--no-trunc"); layers != "" {
+		t.Errorf("layers after rm and gc:\n%s", layers)
+	}
+	if _, err := os.Stat(blob); err != nil {
+		t.Errorf("the imported file: %v", err)
+	}
+	requireVerifies(t, root)
+
+	// A layer of an image is removed with its image, not by digest.
+	mustRun(t, root, "import", layout)
+	if r := run(t, root, "rm", out); r.code != 1 || !strings.Contains(r.stderr, "was not imported on its own") {
+		t.Errorf("rm of an image's layer: exit %d, %q; want 1", r.code, r.stderr)
+	}
 }
 
 // TestImportRefusesLegacyArchive names the pre-1.10 docker-archive: one

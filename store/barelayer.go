@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -97,4 +99,39 @@ func (s *Store) bareLayers() ([]ocispec.Descriptor, error) {
 		}
 	}
 	return out, nil
+}
+
+// RemoveBareLayer forgets the bare layer d, as Untag forgets an image:
+// gc then frees it once no image and no live view uses it. A layer a live
+// view serves is refused unless force, as rm of an image is.
+func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
+	if !force {
+		live, _, err := s.Leases()
+		if err != nil {
+			return err
+		}
+		var where []string
+		for _, l := range live {
+			if slices.Contains(l.Layers, d) {
+				where = append(where, fmt.Sprintf("%s (pid %d)", l.View, l.PID))
+			}
+		}
+		if len(where) > 0 {
+			return fmt.Errorf("layer %s is %w: served at %s; unmount it first, or rm --force (the view keeps working, and gc frees the layer once it ends)",
+				d, ErrInUse, strings.Join(where, ", "))
+		}
+	}
+	return s.updateIndex(func(idx *ocispec.Index) error {
+		kept := idx.Manifests[:0]
+		for _, m := range idx.Manifests {
+			if m.Digest != d || isManifest(m.MediaType) || isIndex(m.MediaType) {
+				kept = append(kept, m)
+			}
+		}
+		if len(kept) == len(idx.Manifests) {
+			return fmt.Errorf("layer %s was not imported on its own (import --layer): rm the images that use it: %w", d, ErrNotFound)
+		}
+		idx.Manifests = kept
+		return nil
+	})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -305,8 +306,9 @@ func rmCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
 		Use:   "rm NAME...",
-		Short: "Remove images by name (gc frees what no image uses any more)",
-		Long: `Remove images by name (gc frees what no image uses any more).
+		Short: "Remove images by name, or bare layers by digest (gc frees what nothing uses any more)",
+		Long: `Remove images by name, or layers imported with import --layer by
+digest (gc frees what nothing uses any more).
 
 An image a live mount or virtio-fs server serves is refused unless
 --force; with it, the view keeps working, and gc frees its data once the
@@ -320,6 +322,15 @@ view ends.`,
 			}
 			for _, name := range args {
 				img, err := s.ImageNamed(name)
+				if errors.Is(err, store.ErrNotFound) {
+					if t, terr := s.Resolve([]string{name}); terr == nil && t.Single {
+						if err := s.RemoveBareLayer(t.Layers[0].Digest, force); err != nil {
+							return err
+						}
+						fmt.Println(t.Layers[0].Digest)
+						continue
+					}
+				}
 				if err != nil {
 					return err
 				}
