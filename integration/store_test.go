@@ -2,7 +2,9 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -162,5 +164,34 @@ func TestGCAfterRm(t *testing.T) {
 	got := walkMount(t, root, "two")
 	if got["shared"].SHA256 == "" {
 		t.Fatalf("image two lost its file: %v", got)
+	}
+}
+
+// TestGCReportsWhatItCannotRemove makes one unused object immutable
+// (chattr +i, so that even root's unlink fails): gc removes everything
+// else, says what it removed, names the object, and exits 1; once the
+// object can go, a second gc removes it.
+func TestGCReportsWhatItCannotRemove(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "chattr")
+	root := sampleStore(t)
+	objects, err := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*"))
+	if err != nil || len(objects) < 2 {
+		t.Fatalf("objects of the sample: %v %v", objects, err)
+	}
+	stuck := objects[0]
+	testimage.RunTool(t, "chattr", "+i", stuck)
+	t.Cleanup(func() { exec.Command("chattr", "-i", stuck).Run() })
+	mustRun(t, root, "rm", "sample")
+	r := run(t, root, "gc")
+	if r.code != 1 || !strings.Contains(r.stderr, filepath.Base(stuck)) || !strings.Contains(r.stderr, "operation not permitted") {
+		t.Errorf("gc with an object it cannot remove: exit %d, stderr %q; want 1, naming it", r.code, r.stderr)
+	}
+	if want := fmt.Sprintf("removed 5 blobs, 3 layers, %d objects", len(objects)-1); !strings.HasPrefix(r.stdout, want) {
+		t.Errorf("gc said %q, want %q", r.stdout, want)
+	}
+	testimage.RunTool(t, "chattr", "-i", stuck)
+	if out := mustRun(t, root, "gc"); !strings.HasPrefix(out, "removed 0 blobs, 0 layers, 1 objects") {
+		t.Errorf("gc once the object can go: %q", out)
 	}
 }

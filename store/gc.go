@@ -84,30 +84,43 @@ func (s *Store) GC(dryRun bool) (Freed, error) {
 			layers[d] = true
 		}
 	}
+	// What cannot be read or removed is reported, and gc goes on with the
+	// rest: a store is never left half-collected for one bad entry.
+	var failed []error
 	remove := func(p string, count *int) {
 		size := diskUsage(p)
-		if dryRun || s.removeBeneath(s.rel(p)) == nil {
-			*count++
-			f.Bytes += size
+		if !dryRun {
+			if err := s.removeBeneath(s.rel(p)); err != nil {
+				failed = append(failed, err)
+				return
+			}
 		}
+		*count++
+		f.Bytes += size
+	}
+	readDir := func(p string) []os.DirEntry {
+		es, err := os.ReadDir(p)
+		if err != nil {
+			failed = append(failed, fmt.Errorf("read %s: %w", s.rel(p), err))
+		}
+		return es
 	}
 	if !dryRun {
 		for _, p := range stale {
-			s.removeBeneath(s.rel(p))
+			if err := s.removeBeneath(s.rel(p)); err != nil {
+				failed = append(failed, err)
+			}
 		}
 	}
-	entries, _ := os.ReadDir(s.path(tmpDir))
-	for _, e := range entries {
+	for _, e := range readDir(s.path(tmpDir)) {
 		remove(filepath.Join(s.path(tmpDir), e.Name()), &f.Temps)
 	}
-	entries, _ = os.ReadDir(s.path(blobsDir))
-	for _, e := range entries {
+	for _, e := range readDir(s.path(blobsDir)) {
 		if !blobs[digest.NewDigestFromEncoded(digest.SHA256, e.Name())] {
 			remove(filepath.Join(s.path(blobsDir), e.Name()), &f.Blobs)
 		}
 	}
-	entries, _ = os.ReadDir(s.path(layersDir))
-	for _, e := range entries {
+	for _, e := range readDir(s.path(layersDir)) {
 		// A layer's lock file goes with it, but counts for nothing.
 		hex, isLock := strings.CutSuffix(e.Name(), ".lock")
 		if layers[digest.NewDigestFromEncoded(digest.SHA256, hex)] {
@@ -125,15 +138,16 @@ func (s *Store) GC(dryRun bool) (Freed, error) {
 			return f, fmt.Errorf("gc: layer %s: %w (objects kept)", d, err)
 		}
 	}
-	fans, _ := os.ReadDir(s.path(objectsDir))
-	for _, fan := range fans {
+	for _, fan := range readDir(s.path(objectsDir)) {
 		dir := filepath.Join(s.path(objectsDir), fan.Name())
-		objs, _ := os.ReadDir(dir)
-		for _, o := range objs {
+		for _, o := range readDir(dir) {
 			if !live[digest.NewDigestFromEncoded(digest.SHA256, o.Name())] {
 				remove(filepath.Join(dir, o.Name()), &f.Objects)
 			}
 		}
+	}
+	if len(failed) > 0 {
+		return f, fmt.Errorf("gc: %w", errors.Join(failed...))
 	}
 	return f, nil
 }

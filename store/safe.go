@@ -92,7 +92,10 @@ func (s *Store) removeBeneath(rel string) error {
 		return err
 	}
 	defer parent.Close()
-	return removeAt(int(parent.Fd()), filepath.Base(rel))
+	if err := removeAt(int(parent.Fd()), filepath.Base(rel)); err != nil {
+		return fmt.Errorf("in %s: %w", filepath.Dir(rel), err)
+	}
+	return nil
 }
 
 func removeAt(dirfd int, name string) error {

@@ -461,16 +461,14 @@ func gcCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// What gc removed is said even when it could not remove all.
 			f, err := s.GC(dryRun)
-			if err != nil {
-				return err
-			}
 			verb := "removed"
 			if dryRun {
 				verb = "would remove"
 			}
 			fmt.Printf("%s %d blobs, %d layers, %d objects, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Temps, f.Bytes)
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, and remove nothing")
