@@ -6,7 +6,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -182,9 +181,8 @@ func (s *Store) create() error {
 	return s.writeIfMissing(layoutFile, []byte(`{"imageLayoutVersion":"1.0.0"}`))
 }
 
-// Root is the store's directory.
-func (s *Store) Root() string { return s.root }
-
+// path is rel's full path in the store, for messages and for what opens
+// by name; opens that must not follow symlinks go through openBeneath.
 func (s *Store) path(rel string) string { return filepath.Join(s.root, rel) }
 
 func (s *Store) writeIfMissing(name string, data []byte) error {
@@ -272,16 +270,6 @@ func (s *Store) PutBlob(desc ocispec.Descriptor, r io.Reader) error {
 		return fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	return nil
-}
-
-// PutJSON stores v as a blob of the given media type.
-func (s *Store) PutJSON(mediaType string, v any) (ocispec.Descriptor, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
-	return desc, s.PutBlob(desc, bytes.NewReader(data))
 }
 
 // ReadBlob returns a small blob's bytes, checked against its digest.

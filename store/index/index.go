@@ -385,7 +385,6 @@ type Reader struct {
 	recs    []byte
 	strs    []byte
 	info    Info
-	path    string
 	mmapped bool
 }
 
@@ -415,7 +414,7 @@ func OpenFile(f *os.File, verify bool) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mmap index %s: %w", path, err)
 	}
-	r := &Reader{data: data, path: path, mmapped: true}
+	r := &Reader{data: data, mmapped: true}
 	if err := r.parse(verify); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)
