@@ -107,6 +107,10 @@ func TestDamagedStoreUnderLiveMount(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, digestHex(body("low/f000"))) || !strings.Contains(r.stderr, filepath.Base(filepath.Dir(top))) {
 		t.Errorf("verify of the damaged store: exit %d\n%s\nwant 1, naming the object and the layer", r.code, r.stderr)
 	}
+	// layers lists the damaged layer as not extracted, and says why.
+	if r := run(t, root, "layers"); r.code != 0 || !strings.Contains(r.stderr, filepath.Base(filepath.Dir(top))) || !strings.Contains(r.stderr, "damaged layer index") {
+		t.Errorf("layers of the damaged store: exit %d, stderr %q; want 0, naming the damaged index", r.code, r.stderr)
+	}
 }
 
 // topLayerIndex is the index file of image name's highest layer.

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 )
 
 // OpenLayer opens the index of an extracted layer.
@@ -132,10 +134,15 @@ func (s *Store) Layers() ([]LayerInfo, error) {
 	out := make([]LayerInfo, 0, len(order))
 	for _, d := range order {
 		li := byDigest[d]
-		if l, err := s.OpenLayer(d); err == nil {
+		switch l, err := s.OpenLayer(d); {
+		case err == nil:
 			info := l.Index.Info()
 			li.Extracted, li.Entries, li.ContentBytes, li.DiffID = true, info.Entries, info.ContentBytes, info.DiffID
 			l.Index.Close()
+		case !errors.Is(err, ErrNotFound):
+			// Listed as not extracted, but never silently: verify names
+			// the same damage, and a mount of it would fail.
+			logrus.Warn(err)
 		}
 		if st, err := os.Stat(s.BlobPath(d)); err == nil {
 			li.CompressedSize = st.Size()
