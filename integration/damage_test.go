@@ -128,3 +128,19 @@ func topLayerIndex(t *testing.T, root, name string) string {
 	}
 	return filepath.Join(root, "layers", "sha256", top, "index")
 }
+
+// TestLayerOpensBesideADamagedImage removes an image's manifest blob: a
+// layer of it still opens by digest, with a warning naming the image.
+func TestLayerOpensBesideADamagedImage(t *testing.T) {
+	root := sampleStore(t)
+	manifest := strings.TrimSpace(mustRun(t, root, "images", "-q", "--no-trunc"))
+	layers := strings.Fields(mustRun(t, root, "layers", "-q", "--no-trunc"))
+	if len(layers) == 0 {
+		t.Fatal("no layers")
+	}
+	must(t, os.Remove(filepath.Join(root, "blobs", "sha256", strings.TrimPrefix(manifest, "sha256:"))))
+	r := run(t, root, "ls", layers[0])
+	if r.code != 0 || r.stdout == "" || !strings.Contains(r.stderr, "image sample: ") || !strings.Contains(r.stderr, manifest) {
+		t.Errorf("ls of a layer beside a damaged image: exit %d, stdout %q, stderr %q; want the listing and a warning naming the image", r.code, r.stdout, r.stderr)
+	}
+}

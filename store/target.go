@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 )
 
 // minPrefix is the shortest digest prefix a target may use.
@@ -246,11 +247,16 @@ func (s *Store) layerDescriptor(images []Image, d digest.Digest) (ocispec.Descri
 	for _, img := range images {
 		var found ocispec.Descriptor
 		var diffID digest.Digest
-		s.eachImageLayer(img, func(l ocispec.Descriptor, id digest.Digest) {
+		err := s.eachImageLayer(img, func(l ocispec.Descriptor, id digest.Digest) {
 			if l.Digest == d {
 				found, diffID = l, id
 			}
 		})
+		if err != nil {
+			// One damaged image must not stop a layer of the others from
+			// opening; verify names it too.
+			logrus.Warnf("image %s: %v", imageLabel(img), err)
+		}
 		if found.Digest != "" {
 			return found, diffID
 		}
