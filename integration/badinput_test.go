@@ -119,7 +119,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"inspect", "sample", "no-such-image"}, "not found"},
 		{[]string{"rm"}, "requires at least 1 arg"},
 		{[]string{"rm", "no-such-image"}, "not found"},
-		{[]string{"rm", "sha256:f300a35215b6"}, "is not an image name"},
+		{[]string{"rm", "sha256:f300a35215b6"}, "was not imported on its own (import --layer): rm the images that use it"},
 		{[]string{"verify", "no-such-image"}, "not found"},
 		{[]string{"verify", unknown}, "not found"},
 		{[]string{"mount"}, "requires at least 2 arg"},
