@@ -42,6 +42,8 @@ type View struct {
 	links *linkCache
 }
 
+var _ view.View = (*View)(nil)
+
 type linkCache struct {
 	mu sync.Mutex
 	m  map[Ref]resolvedLink
@@ -246,7 +248,7 @@ func (v *View) List(dir Node) ([]view.Child, error) {
 // child is a listed name: a lower hardlink is listed as a regular file,
 // whatever it resolves to.
 func (v *View) child(name string, r Ref) view.Child {
-	t := v.Type(r)
+	t := v.typeOf(r)
 	if t == index.TypeLowerLink {
 		t = index.TypeReg
 	}
@@ -320,7 +322,7 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 		below := v.below(top.Layer)
 		if bn, ok, err := below.Resolve(p); err != nil {
 			return e, top, err
-		} else if ok && below.Type(bn.Top()) == index.TypeDir {
+		} else if ok && below.typeOf(bn.Top()) == index.TypeDir {
 			be, _, err := below.entry(bn)
 			be.Name = e.Name
 			return be, top, err
@@ -402,7 +404,7 @@ func (v *View) Resolve(p string) (Node, bool, error) {
 		if name == "" {
 			continue
 		}
-		if t, _ := v.Layers[n.Top().Layer].Index.TypeOf(n.Top().Rec); t != index.TypeDir {
+		if v.typeOf(n.Top()) != index.TypeDir {
 			return nil, false, nil
 		}
 		next, ok, err := v.Lookup(n, name)
@@ -414,8 +416,8 @@ func (v *View) Resolve(p string) (Node, bool, error) {
 	return n, true, nil
 }
 
-// Type is the type of the record that provides a node, cheaply.
-func (v *View) Type(r Ref) index.Type {
+// typeOf is the type of the record that provides a node, cheaply.
+func (v *View) typeOf(r Ref) index.Type {
 	t, _ := v.Layers[r.Layer].Index.TypeOf(r.Rec)
 	return t
 }
