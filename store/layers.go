@@ -7,49 +7,57 @@ import (
 	"slices"
 
 	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 )
 
 // OpenLayer opens the index of an extracted layer.
-func (s *Store) OpenLayer(d digest.Digest) (Layer, error) {
+func (s *Store) OpenLayer(d digest.Digest) (stack.Layer, error) {
 	r, err := s.openIndex(d, false)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return Layer{}, fmt.Errorf("layer %s: %w: not extracted", d, ErrNotFound)
+			return stack.Layer{}, fmt.Errorf("layer %s: %w: not extracted", d, ErrNotFound)
 		}
-		return Layer{}, fmt.Errorf("layer %s: %w: %v", d, ErrCorrupt, err)
+		return stack.Layer{}, fmt.Errorf("layer %s: %w: %v", d, ErrCorrupt, err)
 	}
-	return Layer{Digest: d, Index: r}, nil
+	return stack.Layer{Digest: d, Index: r}, nil
 }
 
-// OpenView opens layers (lowest first) as one view.
-func (s *Store) OpenView(layers []digest.Digest, single bool) (*View, error) {
-	v := &View{Single: single, links: &linkCache{m: map[Ref]resolvedLink{}}}
+// OpenView opens layers (lowest first) as one view of the given kind.
+func (s *Store) OpenView(layers []digest.Digest, kind view.Kind) (*stack.View, error) {
+	var opened []stack.Layer
+	closeAll := func() {
+		for _, l := range opened {
+			l.Index.Close()
+		}
+	}
 	for _, d := range layers {
 		l, err := s.OpenLayer(d)
 		if err != nil {
-			v.Close()
+			closeAll()
 			return nil, err
 		}
-		v.Layers = append(v.Layers, l)
+		opened = append(opened, l)
 	}
-	if single && len(v.Layers) != 1 {
-		v.Close()
-		return nil, fmt.Errorf("a single-layer view takes one layer, not %d", len(layers))
+	v, err := stack.New(opened, kind)
+	if err != nil {
+		closeAll()
+		return nil, err
 	}
 	return v, nil
 }
 
 // checkLowerLinks refuses an image whose layer hardlinks to a file that
-// is in neither that layer nor the view beneath it.
+// is in neither that layer nor the view beneath it (rule R7).
 func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
 	digests := make([]digest.Digest, len(layers))
 	for i, l := range layers {
 		digests[i] = l.Digest
 	}
-	v, err := s.OpenView(digests, false)
+	v, err := s.OpenView(digests, view.Merged)
 	if err != nil {
 		return err
 	}
@@ -59,11 +67,7 @@ func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
 			if t != index.TypeLowerLink {
 				return nil
 			}
-			e, err := l.Index.Entry(rec)
-			if err != nil {
-				return fmt.Errorf("layer %s: %w", l.Digest, err)
-			}
-			if _, _, err := v.lowerLinkTarget(Ref{Layer: k, Rec: rec}, e); err != nil {
+			if err := v.ResolveLowerLink(stack.Ref{Layer: k, Rec: rec}); err != nil {
 				p, _ := l.Index.Path(rec)
 				return fmt.Errorf("layer %s: %w", l.Digest, &EntryError{Entry: p, Err: err})
 			}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/layerfs/layerfs/view/stack"
 	"io"
 	"os"
 	"path/filepath"
@@ -395,8 +396,14 @@ func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
 	})
 }
 
-// ErrNotFound is wrapped by errors about names and digests the store lacks.
-var ErrNotFound = errors.New("not found")
+// The store's errors are its views' too, so that errors.Is holds
+// whichever reports a missing or damaged thing.
+var (
+	// ErrNotFound is wrapped by errors about names and digests the store lacks.
+	ErrNotFound = stack.ErrNotFound
+	// ErrCorrupt is wrapped by errors about indexes that cannot be read.
+	ErrCorrupt = stack.ErrCorrupt
+)
 
 // Untag removes the image called name.
 func (s *Store) Untag(name string) error {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -165,14 +166,14 @@ func TestImportSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := s.OpenView(target.Digests(), false)
+	v, err := s.OpenView(target.Digests(), view.Merged)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	var walk func(n Node, p string)
+	var walk func(n view.Node, p string)
 	var paths []string
-	walk = func(n Node, p string) {
+	walk = func(n view.Node, p string) {
 		children, err := v.List(n)
 		if err != nil {
 			t.Fatal(err)
@@ -180,7 +181,7 @@ func TestImportSample(t *testing.T) {
 		for _, c := range children {
 			cp := p + "/" + c.Name
 			paths = append(paths, cp)
-			if v.Type(c.Top) == 2 {
+			if c.Type == view.TypeDir {
 				child, ok, err := v.Lookup(n, c.Name)
 				if err != nil || !ok {
 					t.Fatalf("lookup %s: %v %v", cp, ok, err)

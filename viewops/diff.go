@@ -7,8 +7,8 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
-	"github.com/layerfs/layerfs/store"
-	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 )
 
 // Change kinds.
@@ -39,9 +39,9 @@ func (c Change) String() string {
 // of an added or deleted directory are listed too, and a path whose type
 // changes from or to a directory takes the directory's children with it.
 // Only the indexes are read: contents are compared by digest.
-func Diff(a, b *store.View) ([]Change, error) {
+func Diff(a, b *stack.View) ([]Change, error) {
 	d := &differ{a: a, b: b}
-	if a.Single == b.Single {
+	if a.Kind() == b.Kind() {
 		for d.shared < len(a.Layers) && d.shared < len(b.Layers) && a.Layers[d.shared].Digest == b.Layers[d.shared].Digest {
 			d.shared++
 		}
@@ -55,7 +55,7 @@ func Diff(a, b *store.View) ([]Change, error) {
 }
 
 type differ struct {
-	a, b *store.View
+	a, b *stack.View
 	// shared is how many of the lowest layers the two views have in common.
 	shared int
 	out    []Change
@@ -65,7 +65,7 @@ type differ struct {
 // the views share, so that everything beneath them is the same too: a
 // directory's subtree depends only on its node's layers and, for
 // hardlinks into lower layers, on the layers beneath them.
-func (d *differ) same(na, nb store.Node) bool {
+func (d *differ) same(na, nb view.Node) bool {
 	if len(na) != len(nb) {
 		return false
 	}
@@ -77,22 +77,22 @@ func (d *differ) same(na, nb store.Node) bool {
 	return true
 }
 
-func (d *differ) pair(p string, na, nb store.Node) error {
+func (d *differ) pair(p string, na, nb view.Node) error {
 	if d.same(na, nb) {
 		return nil
 	}
-	ea, err := Stat(d.a, na)
+	ea, err := d.a.Attr(na)
 	if err != nil {
 		return fmt.Errorf("diff %s: %w", showPath(p), err)
 	}
-	eb, err := Stat(d.b, nb)
+	eb, err := d.b.Attr(nb)
 	if err != nil {
 		return fmt.Errorf("diff %s: %w", showPath(p), err)
 	}
-	if !sameAttrs(ea.Entry, eb.Entry) {
+	if !sameAttrs(ea, eb) {
 		d.out = append(d.out, Change{Modified, p})
 	}
-	dirA, dirB := ea.Type == index.TypeDir, eb.Type == index.TypeDir
+	dirA, dirB := ea.Type == view.TypeDir, eb.Type == view.TypeDir
 	switch {
 	case dirA && dirB:
 		return d.dirs(p, na, nb)
@@ -104,7 +104,7 @@ func (d *differ) pair(p string, na, nb store.Node) error {
 	return nil
 }
 
-func (d *differ) dirs(p string, na, nb store.Node) error {
+func (d *differ) dirs(p string, na, nb view.Node) error {
 	ca, err := d.a.List(na)
 	if err != nil {
 		return fmt.Errorf("diff %s: %w", showPath(p), err)
@@ -148,7 +148,7 @@ func (d *differ) dirs(p string, na, nb store.Node) error {
 }
 
 // one records a child that only one side has, and all beneath it.
-func (d *differ) one(v *store.View, dir string, n store.Node, name string, kind byte) error {
+func (d *differ) one(v *stack.View, dir string, n view.Node, name string, kind byte) error {
 	p := join(dir, name)
 	cn, err := lookup(v, n, p, name)
 	if err != nil {
@@ -158,29 +158,29 @@ func (d *differ) one(v *store.View, dir string, n store.Node, name string, kind 
 }
 
 // subtree records everything beneath directory p of one side.
-func (d *differ) subtree(v *store.View, p string, n store.Node, kind byte) error {
+func (d *differ) subtree(v *stack.View, p string, n view.Node, kind byte) error {
 	return walkDir(v, p, n, d.record(kind))
 }
 
 func (d *differ) record(kind byte) WalkFunc {
-	return func(q string, _ store.Node, _ Attr) error {
+	return func(q string, _ view.Node, _ view.Attr) error {
 		d.out = append(d.out, Change{kind, q})
 		return nil
 	}
 }
 
-func sameAttrs(a, b index.Entry) bool {
+func sameAttrs(a, b view.Attr) bool {
 	return a.Type == b.Type && a.Mode == b.Mode && a.UID == b.UID && a.GID == b.GID &&
 		a.Size == b.Size && a.Mtime == b.Mtime && a.MtimeNs == b.MtimeNs &&
 		a.Object == b.Object && a.Link == b.Link && a.Major == b.Major && a.Minor == b.Minor &&
 		sameXattrs(a.Xattrs, b.Xattrs)
 }
 
-func sameXattrs(a, b []index.Xattr) bool {
+func sameXattrs(a, b []view.Xattr) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	cmp := func(x, y index.Xattr) int { return strings.Compare(x.Name, y.Name) }
+	cmp := func(x, y view.Xattr) int { return strings.Compare(x.Name, y.Name) }
 	a, b = slices.Clone(a), slices.Clone(b)
 	slices.SortFunc(a, cmp)
 	slices.SortFunc(b, cmp)

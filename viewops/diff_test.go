@@ -4,10 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/internal/teststore"
+	"github.com/layerfs/layerfs/view/stack"
 )
 
-func diffLines(t *testing.T, a, b *store.View) string {
+func diffLines(t *testing.T, a, b *stack.View) string {
 	t.Helper()
 	changes, err := Diff(a, b)
 	if err != nil {
@@ -33,11 +34,11 @@ D usr/share/doc/base
 D usr/share/doc/base/README
 A var/log/app.log
 D var/log/old.log`
-	if got := diffLines(t, lower(v, 1), v); got != want {
+	if got := diffLines(t, v.Merged(1), v); got != want {
 		t.Errorf("base layer to image:\n%s\nwant:\n%s", got, want)
 	}
 	reversed := strings.NewReplacer("A ", "D ", "D ", "A ").Replace(want)
-	if got := diffLines(t, v, lower(v, 1)); got != reversed {
+	if got := diffLines(t, v, v.Merged(1)); got != reversed {
 		t.Errorf("image to base layer:\n%s\nwant:\n%s", got, reversed)
 	}
 	if got := diffLines(t, v, v); got != "" {
@@ -58,8 +59,8 @@ func TestDiffRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.rule, func(t *testing.T) {
-			_, v := openImage(t, ruleCase(t, tt.rule).Layers)
-			if got := diffLines(t, lower(v, 1), v); got != tt.want {
+			_, v := teststore.OpenImage(t, teststore.RuleCase(t, tt.rule).Layers)
+			if got := diffLines(t, v.Merged(1), v); got != tt.want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, tt.want)
 			}
 		})
@@ -69,15 +70,15 @@ func TestDiffRules(t *testing.T) {
 // TestDiffEveryAttribute changes one attribute at a time between two
 // images that share nothing, so nothing is skipped as shared.
 func TestDiffEveryAttribute(t *testing.T) {
-	c := ruleCase(t, "xattrs")
-	_, a := openImage(t, c.Layers)
-	changed := ruleCase(t, "xattrs")
+	c := teststore.RuleCase(t, "xattrs")
+	_, a := teststore.OpenImage(t, c.Layers)
+	changed := teststore.RuleCase(t, "xattrs")
 	e := changed.Layers[0].Entries
 	e[0] = e[0].WithXattr("user.comment", "another")
 	e[1].Body = []byte("B\n")
 	e[2] = e[2].WithMode(0o750)
 	e[3] = e[3].WithOwner(1, 1)
-	_, b := openImage(t, changed.Layers)
+	_, b := teststore.OpenImage(t, changed.Layers)
 	if got, want := diffLines(t, a, b), "M binary\nM dir\nM ping\nM plain"; got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
 	}

@@ -7,8 +7,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/layerfs/layerfs/store"
-	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -19,13 +19,13 @@ import (
 // shows no whiteout markers, so the stream holds none. Contents are read
 // through openObject one file at a time. A single-layer view is exported
 // as that layer merged over nothing: without its markers.
-func Export(w io.Writer, v *store.View, openObject func(digest.Digest) (*os.File, error)) error {
-	if v.Single {
+func Export(w io.Writer, v *stack.View, openObject func(digest.Digest) (*os.File, error)) error {
+	if v.Kind() != view.Merged {
 		// The single-layer view shows markers as files, which any reader
 		// of the tar would take for whiteouts: export the layer merged.
-		v = &store.View{Layers: v.Layers}
+		v = v.Merged(len(v.Layers))
 	}
-	x := &exporter{tw: tar.NewWriter(w), openObject: openObject, first: map[FileID]string{}}
+	x := &exporter{tw: tar.NewWriter(w), openObject: openObject, first: map[uint64]string{}}
 	if err := Walk(v, "", x.add); err != nil {
 		return err
 	}
@@ -39,10 +39,10 @@ type exporter struct {
 	tw         *tar.Writer
 	openObject func(digest.Digest) (*os.File, error)
 	// first is the name written for each file that may have several.
-	first map[FileID]string
+	first map[uint64]string
 }
 
-func (x *exporter) add(p string, _ store.Node, a Attr) error {
+func (x *exporter) add(p string, _ view.Node, a view.Attr) error {
 	h := &tar.Header{
 		Name:    p,
 		Mode:    int64(a.Mode),
@@ -57,37 +57,37 @@ func (x *exporter) add(p string, _ store.Node, a Attr) error {
 			h.PAXRecords["SCHILY.xattr."+xa.Name] = xa.Value
 		}
 	}
-	if a.Type != index.TypeDir && a.Nlink > 1 {
-		if first, ok := x.first[a.ID]; ok {
+	if mayHaveNames(a) {
+		if first, ok := x.first[a.Ino]; ok {
 			h.Typeflag, h.Linkname = tar.TypeLink, first
 			return x.header(h)
 		}
-		x.first[a.ID] = p
+		x.first[a.Ino] = p
 	}
 	switch a.Type {
-	case index.TypeDir:
+	case view.TypeDir:
 		h.Typeflag = tar.TypeDir
 		h.Name += "/"
 		if p == "" {
 			h.Name = "./"
 		}
-	case index.TypeReg:
+	case view.TypeReg:
 		h.Typeflag, h.Size = tar.TypeReg, a.Size
-	case index.TypeSymlink:
+	case view.TypeSymlink:
 		h.Typeflag, h.Linkname = tar.TypeSymlink, a.Link
-	case index.TypeChar:
+	case view.TypeChar:
 		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeChar, int64(a.Major), int64(a.Minor)
-	case index.TypeBlock:
+	case view.TypeBlock:
 		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeBlock, int64(a.Major), int64(a.Minor)
-	case index.TypeFifo:
+	case view.TypeFifo:
 		h.Typeflag = tar.TypeFifo
 	default:
-		return fmt.Errorf("export %s: cannot write a %s", showPath(p), a.Type)
+		return fmt.Errorf("export %s: cannot write type %d", showPath(p), a.Type)
 	}
 	if err := x.header(h); err != nil {
 		return err
 	}
-	if a.Type == index.TypeReg && a.Size > 0 {
+	if a.Type == view.TypeReg && a.Size > 0 {
 		return x.content(p, a)
 	}
 	return nil
@@ -100,7 +100,7 @@ func (x *exporter) header(h *tar.Header) error {
 	return nil
 }
 
-func (x *exporter) content(p string, a Attr) error {
+func (x *exporter) content(p string, a view.Attr) error {
 	f, err := x.openObject(a.Object)
 	if err != nil {
 		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
@@ -111,7 +111,20 @@ func (x *exporter) content(p string, a Attr) error {
 		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
 	}
 	if n != a.Size {
-		return fmt.Errorf("export %s: object %s holds %d bytes, the index says %d: %w", showPath(p), a.Object, n, a.Size, store.ErrCorrupt)
+		return fmt.Errorf("export %s: object %s holds %d bytes, the index says %d: %w", showPath(p), a.Object, n, a.Size, stack.ErrCorrupt)
 	}
 	return nil
+}
+
+// mayHaveNames is whether a may be one of several names of a file. The
+// link count a view shows counts names only for files and symlinks: a
+// device or FIFO may be hardlinked too.
+func mayHaveNames(a view.Attr) bool {
+	switch a.Type {
+	case view.TypeDir:
+		return false
+	case view.TypeReg, view.TypeSymlink:
+		return a.Nlink > 1
+	}
+	return true
 }

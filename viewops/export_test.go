@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/internal/teststore"
 	"github.com/layerfs/layerfs/whiteout"
 )
 
 func exportHeaders(t *testing.T, layers []testimage.Layer) []*tar.Header {
 	t.Helper()
-	s, v := openImage(t, layers)
+	s, v := teststore.OpenImage(t, layers)
 	var buf bytes.Buffer
 	if err := Export(&buf, v, s.OpenObject); err != nil {
 		t.Fatal(err)
@@ -83,12 +84,12 @@ func TestExportHardlinks(t *testing.T) {
 		"hardlink-target-first": {"b": "a", "d": "a", "sub/c": "a"},
 		"hardlink-target-later": {"b": "a"},
 		// A link to a lower layer's file is a file of its own (see
-		// store.View.Entry): exported with the target's bytes, not linked.
+		// stack.View.entry): exported with the target's bytes, not linked.
 		"hardlink-to-lower": {},
 	} {
 		t.Run(rule, func(t *testing.T) {
 			got := map[string]string{}
-			for _, h := range exportHeaders(t, ruleCase(t, rule).Layers) {
+			for _, h := range exportHeaders(t, teststore.RuleCase(t, rule).Layers) {
 				if h.Typeflag == tar.TypeLink {
 					got[h.Name] = h.Linkname
 				}
@@ -107,7 +108,7 @@ func TestExportHardlinks(t *testing.T) {
 
 func TestExportAttributes(t *testing.T) {
 	byName := map[string]*tar.Header{}
-	for _, h := range exportHeaders(t, ruleCase(t, "mtime-nanoseconds").Layers) {
+	for _, h := range exportHeaders(t, teststore.RuleCase(t, "mtime-nanoseconds").Layers) {
 		byName[h.Name] = h
 	}
 	if h := byName["d/"]; h == nil || !h.ModTime.Equal(time.Date(2021, time.March, 4, 5, 6, 7, 123456789, time.UTC)) {
@@ -117,7 +118,7 @@ func TestExportAttributes(t *testing.T) {
 		t.Errorf("d/one: %+v", h)
 	}
 	byName = map[string]*tar.Header{}
-	for _, h := range exportHeaders(t, ruleCase(t, "xattrs").Layers) {
+	for _, h := range exportHeaders(t, teststore.RuleCase(t, "xattrs").Layers) {
 		byName[h.Name] = h
 	}
 	if h := byName["binary"]; h == nil || h.PAXRecords["SCHILY.xattr.user.bytes"] != "\x00\x01\xfe\xff" {

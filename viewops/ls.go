@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/layerfs/layerfs/store"
-	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 )
 
 // ListOptions choose what List writes.
@@ -33,17 +33,17 @@ const TimeLayout = "2006-01-02 15:04"
 // view shows. Recursive heads each directory with "path:" and goes down
 // into every subdirectory after listing it, as ls -R; p names them as
 // given, so "." heads "./etc" and "/" heads "/etc".
-func List(w io.Writer, v *store.View, p string, opt ListOptions) error {
+func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 	bw := bufio.NewWriter(w)
-	n, err := resolve(v, CleanPath(p))
+	n, err := resolve(v, stack.CleanPath(p))
 	if err != nil {
 		return fmt.Errorf("ls: %w", err)
 	}
-	a, err := Stat(v, n)
+	a, err := v.Attr(n)
 	if err != nil {
 		return fmt.Errorf("ls %s: %w", p, err)
 	}
-	if a.Type != index.TypeDir {
+	if a.Type != view.TypeDir {
 		writeEntries(bw, []lsEntry{{p, a}}, opt.Long)
 		return bw.Flush()
 	}
@@ -55,7 +55,7 @@ func List(w io.Writer, v *store.View, p string, opt ListOptions) error {
 }
 
 type lister struct {
-	v   *store.View
+	v   *stack.View
 	w   *bufio.Writer
 	opt ListOptions
 	// started is set once a directory's listing is written.
@@ -64,27 +64,27 @@ type lister struct {
 
 type lsEntry struct {
 	name string
-	a    Attr
+	a    view.Attr
 }
 
-func (l *lister) dir(p string, n store.Node) error {
+func (l *lister) dir(p string, n view.Node) error {
 	children, err := l.v.List(n)
 	if err != nil {
 		return fmt.Errorf("ls %s: %w", p, err)
 	}
 	entries := make([]lsEntry, 0, len(children))
-	var subdirs []store.Node
+	var subdirs []view.Node
 	for _, c := range children {
 		cn, err := lookup(l.v, n, join(p, c.Name), c.Name)
 		if err != nil {
 			return fmt.Errorf("ls: %w", err)
 		}
-		a, err := Stat(l.v, cn)
+		a, err := l.v.Attr(cn)
 		if err != nil {
 			return fmt.Errorf("ls %s: %s: %w", p, c.Name, err)
 		}
 		entries = append(entries, lsEntry{c.Name, a})
-		if a.Type == index.TypeDir {
+		if a.Type == view.TypeDir {
 			subdirs = append(subdirs, cn)
 		}
 	}
@@ -101,7 +101,7 @@ func (l *lister) dir(p string, n store.Node) error {
 	}
 	k := 0
 	for _, e := range entries {
-		if e.a.Type != index.TypeDir {
+		if e.a.Type != view.TypeDir {
 			continue
 		}
 		if err := l.dir(concat(p, e.name), subdirs[k]); err != nil {
@@ -136,17 +136,17 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 	for i, e := range entries {
 		a := e.a
 		c := cols{
-			nlink: strconv.FormatUint(uint64(a.ShownNlink()), 10),
+			nlink: strconv.FormatUint(uint64(a.Nlink), 10),
 			uid:   strconv.FormatUint(uint64(a.UID), 10),
 			gid:   strconv.FormatUint(uint64(a.GID), 10),
 		}
-		if a.Type == index.TypeChar || a.Type == index.TypeBlock {
+		if a.Type == view.TypeChar || a.Type == view.TypeBlock {
 			c.major = strconv.FormatUint(uint64(a.Major), 10)
 			c.minor = strconv.FormatUint(uint64(a.Minor), 10)
 			wmaj, wmin = max(wmaj, len(c.major)), max(wmin, len(c.minor))
 			ws = max(ws, wmaj+2+wmin)
 		} else {
-			c.size = strconv.FormatInt(a.ShownSize(), 10)
+			c.size = strconv.FormatInt(a.Size, 10)
 			ws = max(ws, len(c.size))
 		}
 		wl, wu, wg = max(wl, len(c.nlink)), max(wu, len(c.uid)), max(wg, len(c.gid))
@@ -163,7 +163,7 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 		w.WriteString(time.Unix(e.a.Mtime, int64(e.a.MtimeNs)).UTC().Format(TimeLayout))
 		w.WriteByte(' ')
 		w.WriteString(e.name)
-		if e.a.Type == index.TypeSymlink {
+		if e.a.Type == view.TypeSymlink {
 			w.WriteString(" -> ")
 			w.WriteString(e.a.Link)
 		}
@@ -173,20 +173,20 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 
 // ModeString is the mode column of ls -l: the type letter, then rwx
 // triplets with setuid, setgid and sticky as s/S and t/T.
-func ModeString(t index.Type, mode uint32) string {
+func ModeString(t view.Type, mode uint32) string {
 	b := []byte("?---------")
 	switch t {
-	case index.TypeReg:
+	case view.TypeReg:
 		b[0] = '-'
-	case index.TypeDir:
+	case view.TypeDir:
 		b[0] = 'd'
-	case index.TypeSymlink:
+	case view.TypeSymlink:
 		b[0] = 'l'
-	case index.TypeChar:
+	case view.TypeChar:
 		b[0] = 'c'
-	case index.TypeBlock:
+	case view.TypeBlock:
 		b[0] = 'b'
-	case index.TypeFifo:
+	case view.TypeFifo:
 		b[0] = 'p'
 	}
 	const rwx = "rwxrwxrwx"

@@ -4,24 +4,25 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/internal/teststore"
+	"github.com/layerfs/layerfs/view"
 )
 
 func TestModeString(t *testing.T) {
 	for _, tt := range []struct {
-		t    index.Type
+		t    view.Type
 		mode uint32
 		want string
 	}{
-		{index.TypeReg, 0o644, "-rw-r--r--"},
-		{index.TypeReg, 0o4755, "-rwsr-xr-x"},
-		{index.TypeReg, 0o6644, "-rwSr-Sr--"},
-		{index.TypeDir, 0o1777, "drwxrwxrwt"},
-		{index.TypeDir, 0o1770, "drwxrwx--T"},
-		{index.TypeSymlink, 0o777, "lrwxrwxrwx"},
-		{index.TypeChar, 0o666, "crw-rw-rw-"},
-		{index.TypeBlock, 0o660, "brw-rw----"},
-		{index.TypeFifo, 0, "p---------"},
+		{view.TypeReg, 0o644, "-rw-r--r--"},
+		{view.TypeReg, 0o4755, "-rwsr-xr-x"},
+		{view.TypeReg, 0o6644, "-rwSr-Sr--"},
+		{view.TypeDir, 0o1777, "drwxrwxrwt"},
+		{view.TypeDir, 0o1770, "drwxrwx--T"},
+		{view.TypeSymlink, 0o777, "lrwxrwxrwx"},
+		{view.TypeChar, 0o666, "crw-rw-rw-"},
+		{view.TypeBlock, 0o660, "brw-rw----"},
+		{view.TypeFifo, 0, "p---------"},
 	} {
 		if got := ModeString(tt.t, tt.mode); got != tt.want {
 			t.Errorf("ModeString(%v, %o) = %s, want %s", tt.t, tt.mode, got, tt.want)
@@ -31,7 +32,7 @@ func TestModeString(t *testing.T) {
 
 func list(t *testing.T, p string, opt ListOptions, layers ...string) string {
 	t.Helper()
-	_, v := openImage(t, ruleCase(t, layers[0]).Layers)
+	_, v := teststore.OpenImage(t, teststore.RuleCase(t, layers[0]).Layers)
 	var b strings.Builder
 	if err := List(&b, v, p, opt); err != nil {
 		t.Fatal(err)

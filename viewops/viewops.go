@@ -1,50 +1,16 @@
-// Package viewops answers questions about a store view from its layer
-// indexes alone, with no mount: which layer provides a path and what it
-// hides (Which), what changed between two views (Diff), a listing in the
-// form of ls -l (List), and the whole view as one tar stream (Export).
+// Package viewops answers questions about a view with no mount: what
+// changed between two views (Diff), a listing in the form of ls -l
+// (List), and the whole view as one tar stream (Export). Which layer
+// provides a path is the view's own answer (stack.View.Which).
 package viewops
 
 import (
 	"fmt"
-	"path"
-	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
-	"github.com/layerfs/layerfs/store"
-	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 )
-
-// FileID is a file's identity in a view: two paths have the same FileID
-// exactly when they are names of one file (hardlinks).
-type FileID struct {
-	Layer int
-	Inode uint32
-}
-
-// Attr is what a view shows for one path.
-type Attr struct {
-	// Entry holds the attributes; its Type is never TypeLowerLink.
-	index.Entry
-	ID FileID
-}
-
-// Stat returns the attributes node n shows. A hardlink to a lower layer's
-// file shows that file; in a single-layer view, where nothing lies beneath
-// to resolve it in, it is an empty regular file, as the mount shows it.
-func Stat(v *store.View, n store.Node) (Attr, error) {
-	e, ref, err := v.Entry(n)
-	if err != nil {
-		return Attr{}, err
-	}
-	return Attr{Entry: e, ID: FileID{Layer: ref.Layer, Inode: v.Layers[ref.Layer].Index.InodeOf(ref.Rec)}}, nil
-}
-
-// CleanPath turns a path as a user writes it ("/etc/", "./etc", "") into
-// the form views and indexes use: no leading or trailing slash, "" for
-// the root.
-func CleanPath(p string) string {
-	return strings.TrimPrefix(path.Clean("/"+p), "/")
-}
 
 func join(dir, name string) string {
 	if dir == "" {
@@ -54,30 +20,29 @@ func join(dir, name string) string {
 }
 
 // resolve finds p in v, or fails naming it.
-func resolve(v *store.View, p string) (store.Node, error) {
+func resolve(v *stack.View, p string) (view.Node, error) {
 	n, ok, err := v.Resolve(p)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", showPath(p), err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("%s: %w in the view", showPath(p), store.ErrNotFound)
+		return nil, fmt.Errorf("%s: %w in the view", showPath(p), stack.ErrNotFound)
 	}
 	return n, nil
 }
 
 // lookup finds name, at path p, in directory dir, which listed it.
-func lookup(v *store.View, dir store.Node, p, name string) (store.Node, error) {
+func lookup(v *stack.View, dir view.Node, p, name string) (view.Node, error) {
 	n, ok, err := v.Lookup(dir, name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", showPath(p), err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("%s: listed but not found: %w", showPath(p), store.ErrCorrupt)
+		return nil, fmt.Errorf("%s: listed but not found: %w", showPath(p), stack.ErrCorrupt)
 	}
 	return n, nil
 }
 
-// showPath names a path in messages; the root is "/".
 // showPath prints p for messages and line-oriented output, quoted when
 // it holds a newline, tab, backslash or other control character.
 func showPath(p string) string {
@@ -85,15 +50,15 @@ func showPath(p string) string {
 }
 
 // WalkFunc is called for every path Walk visits, p as CleanPath gives it.
-type WalkFunc func(p string, n store.Node, a Attr) error
+type WalkFunc func(p string, n view.Node, a view.Attr) error
 
 // Walk calls fn for p and every path beneath it, depth first, each
 // directory's children sorted by name, as tar --sort=name archives:
 // "d", "d/x", "d-x". A directory's subtree follows it with nothing in
 // between, which GNU tar needs to restore the directory's mtime once it
 // has written into it. Walk holds only the directories on the way down.
-func Walk(v *store.View, p string, fn WalkFunc) error {
-	p = CleanPath(p)
+func Walk(v *stack.View, p string, fn WalkFunc) error {
+	p = stack.CleanPath(p)
 	n, err := resolve(v, p)
 	if err != nil {
 		return err
@@ -102,21 +67,21 @@ func Walk(v *store.View, p string, fn WalkFunc) error {
 }
 
 // walkFrom is Walk from node n, found at p.
-func walkFrom(v *store.View, p string, n store.Node, fn WalkFunc) error {
-	a, err := Stat(v, n)
+func walkFrom(v *stack.View, p string, n view.Node, fn WalkFunc) error {
+	a, err := v.Attr(n)
 	if err != nil {
 		return fmt.Errorf("%s: %w", showPath(p), err)
 	}
 	if err := fn(p, n, a); err != nil {
 		return err
 	}
-	if a.Type != index.TypeDir {
+	if a.Type != view.TypeDir {
 		return nil
 	}
 	return walkDir(v, p, n, fn)
 }
 
-func walkDir(v *store.View, dir string, n store.Node, fn WalkFunc) error {
+func walkDir(v *stack.View, dir string, n view.Node, fn WalkFunc) error {
 	children, err := v.List(n)
 	if err != nil {
 		return fmt.Errorf("%s: %w", showPath(dir), err)

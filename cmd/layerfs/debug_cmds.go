@@ -11,6 +11,8 @@ import (
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
 	"github.com/layerfs/layerfs/viewops"
 	"github.com/spf13/cobra"
 )
@@ -24,7 +26,7 @@ commas, lowest first; one layer digest is that layer as built.`
 
 // openView opens the view one TARGET argument names, extracting any
 // layer not yet extracted.
-func openView(ctx context.Context, g *globals, arg string) (*store.Store, *store.View, error) {
+func openView(ctx context.Context, g *globals, arg string) (*store.Store, *stack.View, error) {
 	s, err := g.open()
 	if err != nil {
 		return nil, nil, err
@@ -36,11 +38,23 @@ func openView(ctx context.Context, g *globals, arg string) (*store.Store, *store
 	if err := s.Prepare(ctx, t); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", t, err)
 	}
-	v, err := s.OpenView(t.Digests(), t.Single)
+	v, err := s.OpenView(t.Digests(), viewKind(t, false))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", t, err)
 	}
 	return s, v, nil
+}
+
+// viewKind is the kind of view that t asks for: overlay asks for the
+// overlay format of a single layer.
+func viewKind(t store.Target, overlay bool) view.Kind {
+	switch {
+	case overlay:
+		return view.Overlay
+	case t.Single:
+		return view.Single
+	}
+	return view.Merged
 }
 
 func whichCmd(g *globals) *cobra.Command {
@@ -67,7 +81,7 @@ Go-quoted.
 				return err
 			}
 			defer v.Close()
-			pr, err := viewops.Which(v, args[1])
+			pr, err := v.Which(args[1])
 			if err != nil {
 				return err
 			}

@@ -108,11 +108,11 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 	return nil
 }
 
-// openTree resolves targets and makes the node tree that serves them as
-// view (a mountpoint or socket), leased in the store so that rm and gc
+// openTree resolves targets and makes the node tree that serves them at
+// servedAt (a mountpoint or socket), leased in the store so that rm and gc
 // leave it alone; op names the command in errors. closeView releases the
 // view and its lease.
-func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op, view string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op, servedAt string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
 	// A server holds one small node per path the kernel keeps: its heap
 	// is many small objects that live long, and the default GC target
 	// would double it. Collect sooner unless the user chose.
@@ -132,15 +132,12 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	if err := s.Prepare(ctx, t); err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	v, err := s.OpenView(t.Digests(), t.Single)
+	v, err := s.OpenView(t.Digests(), viewKind(t, overlay))
 	if err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	if tree, err = layerfs.NewTree(v, s.OpenObject, overlay); err != nil {
-		v.Close()
-		return nil, t, nil, err
-	}
-	release, err := s.Lease(t, view)
+	tree = layerfs.NewTree(v, s.OpenObject)
+	release, err := s.Lease(t, servedAt)
 	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
 		// A store this user may read but not write: served all the same,
 		// but its owner's gc does not know of the view.

@@ -109,28 +109,6 @@ type Entry struct {
 // DirSize is the size every view shows for a directory, as ext4 would.
 const DirSize = 4096
 
-// ShownSize is the size a view shows for the entry.
-func (e Entry) ShownSize() int64 {
-	switch e.Type {
-	case TypeReg:
-		return e.Size
-	case TypeSymlink:
-		return int64(len(e.Link))
-	case TypeDir:
-		return DirSize
-	}
-	return 0
-}
-
-// ShownNlink is the link count a view shows: the names of a file within
-// its layer, and 1 for a directory (tools take that as "not counted").
-func (e Entry) ShownNlink() uint32 {
-	if e.Type == TypeReg || e.Type == TypeSymlink {
-		return max(e.Nlink, 1)
-	}
-	return 1
-}
-
 // Xattr is one extended attribute.
 type Xattr struct {
 	Name  string

@@ -1,10 +1,11 @@
-package viewops
+package stack
 
 import (
 	"fmt"
+	"path"
 	"strings"
 
-	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
@@ -80,9 +81,9 @@ type Provenance struct {
 	Hidden []Hidden
 }
 
-// Which tells which layer provides p in v, which lower layers' entries
+// Which tells which layer provides p in the merged view v, which lower layers' entries
 // for p it hides, and what hid each of them.
-func Which(v *store.View, p string) (Provenance, error) {
+func (v *View) Which(p string) (Provenance, error) {
 	p = CleanPath(p)
 	pr := Provenance{Path: p}
 	n, shown, err := v.Resolve(p)
@@ -122,7 +123,7 @@ func Which(v *store.View, p string) (Provenance, error) {
 				return pr, fmt.Errorf("%s: %w", showPath(p), err)
 			}
 			if !found {
-				return pr, fmt.Errorf("%s: layer %s has it and the view hides it, but nothing above hides it: %w", showPath(p), l.Digest, store.ErrCorrupt)
+				return pr, fmt.Errorf("%s: layer %s has it and the view hides it, but nothing above hides it: %w", showPath(p), l.Digest, ErrCorrupt)
 			}
 			pr.Hidden = append(pr.Hidden, Hidden{LayerEntry: le, By: by})
 		}
@@ -141,7 +142,7 @@ func isMarkerPath(comps []string) bool {
 
 // hider finds, in the layers above layer k, the nearest one that hides
 // layer k's entry of type t at the path made of comps.
-func hider(v *store.View, comps []string, k int, t index.Type) (Hider, bool, error) {
+func hider(v *View, comps []string, k int, t index.Type) (Hider, bool, error) {
 	for j := k + 1; j < len(v.Layers); j++ {
 		h, found, err := hiderIn(v.Layers[j], comps, t)
 		if err != nil || found {
@@ -155,13 +156,13 @@ func hider(v *store.View, comps []string, k int, t index.Type) (Hider, bool, err
 // hiderIn walks comps down one layer, looking for what in that layer
 // hides a lower entry of type t there, in the order whiteout.Lookup
 // applies the rules.
-func hiderIn(l store.Layer, comps []string, t index.Type) (Hider, bool, error) {
+func hiderIn(l Layer, comps []string, t index.Type) (Hider, bool, error) {
 	r := l.Index
 	h := Hider{Digest: l.Digest}
 	cur := uint32(0)
 	for i, c := range comps {
 		dir := strings.Join(comps[:i], "/")
-		// A layer root's opaque mark hides nothing (store.View).
+		// A layer root's opaque mark hides nothing (layerDir.Opaque).
 		if _, flags := r.TypeOf(cur); cur != 0 && flags&index.FlagOpaque != 0 {
 			h.Kind, h.Path = ByOpaque, dir
 			return h, true, nil
@@ -190,4 +191,26 @@ func hiderIn(l store.Layer, comps []string, t index.Type) (Hider, bool, error) {
 		cur = child
 	}
 	return h, false, nil
+}
+
+// CleanPath turns a path as a user writes it ("/etc/", "./etc", "") into
+// the form views and indexes use: no leading or trailing slash, "" for
+// the root.
+func CleanPath(p string) string {
+	return strings.TrimPrefix(path.Clean("/"+p), "/")
+}
+
+// join is path.Join for CleanPath's form.
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// showPath prints p for messages and line-oriented output, "/" for the
+// root, quoted when it holds a newline, tab, backslash or other control
+// character.
+func showPath(p string) string {
+	return output.Name("/" + p)
 }

@@ -1,13 +1,19 @@
-package store
+// Package stack is the view of a stack of extracted layers: the one place
+// that answers what a path shows (docs/semantics.md), from the layers'
+// indexes and the merge rules of package whiteout, and explains it
+// (Which). Consumers read it through the view.View interface.
+package stack
 
 import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
 )
@@ -18,17 +24,25 @@ type Layer struct {
 	Index  *index.Reader
 }
 
-// View is what a stack of layers shows: merged with whiteouts applied, or,
-// for a single layer with Single set, the layer's own entries.
+// Ref and Node name layer records; they are view's, so that consumers
+// need not import this package to hold a node.
+type (
+	Ref  = view.Ref
+	Node = view.Node
+)
+
+// View is what a stack of layers shows, as its Kind says.
 type View struct {
 	Layers []Layer // lowest first
-	Single bool
+	kind   view.Kind
 	// links remembers what each hardlink to a lower layer resolved to,
 	// shared by the views beneath this one: a chain of such links through
 	// N layers would otherwise resolve again beneath every layer above,
 	// N³ lookups in all. Nil in a view made by hand: nothing remembered.
 	links *linkCache
 }
+
+var _ view.View = (*View)(nil)
 
 type linkCache struct {
 	mu sync.Mutex
@@ -41,25 +55,35 @@ type resolvedLink struct {
 	err error
 }
 
-// below is the view of the layers beneath layer k.
-func (v *View) below(k int) *View { return &View{Layers: v.Layers[:k], links: v.links} }
-
-// Ref is one layer's record: Layer indexes View.Layers.
-type Ref struct {
-	Layer int
-	Rec   uint32
+// New makes the view of layers (lowest first) of the given kind, which
+// for Single and Overlay takes exactly one layer. The view owns the
+// layers: Close closes them.
+func New(layers []Layer, kind view.Kind) (*View, error) {
+	if kind != view.Merged && len(layers) != 1 {
+		return nil, fmt.Errorf("a %s view takes one layer, not %d", kind, len(layers))
+	}
+	return &View{Layers: layers, kind: kind, links: &linkCache{m: map[Ref]resolvedLink{}}}, nil
 }
 
-// Node is one path of a view: the layer records that make it up, highest
-// first. A non-directory has one; a merged directory one per layer whose
-// directory of that path merges into it.
-type Node []Ref
+// Merged is the merged view of the lowest n layers of v, sharing v's
+// link cache.
+func (v *View) Merged(n int) *View { return &View{Layers: v.Layers[:n], links: v.links} }
 
-// Top is the record that provides the node in the view.
-func (n Node) Top() Ref { return n[0] }
+// below is the view of the layers beneath layer k.
+func (v *View) below(k int) *View { return v.Merged(k) }
 
-// ErrCorrupt is wrapped by errors about indexes that cannot be read.
-var ErrCorrupt = errors.New("damaged layer index")
+// Kind is how the view shows its layers.
+func (v *View) Kind() view.Kind { return v.kind }
+
+// single is whether the view shows one layer's own entries, unmerged.
+func (v *View) single() bool { return v.kind != view.Merged }
+
+var (
+	// ErrCorrupt is wrapped by errors about indexes that cannot be read.
+	ErrCorrupt = errors.New("damaged layer index")
+	// ErrNotFound is wrapped by errors about a path the view lacks.
+	ErrNotFound = errors.New("not found")
+)
 
 // Close closes every layer's index.
 func (v *View) Close() {
@@ -68,9 +92,19 @@ func (v *View) Close() {
 	}
 }
 
+// Totals counts the entries and content bytes of the view's layers.
+func (v *View) Totals() (entries, contentBytes uint64) {
+	for _, l := range v.Layers {
+		info := l.Index.Info()
+		entries += uint64(info.Entries)
+		contentBytes += uint64(info.ContentBytes)
+	}
+	return entries, contentBytes
+}
+
 // Root is the view's root directory.
 func (v *View) Root() Node {
-	if v.Single {
+	if v.single() {
 		return Node{{Layer: 0, Rec: 0}}
 	}
 	n := make(Node, 0, len(v.Layers))
@@ -147,9 +181,25 @@ func (v *View) ref(n Node, s whiteout.Source) Ref {
 	return Ref{Layer: n[s.Layer].Layer, Rec: uint32(s.Child)}
 }
 
-// Lookup finds name in directory dir.
+// Lookup finds name in directory dir. In the overlay format (rule O) the
+// markers are never found, and a name with no entry of its own is found
+// as its whiteout device when the layer has a .wh.NAME.
 func (v *View) Lookup(dir Node, name string) (Node, bool, error) {
-	if v.Single {
+	if v.kind != view.Overlay {
+		return v.lookup(dir, name)
+	}
+	if whiteout.IsMarker(name) {
+		return nil, false, nil
+	}
+	n, ok, err := v.lookup(dir, name)
+	if err != nil || ok {
+		return n, ok, err
+	}
+	return v.lookup(dir, whiteout.Prefix+name)
+}
+
+func (v *View) lookup(dir Node, name string) (Node, bool, error) {
+	if v.single() {
 		top := dir.Top()
 		rec, ok, err := v.Layers[top.Layer].Index.Lookup(top.Rec, name)
 		if err != nil {
@@ -175,64 +225,83 @@ func (v *View) Lookup(dir Node, name string) (Node, bool, error) {
 	return out, true, nil
 }
 
-// Child is one entry of a directory listing: its name and the record
-// that provides it (the whole Node comes from Lookup).
-type Child struct {
-	Name string
-	Top  Ref
-}
-
 // List returns directory dir's children, sorted by name.
-func (v *View) List(dir Node) ([]Child, error) {
-	if v.Single || len(dir) == 1 {
+func (v *View) List(dir Node) ([]view.Child, error) {
+	if v.single() || len(dir) == 1 {
 		// One layer's directory needs no merge: its children are sorted
-		// already, and only the markers are left out.
-		return v.listLayer(dir.Top(), !v.Single)
+		// already, and only the markers are left out or, in the overlay
+		// format, shown as devices.
+		return v.listLayer(dir.Top())
 	}
 	ds, ls := v.dirs(dir)
 	entries := whiteout.List(ds)
 	if err := firstErr(ls); err != nil {
 		return nil, err
 	}
-	out := make([]Child, len(entries))
+	out := make([]view.Child, len(entries))
 	for i, e := range entries {
-		out[i] = Child{Name: e.Name, Top: v.ref(dir, e.Top)}
+		out[i] = v.child(e.Name, v.ref(dir, e.Top))
 	}
 	return out, nil
 }
 
-func (v *View) listLayer(top Ref, skipMarkers bool) ([]Child, error) {
+// child is a listed name: a lower hardlink is listed as a regular file,
+// whatever it resolves to.
+func (v *View) child(name string, r Ref) view.Child {
+	t := v.typeOf(r)
+	if t == index.TypeLowerLink {
+		t = index.TypeReg
+	}
+	return view.Child{Name: name, Type: viewType(t), Ino: v.ino(r)}
+}
+
+func (v *View) listLayer(top Ref) ([]view.Child, error) {
 	r := v.Layers[top.Layer].Index
 	start, count, err := r.Children(top.Rec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	out := make([]Child, 0, count)
+	out := make([]view.Child, 0, count)
+	renamed := false
 	for i := start; i < start+count; i++ {
 		name, err := r.Name(i)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		if skipMarkers && whiteout.IsMarker(string(name)) {
-			continue
+		c := v.child(string(name), Ref{Layer: top.Layer, Rec: i})
+		if v.kind != view.Single && whiteout.IsMarker(c.Name) {
+			hidden, ok := whiteout.Hidden(c.Name)
+			if v.kind == view.Merged || !ok {
+				continue
+			}
+			// Overlay format: .wh.X is the device X, unless X is there too.
+			if _, real, err := r.Lookup(top.Rec, hidden); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			} else if real {
+				continue
+			}
+			c.Name, c.Type, renamed = hidden, view.TypeChar, true
 		}
-		out = append(out, Child{Name: string(name), Top: Ref{Layer: top.Layer, Rec: i}})
+		out = append(out, c)
+	}
+	if renamed {
+		slices.SortFunc(out, func(a, b view.Child) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return out, nil
 }
 
-// Entry returns the attributes a node shows, and the record they come
+// entry returns the attributes a node shows, and the record they come
 // from. A directory a layer only implies shows what the view beneath that
 // layer shows at its path, when that is a directory (rule 6 of the
 // semantics: the attributes a runtime's copy-up would keep); a hardlink to
 // a lower layer's file shows that file.
-func (v *View) Entry(n Node) (index.Entry, Ref, error) {
+func (v *View) entry(n Node) (index.Entry, Ref, error) {
 	top := n.Top()
 	e, err := v.record(top)
 	if err != nil {
 		return e, top, err
 	}
-	if v.Single {
+	if v.single() {
 		if e.Type == index.TypeLowerLink {
 			// Nothing beneath a single layer to resolve the link in.
 			e.Type, e.Size, e.Link = index.TypeReg, 0, ""
@@ -253,13 +322,13 @@ func (v *View) Entry(n Node) (index.Entry, Ref, error) {
 		below := v.below(top.Layer)
 		if bn, ok, err := below.Resolve(p); err != nil {
 			return e, top, err
-		} else if ok && below.Type(bn.Top()) == index.TypeDir {
-			be, _, err := below.Entry(bn)
+		} else if ok && below.typeOf(bn.Top()) == index.TypeDir {
+			be, _, err := below.entry(bn)
 			be.Name = e.Name
 			return be, top, err
 		}
 	} else if top.Layer > 0 {
-		be, _, err := v.below(top.Layer).Entry(Node{{Layer: top.Layer - 1, Rec: 0}})
+		be, _, err := v.below(top.Layer).entry(Node{{Layer: top.Layer - 1, Rec: 0}})
 		return be, top, err
 	}
 	e.Mode, e.UID, e.GID, e.Mtime, e.MtimeNs, e.Xattrs = 0o755, 0, 0, 0, 0, nil
@@ -272,6 +341,16 @@ func (v *View) record(ref Ref) (index.Entry, error) {
 		return e, fmt.Errorf("%w: layer %s: %v", ErrCorrupt, v.Layers[ref.Layer].Digest, err)
 	}
 	return e, nil
+}
+
+// ResolveLowerLink resolves the hardlink to a lower layer's file at r,
+// failing as the view would (rule R7).
+func (v *View) ResolveLowerLink(r Ref) error {
+	e, err := v.record(r)
+	if err == nil {
+		_, _, err = v.lowerLinkTarget(r, e)
+	}
+	return err
 }
 
 // lowerLinkTarget resolves a hardlink to a file of a lower layer in the
@@ -301,7 +380,7 @@ func (v *View) resolveLowerLink(ref Ref, link index.Entry) (index.Entry, Ref, er
 	if !ok {
 		return link, ref, fmt.Errorf("hardlink to %q: %w in the layers beneath", link.Link, ErrNotFound)
 	}
-	e, _, err := below.Entry(n)
+	e, _, err := below.entry(n)
 	if err != nil {
 		return e, ref, err
 	}
@@ -325,7 +404,7 @@ func (v *View) Resolve(p string) (Node, bool, error) {
 		if name == "" {
 			continue
 		}
-		if t, _ := v.Layers[n.Top().Layer].Index.TypeOf(n.Top().Rec); t != index.TypeDir {
+		if v.typeOf(n.Top()) != index.TypeDir {
 			return nil, false, nil
 		}
 		next, ok, err := v.Lookup(n, name)
@@ -337,8 +416,8 @@ func (v *View) Resolve(p string) (Node, bool, error) {
 	return n, true, nil
 }
 
-// Type is the type of the record that provides a node, cheaply.
-func (v *View) Type(r Ref) index.Type {
+// typeOf is the type of the record that provides a node, cheaply.
+func (v *View) typeOf(r Ref) index.Type {
 	t, _ := v.Layers[r.Layer].Index.TypeOf(r.Rec)
 	return t
 }

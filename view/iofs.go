@@ -1,0 +1,297 @@
+package view
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// FS is a view as an io/fs file system, for Go programs that read an
+// image without a mount: a VM runtime building its guest root, a scanner
+// walking an image. Symlinks resolve inside the view, an absolute target
+// from the view's root, as in a container. Each FileInfo's Sys is the
+// node's *Attr: owner, device numbers, xattrs, link count and inode.
+type FS struct {
+	v View
+	// openObject opens a regular file's content.
+	openObject func(digest.Digest) (*os.File, error)
+}
+
+var (
+	_ fs.ReadDirFS  = (*FS)(nil)
+	_ fs.StatFS     = (*FS)(nil)
+	_ fs.ReadLinkFS = (*FS)(nil)
+)
+
+// NewFS makes the file system of v, reading contents through openObject.
+func NewFS(v View, openObject func(digest.Digest) (*os.File, error)) *FS {
+	return &FS{v: v, openObject: openObject}
+}
+
+// maxSymlinks is how many symlinks one path may cross, as Linux's
+// MAXSYMLINKS.
+const maxSymlinks = 40
+
+// resolve finds name; follow resolves a symlink at its end too.
+func (f *FS) resolve(op, name string, follow bool) (Node, Attr, error) {
+	if !fs.ValidPath(name) {
+		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
+	}
+	fail := func(err error) (Node, Attr, error) {
+		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: err}
+	}
+	root := f.v.Root()
+	rootAttr, err := f.v.Attr(root)
+	if err != nil {
+		return fail(err)
+	}
+	// dirs are the nodes from the root down to the current directory,
+	// which ".." in a symlink's target climbs.
+	dirs := []Node{root}
+	n, a := root, rootAttr
+	todo := components(name)
+	links := 0
+	for len(todo) > 0 {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case ".":
+			continue
+		case "..":
+			if len(dirs) > 1 {
+				dirs = dirs[:len(dirs)-1]
+			}
+			n = dirs[len(dirs)-1]
+			if a, err = f.v.Attr(n); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		if a.Type != TypeDir {
+			return fail(syscall.ENOTDIR)
+		}
+		cn, ok, err := f.v.Lookup(n, c)
+		if err != nil {
+			return fail(err)
+		}
+		if !ok {
+			return fail(fs.ErrNotExist)
+		}
+		ca, err := f.v.Attr(cn)
+		if err != nil {
+			return fail(err)
+		}
+		if ca.Type == TypeSymlink && (len(todo) > 0 || follow) {
+			if links++; links > maxSymlinks {
+				return fail(syscall.ELOOP)
+			}
+			if strings.HasPrefix(ca.Link, "/") {
+				dirs, n, a = dirs[:1], root, rootAttr
+			}
+			todo = append(components(ca.Link), todo...)
+			continue
+		}
+		dirs = append(dirs, cn)
+		n, a = cn, ca
+	}
+	return n, a, nil
+}
+
+func components(p string) []string {
+	return strings.FieldsFunc(p, func(r rune) bool { return r == '/' })
+}
+
+// Open opens name, following symlinks.
+func (f *FS) Open(name string) (fs.File, error) {
+	n, a, err := f.resolve("open", name, true)
+	if err != nil {
+		return nil, err
+	}
+	info := &fileInfo{name: path.Base(name), a: a}
+	switch {
+	case a.Type == TypeDir:
+		children, err := f.v.List(n)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		}
+		return &dir{fsys: f, info: info, path: name, node: n, children: children}, nil
+	case a.Type == TypeReg && a.Object != "":
+		o, err := f.openObject(a.Object)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		}
+		return &file{File: o, info: info}, nil
+	}
+	// An empty file, a device or a FIFO: the view holds no bytes for it.
+	return &empty{info: info}, nil
+}
+
+// Stat describes name, following symlinks.
+func (f *FS) Stat(name string) (fs.FileInfo, error) {
+	_, a, err := f.resolve("stat", name, true)
+	if err != nil {
+		return nil, err
+	}
+	return &fileInfo{name: path.Base(name), a: a}, nil
+}
+
+// Lstat describes name itself, a symlink included.
+func (f *FS) Lstat(name string) (fs.FileInfo, error) {
+	_, a, err := f.resolve("lstat", name, false)
+	if err != nil {
+		return nil, err
+	}
+	return &fileInfo{name: path.Base(name), a: a}, nil
+}
+
+// ReadLink returns the target of symlink name.
+func (f *FS) ReadLink(name string) (string, error) {
+	_, a, err := f.resolve("readlink", name, false)
+	if err != nil {
+		return "", err
+	}
+	if a.Type != TypeSymlink {
+		return "", &fs.PathError{Op: "readlink", Path: name, Err: fs.ErrInvalid}
+	}
+	return a.Link, nil
+}
+
+// ReadDir lists directory name, sorted by name.
+func (f *FS) ReadDir(name string) ([]fs.DirEntry, error) {
+	n, a, err := f.resolve("readdir", name, true)
+	if err != nil {
+		return nil, err
+	}
+	if a.Type != TypeDir {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: syscall.ENOTDIR}
+	}
+	children, err := f.v.List(n)
+	if err != nil {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: err}
+	}
+	return f.entries(n, name, children), nil
+}
+
+func (f *FS) entries(dir Node, dirPath string, children []Child) []fs.DirEntry {
+	out := make([]fs.DirEntry, len(children))
+	for i, c := range children {
+		out[i] = &dirEntry{fsys: f, dir: dir, dirPath: dirPath, c: c}
+	}
+	return out
+}
+
+// fileMode is the io/fs form of a type and permission bits.
+func fileMode(t Type, perm uint32) fs.FileMode {
+	m := fs.FileMode(perm & 0o777)
+	if perm&syscall.S_ISUID != 0 {
+		m |= fs.ModeSetuid
+	}
+	if perm&syscall.S_ISGID != 0 {
+		m |= fs.ModeSetgid
+	}
+	if perm&syscall.S_ISVTX != 0 {
+		m |= fs.ModeSticky
+	}
+	switch t {
+	case TypeDir:
+		m |= fs.ModeDir
+	case TypeSymlink:
+		m |= fs.ModeSymlink
+	case TypeChar:
+		m |= fs.ModeDevice | fs.ModeCharDevice
+	case TypeBlock:
+		m |= fs.ModeDevice
+	case TypeFifo:
+		m |= fs.ModeNamedPipe
+	}
+	return m
+}
+
+type fileInfo struct {
+	name string
+	a    Attr
+}
+
+func (i *fileInfo) Name() string       { return i.name }
+func (i *fileInfo) Size() int64        { return i.a.Size }
+func (i *fileInfo) Mode() fs.FileMode  { return fileMode(i.a.Type, i.a.Mode) }
+func (i *fileInfo) ModTime() time.Time { return time.Unix(i.a.Mtime, int64(i.a.MtimeNs)) }
+func (i *fileInfo) IsDir() bool        { return i.a.Type == TypeDir }
+func (i *fileInfo) Sys() any           { return &i.a }
+
+type dirEntry struct {
+	fsys    *FS
+	dir     Node
+	dirPath string
+	c       Child
+}
+
+func (e *dirEntry) Name() string      { return e.c.Name }
+func (e *dirEntry) IsDir() bool       { return e.c.Type == TypeDir }
+func (e *dirEntry) Type() fs.FileMode { return fileMode(e.c.Type, 0).Type() }
+
+func (e *dirEntry) Info() (fs.FileInfo, error) {
+	p := path.Join(e.dirPath, e.c.Name)
+	n, ok, err := e.fsys.v.Lookup(e.dir, e.c.Name)
+	if err == nil && !ok {
+		err = fs.ErrNotExist
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+	}
+	a, err := e.fsys.v.Attr(n)
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+	}
+	return &fileInfo{name: e.c.Name, a: a}, nil
+}
+
+// file is a regular file with content: its object.
+type file struct {
+	*os.File
+	info *fileInfo
+}
+
+func (f *file) Stat() (fs.FileInfo, error) { return f.info, nil }
+
+// empty is an open file the view holds no bytes for.
+type empty struct{ info *fileInfo }
+
+func (e *empty) Stat() (fs.FileInfo, error) { return e.info, nil }
+func (e *empty) Read([]byte) (int, error)   { return 0, io.EOF }
+func (e *empty) Close() error               { return nil }
+
+// dir is an open directory; ReadDir goes through its listing once.
+type dir struct {
+	fsys     *FS
+	info     *fileInfo
+	path     string
+	node     Node
+	children []Child
+	next     int
+}
+
+func (d *dir) Stat() (fs.FileInfo, error) { return d.info, nil }
+func (d *dir) Close() error               { return nil }
+
+func (d *dir) Read([]byte) (int, error) {
+	return 0, &fs.PathError{Op: "read", Path: d.path, Err: syscall.EISDIR}
+}
+
+func (d *dir) ReadDir(count int) ([]fs.DirEntry, error) {
+	rest := d.children[d.next:]
+	if count > 0 {
+		if len(rest) == 0 {
+			return nil, io.EOF
+		}
+		rest = rest[:min(count, len(rest))]
+	}
+	d.next += len(rest)
+	return d.fsys.entries(d.node, d.path, rest), nil
+}

@@ -1,0 +1,184 @@
+package view_test
+
+import (
+	"errors"
+	"io/fs"
+	"path"
+	"reflect"
+	"testing"
+	"testing/fstest"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/internal/teststore"
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
+	"github.com/layerfs/layerfs/viewops"
+	"github.com/layerfs/layerfs/whiteout"
+)
+
+// TestFS checks the io/fs form of every kind of view of the sample image
+// and of every rule case with testing/fstest, and that it shows the paths
+// and attributes that viewops.Walk (which the mount tests compare with
+// kernel overlayfs) finds.
+func TestFS(t *testing.T) {
+	images := append([]testimage.RuleCase{{Name: "sample", Layers: testimage.Sample().Layers}}, testimage.RuleCases()...)
+	for _, c := range images {
+		t.Run(c.Name, func(t *testing.T) {
+			s, merged := teststore.OpenImage(t, c.Layers)
+			checkFS(t, s, merged)
+			for i := range merged.Layers {
+				for _, kind := range []view.Kind{view.Single, view.Overlay} {
+					// The merged view owns and closes the layers.
+					v, err := stack.New(merged.Layers[i:i+1], kind)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Run(kind.String(), func(t *testing.T) { checkFS(t, s, v) })
+				}
+			}
+		})
+	}
+}
+
+func checkFS(t *testing.T, s *store.Store, v *stack.View) {
+	want := map[string]view.Attr{}
+	err := viewops.Walk(v, "", func(p string, _ view.Node, a view.Attr) error {
+		want[path.Join(".", p)] = a
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := testFS(t, view.NewFS(v, s.OpenObject))
+	for p, a := range want {
+		if !reflect.DeepEqual(got[p], a) {
+			t.Errorf("%s: the FS shows %+v, Walk %+v", p, got[p], a)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("%s: the FS shows it, Walk does not", p)
+		}
+	}
+}
+
+// TestOverlayFormat checks the overlay format of each layer of every rule
+// case, through its io/fs form, against the single-layer view of the same
+// layer: the same names but for the markers, each .wh.X shown as a 0/0
+// character device X unless X is there too (rule O). Its xattrs are
+// compared with kernel overlayfs by the mount tests.
+func TestOverlayFormat(t *testing.T) {
+	for _, c := range testimage.RuleCases() {
+		t.Run(c.Name, func(t *testing.T) {
+			s, merged := teststore.OpenImage(t, c.Layers)
+			for i := range merged.Layers {
+				single, err := stack.New(merged.Layers[i:i+1], view.Single)
+				if err != nil {
+					t.Fatal(err)
+				}
+				overlay, err := stack.New(merged.Layers[i:i+1], view.Overlay)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkOverlay(t, s, single, overlay)
+			}
+		})
+	}
+}
+
+func checkOverlay(t *testing.T, s *store.Store, single, overlay *stack.View) {
+	want := map[string]view.Attr{}
+	var devices []string
+	err := viewops.Walk(single, "", func(p string, _ view.Node, a view.Attr) error {
+		dir, name := path.Split(p)
+		if !whiteout.IsMarker(name) {
+			want[path.Join(".", p)] = a
+			return nil
+		}
+		if hidden, ok := whiteout.Hidden(name); ok {
+			devices = append(devices, path.Join(".", dir, hidden))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	isDevice := map[string]bool{}
+	for _, p := range devices {
+		if _, real := want[p]; !real {
+			want[p], isDevice[p] = view.Attr{Type: view.TypeChar, Nlink: 1}, true
+		}
+	}
+	got := testFS(t, view.NewFS(overlay, s.OpenObject))
+	for p, g := range got {
+		w, ok := want[p]
+		if !ok {
+			t.Errorf("%s: the overlay format shows it, the layer has no such name", p)
+			continue
+		}
+		g.Ino, g.Xattrs, w.Ino, w.Xattrs = 0, nil, 0, nil
+		if isDevice[p] {
+			// A device's mtime is its marker's.
+			g.Mtime, g.MtimeNs = 0, 0
+		}
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("%s: the overlay format shows %+v, want %+v", p, g, w)
+		}
+	}
+	for p := range want {
+		if _, ok := got[p]; !ok {
+			t.Errorf("%s: the overlay format does not show it", p)
+		}
+	}
+}
+
+// testFS walks fsys with fs.WalkDir and checks it with fstest.TestFS,
+// expecting every path the walk finds; it returns each path's Attr. Open
+// follows symlinks, as os.DirFS does, so a dangling one fails it and
+// with it fstest.TestFS: a view with one is walked only, and the
+// dangling symlinks are read with ReadLink.
+func testFS(t *testing.T, fsys *view.FS) map[string]view.Attr {
+	t.Helper()
+	got := map[string]view.Attr{}
+	var paths []string
+	dangling := false
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		a, ok := info.Sys().(*view.Attr)
+		if !ok {
+			t.Fatalf("%s: Sys() is %T", p, info.Sys())
+		}
+		got[p] = *a
+		if p != "." {
+			paths = append(paths, p)
+		}
+		if a.Type != view.TypeSymlink {
+			return nil
+		}
+		if _, err := fs.Stat(fsys, p); errors.Is(err, fs.ErrNotExist) {
+			dangling = true
+			if target, err := fsys.ReadLink(p); err != nil || target != a.Link {
+				t.Errorf("%s: ReadLink gives %q, %v; want %q", p, target, err, a.Link)
+			}
+		} else if err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dangling {
+		if err := fstest.TestFS(fsys, paths...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
+}
