@@ -274,14 +274,20 @@ func TestSingleLayerViewMatchesTarListing(t *testing.T) {
 }
 
 // TestOverlayViewsStackToMergedView stacks kernel overlayfs over the
-// --overlay mounts of every layer and compares it with the oracle.
+// --overlay mounts of every layer and compares it with the oracle, two
+// ways.
 //
-// A directory a layer only implies shows as 0755, 0:0, mtime 0 in the
-// overlay-format view, and overlayfs takes a directory's attributes from
-// the highest layer that has it, while the merged view takes them from
-// the nearest layer beneath with an entry (rule 6). Rather than ignoring
-// directory attributes, the expected tree is the oracle's with exactly
-// those directories, found from the layers' tar listings, set so.
+// Each layer given alone: a directory a layer only implies shows as 0755,
+// 0:0, mtime 0 in the overlay-format view, and overlayfs takes a
+// directory's attributes from the highest layer that has it, while the
+// merged view takes them from the nearest layer beneath with an entry
+// (rule 6). Rather than ignoring directory attributes, the expected tree
+// is the oracle's with exactly those directories, found from the layers'
+// tar listings, set so.
+//
+// Each layer given the layers beneath it (mount --overlay LOWER... TOP):
+// what it implies resolves from them, and the stack is the oracle's tree
+// exactly.
 func TestOverlayViewsStackToMergedView(t *testing.T) {
 	requireRoot(t)
 	var cases []testimage.RuleCase
@@ -297,13 +303,16 @@ func TestOverlayViewsStackToMergedView(t *testing.T) {
 	imageCases(t, cases, func(t *testing.T, img layoutImage) {
 		root := t.TempDir()
 		importInto(t, root, img)
-		var lowers []string
+		var alone, withLowers, digests []string
 		listings := make([]map[string]member, len(img.layers))
 		for i, d := range img.layers {
-			lowers = append(lowers, mountDaemon(t, root, "--overlay", d.String()))
+			digests = append(digests, d.String())
+			alone = append(alone, mountDaemon(t, root, "--overlay", d.String()))
+			withLowers = append(withLowers, mountDaemon(t, root, append([]string{"--overlay"}, digests...)...))
 			listings[i] = tarListing(t, img.blobs[i])
 		}
 		want := oracleTree(t, img.blobs)
+		exact := oracle.Tree{}
 		for p, e := range want {
 			// The overlay-format view escapes user.overlay.* too, for
 			// stacks mounted with userxattr; this one, mounted by root,
@@ -319,6 +328,7 @@ func TestOverlayViewsStackToMergedView(t *testing.T) {
 				e.Xattrs = escaped
 				want[p] = e
 			}
+			exact[p] = e
 			if e.Type != oracle.TypeDir {
 				continue
 			}
@@ -332,6 +342,7 @@ func TestOverlayViewsStackToMergedView(t *testing.T) {
 				}
 			}
 		}
-		requireSame(t, "overlayfs over the --overlay mounts", want, walk(t, overlayMount(t, lowers)))
+		requireSame(t, "overlayfs over the --overlay mounts", want, walk(t, overlayMount(t, alone)))
+		requireSame(t, "overlayfs over the --overlay mounts given their lower layers", exact, walk(t, overlayMount(t, withLowers)))
 	})
 }

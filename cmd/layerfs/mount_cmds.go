@@ -43,9 +43,14 @@ func mountCmd(g *globals) *cobra.Command {
 
 TARGET is an image name, a manifest digest, or layer digests (lowest
 first); a unique digest prefix of 12 or more hex digits is enough. One
-layer digest shows that layer as built, whiteout markers as files; with
---overlay, in the form kernel overlayfs stacks. The command serves in the
-foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
+layer digest shows that layer as built, whiteout markers as files.
+
+--overlay shows the last layer digest in the form kernel overlayfs
+stacks; the layers given before it resolve the directories it only
+implies and the files it hardlinks into them, so that overlayfs over the
+--overlay mounts of an image's layers, each given those beneath it, shows
+exactly the merged view. The command serves in the foreground until
+unmounted; SIGINT or SIGTERM unmounts it.`,
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,7 +64,7 @@ foreground until unmounted; SIGINT or SIGTERM unmounts it.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
+	fl.BoolVar(&f.overlay, "overlay", false, "show the last layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
 	fl.BoolVar(&f.daemon, "daemon", false, "return once the mount answers, leaving the server running")
 	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users than the mount's owner in")
 	fl.BoolVar(&f.dev, "dev", false, "honour device nodes (default nodev)")
@@ -126,8 +131,8 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	if t, err = resolveView(g, s, targets); err != nil {
 		return nil, t, nil, err
 	}
-	if overlay && !t.Single {
-		return nil, t, nil, fmt.Errorf("--overlay shows one layer; %s is not one", t)
+	if overlay && t.Manifest.Digest != "" {
+		return nil, t, nil, fmt.Errorf("--overlay shows one layer, the last of layer digests given lowest first; %s is an image", t)
 	}
 	if err := s.Prepare(ctx, t); err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)

@@ -109,20 +109,23 @@ func shownNlink(e index.Entry) uint32 {
 // image's own overlay xattrs escaped, and the opaque mark.
 func (v *View) overlayXattrs(n Node, e index.Entry) ([]index.Xattr, error) {
 	xs := escapeOverlayXattrs(e.Xattrs)
-	if e.Type != index.TypeDir || e.Name == "" {
+	top := n.Top()
+	if e.Type != index.TypeDir || top.Rec == 0 {
 		// overlayfs never reads a layer root's opaque mark.
 		return xs, nil
 	}
 	// A directory the layer makes opaque, or replaces after whiting it
-	// out, hides what lies beneath it.
-	opaque := e.Flags&index.FlagOpaque != 0
+	// out, hides what lies beneath it. That is the layer's own record's
+	// to say: e holds the attributes of the layers beneath when the layer
+	// only implies the directory.
+	r := v.Layers[top.Layer].Index
+	own, err := r.Entry(top.Rec)
+	if err != nil {
+		return nil, err
+	}
+	opaque := own.Flags&index.FlagOpaque != 0
 	if !opaque {
-		r := v.Layers[0].Index
-		pe, err := r.Entry(n.Top().Rec)
-		if err != nil {
-			return nil, err
-		}
-		_, opaque, _ = r.Lookup(pe.Parent, whiteout.Prefix+e.Name)
+		_, opaque, _ = r.Lookup(own.Parent, whiteout.Prefix+own.Name)
 	}
 	if opaque {
 		return append(xs[:len(xs):len(xs)], index.Xattr{Name: opaqueXattr, Value: "y"}), nil

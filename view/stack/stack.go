@@ -55,11 +55,12 @@ type resolvedLink struct {
 	err error
 }
 
-// New makes the view of layers (lowest first) of the given kind, which
-// for Single and Overlay takes exactly one layer. The view owns the
-// layers: Close closes them.
+// New makes the view of layers (lowest first) of the given kind. Single
+// takes exactly one layer; Overlay shows the highest of its layers, and
+// those beneath resolve what it only implies or links to (rule O). The
+// view owns the layers: Close closes them.
 func New(layers []Layer, kind view.Kind) (*View, error) {
-	if kind != view.Merged && len(layers) != 1 {
+	if (kind == view.Single && len(layers) != 1) || (kind == view.Overlay && len(layers) == 0) {
 		return nil, fmt.Errorf("a %s view takes one layer, not %d", kind, len(layers))
 	}
 	return &View{Layers: layers, kind: kind, links: &linkCache{m: map[Ref]resolvedLink{}}}, nil
@@ -75,7 +76,8 @@ func (v *View) below(k int) *View { return v.Merged(k) }
 // Kind is how the view shows its layers.
 func (v *View) Kind() view.Kind { return v.kind }
 
-// single is whether the view shows one layer's own entries, unmerged.
+// single is whether the view shows one layer's own entries, unmerged:
+// the highest, in an overlay-format view given the layers beneath it.
 func (v *View) single() bool { return v.kind != view.Merged }
 
 var (
@@ -105,7 +107,7 @@ func (v *View) Totals() (entries, contentBytes uint64) {
 // Root is the view's root directory.
 func (v *View) Root() Node {
 	if v.single() {
-		return Node{{Layer: 0, Rec: 0}}
+		return Node{{Layer: len(v.Layers) - 1, Rec: 0}}
 	}
 	n := make(Node, 0, len(v.Layers))
 	for i := len(v.Layers) - 1; i >= 0; i-- {
@@ -301,13 +303,15 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 	if err != nil {
 		return e, top, err
 	}
-	if v.single() {
+	if v.single() && top.Layer == 0 {
 		if e.Type == index.TypeLowerLink {
 			// Nothing beneath a single layer to resolve the link in.
 			e.Type, e.Size, e.Link = index.TypeReg, 0, ""
 		}
 		return e, top, nil
 	}
+	// An overlay-format layer given the layers beneath it resolves what it
+	// implies and links to in them, as the merged view does.
 	switch {
 	case e.Type == index.TypeLowerLink:
 		return v.lowerLinkTarget(top, e)
