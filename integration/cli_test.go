@@ -235,6 +235,19 @@ func TestCLIListings(t *testing.T) {
 		if row == nil || row[3] != "serving" {
 			t.Errorf("mounts table row %q", row)
 		}
+		// A stack of layers is one field too: its digests joined by
+		// commas, a target that mounts the same view again.
+		layers := strings.Fields(mustRun(t, root, "layers", "-q", "--no-trunc"))
+		stackMnt := mountDaemon(t, root, layers[0], layers[1])
+		row = nil
+		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE") {
+			if r[0] == stackMnt {
+				row = r
+			}
+		}
+		if want := layers[0] + "," + layers[1]; row == nil || row[1] != want {
+			t.Errorf("mounts table row %q, want target %s", row, want)
+		}
 		if out := mustRunWithin(t, time.Minute, root, "mounts", "-q"); !strings.Contains("\n"+out, "\n"+mnt+"\n") {
 			t.Errorf("mounts -q does not list %s:\n%s", mnt, out)
 		}

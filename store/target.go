@@ -41,17 +41,22 @@ func (t Target) Digests() []digest.Digest {
 	return out
 }
 
-// String is how messages name the target.
+// String is how messages and the mounts listing name the target: a stack
+// of layers as its digests joined by commas, lowest first, the form a
+// target is given in, so that it is one field of a table and can be given
+// again.
 func (t Target) String() string {
 	switch {
 	case t.Name != "":
 		return t.Name
 	case t.Manifest.Digest != "":
 		return t.Manifest.Digest.String()
-	case len(t.Layers) == 1:
-		return t.Layers[0].Digest.String()
 	}
-	return fmt.Sprintf("%d layers", len(t.Layers))
+	ds := make([]string, len(t.Layers))
+	for i, l := range t.Layers {
+		ds[i] = l.Digest.String()
+	}
+	return strings.Join(ds, ",")
 }
 
 // Resolve reads targets as ResolvePlatform does, for the host's platform.
