@@ -46,7 +46,7 @@ func openView(ctx context.Context, g *globals, arg string) (*store.Store, *stack
 }
 
 // viewKind is the kind of view that t asks for: overlay asks for the
-// overlay format of a single layer.
+// overlay format of t's last layer.
 func viewKind(t store.Target, overlay bool) view.Kind {
 	switch {
 	case overlay:
