@@ -1,0 +1,176 @@
+// Package erofs writes a view as an EROFS image: a complete one, file
+// contents included, for a VM's disk (Build), or a metadata-only one whose
+// regular files point into the store's objects through overlayfs's
+// metacopy and redirect xattrs, for a composefs-style kernel mount
+// (BuildMeta). It reads its input only through io/fs, so any view, or any
+// directory through DirFS, can be written.
+package erofs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strings"
+
+	goerofs "github.com/erofs/go-erofs"
+)
+
+// Meta is what every fs.FileInfo of a source must return from Sys(): the
+// attributes io/fs has no field for.
+type Meta struct {
+	UID, GID uint32
+	// Mtime is in seconds since the epoch; MtimeNs the nanoseconds within.
+	Mtime   int64
+	MtimeNs uint32
+	// DevMajor and DevMinor are a character or block device's numbers.
+	DevMajor, DevMinor uint32
+	// Nlink is the number of names of a non-directory.
+	Nlink uint32
+	// Ino is the file's identity: two paths with the same non-zero Ino are
+	// one file, written as one inode (hardlinks).
+	Ino uint64
+	// Xattrs in the order the source lists them.
+	Xattrs []Xattr
+	// Object names a regular file's content in the store ("sha256:<hex>");
+	// empty for an empty file. Only BuildMeta needs it.
+	Object string
+}
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value string
+}
+
+// Options makes a build reproducible: the same source and options give the
+// same bytes, wherever and whenever the build runs.
+type Options struct {
+	// Seed derives the image's UUID (e.g. the view's layer digests); an
+	// empty seed gives a zero UUID.
+	Seed string
+	// BuildTime is stored in the superblock, in seconds; zero keeps
+	// images independent of when they were made.
+	BuildTime uint64
+}
+
+// Output is where an image goes: the writer seeks back to fill in offsets,
+// and the image's digest is read back once it is complete.
+type Output interface {
+	io.WriteSeeker
+	io.ReaderAt
+}
+
+// Result describes a written image.
+type Result struct {
+	// Digest is the sha256 of the whole image ("sha256:<hex>").
+	Digest string
+	Size   int64
+}
+
+// readLinkFS is how a source gives symlink targets (as io/fs.ReadLinkFS).
+type readLinkFS interface {
+	fs.FS
+	ReadLink(name string) (string, error)
+}
+
+// Build writes src as a complete EROFS image to out.
+func Build(out Output, src fs.FS, opts Options) (Result, error) {
+	return build(out, src, opts, false)
+}
+
+// BuildMeta writes src as a metadata-only EROFS image for overlayfs with
+// the store's objects directory as a data-only lower layer
+// (lowerdir=IMAGE::OBJECTS): each regular file with content has its size,
+// no data blocks, and the metacopy and redirect xattrs that send overlayfs
+// to ObjectPath(Meta.Object). The source's own overlay xattrs are escaped
+// so that overlayfs shows them instead of obeying them.
+func BuildMeta(out Output, src fs.FS, opts Options) (Result, error) {
+	return build(out, src, opts, true)
+}
+
+func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
+	rl, ok := src.(readLinkFS)
+	if !ok {
+		return Result{}, errors.New("erofs: source has no ReadLink method for symlink targets")
+	}
+	if _, ok := src.(fs.ReadDirFS); !ok {
+		return Result{}, errors.New("erofs: source is not an fs.ReadDirFS")
+	}
+	start, err := out.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return Result{}, fmt.Errorf("erofs: output position: %w", err)
+	}
+	if start != 0 {
+		return Result{}, fmt.Errorf("erofs: output must start at offset 0, not %d", start)
+	}
+	adapted := &sourceFS{src: rl, metaOnly: metaOnly, links: newLinkTable()}
+	w := goerofs.Create(out, goerofs.WithBuildTime(opts.BuildTime, 0))
+	var copyOpts []goerofs.CopyOpt
+	if metaOnly {
+		copyOpts = append(copyOpts, goerofs.MetadataOnly())
+	}
+	if err := w.CopyFrom(adapted, copyOpts...); err != nil {
+		return Result{}, fmt.Errorf("erofs: copy source: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return Result{}, fmt.Errorf("erofs: write image: %w", err)
+	}
+	size, err := out.Seek(0, io.SeekEnd)
+	if err != nil {
+		return Result{}, fmt.Errorf("erofs: image size: %w", err)
+	}
+	if err := adapted.links.apply(out, size); err != nil {
+		return Result{}, fmt.Errorf("erofs: hardlinks: %w", err)
+	}
+	if err := setUUID(out, opts.Seed); err != nil {
+		return Result{}, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
+		return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
+	}
+	return Result{Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Size: size}, nil
+}
+
+// ObjectPath is where overlayfs finds an object's bytes, relative to the
+// store's objects directory (docs/store.md: objects/<alg>/<xx>/<hex>), as
+// trusted.overlay.redirect gives it.
+func ObjectPath(object string) (string, error) {
+	alg, hexDigest, ok := strings.Cut(object, ":")
+	if !ok || alg == "" || len(hexDigest) < 3 || strings.ContainsAny(hexDigest, "/\x00") || strings.Contains(alg, "/") {
+		return "", fmt.Errorf("erofs: object name %q is not ALG:HEX", object)
+	}
+	return "/" + alg + "/" + hexDigest[:2] + "/" + hexDigest, nil
+}
+
+// Overlay xattrs BuildMeta writes and escapes (docs/erofs.md).
+const (
+	overlayPrefix  = "trusted.overlay."
+	escapedPrefix  = "trusted.overlay.overlay."
+	metacopyXattr  = "trusted.overlay.metacopy"
+	redirectXattr  = "trusted.overlay.redirect"
+	superblockOff  = 1024
+	uuidOffInSuper = 48
+)
+
+// setUUID stores a UUID derived from seed, which go-erofs leaves zero: a
+// name-based (version 5 style) UUID, so equal seeds give equal images.
+func setUUID(out io.WriteSeeker, seed string) error {
+	var uuid [16]byte
+	if seed != "" {
+		sum := sha256.Sum256([]byte("layerfs erofs uuid\x00" + seed))
+		copy(uuid[:], sum[:16])
+		uuid[6] = uuid[6]&0x0f | 0x50
+		uuid[8] = uuid[8]&0x3f | 0x80
+	}
+	if _, err := out.Seek(superblockOff+uuidOffInSuper, io.SeekStart); err != nil {
+		return fmt.Errorf("erofs: seek to superblock UUID: %w", err)
+	}
+	if _, err := out.Write(uuid[:]); err != nil {
+		return fmt.Errorf("erofs: write superblock UUID: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,153 @@
+package erofs
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"time"
+
+	goerofs "github.com/erofs/go-erofs"
+)
+
+// sourceFS presents a source to go-erofs: it turns each *Meta into the
+// *goerofs.Stat go-erofs reads, gives metadata-only files their overlay
+// xattrs and an all-hole layout, and writes each hardlinked file's data
+// once (see linkTable).
+type sourceFS struct {
+	src      readLinkFS
+	metaOnly bool
+	links    *linkTable
+}
+
+func (s *sourceFS) Open(name string) (fs.File, error) { return s.src.Open(name) }
+
+func (s *sourceFS) ReadLink(name string) (string, error) { return s.src.ReadLink(name) }
+
+func (s *sourceFS) Stat(name string) (fs.FileInfo, error) {
+	info, err := fs.Stat(s.src, name)
+	if err != nil {
+		return nil, err
+	}
+	return s.adapt(name, info)
+}
+
+func (s *sourceFS) ReadDir(name string) ([]fs.DirEntry, error) {
+	entries, err := fs.ReadDir(s.src, name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]fs.DirEntry, len(entries))
+	for i, e := range entries {
+		out[i] = &dirEntry{DirEntry: e, fsys: s, path: path.Join(name, e.Name())}
+	}
+	return out, nil
+}
+
+type dirEntry struct {
+	fs.DirEntry
+	fsys *sourceFS
+	path string
+}
+
+func (d *dirEntry) Info() (fs.FileInfo, error) {
+	info, err := d.DirEntry.Info()
+	if err != nil {
+		return nil, err
+	}
+	return d.fsys.adapt(d.path, info)
+}
+
+// fileInfo is a source FileInfo with go-erofs's metadata as its Sys.
+type fileInfo struct {
+	fs.FileInfo
+	stat  *goerofs.Stat
+	size  int64
+	holes bool
+}
+
+func (f *fileInfo) Size() int64        { return f.size }
+func (f *fileInfo) Sys() any           { return f.stat }
+func (f *fileInfo) ModTime() time.Time { return time.Unix(int64(f.stat.Mtime), int64(f.stat.MtimeNs)) }
+
+// DataRange gives metadata-only files one hole the size of the file, so
+// the image holds no data blocks and overlayfs reads the redirect target.
+func (f *fileInfo) DataRange() []goerofs.DataRange {
+	if !f.holes || f.size == 0 {
+		return nil
+	}
+	return []goerofs.DataRange{{Offset: -1, Size: f.size}}
+}
+
+func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
+	m, ok := info.Sys().(*Meta)
+	if !ok {
+		return nil, fmt.Errorf("%s: Sys() is %T, not *erofs.Meta", name, info.Sys())
+	}
+	if m.Mtime < 0 {
+		return nil, fmt.Errorf("%s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
+	}
+	st := &goerofs.Stat{
+		UID:     m.UID,
+		GID:     m.GID,
+		Mtime:   uint64(m.Mtime),
+		MtimeNs: m.MtimeNs,
+		Nlink:   int(m.Nlink),
+		Rdev:    encodeDev(m.DevMajor, m.DevMinor),
+	}
+	xattrs, err := s.xattrs(name, info, m)
+	if err != nil {
+		return nil, err
+	}
+	st.Xattrs = xattrs
+	fi := &fileInfo{FileInfo: info, stat: st, size: info.Size()}
+	if info.IsDir() {
+		st.Nlink = 0
+		return fi, nil
+	}
+	if s.links.add(name, m.Ino, m.Nlink) {
+		// A later name of a hardlinked file: its inode is dropped once the
+		// directory entry points at the first name's, so it carries nothing.
+		fi.size = 0
+		st.Xattrs = nil
+	}
+	if s.metaOnly && info.Mode().IsRegular() {
+		fi.holes = true
+	}
+	return fi, nil
+}
+
+// xattrs is the map go-erofs writes (sorted by it); in a metadata-only
+// image the source's overlay xattrs are escaped and a file with content
+// gets its metacopy and redirect.
+func (s *sourceFS) xattrs(name string, info fs.FileInfo, m *Meta) (map[string]string, error) {
+	if len(m.Xattrs) == 0 && !(s.metaOnly && info.Mode().IsRegular() && info.Size() > 0) {
+		return nil, nil
+	}
+	out := make(map[string]string, len(m.Xattrs)+2)
+	for _, x := range m.Xattrs {
+		n := x.Name
+		if s.metaOnly && strings.HasPrefix(n, overlayPrefix) {
+			n = escapedPrefix + strings.TrimPrefix(n, overlayPrefix)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("%s: xattr %q given twice", name, x.Name)
+		}
+		out[n] = x.Value
+	}
+	if s.metaOnly && info.Mode().IsRegular() && info.Size() > 0 {
+		target, err := ObjectPath(m.Object)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out[metacopyXattr] = ""
+		out[redirectXattr] = target
+	}
+	return out, nil
+}
+
+// encodeDev packs a device number as the kernel's new_encode_dev, which is
+// how EROFS stores it and how the kernel decodes it.
+func encodeDev(major, minor uint32) uint32 {
+	return minor&0xff | major<<8 | (minor&^0xff)<<12
+}
