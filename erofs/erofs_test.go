@@ -1,0 +1,162 @@
+package erofs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	goerofs "github.com/erofs/go-erofs"
+	"github.com/opencontainers/go-digest"
+)
+
+// sampleSource is a small tree with a hardlinked pair, a symlink, a device
+// and an overlay xattr, as a view would give it.
+func sampleSource() fstest.MapFS {
+	shared := []byte("shared bytes\n")
+	return fstest.MapFS{
+		".":        {Mode: fs.ModeDir | 0o755, Sys: &Meta{}},
+		"d":        {Mode: fs.ModeDir | 0o700, Sys: &Meta{UID: 7, Mtime: 5}},
+		"d/a":      {Data: shared, Mode: 0o4755, Sys: &Meta{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared).String()}},
+		"b":        {Data: shared, Mode: 0o4755, Sys: &Meta{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared).String()}},
+		"empty":    {Mode: 0o600, Sys: &Meta{Xattrs: []Xattr{{Name: "trusted.overlay.opaque", Value: "y"}}}},
+		"link":     {Data: []byte("d/a"), Mode: fs.ModeSymlink | 0o777, Sys: &Meta{}},
+		"dev":      {Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Sys: &Meta{DevMajor: 4, DevMinor: 300}},
+		"d/nested": {Data: []byte("x"), Mode: 0o644, Sys: &Meta{MtimeNs: 999999999, Object: digest.FromBytes([]byte("x")).String()}},
+	}
+}
+
+func buildAndRead(t *testing.T, meta bool, src fs.FS, seed string) (fs.FS, []byte, Result) {
+	t.Helper()
+	out, err := os.Create(filepath.Join(t.TempDir(), "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	b := Build
+	if meta {
+		b = BuildMeta
+	}
+	res, err := b(out, src, Options{Seed: seed})
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	data, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := goerofs.Open(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	return img, data, res
+}
+
+func stat(t *testing.T, img fs.FS, name string) *goerofs.Stat {
+	t.Helper()
+	info, err := fs.Stat(img, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Sys().(*goerofs.Stat)
+}
+
+func TestBuildHardlinksAreOneInode(t *testing.T) {
+	img, _, _ := buildAndRead(t, false, sampleSource(), "s")
+	a, b := stat(t, img, "d/a"), stat(t, img, "b")
+	if a.Ino != b.Ino || a.Nlink != 2 || b.Size != int64(len("shared bytes\n")) {
+		t.Errorf("d/a ino %d nlink %d, b ino %d size %d: want one inode, 2 links, 13 bytes", a.Ino, a.Nlink, b.Ino, b.Size)
+	}
+	data, err := fs.ReadFile(img, "b")
+	if err != nil || string(data) != "shared bytes\n" {
+		t.Errorf("read b: %q, %v", data, err)
+	}
+	if dev := stat(t, img, "dev"); dev.Rdev != 4<<8|300&0xff|(300&^0xff)<<12 {
+		t.Errorf("dev rdev %#x", dev.Rdev)
+	}
+}
+
+func TestBuildIsReproducible(t *testing.T) {
+	_, one, r1 := buildAndRead(t, false, sampleSource(), "seed")
+	_, two, r2 := buildAndRead(t, false, sampleSource(), "seed")
+	_, other, r3 := buildAndRead(t, false, sampleSource(), "other seed")
+	if !bytes.Equal(one, two) || r1 != r2 {
+		t.Errorf("same source and seed: images differ (%s, %s)", r1.Digest, r2.Digest)
+	}
+	if r1.Digest != digest.FromBytes(one).String() || r1.Size != int64(len(one)) {
+		t.Errorf("result %+v does not describe the %d-byte image", r1, len(one))
+	}
+	uuid := one[superblockOff+uuidOffInSuper : superblockOff+uuidOffInSuper+16]
+	if bytes.Equal(uuid, make([]byte, 16)) || bytes.Equal(uuid, other[superblockOff+uuidOffInSuper:][:16]) || r3 == r1 {
+		t.Errorf("UUID %x is zero or does not follow the seed", uuid)
+	}
+}
+
+func TestBuildMetaXattrs(t *testing.T) {
+	img, _, _ := buildAndRead(t, true, sampleSource(), "s")
+	a := stat(t, img, "d/a")
+	want := "/sha256/" + digest.FromBytes([]byte("shared bytes\n")).Encoded()[:2] + "/" + digest.FromBytes([]byte("shared bytes\n")).Encoded()
+	if a.Xattrs[redirectXattr] != want || a.Xattrs[metacopyXattr] != "" || a.Size != 13 {
+		t.Errorf("d/a: xattrs %q size %d, want redirect %s, metacopy and 13 bytes", a.Xattrs, a.Size, want)
+	}
+	if _, ok := a.Xattrs[metacopyXattr]; !ok {
+		t.Errorf("d/a has no metacopy xattr")
+	}
+	e := stat(t, img, "empty")
+	if e.Xattrs["trusted.overlay.overlay.opaque"] != "y" || len(e.Xattrs) != 1 {
+		t.Errorf("empty: xattrs %q, want only the escaped opaque", e.Xattrs)
+	}
+}
+
+func TestBuildRefuses(t *testing.T) {
+	noObject := sampleSource()
+	noObject["d/nested"].Sys.(*Meta).Object = ""
+	foreign := sampleSource()
+	foreign["d/nested"].Sys = "not meta"
+	for _, c := range []struct {
+		name  string
+		meta  bool
+		src   fs.FS
+		wants string
+	}{
+		{"content without an object", true, noObject, "d/nested"},
+		{"Sys of another type", false, foreign, "d/nested"},
+	} {
+		_, err := BuildMeta(&discard{}, c.src, Options{})
+		if !c.meta {
+			_, err = Build(&discard{}, c.src, Options{})
+		}
+		if err == nil || !strings.Contains(err.Error(), c.wants) {
+			t.Errorf("%s: error %v, want one naming %s", c.name, err, c.wants)
+		}
+	}
+}
+
+func TestObjectPath(t *testing.T) {
+	hexDigest := strings.Repeat("ab", 32)
+	if p, err := ObjectPath("sha256:" + hexDigest); err != nil || p != "/sha256/ab/"+hexDigest {
+		t.Errorf("ObjectPath: %q, %v", p, err)
+	}
+	for _, bad := range []string{"", "sha256", "sha256:", ":abc", "sha256:ab/../cd", "a/b:abcd"} {
+		if _, err := ObjectPath(bad); err == nil {
+			t.Errorf("ObjectPath(%q) accepted", bad)
+		}
+	}
+}
+
+// discard is an Output that keeps nothing, for builds expected to fail.
+type discard struct{ off int64 }
+
+func (d *discard) Write(p []byte) (int, error) { d.off += int64(len(p)); return len(p), nil }
+func (d *discard) Seek(off int64, whence int) (int64, error) {
+	if whence == io.SeekStart {
+		d.off = off
+	}
+	return d.off, nil
+}
+func (d *discard) ReadAt([]byte, int64) (int, error) { return 0, errors.New("nothing kept") }
