@@ -3,6 +3,7 @@ package erofs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -160,3 +161,47 @@ func (d *discard) Seek(off int64, whence int) (int64, error) {
 	return d.off, nil
 }
 func (d *discard) ReadAt([]byte, int64) (int, error) { return 0, errors.New("nothing kept") }
+
+// openCounter is a source that counts the files open at once.
+type openCounter struct {
+	fstest.MapFS
+	open, most int
+}
+
+type countedFile struct {
+	fs.File
+	c *openCounter
+}
+
+func (c *openCounter) Open(name string) (fs.File, error) {
+	f, err := c.MapFS.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	c.open++
+	c.most = max(c.most, c.open)
+	return &countedFile{File: f, c: c}, nil
+}
+
+func (f *countedFile) Close() error {
+	f.c.open--
+	return f.File.Close()
+}
+
+func (c *openCounter) ReadLink(name string) (string, error) { return c.MapFS.ReadLink(name) }
+
+// TestBuildOpensOneFileAtATime: a view of a million files must not need a
+// million descriptors.
+func TestBuildOpensOneFileAtATime(t *testing.T) {
+	src := &openCounter{MapFS: fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &Meta{}}}}
+	for i := range 100 {
+		src.MapFS[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: []byte(fmt.Sprint(i)), Mode: 0o644, Sys: &Meta{}}
+	}
+	img, _, _ := buildAndRead(t, false, src, "s")
+	if src.most > 1 || src.open != 0 {
+		t.Errorf("%d files open at most, %d left open; want 1 and 0", src.most, src.open)
+	}
+	if data, err := fs.ReadFile(img, "f042"); err != nil || string(data) != "42" {
+		t.Errorf("f042: %q, %v", data, err)
+	}
+}

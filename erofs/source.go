@@ -2,6 +2,7 @@ package erofs
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"strings"
@@ -20,7 +21,63 @@ type sourceFS struct {
 	links    *linkTable
 }
 
-func (s *sourceFS) Open(name string) (fs.File, error) { return s.src.Open(name) }
+// Open defers opening a regular file until go-erofs reads it: go-erofs
+// opens every file during its walk and reads them all only when the image
+// is written, which would hold a descriptor per file of the view at once.
+func (s *sourceFS) Open(name string) (fs.File, error) {
+	info, err := fs.Stat(s.src, name)
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return s.src.Open(name)
+	}
+	return &lazyFile{src: s.src, name: name, info: info}, nil
+}
+
+// lazyFile opens its file on the first Read and closes it at the end.
+type lazyFile struct {
+	src  fs.FS
+	name string
+	info fs.FileInfo
+	f    fs.File
+	done bool
+}
+
+func (l *lazyFile) Stat() (fs.FileInfo, error) { return l.info, nil }
+
+func (l *lazyFile) Read(p []byte) (int, error) {
+	if l.done {
+		return 0, io.EOF
+	}
+	if l.f == nil {
+		f, err := l.src.Open(l.name)
+		if err != nil {
+			return 0, fmt.Errorf("open %s: %w", l.name, err)
+		}
+		l.f = f
+	}
+	n, err := l.f.Read(p)
+	if err == io.EOF {
+		l.done = true
+		if cerr := l.Close(); cerr != nil {
+			return n, cerr
+		}
+	}
+	return n, err
+}
+
+func (l *lazyFile) Close() error {
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	if err != nil {
+		return fmt.Errorf("close %s: %w", l.name, err)
+	}
+	return nil
+}
 
 func (s *sourceFS) ReadLink(name string) (string, error) { return s.src.ReadLink(name) }
 
