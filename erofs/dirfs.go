@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
@@ -96,7 +97,7 @@ func readNames(dir string) ([]string, error) {
 
 type hostInfo struct {
 	fs.FileInfo
-	meta *Meta
+	meta *view.Attr
 }
 
 func (h *hostInfo) Sys() any { return h.meta }
@@ -110,13 +111,13 @@ func (d *dirFS) lstat(p string) (fs.FileInfo, error) {
 	if err := unix.Lstat(p, &st); err != nil {
 		return nil, &fs.PathError{Op: "lstat", Path: p, Err: err}
 	}
-	m := &Meta{
+	m := &view.Attr{
 		UID: st.Uid, GID: st.Gid,
 		Mtime: st.Mtim.Sec, MtimeNs: uint32(st.Mtim.Nsec),
 		Nlink: uint32(st.Nlink), Ino: st.Ino,
 	}
 	if info.Mode()&fs.ModeDevice != 0 {
-		m.DevMajor, m.DevMinor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+		m.Major, m.Minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
 	}
 	if m.Xattrs, err = listXattrs(p); err != nil {
 		return nil, err
@@ -129,13 +130,13 @@ func (d *dirFS) lstat(p string) (fs.FileInfo, error) {
 	return &hostInfo{FileInfo: info, meta: m}, nil
 }
 
-func listXattrs(p string) ([]Xattr, error) {
+func listXattrs(p string) ([]view.Xattr, error) {
 	buf := make([]byte, 64*1024)
 	n, err := unix.Llistxattr(p, buf)
 	if err != nil {
 		return nil, &fs.PathError{Op: "llistxattr", Path: p, Err: err}
 	}
-	var out []Xattr
+	var out []view.Xattr
 	val := make([]byte, 64*1024)
 	for _, name := range strings.Split(string(bytes.TrimRight(buf[:n], "\x00")), "\x00") {
 		if name == "" {
@@ -145,12 +146,12 @@ func listXattrs(p string) ([]Xattr, error) {
 		if err != nil {
 			return nil, &fs.PathError{Op: "lgetxattr " + name, Path: p, Err: err}
 		}
-		out = append(out, Xattr{Name: name, Value: string(val[:vn])})
+		out = append(out, view.Xattr{Name: name, Value: string(val[:vn])})
 	}
 	return out, nil
 }
 
-func hashFile(p string) (string, error) {
+func hashFile(p string) (digest.Digest, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
@@ -160,5 +161,5 @@ func hashFile(p string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("hash %s: %w", p, err)
 	}
-	return d.String(), nil
+	return d, nil
 }

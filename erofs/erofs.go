@@ -2,7 +2,8 @@
 // contents included, for a VM's disk (Build), or a metadata-only one whose
 // regular files point into the store's objects through overlayfs's
 // metacopy and redirect xattrs, for a composefs-style kernel mount
-// (BuildMeta). It reads its input only through io/fs, so any view, or any
+// (BuildMeta). It reads its input only through io/fs, each FileInfo's
+// Sys() a *view.Attr as view.NewFS gives them, so any view, or any
 // directory through DirFS, can be written.
 package erofs
 
@@ -17,33 +18,6 @@ import (
 
 	goerofs "github.com/erofs/go-erofs"
 )
-
-// Meta is what every fs.FileInfo of a source must return from Sys(): the
-// attributes io/fs has no field for.
-type Meta struct {
-	UID, GID uint32
-	// Mtime is in seconds since the epoch; MtimeNs the nanoseconds within.
-	Mtime   int64
-	MtimeNs uint32
-	// DevMajor and DevMinor are a character or block device's numbers.
-	DevMajor, DevMinor uint32
-	// Nlink is the number of names of a non-directory.
-	Nlink uint32
-	// Ino is the file's identity: two paths with the same non-zero Ino are
-	// one file, written as one inode (hardlinks).
-	Ino uint64
-	// Xattrs in the order the source lists them.
-	Xattrs []Xattr
-	// Object names a regular file's content in the store ("sha256:<hex>");
-	// empty for an empty file. Only BuildMeta needs it.
-	Object string
-}
-
-// Xattr is one extended attribute.
-type Xattr struct {
-	Name  string
-	Value string
-}
 
 // Options makes a build reproducible: the same source and options give the
 // same bytes, wherever and whenever the build runs.
@@ -85,7 +59,7 @@ func Build(out Output, src fs.FS, opts Options) (Result, error) {
 // the store's objects directory as a data-only lower layer
 // (lowerdir=IMAGE::OBJECTS): each regular file with content has its size,
 // no data blocks, and the metacopy and redirect xattrs that send overlayfs
-// to ObjectPath(Meta.Object). The source's own overlay xattrs are escaped
+// to ObjectPath(Attr.Object). The source's own overlay xattrs are escaped
 // so that overlayfs shows them instead of obeying them.
 func BuildMeta(out Output, src fs.FS, opts Options) (Result, error) {
 	return build(out, src, opts, true)
@@ -124,6 +98,9 @@ func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
 	}
 	if err := adapted.links.apply(out, size); err != nil {
 		return Result{}, fmt.Errorf("erofs: hardlinks: %w", err)
+	}
+	if err := shiftNids(out, size); err != nil {
+		return Result{}, fmt.Errorf("erofs: root inode number: %w", err)
 	}
 	if err := setUUID(out, opts.Seed); err != nil {
 		return Result{}, err

@@ -13,6 +13,7 @@ import (
 	"testing/fstest"
 
 	goerofs "github.com/erofs/go-erofs"
+	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -21,14 +22,14 @@ import (
 func sampleSource() fstest.MapFS {
 	shared := []byte("shared bytes\n")
 	return fstest.MapFS{
-		".":        {Mode: fs.ModeDir | 0o755, Sys: &Meta{}},
-		"d":        {Mode: fs.ModeDir | 0o700, Sys: &Meta{UID: 7, Mtime: 5}},
-		"d/a":      {Data: shared, Mode: 0o4755, Sys: &Meta{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared).String()}},
-		"b":        {Data: shared, Mode: 0o4755, Sys: &Meta{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared).String()}},
-		"empty":    {Mode: 0o600, Sys: &Meta{Xattrs: []Xattr{{Name: "trusted.overlay.opaque", Value: "y"}}}},
-		"link":     {Data: []byte("d/a"), Mode: fs.ModeSymlink | 0o777, Sys: &Meta{}},
-		"dev":      {Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Sys: &Meta{DevMajor: 4, DevMinor: 300}},
-		"d/nested": {Data: []byte("x"), Mode: 0o644, Sys: &Meta{MtimeNs: 999999999, Object: digest.FromBytes([]byte("x")).String()}},
+		".":        {Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}},
+		"d":        {Mode: fs.ModeDir | 0o700, Sys: &view.Attr{UID: 7, Mtime: 5}},
+		"d/a":      {Data: shared, Mode: 0o4755, Sys: &view.Attr{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared)}},
+		"b":        {Data: shared, Mode: 0o4755, Sys: &view.Attr{Nlink: 2, Ino: 42, Object: digest.FromBytes(shared)}},
+		"empty":    {Mode: 0o600, Sys: &view.Attr{Xattrs: []view.Xattr{{Name: "trusted.overlay.opaque", Value: "y"}}}},
+		"link":     {Data: []byte("d/a"), Mode: fs.ModeSymlink | 0o777, Sys: &view.Attr{}},
+		"dev":      {Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Sys: &view.Attr{Major: 4, Minor: 300}},
+		"d/nested": {Data: []byte("x"), Mode: 0o644, Sys: &view.Attr{MtimeNs: 999999999, Object: digest.FromBytes([]byte("x"))}},
 	}
 }
 
@@ -65,6 +66,20 @@ func stat(t *testing.T, img fs.FS, name string) *goerofs.Stat {
 		t.Fatal(err)
 	}
 	return info.Sys().(*goerofs.Stat)
+}
+
+// TestRootInodeIsNotZero: glibc's readdir drops entries of inode 0, so a
+// root at nid 0 would lose "." and ".." from listings.
+func TestRootInodeIsNotZero(t *testing.T) {
+	for _, meta := range []bool{false, true} {
+		img, _, _ := buildAndRead(t, meta, sampleSource(), "s")
+		if root := stat(t, img, "."); root.Ino == 0 {
+			t.Errorf("metadata-only %v: the root's inode number is 0", meta)
+		}
+		if data, err := fs.ReadFile(img, "d/nested"); err != nil || (!meta && string(data) != "x") {
+			t.Errorf("metadata-only %v: read d/nested after the shift: %q, %v", meta, data, err)
+		}
+	}
 }
 
 func TestBuildHardlinksAreOneInode(t *testing.T) {
@@ -116,7 +131,7 @@ func TestBuildMetaXattrs(t *testing.T) {
 
 func TestBuildRefuses(t *testing.T) {
 	noObject := sampleSource()
-	noObject["d/nested"].Sys.(*Meta).Object = ""
+	noObject["d/nested"].Sys.(*view.Attr).Object = ""
 	foreign := sampleSource()
 	foreign["d/nested"].Sys = "not meta"
 	for _, c := range []struct {
@@ -193,9 +208,9 @@ func (c *openCounter) ReadLink(name string) (string, error) { return c.MapFS.Rea
 // TestBuildOpensOneFileAtATime: a view of a million files must not need a
 // million descriptors.
 func TestBuildOpensOneFileAtATime(t *testing.T) {
-	src := &openCounter{MapFS: fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &Meta{}}}}
+	src := &openCounter{MapFS: fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}}}
 	for i := range 100 {
-		src.MapFS[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: []byte(fmt.Sprint(i)), Mode: 0o644, Sys: &Meta{}}
+		src.MapFS[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: []byte(fmt.Sprint(i)), Mode: 0o644, Sys: &view.Attr{}}
 	}
 	img, _, _ := buildAndRead(t, false, src, "s")
 	if src.most > 1 || src.open != 0 {

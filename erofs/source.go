@@ -9,9 +9,10 @@ import (
 	"time"
 
 	goerofs "github.com/erofs/go-erofs"
+	"github.com/layerfs/layerfs/view"
 )
 
-// sourceFS presents a source to go-erofs: it turns each *Meta into the
+// sourceFS presents a source to go-erofs: it turns each *view.Attr into the
 // *goerofs.Stat go-erofs reads, gives metadata-only files their overlay
 // xattrs and an all-hole layout, and writes each hardlinked file's data
 // once (see linkTable).
@@ -137,9 +138,9 @@ func (f *fileInfo) DataRange() []goerofs.DataRange {
 }
 
 func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
-	m, ok := info.Sys().(*Meta)
+	m, ok := info.Sys().(*view.Attr)
 	if !ok {
-		return nil, fmt.Errorf("%s: Sys() is %T, not *erofs.Meta", name, info.Sys())
+		return nil, fmt.Errorf("%s: Sys() is %T, not *view.Attr", name, info.Sys())
 	}
 	if m.Mtime < 0 {
 		return nil, fmt.Errorf("%s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
@@ -150,7 +151,7 @@ func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
 		Mtime:   uint64(m.Mtime),
 		MtimeNs: m.MtimeNs,
 		Nlink:   int(m.Nlink),
-		Rdev:    encodeDev(m.DevMajor, m.DevMinor),
+		Rdev:    encodeDev(m.Major, m.Minor),
 	}
 	xattrs, err := s.xattrs(name, info, m)
 	if err != nil {
@@ -177,7 +178,7 @@ func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
 // xattrs is the map go-erofs writes (sorted by it); in a metadata-only
 // image the source's overlay xattrs are escaped and a file with content
 // gets its metacopy and redirect.
-func (s *sourceFS) xattrs(name string, info fs.FileInfo, m *Meta) (map[string]string, error) {
+func (s *sourceFS) xattrs(name string, info fs.FileInfo, m *view.Attr) (map[string]string, error) {
 	if len(m.Xattrs) == 0 && !(s.metaOnly && info.Mode().IsRegular() && info.Size() > 0) {
 		return nil, nil
 	}
@@ -193,7 +194,7 @@ func (s *sourceFS) xattrs(name string, info fs.FileInfo, m *Meta) (map[string]st
 		out[n] = x.Value
 	}
 	if s.metaOnly && info.Mode().IsRegular() && info.Size() > 0 {
-		target, err := ObjectPath(m.Object)
+		target, err := ObjectPath(m.Object.String())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
