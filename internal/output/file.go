@@ -62,8 +62,14 @@ func Create(name string) (*File, error) {
 
 func kind(mode fs.FileMode) string {
 	switch {
+	case mode.IsDir():
+		return "directory"
+	case mode&fs.ModeNamedPipe != 0:
+		return "FIFO"
 	case mode&fs.ModeSocket != 0:
 		return "socket"
+	case mode&fs.ModeCharDevice != 0:
+		return "character device"
 	case mode&fs.ModeDevice != 0:
 		return "block device"
 	}
@@ -115,4 +121,14 @@ func RefuseTerminal(f *os.File, name string) error {
 		return fmt.Errorf("%s is a terminal: refusing to write a tar to it; redirect it or use -o FILE", name)
 	}
 	return nil
+}
+
+// CreateSeekable is Create for output written with seeks, such as a disk
+// image: only a regular file, or a new name, takes it.
+func CreateSeekable(name string) (*File, error) {
+	// Checked before Create, which would wait in the open of a FIFO.
+	if st, err := os.Stat(name); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: a %s, and the output is written with seeks: name a regular file or a new name", name, kind(st.Mode()))
+	}
+	return Create(name)
 }
