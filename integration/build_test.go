@@ -48,7 +48,8 @@ func TestBuildMatchesMount(t *testing.T) {
 }
 
 // TestBuildOutput checks what build writes to: a regular file only,
-// replaced whole, never a FIFO, and never stdout.
+// replaced whole, never a FIFO; stdout with -o -, the same bytes as a
+// file, but never a terminal.
 func TestBuildOutput(t *testing.T) {
 	requireRoot(t)
 	root := sampleStore(t)
@@ -63,5 +64,19 @@ func TestBuildOutput(t *testing.T) {
 	mustRun(t, root, "build", "sample", "-o", target)
 	if st, err := os.Stat(target); err != nil || st.Size() <= 3 || st.Mode().Perm() != 0o600 {
 		t.Errorf("the rebuilt image: %v %v; want a whole image keeping mode 0600", st, err)
+	}
+
+	streamed := filepath.Join(t.TempDir(), "streamed.erofs")
+	must(t, os.WriteFile(streamed, []byte(mustRun(t, root, "build", "sample", "-o", "-")), 0o644))
+	testimage.RunTool(t, "fsck.erofs", streamed)
+	if !sameFile(t, target, streamed) {
+		t.Errorf("build -o - wrote other bytes than build -o FILE")
+	}
+	if r := run(t, root, "build", "sample", "-o", "-", "--json"); r.code != 2 || r.stdout != "" {
+		t.Errorf("build -o - --json: exit %d, stdout %d bytes; want a usage error and nothing on stdout", r.code, len(r.stdout))
+	}
+	shown, stderr, code := runOnTTY(t, root, true, false, "build", "sample", "-o", "-")
+	if code != 1 || !strings.Contains(stderr, "stdout is a terminal") || shown != "" {
+		t.Errorf("build -o - to a terminal: exit %d, stderr %q, %d bytes shown; want refused", code, stderr, len(shown))
 	}
 }

@@ -114,11 +114,11 @@ func (f *File) Abort() {
 	}
 }
 
-// RefuseTerminal refuses to write binary output to a terminal, as docker
-// export does.
+// RefuseTerminal refuses to write binary output (a tar, a disk image) to
+// a terminal, as docker export does.
 func RefuseTerminal(f *os.File, name string) error {
 	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
-		return fmt.Errorf("%s is a terminal: refusing to write a tar to it; redirect it or use -o FILE", name)
+		return fmt.Errorf("%s is a terminal: refusing to write binary data to it; redirect it or use -o FILE", name)
 	}
 	return nil
 }
@@ -131,4 +131,25 @@ func CreateSeekable(name string) (*File, error) {
 		return nil, fmt.Errorf("%s: a %s, and the output is written with seeks: name a regular file or a new name", name, kind(st.Mode()))
 	}
 	return Create(name)
+}
+
+// Scratch opens a file with no name in $TMPDIR, for output that must be
+// written with seeks before it can stream to a pipe; it vanishes when
+// closed, whatever the command's fate.
+func Scratch() (*os.File, error) {
+	dir := os.TempDir()
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "(unnamed)")), nil
+	}
+	// File systems without O_TMPFILE: a temp file unlinked at once.
+	f, err := os.CreateTemp(dir, ".layerfs-scratch-")
+	if err != nil {
+		return nil, fmt.Errorf("scratch file in %s: %w", dir, err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("scratch file in %s: %w", dir, err)
+	}
+	return f, nil
 }
