@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/testimage"
 )
@@ -79,4 +80,19 @@ func TestBuildOutput(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "stdout is a terminal") || shown != "" {
 		t.Errorf("build -o - to a terminal: exit %d, stderr %q, %d bytes shown; want refused", code, stderr, len(shown))
 	}
+}
+
+// TestBuildGuestDisk boots a real guest with the sample's image from
+// layerfs build as its virtio-blk disk, mounted as erofs: it sees exactly
+// what layerfs mount shows on the host, as the virtio-fs guest does, and
+// can change nothing.
+func TestBuildGuestDisk(t *testing.T) {
+	requireRoot(t)
+	k := debianKernel(t)
+	root := sampleStore(t)
+	image := filepath.Join(t.TempDir(), "sample.erofs")
+	mustRun(t, root, "build", testimage.SampleName, "-o", image)
+
+	res := runGuest(t, k, guestSpec{disk: guestDisk{image: image, fsType: "erofs"}, writes: guestWrites, timeout: 5 * time.Minute})
+	checkGuestSees(t, res, root, testimage.SampleName)
 }

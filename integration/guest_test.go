@@ -157,14 +157,21 @@ func writeNewc(w io.Writer, entries []cpioEntry) error {
 }
 
 // guestSpec says what the guest mounts at /mnt: a virtio-fs tag served
-// on socket, or an ext4 image attached as a virtio block device.
+// on socket, or a disk image attached as a virtio block device.
 type guestSpec struct {
 	socket, tag string
-	ext4        string
+	disk        guestDisk
 	// writes are shell commands the guest runs after the walk, each
 	// reported with its status and what it printed.
 	writes  []string
 	timeout time.Duration
+}
+
+// guestDisk is a file system image the guest mounts read-only from its
+// first virtio block device.
+type guestDisk struct {
+	image  string
+	fsType string // ext4 or erofs, as mount -t names it
 }
 
 // initScript is the guest's /init.
@@ -181,8 +188,8 @@ mount -t devtmpfs dev /dev
 		fmt.Fprintf(&b, "insmod /lib/modules/%s.ko || echo 'guest: insmod %s failed'\n", modName(m), modName(m))
 	}
 	mount := "mount -t virtiofs " + g.tag + " /mnt"
-	if g.ext4 != "" {
-		mount = "mount -t ext4 -o ro /dev/vda /mnt"
+	if g.disk.image != "" {
+		mount = "mount -t " + g.disk.fsType + " -o ro /dev/vda /mnt"
 	}
 	fmt.Fprintf(&b, `stty -F /dev/ttyS1 raw -echo
 exec 3>/dev/ttyS1
@@ -202,8 +209,10 @@ if [ $mounted = 1 ]; then
 	echo "T|walk|$t0|$t1|$(up)" >&3
 	cd /
 `, mount)
+	// Each with no terminal on stdin: busybox rm asks before removing a
+	// file it may not write, which on a read-only mount is every file.
 	for _, w := range g.writes {
-		fmt.Fprintf(&b, "\tout=$(%s 2>&1); echo \"W|$?|%s|$out\" >&3\n", w, w)
+		fmt.Fprintf(&b, "\tout=$(%s </dev/null 2>&1); echo \"W|$?|%s|$out\" >&3\n", w, w)
 	}
 	fmt.Fprintf(&b, `else
 	echo "M|mount failed" >&3
@@ -229,10 +238,10 @@ func (g guestSpec) initramfs(t testing.TB, k guestKernel) string {
 		f.Close()
 	}
 	want := []string{"virtio_pci", "virtiofs"}
-	if g.ext4 != "" {
-		// ext4 asks for crc32c by a soft dependency, which modules.dep
-		// leaves out.
-		want = []string{"virtio_pci", "virtio_blk", "crc32c_generic", "ext4"}
+	if g.disk.image != "" {
+		// ext4, and erofs through libcrc32c, ask for crc32c by a soft
+		// dependency, which modules.dep leaves out.
+		want = []string{"virtio_pci", "virtio_blk", "crc32c_generic", g.disk.fsType}
 	}
 	modules, err := k.moduleOrder(want...)
 	if err != nil {
@@ -296,8 +305,8 @@ func runGuest(t testing.TB, k guestKernel, g guestSpec) guestResult {
 		"-display", "none", "-monitor", "none",
 		"-serial", "file:" + consoleLog, "-serial", "file:" + reportLog,
 	}
-	if g.ext4 != "" {
-		args = append(args, "-drive", "file="+g.ext4+",format=raw,if=virtio,readonly=on")
+	if g.disk.image != "" {
+		args = append(args, "-drive", "file="+g.disk.image+",format=raw,if=virtio,readonly=on")
 	} else {
 		args = append(args, "-chardev", "socket,id=fs0,path="+g.socket,
 			"-device", "vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag="+g.tag)
@@ -494,4 +503,32 @@ func withoutXattrs(tree oracle.Tree) oracle.Tree {
 		out[p] = e
 	}
 	return out
+}
+
+// checkGuestSees fails t unless what the guest reported equals the host's
+// layerfs mount of target from store root, entry by entry (xattrs aside,
+// which busybox cannot read), and each of guestWrites failed with
+// Read-only file system.
+func checkGuestSees(t *testing.T, res guestResult, root, target string) {
+	t.Helper()
+	t.Logf("guest: init after %v of uptime, walk %v, hash %v; %v from qemu start to report", res.boot, res.stat, res.hash, res.wall)
+	want, err := oracle.Walk(mountDaemon(t, root, target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.tree) < 10 {
+		t.Fatalf("guest listed %d entries", len(res.tree))
+	}
+	for _, d := range oracle.Diff(withoutXattrs(want), res.tree) {
+		t.Errorf("guest differs from the host mount (want host, got guest): %s", d)
+	}
+	for _, w := range guestWrites {
+		got, ok := res.writes[w]
+		switch {
+		case !ok:
+			t.Errorf("guest %q: not reported", w)
+		case strings.HasPrefix(got, "0 ") || !strings.Contains(got, "Read-only file system"):
+			t.Errorf("guest %q: got %q, want a failure with Read-only file system", w, got)
+		}
+	}
 }

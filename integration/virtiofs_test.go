@@ -105,27 +105,7 @@ func TestVirtiofsGuest(t *testing.T) {
 	srv := startServe(t, root, socket, "layerfs", testimage.SampleName)
 
 	res := runGuest(t, k, guestSpec{socket: socket, tag: "layerfs", writes: guestWrites, timeout: 5 * time.Minute})
-	t.Logf("guest: init after %v of uptime, walk %v, hash %v; %v from qemu start to report", res.boot, res.stat, res.hash, res.wall)
-
-	want, err := oracle.Walk(mountDaemon(t, root, testimage.SampleName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.tree) < 10 {
-		t.Fatalf("guest listed %d entries", len(res.tree))
-	}
-	for _, d := range oracle.Diff(withoutXattrs(want), res.tree) {
-		t.Errorf("guest differs from the host mount (want host, got guest): %s", d)
-	}
-	for _, w := range guestWrites {
-		got, ok := res.writes[w]
-		switch {
-		case !ok:
-			t.Errorf("guest %q: not reported", w)
-		case strings.HasPrefix(got, "0 ") || !strings.Contains(got, "Read-only file system"):
-			t.Errorf("guest %q: got %q, want a failure with Read-only file system", w, got)
-		}
-	}
+	checkGuestSees(t, res, root, testimage.SampleName)
 	srv.stop(t)
 }
 
@@ -200,7 +180,7 @@ func BenchmarkVirtiofsGuest(b *testing.B) {
 	start := time.Now()
 	testimage.RunTool(t, "mkfs.ext4", "-q", "-d", mnt, disk, size)
 	mkfs := time.Since(start)
-	blk := runGuest(t, k, guestSpec{ext4: disk, timeout: 60 * time.Minute})
+	blk := runGuest(t, k, guestSpec{disk: guestDisk{image: disk, fsType: "ext4"}, timeout: 60 * time.Minute})
 
 	socket := filepath.Join(t.TempDir(), "fs.sock")
 	srv := startServe(t, root, socket, "layerfs", target)
