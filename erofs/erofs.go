@@ -28,10 +28,13 @@ type Options struct {
 	// BuildTime is stored in the superblock, in seconds; zero keeps
 	// images independent of when they were made.
 	BuildTime uint64
+	// Digest asks for Result.Digest, which costs reading the finished
+	// image back whole.
+	Digest bool
 }
 
 // Output is where an image goes: the writer seeks back to fill in offsets,
-// and the image's digest is read back once it is complete.
+// and the finished image's directories are read back to be rewritten.
 type Output interface {
 	io.WriteSeeker
 	io.ReaderAt
@@ -39,8 +42,9 @@ type Output interface {
 
 // Result describes a written image.
 type Result struct {
-	// Digest is the sha256 of the whole image ("sha256:<hex>").
-	Digest string
+	// Digest is the sha256 of the whole image ("sha256:<hex>"), when
+	// Options.Digest asks for it.
+	Digest string `json:",omitempty"`
 	Size   int64
 }
 
@@ -80,8 +84,10 @@ func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
 	if start != 0 {
 		return Result{}, fmt.Errorf("erofs: output must start at offset 0, not %d", start)
 	}
-	adapted := &sourceFS{src: rl, metaOnly: metaOnly, links: newLinkTable()}
-	w := goerofs.Create(out, goerofs.WithBuildTime(opts.BuildTime, 0))
+	adapted := &sourceFS{src: rl, metaOnly: metaOnly, links: newLinkTable(), ahead: newPrefetcher(), regular: map[string]fs.FileInfo{}}
+	defer adapted.ahead.stop()
+	buffered := newWriteBuffer(out)
+	w := goerofs.Create(buffered, goerofs.WithBuildTime(opts.BuildTime, 0))
 	var copyOpts []goerofs.CopyOpt
 	if metaOnly {
 		copyOpts = append(copyOpts, goerofs.MetadataOnly())
@@ -89,27 +95,67 @@ func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
 	if err := w.CopyFrom(adapted, copyOpts...); err != nil {
 		return Result{}, fmt.Errorf("erofs: copy source: %w", err)
 	}
-	if err := w.Close(); err != nil {
+	if err := errors.Join(w.Close(), buffered.flush()); err != nil {
 		return Result{}, fmt.Errorf("erofs: write image: %w", err)
 	}
 	size, err := out.Seek(0, io.SeekEnd)
 	if err != nil {
 		return Result{}, fmt.Errorf("erofs: image size: %w", err)
 	}
-	if err := adapted.links.apply(out, size); err != nil {
-		return Result{}, fmt.Errorf("erofs: hardlinks: %w", err)
+	if err := rewriteNids(out, size, adapted.links, uuidFrom(opts.Seed)); err != nil {
+		return Result{}, fmt.Errorf("erofs: %w", err)
 	}
-	if err := shiftNids(out, size); err != nil {
-		return Result{}, fmt.Errorf("erofs: root inode number: %w", err)
+	res := Result{Size: size}
+	if opts.Digest {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
+			return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
+		}
+		res.Digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	}
-	if err := setUUID(out, opts.Seed); err != nil {
-		return Result{}, err
+	return res, nil
+}
+
+// writeBuffer gathers go-erofs's many small writes (directory entries,
+// padding, metadata) into few system calls; large writes, file contents,
+// go straight through. A seek writes out what is gathered first.
+type writeBuffer struct {
+	out io.WriteSeeker
+	buf []byte
+}
+
+func newWriteBuffer(out io.WriteSeeker) *writeBuffer {
+	return &writeBuffer{out: out, buf: make([]byte, 0, 1<<20)}
+}
+
+func (b *writeBuffer) Write(p []byte) (int, error) {
+	large := len(p) >= cap(b.buf)/4
+	if large || len(b.buf)+len(p) > cap(b.buf) {
+		if err := b.flush(); err != nil {
+			return 0, err
+		}
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
-		return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
+	if large {
+		return b.out.Write(p)
 	}
-	return Result{Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Size: size}, nil
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+func (b *writeBuffer) Seek(offset int64, whence int) (int64, error) {
+	if err := b.flush(); err != nil {
+		return 0, err
+	}
+	return b.out.Seek(offset, whence)
+}
+
+func (b *writeBuffer) flush() error {
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.out.Write(b.buf)
+	b.buf = b.buf[:0]
+	return err
 }
 
 // ObjectPath is where overlayfs finds an object's bytes, relative to the
@@ -125,17 +171,16 @@ func ObjectPath(object string) (string, error) {
 
 // Overlay xattrs BuildMeta writes and escapes (docs/erofs.md).
 const (
-	overlayPrefix  = "trusted.overlay."
-	escapedPrefix  = "trusted.overlay.overlay."
-	metacopyXattr  = "trusted.overlay.metacopy"
-	redirectXattr  = "trusted.overlay.redirect"
-	superblockOff  = 1024
-	uuidOffInSuper = 48
+	overlayPrefix = "trusted.overlay."
+	escapedPrefix = "trusted.overlay.overlay."
+	metacopyXattr = "trusted.overlay.metacopy"
+	redirectXattr = "trusted.overlay.redirect"
+	superblockOff = 1024
 )
 
-// setUUID stores a UUID derived from seed, which go-erofs leaves zero: a
-// name-based (version 5 style) UUID, so equal seeds give equal images.
-func setUUID(out io.WriteSeeker, seed string) error {
+// uuidFrom derives the image's UUID from seed, which go-erofs leaves zero:
+// a name-based (version 5 style) UUID, so equal seeds give equal images.
+func uuidFrom(seed string) [16]byte {
 	var uuid [16]byte
 	if seed != "" {
 		sum := sha256.Sum256([]byte("layerfs erofs uuid\x00" + seed))
@@ -143,11 +188,5 @@ func setUUID(out io.WriteSeeker, seed string) error {
 		uuid[6] = uuid[6]&0x0f | 0x50
 		uuid[8] = uuid[8]&0x3f | 0x80
 	}
-	if _, err := out.Seek(superblockOff+uuidOffInSuper, io.SeekStart); err != nil {
-		return fmt.Errorf("erofs: seek to superblock UUID: %w", err)
-	}
-	if _, err := out.Write(uuid[:]); err != nil {
-		return fmt.Errorf("erofs: write superblock UUID: %w", err)
-	}
-	return nil
+	return uuid
 }

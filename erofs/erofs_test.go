@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 
@@ -44,7 +45,7 @@ func buildAndRead(t *testing.T, meta bool, src fs.FS, seed string) (fs.FS, []byt
 	if meta {
 		b = BuildMeta
 	}
-	res, err := b(out, src, Options{Seed: seed})
+	res, err := b(out, src, Options{Seed: seed, Digest: true})
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}
@@ -107,8 +108,8 @@ func TestBuildIsReproducible(t *testing.T) {
 	if r1.Digest != digest.FromBytes(one).String() || r1.Size != int64(len(one)) {
 		t.Errorf("result %+v does not describe the %d-byte image", r1, len(one))
 	}
-	uuid := one[superblockOff+uuidOffInSuper : superblockOff+uuidOffInSuper+16]
-	if bytes.Equal(uuid, make([]byte, 16)) || bytes.Equal(uuid, other[superblockOff+uuidOffInSuper:][:16]) || r3 == r1 {
+	uuid := one[superblockOff+sbUUIDOff : superblockOff+sbUUIDOff+16]
+	if bytes.Equal(uuid, make([]byte, 16)) || bytes.Equal(uuid, other[superblockOff+sbUUIDOff:][:16]) || r3 == r1 {
 		t.Errorf("UUID %x is zero or does not follow the seed", uuid)
 	}
 }
@@ -180,6 +181,7 @@ func (d *discard) ReadAt([]byte, int64) (int, error) { return 0, errors.New("not
 // openCounter is a source that counts the files open at once.
 type openCounter struct {
 	fstest.MapFS
+	mu         sync.Mutex
 	open, most int
 }
 
@@ -193,30 +195,46 @@ func (c *openCounter) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.open++
 	c.most = max(c.most, c.open)
 	return &countedFile{File: f, c: c}, nil
 }
 
 func (f *countedFile) Close() error {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
 	f.c.open--
 	return f.File.Close()
 }
 
 func (c *openCounter) ReadLink(name string) (string, error) { return c.MapFS.ReadLink(name) }
 
-// TestBuildOpensOneFileAtATime: a view of a million files must not need a
-// million descriptors.
-func TestBuildOpensOneFileAtATime(t *testing.T) {
+// TestBuildOpensBoundedFiles: a view of a million files must not need a
+// million descriptors. Files are opened ahead of the copy, a bounded
+// window of them, whether go-erofs copies them with the data (large) or
+// inlines them with the metadata (small); each lands where it belongs.
+func TestBuildOpensBoundedFiles(t *testing.T) {
 	src := &openCounter{MapFS: fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}}}
-	for i := range 100 {
-		src.MapFS[fmt.Sprintf("f%03d", i)] = &fstest.MapFile{Data: []byte(fmt.Sprint(i)), Mode: 0o644, Sys: &view.Attr{}}
+	for i := range 4 * prefetchFiles {
+		data := []byte(fmt.Sprint(i))
+		if i%2 == 0 {
+			data = bytes.Repeat(data, 5000)
+		}
+		src.MapFS[fmt.Sprintf("f%04d", i)] = &fstest.MapFile{Data: data, Mode: 0o644, Sys: &view.Attr{}}
 	}
+	// Past the output's buffer: written straight through, in its place.
+	src.MapFS["f0042"].Data = bytes.Repeat([]byte("big\n"), 1<<18)
 	img, _, _ := buildAndRead(t, false, src, "s")
-	if src.most > 1 || src.open != 0 {
-		t.Errorf("%d files open at most, %d left open; want 1 and 0", src.most, src.open)
+	t.Logf("%d files open at most", src.most)
+	if limit := prefetchFiles + prefetchWorkers + 1; src.most > limit || src.open != 0 {
+		t.Errorf("%d files open at most, %d left open; want at most %d and 0", src.most, src.open, limit)
 	}
-	if data, err := fs.ReadFile(img, "f042"); err != nil || string(data) != "42" {
-		t.Errorf("f042: %q, %v", data, err)
+	for _, name := range []string{"f0042", "f0043"} {
+		want, _ := fs.ReadFile(src.MapFS, name)
+		if data, err := fs.ReadFile(img, name); err != nil || !bytes.Equal(data, want) {
+			t.Errorf("%s: %d bytes, %v; want %d bytes", name, len(data), err, len(want))
+		}
 	}
 }

@@ -4,25 +4,22 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"io/fs"
-	"path"
-
-	goerofs "github.com/erofs/go-erofs"
 )
 
 // linkTable makes hardlinks one inode. go-erofs writes an inode for every
 // path it is given and has no way to name one inode twice, so the first
 // name of each file is written whole, later names as empty placeholders,
-// and once the image is complete apply points each later name's directory
-// entry at the first name's inode (docs/erofs.md).
+// and once the image is complete rewriteNids points each later name's
+// directory entry at the first name's inode (docs/erofs.md).
 type linkTable struct {
 	first map[uint64]string
-	later []link
+	// later maps each later name to the first name of its file.
+	later map[string]string
 }
 
-type link struct{ name, first string }
-
-func newLinkTable() *linkTable { return &linkTable{first: map[uint64]string{}} }
+func newLinkTable() *linkTable {
+	return &linkTable{first: map[uint64]string{}, later: map[string]string{}}
+}
 
 // add records name as a name of the file ino and says whether the file has
 // been seen under another name already.
@@ -35,148 +32,111 @@ func (t *linkTable) add(name string, ino uint64, nlink uint32) bool {
 		t.first[ino] = name
 		return false
 	}
-	t.later = append(t.later, link{name: name, first: first})
+	t.later[name] = first
 	return true
 }
 
 // On-disk EROFS layout facts the rewrite needs (the kernel's erofs_fs.h).
 const (
-	sbRootNidOff     = superblockOff + 14
-	sbMetaBlkAddrOff = superblockOff + 40
-	sbBlkSizeBitsOff = superblockOff + 12
+	superblockSize   = 128
+	sbBlkSizeBitsOff = 12
+	sbRootNidOff     = 14
+	sbUUIDOff        = 48
+	sbMetaBlkAddrOff = 40
 	inodeSlotSize    = 32
 	compactInodeSize = 32
 	extendedInode    = 64
 	direntSize       = 12
+	fileTypeDir      = 2
 	layoutFlatPlain  = 0
 	layoutFlatInline = 2
 )
 
-func (t *linkTable) apply(img Output, size int64) error {
-	if len(t.later) == 0 {
-		return nil
-	}
-	fsys, geo, err := readBack(img, size)
-	if err != nil {
-		return err
-	}
-	for _, l := range t.later {
-		target, err := nid(fsys, l.first)
-		if err != nil {
-			return err
-		}
-		parent, err := nid(fsys, path.Dir(l.name))
-		if err != nil {
-			return err
-		}
-		off, err := geo.direntOffset(parent, path.Base(l.name))
-		if err != nil {
-			return fmt.Errorf("%s: %w", l.name, err)
-		}
-		var b [8]byte
-		binary.LittleEndian.PutUint64(b[:], target)
-		if _, err := img.Seek(off, io.SeekStart); err != nil {
-			return fmt.Errorf("%s: seek to its directory entry: %w", l.name, err)
-		}
-		if _, err := img.Write(b[:]); err != nil {
-			return fmt.Errorf("%s: rewrite its directory entry: %w", l.name, err)
-		}
-	}
-	return nil
-}
-
-// readBack opens the finished image as go-erofs reads it, and as the
-// rewrites address it.
-func readBack(img Output, size int64) (fs.FS, geometry, error) {
-	fsys, err := goerofs.Open(io.NewSectionReader(img, 0, size))
-	if err != nil {
-		return nil, geometry{}, fmt.Errorf("read back image: %w", err)
-	}
-	sb := make([]byte, 128)
+// rewriteNids finishes the image go-erofs wrote: it keeps the root's
+// inode number from being 0, makes each hardlink's later names point at
+// the first name's inode, and stores the UUID.
+//
+// go-erofs writes the metadata after the data, the root's inode first, so
+// the root's nid, which the kernel gives as its inode number, is 0, and
+// glibc's readdir drops every entry whose inode number is 0: "." and ".."
+// of the root and ".." of its children would vanish from listings.
+// Starting the metadata area one block earlier, in the last data block,
+// which no nid points into, adds blockSize/32 to every nid: the
+// superblock's root nid and every directory entry's are rewritten to
+// match.
+//
+// The metadata area is read once, rewritten in memory and written back
+// whole, as are the directories' blocks in the data area: one pass over
+// the directory tree, with no lookup by path.
+func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error {
+	sb := make([]byte, superblockSize)
 	if _, err := img.ReadAt(sb, superblockOff); err != nil {
-		return nil, geometry{}, fmt.Errorf("read superblock: %w", err)
+		return fmt.Errorf("read superblock: %w", err)
 	}
-	return fsys, geometry{
-		r:         img,
-		blockSize: int64(1) << sb[sbBlkSizeBitsOff-superblockOff],
-		metaAddr:  int64(binary.LittleEndian.Uint32(sb[sbMetaBlkAddrOff-superblockOff:])),
-	}, nil
-}
-
-// shiftNids keeps the root's inode number from being 0. go-erofs writes
-// the metadata after the data, the root's inode first, so the root's nid,
-// which the kernel gives as its inode number, is 0, and glibc's readdir
-// drops every entry whose inode number is 0: "." and ".." of the root and
-// ".." of its children would vanish from listings. Starting the metadata
-// area one block earlier, in the last data block, which no nid points
-// into, adds blockSize/32 to every nid: the superblock's root nid and
-// every directory entry's are rewritten to match.
-func shiftNids(img Output, size int64) error {
-	fsys, geo, err := readBack(img, size)
-	if err != nil {
-		return err
-	}
-	if geo.metaAddr == 0 {
+	blockSize := int64(1) << sb[sbBlkSizeBitsOff]
+	metaAddr := int64(binary.LittleEndian.Uint32(sb[sbMetaBlkAddrOff:]))
+	rootNid := uint64(binary.LittleEndian.Uint16(sb[sbRootNidOff:]))
+	if metaAddr == 0 {
 		return fmt.Errorf("metadata starts at block 0: no block before it to start from")
 	}
-	var dirents []int64
-	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return err
+	shift := uint64(blockSize / inodeSlotSize)
+	if rootNid+shift > 0xffff {
+		return fmt.Errorf("root nid %d cannot grow by %d", rootNid, shift)
+	}
+	t := &tree{img: img, blockSize: blockSize, metaStart: metaAddr * blockSize, blocks: map[int64][]byte{}}
+	t.meta = make([]byte, size-t.metaStart)
+	if _, err := img.ReadAt(t.meta, t.metaStart); err != nil {
+		return fmt.Errorf("read metadata: %w", err)
+	}
+
+	// Every entry gets the shift; the later names of hardlinks are
+	// rewritten once the walk has found every first name's nid.
+	wanted := make(map[string]bool, len(links.later))
+	for _, first := range links.later {
+		wanted[first] = true
+	}
+	firstNid := make(map[string]uint64, len(wanted))
+	laterAt := make(map[string][]byte, len(links.later))
+	err := t.walk(rootNid, "", func(p string, nid uint64, ent []byte) error {
+		if wanted[p] {
+			firstNid[p] = nid
 		}
-		dir, err := nid(fsys, p)
-		if err != nil {
-			return err
+		if _, ok := links.later[p]; ok {
+			laterAt[p] = ent
 		}
-		return geo.eachDirent(dir, func(off int64, _ string) bool {
-			dirents = append(dirents, off)
-			return true
-		})
+		binary.LittleEndian.PutUint64(ent, nid+shift)
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("list directory entries: %w", err)
+		return err
 	}
-	shift := uint64(geo.blockSize / inodeSlotSize)
-	for _, off := range dirents {
-		if err := addAt(img, off, 8, shift); err != nil {
-			return fmt.Errorf("directory entry at %d: %w", off, err)
+	for name, first := range links.later {
+		nid, ok := firstNid[first]
+		ent, found := laterAt[name]
+		if !ok || !found {
+			return fmt.Errorf("hardlink %s to %s: not both in the image", name, first)
 		}
+		binary.LittleEndian.PutUint64(ent, nid+shift)
 	}
-	if err := addAt(img, sbRootNidOff, 2, shift); err != nil {
-		return fmt.Errorf("superblock root nid: %w", err)
+
+	binary.LittleEndian.PutUint16(sb[sbRootNidOff:], uint16(rootNid+shift))
+	binary.LittleEndian.PutUint32(sb[sbMetaBlkAddrOff:], uint32(metaAddr-1))
+	copy(sb[sbUUIDOff:], uuid[:])
+	if err := writeAt(img, sb, superblockOff); err != nil {
+		return fmt.Errorf("write superblock: %w", err)
 	}
-	var b [4]byte
-	binary.LittleEndian.PutUint32(b[:], uint32(geo.metaAddr-1))
-	if _, err := img.Seek(sbMetaBlkAddrOff, io.SeekStart); err != nil {
-		return fmt.Errorf("superblock metadata address: %w", err)
+	if err := writeAt(img, t.meta, t.metaStart); err != nil {
+		return fmt.Errorf("write metadata: %w", err)
 	}
-	if _, err := img.Write(b[:]); err != nil {
-		return fmt.Errorf("superblock metadata address: %w", err)
+	for off, blk := range t.blocks {
+		if err := writeAt(img, blk, off); err != nil {
+			return fmt.Errorf("write directory block at %d: %w", off, err)
+		}
 	}
 	return nil
 }
 
-// addAt adds n to the little-endian unsigned number of width bytes (2 or
-// 8) at off, refusing one that would overflow.
-func addAt(img Output, off int64, width int, n uint64) error {
-	b := make([]byte, width)
-	if _, err := img.ReadAt(b, off); err != nil {
-		return err
-	}
-	var v, limit uint64
-	if width == 2 {
-		v, limit = uint64(binary.LittleEndian.Uint16(b)), 0xffff
-	} else {
-		v, limit = binary.LittleEndian.Uint64(b), ^uint64(0)
-	}
-	if v > limit-n {
-		return fmt.Errorf("nid %d cannot grow by %d", v, n)
-	}
-	if width == 2 {
-		binary.LittleEndian.PutUint16(b, uint16(v+n))
-	} else {
-		binary.LittleEndian.PutUint64(b, v+n)
-	}
+func writeAt(img io.WriteSeeker, b []byte, off int64) error {
 	if _, err := img.Seek(off, io.SeekStart); err != nil {
 		return err
 	}
@@ -184,61 +144,112 @@ func addAt(img Output, off int64, width int, n uint64) error {
 	return err
 }
 
-func nid(fsys fs.FS, name string) (uint64, error) {
-	info, err := fs.Stat(fsys, name)
-	if err != nil {
-		return 0, fmt.Errorf("read back %s: %w", name, err)
-	}
-	st, ok := info.Sys().(*goerofs.Stat)
-	if !ok {
-		return 0, fmt.Errorf("read back %s: no inode number", name)
-	}
-	return uint64(st.Ino), nil
-}
-
-type geometry struct {
-	r         io.ReaderAt
+// tree reads an image's directories: the metadata area in memory, and the
+// directory blocks of the data area as the walk meets them, kept to be
+// written back.
+type tree struct {
+	img       io.ReaderAt
 	blockSize int64
-	metaAddr  int64
+	metaStart int64
+	meta      []byte
+	blocks    map[int64][]byte
 }
 
-// direntOffset finds, in the directory inode dir, the image offset of the
-// entry called name.
-func (g geometry) direntOffset(dir uint64, name string) (int64, error) {
-	var at int64 = -1
-	err := g.eachDirent(dir, func(off int64, n string) bool {
-		if n == name {
-			at = off
-			return false
+// bytes returns the n bytes of the image at off, from memory: the
+// metadata area, or a data block read once.
+func (t *tree) bytes(off, n int64) ([]byte, error) {
+	if off >= t.metaStart {
+		rel := off - t.metaStart
+		if rel+n > int64(len(t.meta)) {
+			return nil, fmt.Errorf("%d bytes at %d: past the end of the image", n, off)
 		}
-		return true
-	})
-	if err == nil && at < 0 {
-		err = fmt.Errorf("no entry %q in directory inode %d", name, dir)
+		return t.meta[rel : rel+n], nil
 	}
-	return at, err
+	if off%t.blockSize != 0 || n > t.blockSize {
+		return nil, fmt.Errorf("%d bytes at %d: not within one data block", n, off)
+	}
+	blk, ok := t.blocks[off]
+	if !ok {
+		blk = make([]byte, t.blockSize)
+		if _, err := t.img.ReadAt(blk, off); err != nil {
+			return nil, fmt.Errorf("read directory block at %d: %w", off, err)
+		}
+		t.blocks[off] = blk
+	}
+	return blk[:n], nil
 }
 
-// eachDirent calls fn with the image offset and name of every entry of
-// the directory inode dir, "." and ".." included, until fn returns false.
-func (g geometry) eachDirent(dir uint64, fn func(off int64, name string) bool) error {
-	inodeOff := g.metaAddr*g.blockSize + int64(dir)*inodeSlotSize
-	hdr := make([]byte, extendedInode)
-	if _, err := g.r.ReadAt(hdr, inodeOff); err != nil {
-		return fmt.Errorf("read directory inode %d: %w", dir, err)
+// walk calls fn with every directory entry under the directory inode dir
+// (at path prefix), "." and ".." included, depth first: its path, its nid
+// as go-erofs wrote it, and its 12 bytes, which fn may change. Entries
+// that are directories are walked in turn.
+func (t *tree) walk(dir uint64, prefix string, fn func(p string, nid uint64, ent []byte) error) error {
+	type child struct {
+		nid  uint64
+		path string
+	}
+	var subdirs []child
+	err := t.eachBlock(dir, func(blk []byte) error {
+		count := int(binary.LittleEndian.Uint16(blk[8:])) / direntSize
+		if count == 0 || count*direntSize > len(blk) {
+			return fmt.Errorf("directory inode %d: damaged block", dir)
+		}
+		for i := 0; i < count; i++ {
+			ent := blk[i*direntSize : (i+1)*direntSize]
+			start, end := int(binary.LittleEndian.Uint16(ent[8:])), len(blk)
+			if i+1 < count {
+				end = int(binary.LittleEndian.Uint16(blk[(i+1)*direntSize+8:]))
+			}
+			if start > end || end > len(blk) {
+				return fmt.Errorf("directory inode %d: damaged block", dir)
+			}
+			name := blk[start:end]
+			for i+1 == count && len(name) > 0 && name[len(name)-1] == 0 {
+				name = name[:len(name)-1]
+			}
+			p := string(name)
+			if prefix != "" {
+				p = prefix + "/" + p
+			}
+			nid := binary.LittleEndian.Uint64(ent)
+			if ent[10] == fileTypeDir && string(name) != "." && string(name) != ".." {
+				subdirs = append(subdirs, child{nid, p})
+			}
+			if err := fn(p, nid, ent); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range subdirs {
+		if err := t.walk(c.nid, c.path, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachBlock calls fn with each block of the directory inode dir's
+// entries, the inline tail included.
+func (t *tree) eachBlock(dir uint64, fn func(blk []byte) error) error {
+	inodeOff := t.metaStart + int64(dir)*inodeSlotSize
+	hdr, err := t.bytes(inodeOff, compactInodeSize)
+	if err != nil {
+		return fmt.Errorf("directory inode %d: %w", dir, err)
 	}
 	format := binary.LittleEndian.Uint16(hdr[0:])
 	xattrCount := int64(binary.LittleEndian.Uint16(hdr[2:]))
-	var inodeSize, dirSize, blkAddr int64
+	inodeSize, dirSize := int64(compactInodeSize), int64(binary.LittleEndian.Uint32(hdr[8:]))
 	if format&1 == 1 {
-		inodeSize = extendedInode
-		dirSize = int64(binary.LittleEndian.Uint64(hdr[8:]))
-		blkAddr = int64(binary.LittleEndian.Uint32(hdr[16:]))
-	} else {
-		inodeSize = compactInodeSize
-		dirSize = int64(binary.LittleEndian.Uint32(hdr[8:]))
-		blkAddr = int64(binary.LittleEndian.Uint32(hdr[16:]))
+		if hdr, err = t.bytes(inodeOff, extendedInode); err != nil {
+			return fmt.Errorf("directory inode %d: %w", dir, err)
+		}
+		inodeSize, dirSize = extendedInode, int64(binary.LittleEndian.Uint64(hdr[8:]))
 	}
+	blkAddr := int64(binary.LittleEndian.Uint32(hdr[16:]))
 	var xattrSize int64
 	if xattrCount > 0 {
 		xattrSize = 12 + (xattrCount-1)*4
@@ -247,46 +258,22 @@ func (g geometry) eachDirent(dir uint64, fn func(off int64, name string) bool) e
 	if layout != layoutFlatPlain && layout != layoutFlatInline {
 		return fmt.Errorf("directory inode %d has data layout %d", dir, layout)
 	}
-	for start := int64(0); start < dirSize; start += g.blockSize {
-		n := min(g.blockSize, dirSize-start)
-		var at int64
-		if layout == layoutFlatInline && start+g.blockSize > dirSize && dirSize%g.blockSize != 0 {
+	for start := int64(0); start < dirSize; start += t.blockSize {
+		n := min(t.blockSize, dirSize-start)
+		at := (blkAddr + start/t.blockSize) * t.blockSize
+		if layout == layoutFlatInline && start+t.blockSize > dirSize && dirSize%t.blockSize != 0 {
 			at = inodeOff + inodeSize + xattrSize
-		} else {
-			at = (blkAddr + start/g.blockSize) * g.blockSize
 		}
-		if more, err := g.eachInBlock(at, n, fn); err != nil || !more {
+		blk, err := t.bytes(at, n)
+		if err == nil && n < direntSize {
+			err = fmt.Errorf("a block of %d bytes", n)
+		}
+		if err != nil {
+			return fmt.Errorf("directory inode %d: %w", dir, err)
+		}
+		if err := fn(blk); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (g geometry) eachInBlock(at, n int64, fn func(off int64, name string) bool) (bool, error) {
-	blk := make([]byte, n)
-	if _, err := g.r.ReadAt(blk, at); err != nil {
-		return false, fmt.Errorf("read directory block at %d: %w", at, err)
-	}
-	if n < direntSize {
-		return false, fmt.Errorf("directory block at %d is %d bytes", at, n)
-	}
-	count := int(binary.LittleEndian.Uint16(blk[8:])) / direntSize
-	for i := 0; i < count; i++ {
-		nameOff := int(binary.LittleEndian.Uint16(blk[i*direntSize+8:]))
-		end := len(blk)
-		if i+1 < count {
-			end = int(binary.LittleEndian.Uint16(blk[(i+1)*direntSize+8:]))
-		}
-		if nameOff > end || end > len(blk) {
-			return false, fmt.Errorf("directory block at %d is damaged", at)
-		}
-		got := blk[nameOff:end]
-		for len(got) > 0 && got[len(got)-1] == 0 && i+1 == count {
-			got = got[:len(got)-1]
-		}
-		if !fn(at+int64(i*direntSize), string(got)) {
-			return false, nil
-		}
-	}
-	return true, nil
 }

@@ -14,35 +14,56 @@ import (
 
 // sourceFS presents a source to go-erofs: it turns each *view.Attr into the
 // *goerofs.Stat go-erofs reads, gives metadata-only files their overlay
-// xattrs and an all-hole layout, and writes each hardlinked file's data
-// once (see linkTable).
+// xattrs and an all-hole layout, writes each hardlinked file's data once
+// (see linkTable), and opens regular files ahead of go-erofs (prefetcher).
 type sourceFS struct {
 	src      readLinkFS
 	metaOnly bool
 	links    *linkTable
+	ahead    *prefetcher
+	// regular holds what Info gave for each regular file go-erofs has not
+	// opened yet, so that Open needs no second lookup by path.
+	regular map[string]fs.FileInfo
 }
 
-// Open defers opening a regular file until go-erofs reads it: go-erofs
-// opens every file during its walk and reads them all only when the image
-// is written, which would hold a descriptor per file of the view at once.
+// Open defers opening a regular file until go-erofs reads it, or the
+// prefetcher gets to it: go-erofs opens every file during its walk and
+// reads them all only when the image is written, which would hold a
+// descriptor per file of the view at once.
 func (s *sourceFS) Open(name string) (fs.File, error) {
-	info, err := fs.Stat(s.src, name)
-	if err != nil {
-		return nil, err
+	info, ok := s.regular[name]
+	if ok {
+		delete(s.regular, name)
+	} else {
+		var err error
+		if info, err = fs.Stat(s.src, name); err != nil {
+			return nil, err
+		}
 	}
 	if !info.Mode().IsRegular() {
 		return s.src.Open(name)
 	}
-	return &lazyFile{src: s.src, name: name, info: info}, nil
+	l := &lazyFile{src: s.src, name: name, info: info, ahead: s.ahead}
+	s.ahead.add(l)
+	return l, nil
 }
 
-// lazyFile opens its file on the first Read and closes it at the end.
+// lazyFile opens its file on the first Read, unless the prefetcher has
+// already, and closes it at the end.
 type lazyFile struct {
-	src  fs.FS
-	name string
-	info fs.FileInfo
-	f    fs.File
-	done bool
+	src   fs.FS
+	name  string
+	info  fs.FileInfo
+	ahead *prefetcher
+	// index is the file's place in the prefetcher's order.
+	index int
+	f     fs.File
+	done  bool
+
+	// Guarded by ahead.mu: state and what the prefetcher opened.
+	state   fileState
+	opened  fs.File
+	openErr error
 }
 
 func (l *lazyFile) Stat() (fs.FileInfo, error) { return l.info, nil }
@@ -52,7 +73,7 @@ func (l *lazyFile) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if l.f == nil {
-		f, err := l.src.Open(l.name)
+		f, err := l.ahead.take(l)
 		if err != nil {
 			return 0, fmt.Errorf("open %s: %w", l.name, err)
 		}
@@ -113,7 +134,12 @@ func (d *dirEntry) Info() (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.fsys.adapt(d.path, info)
+	adapted, err := d.fsys.adapt(d.path, info)
+	if err == nil && !d.fsys.metaOnly && adapted.Mode().IsRegular() && adapted.Size() > 0 {
+		// go-erofs opens exactly these, right after.
+		d.fsys.regular[d.path] = info
+	}
+	return adapted, err
 }
 
 // fileInfo is a source FileInfo with go-erofs's metadata as its Sys.

@@ -42,6 +42,7 @@ FILE. --json prints the image's digest and size on stdout.
 		Args:        cobra.ExactArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			defer startProfiles()()
 			if out == "" {
 				return usageError{cmd, fmt.Errorf("build needs -o FILE, or -o - for stdout")}
 			}
@@ -66,7 +67,7 @@ FILE. --json prints the image's digest and size on stdout.
 			for _, l := range v.Layers {
 				seed = append(seed, l.Digest.String())
 			}
-			res, err := erofs.Build(w, view.NewFS(v, s.OpenObject), erofs.Options{Seed: strings.Join(seed, ",")})
+			res, err := erofs.Build(w, view.NewFS(v, s.OpenObject), erofs.Options{Seed: strings.Join(seed, ","), Digest: jsonOut})
 			if err == nil {
 				err = cmd.Context().Err()
 			}

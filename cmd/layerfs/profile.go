@@ -7,8 +7,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// startProfiles starts the server profiles that LAYERFS_CPUPROFILE and
-// LAYERFS_MEMPROFILE ask for, and returns what writes them, at unmount.
+// startProfiles starts the profiles that LAYERFS_CPUPROFILE and
+// LAYERFS_MEMPROFILE ask for, of a mount's server or of a build, and
+// returns what writes them, at unmount or when the build ends.
 // They are undocumented on purpose: `make bench` profiles its worst case
 // with them.
 func startProfiles() (stop func()) {
