@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,6 +74,11 @@ func TestBuildOutput(t *testing.T) {
 	testimage.RunTool(t, "fsck.erofs", streamed)
 	if !sameFile(t, target, streamed) {
 		t.Errorf("build -o - wrote other bytes than build -o FILE")
+	}
+	verbose := run(t, root, "build", "sample", "-o", "-", "-v")
+	sum := sha256.Sum256([]byte(verbose.stdout))
+	if want := fmt.Sprintf("stdout: sha256:%x, %d bytes", sum, len(verbose.stdout)); verbose.code != 0 || !strings.Contains(verbose.stderr, want) {
+		t.Errorf("build -o - -v: exit %d, stderr %q; want %q", verbose.code, verbose.stderr, want)
 	}
 	if r := run(t, root, "build", "sample", "-o", "-", "--json"); r.code != 2 || r.stdout != "" {
 		t.Errorf("build -o - --json: exit %d, stdout %d bytes; want a usage error and nothing on stdout", r.code, len(r.stdout))

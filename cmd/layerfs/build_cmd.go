@@ -20,7 +20,7 @@ func init() {
 
 func buildCmd(g *globals) *cobra.Command {
 	var out string
-	var jsonOut bool
+	var jsonOut, verbose bool
 	cmd := &cobra.Command{
 		Use:               "build TARGET -o FILE|-",
 		ValidArgsFunction: completeTargets(g, 1),
@@ -36,7 +36,8 @@ FILE must be a regular file or a new name: it is written beside its name
 and renamed into place once whole. An EROFS image is written with seeks,
 so "-o -" builds it in an unnamed file in $TMPDIR and then streams it to
 stdout, unless stdout is a terminal; a FIFO or a device is refused as
-FILE. --json prints the image's digest and size on stdout.
+FILE. --json prints the image's digest and size on stdout; -v says them
+on stderr.
 
 ` + stackHelp,
 		Args:        cobra.ExactArgs(1),
@@ -67,7 +68,7 @@ FILE. --json prints the image's digest and size on stdout.
 			for _, l := range v.Layers {
 				seed = append(seed, l.Digest.String())
 			}
-			res, err := erofs.Build(w, view.NewFS(v, s.OpenObject), erofs.Options{Seed: strings.Join(seed, ","), Digest: jsonOut})
+			res, err := erofs.Build(w, view.NewFS(v, s.OpenObject), erofs.Options{Seed: strings.Join(seed, ","), Digest: jsonOut || verbose})
 			if err == nil {
 				err = cmd.Context().Err()
 			}
@@ -81,6 +82,9 @@ FILE. --json prints the image's digest and size on stdout.
 			if err := w.Commit(); err != nil {
 				return fmt.Errorf("build to %s: %w", name, err)
 			}
+			if verbose {
+				fmt.Fprintf(os.Stderr, "%s: %s, %d bytes\n", name, res.Digest, res.Size)
+			}
 			if jsonOut {
 				return json.NewEncoder(os.Stdout).Encode(res)
 			}
@@ -89,6 +93,7 @@ FILE. --json prints the image's digest and size on stdout.
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write the image to FILE, or to stdout with -")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the image's digest and size as JSON")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "say the image's digest and size on stderr")
 	return withViewPlatform(g, cmd)
 }
 
