@@ -68,31 +68,78 @@ type Source struct {
 	Child int
 }
 
+// Cover is how one layer's directory hides a lower layer's entry of a
+// name, in the order the rules apply (docs/semantics.md): an opaque
+// directory before a replacing entry before a whiteout marker.
+type Cover int
+
+const (
+	// Uncovered: the layer hides nothing of the name; a lower directory
+	// merges with the layer's own directory of that name, if any.
+	Uncovered Cover = iota
+	// CoveredByOpaque: the directory is opaque.
+	CoveredByOpaque
+	// CoveredByReplace: the layer has a non-directory of that name, or a
+	// directory over a lower non-directory: the two do not merge.
+	CoveredByReplace
+	// CoveredByWhiteout: the layer has a .wh.NAME marker.
+	CoveredByWhiteout
+)
+
+// Layered is what one layer's directory holds for a name: its own entry,
+// whether it whites the name out, and whether the directory is opaque.
+// Lookup and the explanation of a view both decide through Covers.
+type Layered struct {
+	Child    int
+	Found    bool
+	IsDir    bool
+	Whiteout bool
+	Opaque   bool
+}
+
+// At looks name up in one layer's directory d.
+func At(d Dir, name string) Layered {
+	l := Layered{Opaque: d.Opaque()}
+	l.Child, l.Found = d.Lookup(name)
+	l.IsDir = l.Found && d.IsDir(l.Child)
+	_, l.Whiteout = d.Lookup(Prefix + name)
+	return l
+}
+
+// Covers says how the layer hides a lower layer's entry of the name,
+// lowerIsDir telling whether that entry is a directory.
+func (l Layered) Covers(lowerIsDir bool) Cover {
+	switch {
+	case l.Opaque:
+		return CoveredByOpaque
+	case l.Found && (!l.IsDir || !lowerIsDir):
+		return CoveredByReplace
+	case l.Whiteout:
+		return CoveredByWhiteout
+	}
+	return Uncovered
+}
+
 // Lookup resolves name in a merged directory. stack is the directory's
 // layers, highest first. It returns the layer entries that make up the
 // merged child, highest first: one Source for a non-directory, and for a
-// directory every layer whose same-named directory merges into it.
+// directory every layer whose same-named directory merges into it. A
+// layer's entry is shown exactly when no layer above Covers it.
 func Lookup(stack []Dir, name string) []Source {
 	if IsMarker(name) {
 		return nil
 	}
 	var found []Source
+	dirsCovered, othersCovered := false, false
 	for pos, d := range stack {
-		if child, ok := d.Lookup(name); ok {
-			isDir := d.IsDir(child)
-			if len(found) == 0 {
-				found = append(found, Source{pos, child})
-				if !isDir {
-					return found
-				}
-			} else if isDir {
-				found = append(found, Source{pos, child})
-			} else {
-				// A lower non-directory under a directory merges with nothing.
-				return found
-			}
+		l := At(d, name)
+		if l.Found && !(l.IsDir && dirsCovered || !l.IsDir && othersCovered) {
+			found = append(found, Source{pos, l.Child})
 		}
-		if _, ok := d.Lookup(Prefix + name); ok || d.Opaque() {
+		dirsCovered = dirsCovered || l.Covers(true) != Uncovered
+		othersCovered = othersCovered || l.Covers(false) != Uncovered
+		if dirsCovered {
+			// Whatever covers a directory covers everything.
 			return found
 		}
 	}

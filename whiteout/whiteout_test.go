@@ -120,3 +120,25 @@ func TestLookupStacks(t *testing.T) {
 		}
 	}
 }
+
+// TestCovers checks the order of the hiding rules (docs/semantics.md):
+// an opaque directory, then a replacing entry, then a whiteout marker.
+func TestCovers(t *testing.T) {
+	cases := []struct {
+		layer      dir
+		lowerIsDir bool
+		want       Cover
+	}{
+		{dir{names: []string{"a", ".wh.a"}, opaque: true}, false, CoveredByOpaque},
+		{dir{names: []string{"a", ".wh.a"}}, true, CoveredByReplace},
+		{dir{names: []string{"a/"}}, false, CoveredByReplace},
+		{dir{names: []string{"a/", ".wh.a"}}, true, CoveredByWhiteout},
+		{dir{names: []string{"a/"}}, true, Uncovered},
+		{dir{names: []string{"b", ".wh.b"}}, false, Uncovered},
+	}
+	for _, c := range cases {
+		if got := At(c.layer, "a").Covers(c.lowerIsDir); got != c.want {
+			t.Errorf("%+v over a lower entry (directory: %v): %v, want %v", c.layer, c.lowerIsDir, got, c.want)
+		}
+	}
+}

@@ -153,42 +153,36 @@ func hider(v *View, comps []string, k int, t index.Type) (Hider, bool, error) {
 	return Hider{}, false, nil
 }
 
-// hiderIn walks comps down one layer, looking for what in that layer
-// hides a lower entry of type t there, in the order whiteout.Lookup
-// applies the rules.
+// hiderIn walks comps down one layer, asking at each step how that
+// layer covers a lower entry there, by the rule whiteout.Lookup obeys.
 func hiderIn(l Layer, comps []string, t index.Type) (Hider, bool, error) {
-	r := l.Index
 	h := Hider{Digest: l.Digest}
-	cur := uint32(0)
+	d := &layerDir{r: l.Index}
 	for i, c := range comps {
 		dir := strings.Join(comps[:i], "/")
-		// A layer root's opaque mark hides nothing (layerDir.Opaque).
-		if _, flags := r.TypeOf(cur); cur != 0 && flags&index.FlagOpaque != 0 {
+		at := whiteout.At(d, c)
+		if d.err != nil {
+			return h, false, fmt.Errorf("layer %s: %w", l.Digest, d.err)
+		}
+		// Above the last component the lower entry's ancestors are
+		// directories.
+		lowerIsDir := i < len(comps)-1 || t == index.TypeDir
+		switch at.Covers(lowerIsDir) {
+		case whiteout.CoveredByOpaque:
 			h.Kind, h.Path = ByOpaque, dir
-			return h, true, nil
-		}
-		child, ok, err := r.Lookup(cur, c)
-		if err != nil {
-			return h, false, fmt.Errorf("layer %s: %w", l.Digest, err)
-		}
-		if ok {
-			ct, _ := r.TypeOf(child)
-			last := i == len(comps)-1
-			if ct != index.TypeDir || (last && t != index.TypeDir) {
-				h.Kind, h.Path, h.Type = ByReplace, join(dir, c), ct
-				return h, true, nil
-			}
-		}
-		if _, wh, err := r.Lookup(cur, whiteout.Prefix+c); err != nil {
-			return h, false, fmt.Errorf("layer %s: %w", l.Digest, err)
-		} else if wh {
+		case whiteout.CoveredByReplace:
+			h.Kind, h.Path = ByReplace, join(dir, c)
+			h.Type, _ = l.Index.TypeOf(uint32(at.Child))
+		case whiteout.CoveredByWhiteout:
 			h.Kind, h.Path = ByWhiteout, join(dir, whiteout.Prefix+c)
-			return h, true, nil
+		default:
+			if !at.Found {
+				return h, false, nil
+			}
+			d.rec = uint32(at.Child)
+			continue
 		}
-		if !ok {
-			return h, false, nil
-		}
-		cur = child
+		return h, true, nil
 	}
 	return h, false, nil
 }
