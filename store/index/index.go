@@ -7,7 +7,7 @@
 // Layout, all integers little-endian:
 //
 //	header   headerSize bytes: magic, version, counts, section offsets, layer facts
-//	records  count * recordSize bytes; record 0 is the layer's root directory
+//	records  count * recordSize bytes; record Root (0) is the layer's root directory
 //	strings  names, link targets and encoded xattrs, referenced by offset
 //	trailer  sha256 of everything before it
 package index
@@ -15,7 +15,6 @@ package index
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,14 +26,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
-)
-
-const (
-	magic      = "LAYERFSX"
-	version    = 1
-	headerSize = 128
-	recordSize = 128
-	sumSize    = sha256.Size
 )
 
 // Type is the kind of an entry.
@@ -209,20 +200,19 @@ func NewWriter(out io.Writer, spool io.ReadWriter, count int, strLen int64, info
 		return nil, errors.New("layer names and xattrs exceed 4 GiB")
 	}
 	hdr := make([]byte, headerSize)
-	le := binary.LittleEndian
-	copy(hdr, magic)
-	le.PutUint32(hdr[8:], version)
-	le.PutUint32(hdr[12:], recordSize)
-	le.PutUint64(hdr[16:], uint64(count))
-	le.PutUint64(hdr[24:], uint64(headerSize+count*recordSize))
-	le.PutUint64(hdr[32:], uint64(strLen))
-	le.PutUint64(hdr[40:], uint64(info.ContentBytes))
-	le.PutUint64(hdr[48:], uint64(info.ObjectBytes))
+	copy(hdrMagic.get(hdr), magic)
+	hdrVersion.put(hdr, version)
+	hdrRecordSize.put(hdr, recordSize)
+	hdrCount.put(hdr, uint64(count))
+	hdrStringsOff.put(hdr, uint64(headerSize+count*recordSize))
+	hdrStringsLen.put(hdr, uint64(strLen))
+	hdrContentBytes.put(hdr, uint64(info.ContentBytes))
+	hdrObjectBytes.put(hdr, uint64(info.ObjectBytes))
 	raw, err := hexBytes(info.DiffID)
 	if err != nil {
 		return nil, fmt.Errorf("diff_id: %w", err)
 	}
-	copy(hdr[56:88], raw)
+	copy(hdrDiffID.get(hdr), raw)
 	w := &Writer{out: out, spool: spool, sum: sha256.New(), count: uint64(count), strLen: uint64(strLen)}
 	if err := w.write(hdr); err != nil {
 		return nil, err
@@ -277,43 +267,39 @@ func (w *Writer) Add(e Entry) error {
 	}
 	w.xattrs = w.xattrs[:0]
 	for _, x := range e.Xattrs {
-		w.xattrs = binary.LittleEndian.AppendUint32(w.xattrs, uint32(len(x.Name)))
+		w.xattrs = le.AppendUint32(w.xattrs, uint32(len(x.Name)))
 		w.xattrs = append(w.xattrs, x.Name...)
-		w.xattrs = binary.LittleEndian.AppendUint32(w.xattrs, uint32(len(x.Value)))
+		w.xattrs = le.AppendUint32(w.xattrs, uint32(len(x.Value)))
 		w.xattrs = append(w.xattrs, x.Value...)
 	}
 	xOff, xLen, err := w.addString(w.xattrs)
 	if err != nil {
 		return err
 	}
-	le := binary.LittleEndian
-	le.PutUint32(r[0:], nameOff)
-	le.PutUint32(r[4:], nameLen)
-	r[8] = byte(e.Type)
-	r[9] = e.Flags
-	le.PutUint32(r[12:], e.Mode)
-	le.PutUint32(r[16:], e.UID)
-	le.PutUint32(r[20:], e.GID)
-	le.PutUint64(r[24:], uint64(e.Size))
-	le.PutUint64(r[32:], uint64(e.Mtime))
-	le.PutUint32(r[40:], e.MtimeNs)
-	le.PutUint32(r[44:], e.Major)
-	le.PutUint32(r[48:], e.Minor)
-	le.PutUint32(r[52:], linkOff)
-	le.PutUint32(r[56:], linkLen)
-	le.PutUint32(r[60:], xOff)
-	le.PutUint32(r[64:], xLen)
-	le.PutUint32(r[68:], e.ChildStart)
-	le.PutUint32(r[72:], e.ChildCount)
-	le.PutUint32(r[76:], e.Nlink)
-	le.PutUint32(r[80:], e.Inode)
-	le.PutUint32(r[84:], e.Parent)
+	recName.put(r, nameOff, nameLen)
+	recType.put(r, uint8(e.Type))
+	recFlags.put(r, e.Flags)
+	recMode.put(r, e.Mode)
+	recUID.put(r, e.UID)
+	recGID.put(r, e.GID)
+	recSize.put(r, uint64(e.Size))
+	recMtime.put(r, uint64(e.Mtime))
+	recMtimeNs.put(r, e.MtimeNs)
+	recMajor.put(r, e.Major)
+	recMinor.put(r, e.Minor)
+	recLink.put(r, linkOff, linkLen)
+	recXattrs.put(r, xOff, xLen)
+	recChildStart.put(r, e.ChildStart)
+	recChildCount.put(r, e.ChildCount)
+	recNlink.put(r, e.Nlink)
+	recInode.put(r, e.Inode)
+	recParent.put(r, e.Parent)
 	if e.Object != "" {
 		raw, err := hexBytes(e.Object)
 		if err != nil {
 			return fmt.Errorf("entry %q: %w", e.Name, err)
 		}
-		copy(r[88:120], raw)
+		copy(recObject.get(r), raw)
 	}
 	return w.write(r)
 }
@@ -411,19 +397,18 @@ func Parse(data []byte) (*Reader, error) {
 
 func (r *Reader) parse(verify bool) error {
 	d := r.data
-	if len(d) < headerSize+sumSize || string(d[:8]) != magic {
+	if len(d) < headerSize+sumSize || string(hdrMagic.get(d)) != magic {
 		return fmt.Errorf("%w: bad magic", errCorrupt)
 	}
-	le := binary.LittleEndian
-	if v := le.Uint32(d[8:]); v != version {
+	if v := hdrVersion.get(d); v != version {
 		return fmt.Errorf("%w: version %d, want %d", errCorrupt, v, version)
 	}
-	if rs := le.Uint32(d[12:]); rs != recordSize {
+	if rs := hdrRecordSize.get(d); rs != recordSize {
 		return fmt.Errorf("%w: record size %d", errCorrupt, rs)
 	}
-	count := le.Uint64(d[16:])
-	strOff := le.Uint64(d[24:])
-	strLen := le.Uint64(d[32:])
+	count := hdrCount.get(d)
+	strOff := hdrStringsOff.get(d)
+	strLen := hdrStringsLen.get(d)
 	body := uint64(len(d) - sumSize)
 	if count == 0 || count > 1<<31 || strOff != headerSize+count*recordSize || strOff+strLen != body {
 		return fmt.Errorf("%w: sections do not fit the file", errCorrupt)
@@ -438,12 +423,12 @@ func (r *Reader) parse(verify bool) error {
 	r.recs = d[headerSize:strOff]
 	r.strs = d[strOff:body]
 	r.info = Info{
-		DiffID:       digest.NewDigestFromBytes(digest.SHA256, d[56:88]),
+		DiffID:       digest.NewDigestFromBytes(digest.SHA256, hdrDiffID.get(d)),
 		Entries:      int(count),
-		ContentBytes: int64(le.Uint64(d[40:])),
-		ObjectBytes:  int64(le.Uint64(d[48:])),
+		ContentBytes: int64(hdrContentBytes.get(d)),
+		ObjectBytes:  int64(hdrObjectBytes.get(d)),
 	}
-	if root, err := r.Entry(0); err != nil {
+	if root, err := r.Entry(Root); err != nil {
 		return err
 	} else if root.Type != TypeDir {
 		return fmt.Errorf("%w: root is not a directory", errCorrupt)
@@ -491,9 +476,7 @@ func (r *Reader) Name(i uint32) ([]byte, error) {
 	if i >= r.count {
 		return nil, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
 	}
-	rec := r.rec(i)
-	le := binary.LittleEndian
-	return r.strBytes(le.Uint32(rec[0:]), le.Uint32(rec[4:]))
+	return r.strBytes(recName.get(r.rec(i)))
 }
 
 // TypeOf returns record i's type and flags without decoding the rest.
@@ -502,7 +485,7 @@ func (r *Reader) TypeOf(i uint32) (Type, uint8) {
 		return 0, 0
 	}
 	rec := r.rec(i)
-	return Type(rec[8]), rec[9]
+	return Type(recType.get(rec)), recFlags.get(rec)
 }
 
 // Entry decodes record i, checking every reference it holds.
@@ -511,37 +494,36 @@ func (r *Reader) Entry(i uint32) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
 	}
 	rec := r.rec(i)
-	le := binary.LittleEndian
 	var e Entry
 	var err error
-	if e.Name, err = r.str(le.Uint32(rec[0:]), le.Uint32(rec[4:])); err != nil {
+	if e.Name, err = r.str(recName.get(rec)); err != nil {
 		return e, err
 	}
-	e.Type = Type(rec[8])
-	e.Flags = rec[9]
-	e.Mode = le.Uint32(rec[12:])
-	e.UID = le.Uint32(rec[16:])
-	e.GID = le.Uint32(rec[20:])
-	e.Size = int64(le.Uint64(rec[24:]))
-	e.Mtime = int64(le.Uint64(rec[32:]))
-	e.MtimeNs = le.Uint32(rec[40:])
-	e.Major = le.Uint32(rec[44:])
-	e.Minor = le.Uint32(rec[48:])
-	if e.Link, err = r.str(le.Uint32(rec[52:]), le.Uint32(rec[56:])); err != nil {
+	e.Type = Type(recType.get(rec))
+	e.Flags = recFlags.get(rec)
+	e.Mode = recMode.get(rec)
+	e.UID = recUID.get(rec)
+	e.GID = recGID.get(rec)
+	e.Size = int64(recSize.get(rec))
+	e.Mtime = int64(recMtime.get(rec))
+	e.MtimeNs = recMtimeNs.get(rec)
+	e.Major = recMajor.get(rec)
+	e.Minor = recMinor.get(rec)
+	if e.Link, err = r.str(recLink.get(rec)); err != nil {
 		return e, err
 	}
-	xs, err := r.strBytes(le.Uint32(rec[60:]), le.Uint32(rec[64:]))
+	xs, err := r.strBytes(recXattrs.get(rec))
 	if err != nil {
 		return e, err
 	}
 	if e.Xattrs, err = decodeXattrs(xs); err != nil {
 		return e, err
 	}
-	e.ChildStart = le.Uint32(rec[68:])
-	e.ChildCount = le.Uint32(rec[72:])
-	e.Nlink = le.Uint32(rec[76:])
-	e.Inode = le.Uint32(rec[80:])
-	e.Parent = le.Uint32(rec[84:])
+	e.ChildStart = recChildStart.get(rec)
+	e.ChildCount = recChildCount.get(rec)
+	e.Nlink = recNlink.get(rec)
+	e.Inode = recInode.get(rec)
+	e.Parent = recParent.get(rec)
 	if e.Type < TypeReg || e.Type > TypeLowerLink || e.Inode >= r.count || e.Parent >= r.count || e.Size < 0 {
 		return e, fmt.Errorf("%w: record %d has bad fields", errCorrupt, i)
 	}
@@ -551,7 +533,7 @@ func (r *Reader) Entry(i uint32) (Entry, error) {
 		}
 	}
 	if e.Type == TypeReg && e.Size > 0 {
-		e.Object = digest.NewDigestFromBytes(digest.SHA256, rec[88:120])
+		e.Object = digest.NewDigestFromBytes(digest.SHA256, recObject.get(rec))
 	}
 	return e, nil
 }
@@ -562,7 +544,7 @@ func decodeXattrs(b []byte) ([]Xattr, error) {
 		if len(b) < 4 {
 			return "", fmt.Errorf("%w: truncated xattr", errCorrupt)
 		}
-		n := binary.LittleEndian.Uint32(b)
+		n := le.Uint32(b)
 		b = b[4:]
 		if uint64(n) > uint64(len(b)) {
 			return "", fmt.Errorf("%w: truncated xattr", errCorrupt)
@@ -618,11 +600,10 @@ func (r *Reader) dirRange(dir uint32) (childRange, error) {
 		return childRange{}, fmt.Errorf("%w: record %d of %d", errCorrupt, dir, r.count)
 	}
 	rec := r.rec(dir)
-	if Type(rec[8]) != TypeDir {
+	if Type(recType.get(rec)) != TypeDir {
 		return childRange{}, fmt.Errorf("%w: record %d is not a directory", errCorrupt, dir)
 	}
-	le := binary.LittleEndian
-	start, count := le.Uint32(rec[68:]), le.Uint32(rec[72:])
+	start, count := recChildStart.get(rec), recChildCount.get(rec)
 	if uint64(start)+uint64(count) > uint64(r.count) || (count > 0 && start <= dir) {
 		return childRange{}, fmt.Errorf("%w: record %d has a bad child range", errCorrupt, dir)
 	}
@@ -638,7 +619,7 @@ func (r *Reader) Children(dir uint32) (start, count uint32, err error) {
 // Path returns the full path of record i, without a leading slash.
 func (r *Reader) Path(i uint32) (string, error) {
 	var parts []string
-	for seen := 0; i != 0; seen++ {
+	for seen := 0; i != Root; seen++ {
 		if seen > int(r.count) {
 			return "", fmt.Errorf("%w: parent loop at record %d", errCorrupt, i)
 		}
@@ -647,7 +628,7 @@ func (r *Reader) Path(i uint32) (string, error) {
 			return "", err
 		}
 		parts = append(parts, string(n))
-		i = binary.LittleEndian.Uint32(r.rec(i)[84:])
+		i = recParent.get(r.rec(i))
 		if i >= r.count {
 			return "", fmt.Errorf("%w: bad parent", errCorrupt)
 		}
@@ -660,7 +641,7 @@ func (r *Reader) Path(i uint32) (string, error) {
 
 // Walk resolves a slash-separated path from the root.
 func (r *Reader) Walk(p string) (uint32, bool, error) {
-	cur := uint32(0)
+	cur := Root
 	for _, name := range strings.Split(p, "/") {
 		if name == "" {
 			continue
@@ -685,7 +666,7 @@ func (r *Reader) Scan(fn func(rec uint32, t Type) error) error {
 	page := os.Getpagesize()
 	released := headerSize / page * page
 	for i := uint32(0); i < r.count; i++ {
-		if err := fn(i, Type(r.rec(i)[8])); err != nil {
+		if err := fn(i, Type(recType.get(r.rec(i)))); err != nil {
 			return err
 		}
 		if end := headerSize + int(i+1)*recordSize; r.mmapped && end-released >= stretch {
@@ -702,5 +683,5 @@ func (r *Reader) InodeOf(i uint32) uint32 {
 	if i >= r.count {
 		return i
 	}
-	return binary.LittleEndian.Uint32(r.rec(i)[80:])
+	return recInode.get(r.rec(i))
 }

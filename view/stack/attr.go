@@ -59,7 +59,7 @@ func (v *View) Attr(n Node) (view.Attr, error) {
 
 // ino is the inode number of the file record r provides.
 func (v *View) ino(r Ref) uint64 {
-	if r.Rec == 0 {
+	if r.Rec == index.Root {
 		// Record 0 is a layer's root, and only the view's own root shows.
 		return 1
 	}
@@ -110,7 +110,7 @@ func shownNlink(e index.Entry) uint32 {
 func (v *View) overlayXattrs(n Node, e index.Entry) ([]index.Xattr, error) {
 	xs := escapeOverlayXattrs(e.Xattrs)
 	top := n.Top()
-	if e.Type != index.TypeDir || top.Rec == 0 {
+	if e.Type != index.TypeDir || top.Rec == index.Root {
 		// overlayfs never reads a layer root's opaque mark.
 		return xs, nil
 	}

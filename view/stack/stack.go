@@ -107,11 +107,11 @@ func (v *View) Totals() (entries, contentBytes uint64) {
 // Root is the view's root directory.
 func (v *View) Root() Node {
 	if v.single() {
-		return Node{{Layer: len(v.Layers) - 1, Rec: 0}}
+		return Node{{Layer: len(v.Layers) - 1, Rec: index.Root}}
 	}
 	n := make(Node, 0, len(v.Layers))
 	for i := len(v.Layers) - 1; i >= 0; i-- {
-		n = append(n, Ref{Layer: i, Rec: 0})
+		n = append(n, Ref{Layer: i, Rec: index.Root})
 	}
 	return n
 }
@@ -141,7 +141,7 @@ func (d *layerDir) IsDir(child int) bool {
 // the root of a layer hides nothing.
 func (d *layerDir) Opaque() bool {
 	_, flags := d.r.TypeOf(d.rec)
-	return d.rec != 0 && flags&index.FlagOpaque != 0
+	return d.rec != index.Root && flags&index.FlagOpaque != 0
 }
 
 func (d *layerDir) Each(fn func(string, int)) {
@@ -318,7 +318,7 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 	case e.Type != index.TypeDir || e.Flags&index.FlagImplied == 0:
 		return e, top, nil
 	}
-	if top.Rec != 0 {
+	if top.Rec != index.Root {
 		p, err := v.Layers[top.Layer].Index.Path(top.Rec)
 		if err != nil {
 			return e, top, fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -332,7 +332,7 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 			return be, top, err
 		}
 	} else if top.Layer > 0 {
-		be, _, err := v.below(top.Layer).entry(Node{{Layer: top.Layer - 1, Rec: 0}})
+		be, _, err := v.below(top.Layer).entry(Node{{Layer: top.Layer - 1, Rec: index.Root}})
 		return be, top, err
 	}
 	e.Mode, e.UID, e.GID, e.Mtime, e.MtimeNs, e.Xattrs = 0o755, 0, 0, 0, 0, nil

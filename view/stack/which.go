@@ -157,7 +157,7 @@ func hider(v *View, comps []string, k int, t index.Type) (Hider, bool, error) {
 // layer covers a lower entry there, by the rule whiteout.Lookup obeys.
 func hiderIn(l Layer, comps []string, t index.Type) (Hider, bool, error) {
 	h := Hider{Digest: l.Digest}
-	d := &layerDir{r: l.Index}
+	d := &layerDir{r: l.Index, rec: index.Root}
 	for i, c := range comps {
 		dir := strings.Join(comps[:i], "/")
 		at := whiteout.At(d, c)
