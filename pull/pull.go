@@ -12,8 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
-	"sync"
 
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
@@ -26,14 +24,8 @@ import (
 	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
-const (
-	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
-	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-	// maxManifestSize is what distribution itself accepts.
-	maxManifestSize = 4 << 20
-	// DefaultJobs is how many layers download at once unless told.
-	DefaultJobs = 3
-)
+// DefaultJobs is how many layers download at once unless told.
+const DefaultJobs = 3
 
 // Options tune a Puller.
 type Options struct {
@@ -58,30 +50,16 @@ type Progress interface {
 }
 
 // LayerProgress follows one layer.
-type LayerProgress interface {
-	Meter
-	// Fetched is called when the blob is in the store, verified.
-	Fetched()
-	// Done is called last, with nil when the layer is extracted.
-	Done(err error)
-}
+type LayerProgress = store.LayerProgress
 
 // Meter counts a blob's bytes as they arrive.
-type Meter interface {
-	// Set says how many bytes are there: those a resumed fetch found
-	// staged, or 0 when the fetch starts over.
-	Set(have int64)
-	Add(n int)
-}
+type Meter = store.Meter
 
 // Puller pulls images into one store.
 type Puller struct {
 	store  *store.Store
 	opts   Options
 	client *client
-	// extract bounds extractions, which are CPU-bound, to the cores,
-	// whatever the number of downloads.
-	extract chan struct{}
 }
 
 // New returns a Puller for s.
@@ -96,7 +74,7 @@ func New(s *store.Store, opts Options) (*Puller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Puller{store: s, opts: opts, client: c, extract: make(chan struct{}, runtime.GOMAXPROCS(0))}, nil
+	return &Puller{store: s, opts: opts, client: c}, nil
 }
 
 // Pull stores the image ref names and lists it under the reference's full
@@ -120,7 +98,8 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	if err := p.pullManifest(ctx, name, repo, desc, mdata); err != nil {
+	src := &registrySource{p: p, name: name, repo: repo, downloads: make(chan struct{}, p.opts.Jobs)}
+	if err := p.store.StoreImage(ctx, name, desc, mdata, src); err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return store.Imported{Name: name, Manifest: desc.Digest}, nil
@@ -161,18 +140,20 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r store.Reference) 
 	if r.Digest != "" && desc.Digest.String() != r.Digest {
 		return nil, desc, nil, fmt.Errorf("registry %s: %w: manifest digest %s", host, store.ErrMismatch, desc.Digest)
 	}
-	for depth := 0; isIndex(desc.MediaType); depth++ {
-		if depth > 4 {
-			return nil, desc, nil, errors.New("image indexes nested too deep")
+	if store.IsIndex(desc.MediaType) {
+		top, topData := desc, data
+		read := func(d ocispec.Descriptor) ([]byte, error) {
+			if d.Digest == top.Digest {
+				return topData, nil
+			}
+			_, data, err := fetchManifest(ctx, repo, d.Digest.String())
+			return data, err
 		}
-		var idx ocispec.Index
-		if err := json.Unmarshal(data, &idx); err != nil {
-			return nil, desc, nil, fmt.Errorf("index %s: %w", desc.Digest, err)
-		}
-		next, err := store.PickPlatform(idx, p.opts.Platform)
+		chosen, _, err := store.SelectManifests(top, read, p.opts.Platform, false)
 		if err != nil {
-			return nil, desc, nil, fmt.Errorf("index %s: %w", desc.Digest, err)
+			return nil, desc, nil, err
 		}
+		next := chosen[0]
 		if desc, data, err = fetchManifest(ctx, repo, next.Digest.String()); err != nil {
 			return nil, desc, nil, fmt.Errorf("manifest %s: %w", next.Digest, describe(ctx, repo, host, r, err))
 		}
@@ -180,14 +161,10 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r store.Reference) 
 			return nil, desc, nil, fmt.Errorf("manifest %s: %w: digest %s", next.Digest, store.ErrMismatch, desc.Digest)
 		}
 	}
-	if desc.MediaType != ocispec.MediaTypeImageManifest && desc.MediaType != mediaTypeDockerManifest {
+	if !store.IsManifest(desc.MediaType) {
 		return nil, desc, nil, fmt.Errorf("manifest %s: unsupported media type %q", desc.Digest, desc.MediaType)
 	}
 	return repo, desc, data, nil
-}
-
-func isIndex(mediaType string) bool {
-	return mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerManifestList
 }
 
 // fetchManifest reads a manifest by tag or digest. Its descriptor is made
@@ -198,12 +175,9 @@ func fetchManifest(ctx context.Context, repo *remote.Repository, reference strin
 		return desc, nil, err
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
+	data, err := store.ReadMetadata(rc)
 	if err != nil {
-		return desc, nil, err
-	}
-	if len(data) > maxManifestSize {
-		return desc, nil, fmt.Errorf("manifest larger than %d bytes", maxManifestSize)
+		return desc, nil, fmt.Errorf("manifest: %w", err)
 	}
 	desc.Digest, desc.Size = digest.FromBytes(data), int64(len(data))
 	// A manifest's own mediaType is what a registry serving it as plain
@@ -243,104 +217,22 @@ func describe(ctx context.Context, repo *remote.Repository, host string, r store
 
 var errOneTagPage = errors.New("one page is enough")
 
-// pullManifest fetches and extracts every layer of the manifest, then
-// stores the image under name.
-func (p *Puller) pullManifest(ctx context.Context, name string, repo *remote.Repository, desc ocispec.Descriptor, mdata []byte) error {
-	m, err := store.ParseManifest(mdata)
-	if err != nil {
-		return err
-	}
-	cdata, err := p.fetchSmall(ctx, repo, m.Config)
-	if err != nil {
-		return fmt.Errorf("config %s: %w", m.Config.Digest, err)
-	}
-	cfg, err := store.ParseConfig(cdata, len(m.Layers))
-	if err != nil {
-		return err
-	}
-	downloads := make(chan struct{}, p.opts.Jobs)
-	errs := make([]error, len(m.Layers))
-	var wg sync.WaitGroup
-	for i, l := range m.Layers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.pullLayer(ctx, name, repo, l, cfg.RootFS.DiffIDs[i], downloads); err != nil {
-				errs[i] = fmt.Errorf("layer %s: %w", l.Digest, err)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	// Every layer is extracted now: StoreImage only has to write the
-	// config and manifest and name the image.
-	return p.store.StoreImage(ctx, name, desc, mdata, func(d ocispec.Descriptor) (io.ReadCloser, error) {
-		if d.Digest == m.Config.Digest {
-			return io.NopCloser(bytes.NewReader(cdata)), nil
-		}
-		return nil, fmt.Errorf("blob %s was not fetched", d.Digest)
-	})
+// registrySource is one repository of a registry, as the store's source
+// of one image: its layers are downloaded, at most Jobs at once, into the
+// store's partial files and extracted from there.
+type registrySource struct {
+	p         *Puller
+	name      string
+	repo      *remote.Repository
+	downloads chan struct{}
 }
 
-// pullLayer fetches one layer's blob while holding a download slot, then
-// extracts it from the store's copy while the other layers download.
-func (p *Puller) pullLayer(ctx context.Context, name string, repo *remote.Repository, l ocispec.Descriptor, diffID digest.Digest, downloads chan struct{}) error {
-	have := p.store.HasBlob(l.Digest)
-	if have && p.store.Extracted(l.Digest) {
-		logrus.WithField("layer", l.Digest).Debug("layer already in the store")
-		if p.opts.Progress != nil {
-			p.opts.Progress.Layer(name, l, true).Done(nil)
-		}
-		return nil
-	}
-	prog := LayerProgress(silent{})
-	if p.opts.Progress != nil {
-		prog = p.opts.Progress.Layer(name, l, have)
-	}
-	err := p.fetchAndExtract(ctx, repo, l, diffID, downloads, prog, have)
-	prog.Done(err)
-	return err
-}
-
-func (p *Puller) fetchAndExtract(ctx context.Context, repo *remote.Repository, l ocispec.Descriptor, diffID digest.Digest, downloads chan struct{}, prog LayerProgress, have bool) error {
-	if !have {
-		select {
-		case downloads <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		err := fetchBlob(ctx, p.store, repo, l, prog)
-		<-downloads
-		if err != nil {
-			return err
-		}
-	}
-	prog.Fetched()
-	select {
-	case p.extract <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-p.extract }()
-	return p.store.ExtractLayer(ctx, l, diffID, func() (io.ReadCloser, error) {
-		return nil, fmt.Errorf("blob %s left the store", l.Digest)
-	})
-}
-
-// fetchSmall reads a config from the store, or from the registry, checked.
-func (p *Puller) fetchSmall(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor) ([]byte, error) {
-	if desc.Size > maxManifestSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxManifestSize)
-	}
-	if p.store.HasBlob(desc.Digest) {
-		return p.store.ReadBlob(desc.Digest)
-	}
+// Open reads a manifest, index or config whole, retrying what may pass.
+func (r *registrySource) Open(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	var data []byte
 	var err error
 	for stalls := 0; stalls < maxStalls; stalls++ {
-		data, err = content.FetchAll(ctx, repo, desc)
+		data, err = content.FetchAll(ctx, r.repo, desc)
 		if err == nil || ctx.Err() != nil || !transient(err) {
 			break
 		}
@@ -348,7 +240,28 @@ func (p *Puller) fetchSmall(ctx context.Context, repo *remote.Repository, desc o
 	if errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) {
 		err = fmt.Errorf("%w: %v", store.ErrMismatch, err)
 	}
-	return data, err
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(data)), nil
+}
+
+func (r *registrySource) Layer(desc ocispec.Descriptor, have bool) store.LayerProgress {
+	if r.p.opts.Progress == nil {
+		return silent{}
+	}
+	return r.p.opts.Progress.Layer(r.name, desc, have)
+}
+
+// Download fetches a layer's blob while holding a download slot.
+func (r *registrySource) Download(ctx context.Context, desc ocispec.Descriptor, m store.Meter) error {
+	select {
+	case r.downloads <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-r.downloads }()
+	return fetchBlob(ctx, r.p.store, r.repo, desc, m)
 }
 
 type silent struct{}

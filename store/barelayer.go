@@ -94,7 +94,7 @@ func (s *Store) bareLayers() ([]ocispec.Descriptor, error) {
 	}
 	var out []ocispec.Descriptor
 	for _, m := range idx.Manifests {
-		if !isManifest(m.MediaType) && !isIndex(m.MediaType) {
+		if !IsManifest(m.MediaType) && !IsIndex(m.MediaType) {
 			out = append(out, m)
 		}
 	}
@@ -124,7 +124,7 @@ func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
 	return s.updateIndex(func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
-			if m.Digest != d || isManifest(m.MediaType) || isIndex(m.MediaType) {
+			if m.Digest != d || IsManifest(m.MediaType) || IsIndex(m.MediaType) {
 				kept = append(kept, m)
 			}
 		}

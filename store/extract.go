@@ -15,8 +15,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
@@ -257,28 +255,17 @@ func streamError(err error) error {
 	return err
 }
 
+// decompress undoes a layer's compression, gzip or zstd: the media types
+// of layers the image spec names; bzip2 and xz are for archives only.
 func decompress(br *bufio.Reader) (io.Reader, func(), error) {
-	magic, err := br.Peek(4)
-	if err != nil && !errors.Is(err, io.EOF) {
+	if _, err := br.Peek(4); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, fmt.Errorf("read layer: %w", err)
 	}
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, nil, fmt.Errorf("gzip: %w", err)
-		}
-		return zr, func() { zr.Close() }, nil
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
-		if err != nil {
-			return nil, nil, fmt.Errorf("zstd: %w", err)
-		}
-		return zr, zr.Close, nil
-	case bytes.HasPrefix(magic, []byte("BZh")), bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X'}):
+	switch sniffCompression(br) {
+	case "bzip2", "xz":
 		return nil, nil, errors.New("unsupported compression (bzip2 or xz)")
 	}
-	return br, func() {}, nil
+	return decompressStream(br)
 }
 
 // CleanPath turns a tar entry name into a path relative to the layer

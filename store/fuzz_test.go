@@ -324,7 +324,9 @@ func FuzzManifest(f *testing.F) {
 	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
 		f.Fatal(err)
 	}
-	open := func(d ocispec.Descriptor) (io.ReadCloser, error) { return src.files.Open(layoutBlob(d.Digest)) }
+	open := SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+		return src.files.Open(layoutBlob(d.Digest))
+	})
 	f.Fuzz(func(t *testing.T, mdata []byte) {
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(mdata), Size: int64(len(mdata))}
 		if err := s.StoreImage(context.Background(), "", desc, mdata, open); err != nil {

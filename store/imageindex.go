@@ -24,11 +24,13 @@ const (
 	annotationReferenceDigest = "vnd.docker.reference.digest"
 )
 
-func isIndex(mediaType string) bool {
+// IsIndex reports an image index media type, OCI or docker.
+func IsIndex(mediaType string) bool {
 	return mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerManifestList
 }
 
-func isManifest(mediaType string) bool {
+// IsManifest reports an image manifest media type, OCI or docker.
+func IsManifest(mediaType string) bool {
 	return mediaType == ocispec.MediaTypeImageManifest || mediaType == mediaTypeDockerManifest
 }
 
@@ -102,7 +104,7 @@ func walkIndex(read func(ocispec.Descriptor) ([]byte, error), top ocispec.Descri
 			return fmt.Errorf("index %s: %w", desc.Digest, ErrMismatch)
 		}
 		for _, child := range idx.Manifests {
-			if isIndex(child.MediaType) {
+			if IsIndex(child.MediaType) {
 				err = walk(child, chain)
 			} else {
 				err = leaf(child)
@@ -152,7 +154,7 @@ func configPlatform(c ocispec.Image) *ocispec.Platform {
 // its platform (from its index entry, or its config), and the indexes
 // on the way to them.
 func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes []digest.Digest, err error) {
-	if !isIndex(img.Manifest.MediaType) {
+	if !IsIndex(img.Manifest.MediaType) {
 		desc := img.Manifest
 		if desc.Platform == nil {
 			_, c, err := s.ImageLayers(desc.Digest)
@@ -170,7 +172,7 @@ func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes [
 	err = walkIndex(read, img.Manifest, func(d ocispec.Descriptor) error {
 		// An index names every platform it was built for; the store
 		// holds those that were imported.
-		if isManifest(d.MediaType) && !isAttestation(d) && s.HasBlob(d.Digest) {
+		if IsManifest(d.MediaType) && !isAttestation(d) && s.HasBlob(d.Digest) {
 			manifests = append(manifests, d)
 		}
 		return nil
@@ -206,7 +208,7 @@ func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if !isIndex(img.Manifest.MediaType) {
+	if !IsIndex(img.Manifest.MediaType) {
 		m := manifests[0]
 		if m.Platform != nil && !p.matches(m.Platform) {
 			logrus.Warnf("image %s is for %s, not %s", imageLabel(img), platformOf(m.Platform), p)
@@ -224,17 +226,6 @@ func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error
 
 // errNoImage is returned by an import that found only non-images.
 var errNoImage = errors.New("no image to import")
-
-// PickPlatform chooses the manifest of platform from an image index.
-func PickPlatform(idx ocispec.Index, platform Platform) (ocispec.Descriptor, error) {
-	i := slices.IndexFunc(idx.Manifests, func(d ocispec.Descriptor) bool {
-		return !isAttestation(d) && platform.matches(d.Platform)
-	})
-	if i < 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("no manifest for platform %s (has %s)", platform, platformNames(idx.Manifests))
-	}
-	return idx.Manifests[i], nil
-}
 
 // eachImageLayer calls fn for every layer of every manifest of img the
 // store holds, with its diff_id.

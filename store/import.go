@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -175,7 +174,7 @@ func readSmall(fsys fs.FS, name string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := readMetadata(f)
+	data, err := ReadMetadata(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -269,19 +268,19 @@ func describe(d ocispec.Descriptor) string {
 	return d.MediaType
 }
 
-func (li *layoutImport) open(d ocispec.Descriptor) (io.ReadCloser, error) {
+func (li *layoutImport) Open(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
 	return openLimited(li.fsys, layoutBlob(d.Digest), d.Size)
 }
 
 // entry imports one entry of index.json, or skips it.
 func (li *layoutImport) entry(name string, desc ocispec.Descriptor) error {
 	switch {
-	case isIndex(desc.MediaType):
+	case IsIndex(desc.MediaType):
 		return li.index(name, desc)
 	case isAttestation(desc):
 		li.skip(desc.Digest, "attestation manifest")
 		return nil
-	case !isManifest(desc.MediaType):
+	case !IsManifest(desc.MediaType):
 		li.skip(desc.Digest, describe(desc))
 		return nil
 	}
@@ -310,7 +309,7 @@ func (li *layoutImport) tag(name string, desc ocispec.Descriptor) error {
 // manifest stores an image manifest with its config and layers, or skips
 // it when it is no image.
 func (li *layoutImport) manifest(desc ocispec.Descriptor) (stored bool, err error) {
-	mdata, err := li.s.fetchSmall(desc, li.open)
+	mdata, err := li.s.fetchSmall(li.ctx, desc, li)
 	if err != nil {
 		return false, err
 	}
@@ -325,14 +324,14 @@ func (li *layoutImport) manifest(desc ocispec.Descriptor) (stored bool, err erro
 	if err := li.checkLayerOrder(desc, m); err != nil {
 		return false, err
 	}
-	return true, li.s.storeManifest(li.ctx, desc, mdata, li.open)
+	return true, li.s.storeManifest(li.ctx, desc, mdata, li)
 }
 
 // checkLayerOrder names the docker 25.0.0 bug (moby #47150) plainly: an
 // OCI manifest whose uncompressed layers are the config's diff_ids in
 // another order.
 func (li *layoutImport) checkLayerOrder(desc ocispec.Descriptor, m ocispec.Manifest) error {
-	cdata, err := li.s.fetchSmall(m.Config, li.open)
+	cdata, err := li.s.fetchSmall(li.ctx, m.Config, li)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -364,45 +363,19 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 		if err := d.Digest.Validate(); err != nil {
 			return nil, err
 		}
-		r, err := li.open(d)
+		r, err := li.Open(li.ctx, d)
 		if err != nil {
 			return nil, err
 		}
 		defer r.Close()
-		data, err := readMetadata(r)
+		data, err := ReadMetadata(r)
 		indexes[d.Digest] = data
 		return data, err
 	}
-	var images []ocispec.Descriptor
-	err := walkIndex(read, top, func(d ocispec.Descriptor) error {
-		switch {
-		case isAttestation(d):
-			what := "attestation manifest"
-			if of := d.Annotations[annotationReferenceDigest]; of != "" {
-				what += " for " + of
-			}
-			li.skip(d.Digest, what)
-		case !isManifest(d.MediaType):
-			li.skip(d.Digest, describe(d))
-		default:
-			images = append(images, d)
-		}
-		return nil
-	})
+	chosen, skipped, err := SelectManifests(top, read, li.opts.Platform, li.opts.AllPlatforms)
+	li.res.Skipped = append(li.res.Skipped, skipped...)
 	if err != nil {
 		return err
-	}
-	chosen := images
-	if !li.opts.AllPlatforms {
-		p := li.opts.Platform
-		if p == (Platform{}) {
-			p = HostPlatform()
-		}
-		i := slices.IndexFunc(images, func(d ocispec.Descriptor) bool { return p.matches(d.Platform) })
-		if i < 0 {
-			return fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, platformNames(images))
-		}
-		chosen = images[i : i+1]
 	}
 	stored := false
 	for _, d := range chosen {
@@ -421,34 +394,6 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 		}
 	}
 	return li.tag(name, top)
-}
-
-// BlobOpener opens the source's copy of a blob.
-type BlobOpener func(ocispec.Descriptor) (io.ReadCloser, error)
-
-// fetchSmall reads a small blob from the store, or from open and checks it.
-func (s *Store) fetchSmall(desc ocispec.Descriptor, open BlobOpener) ([]byte, error) {
-	// An index.json may name a manifest by no digest at all; the store's
-	// paths are made from digests, so it is refused before any is.
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
-	}
-	if s.HasBlob(desc.Digest) {
-		return s.ReadBlob(desc.Digest)
-	}
-	r, err := open(desc)
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	defer r.Close()
-	data, err := readMetadata(r)
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, ErrMismatch)
-	}
-	return data, nil
 }
 
 // ParseManifest reads an image manifest and checks what layerfs relies on.
@@ -486,63 +431,6 @@ func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
 		}
 	}
 	return c, nil
-}
-
-// StoreImage stores an image given its manifest bytes: config, every layer
-// extracted (in parallel, bounded by the cores), the manifest, and last
-// its name. Blobs the store lacks come from open.
-func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
-	if err := CheckImageName(name); err != nil {
-		return err
-	}
-	if err := s.storeManifest(ctx, desc, mdata, open); err != nil {
-		return err
-	}
-	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
-}
-
-// storeManifest stores an image's config, layers and manifest, unnamed.
-func (s *Store) storeManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, open BlobOpener) error {
-	m, err := ParseManifest(mdata)
-	if err != nil {
-		return err
-	}
-	cdata, err := s.fetchSmall(m.Config, open)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	cfg, err := ParseConfig(cdata, len(m.Layers))
-	if err != nil {
-		return err
-	}
-	if err := s.ExtractLayers(ctx, m.Layers, cfg.RootFS.DiffIDs, open); err != nil {
-		return err
-	}
-	if err := s.PutBlob(m.Config, bytes.NewReader(cdata)); err != nil {
-		return err
-	}
-	if err := s.PutBlob(desc, bytes.NewReader(mdata)); err != nil {
-		return err
-	}
-	return s.checkLowerLinks(m.Layers)
-}
-
-// ExtractLayers extracts layers in parallel, at most one per core.
-func (s *Store) ExtractLayers(ctx context.Context, layers []ocispec.Descriptor, diffIDs []digest.Digest, open BlobOpener) error {
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	errs := make([]error, len(layers))
-	var wg sync.WaitGroup
-	for i, l := range layers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			errs[i] = s.ExtractLayer(ctx, l, diffIDs[i], func() (io.ReadCloser, error) { return open(l) })
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // dockerManifest is one image of a docker-archive's manifest.json.
@@ -635,12 +523,12 @@ func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerMan
 		files[desc.Digest] = path.Clean(l)
 		m.Layers = append(m.Layers, desc)
 	}
-	open := func(d ocispec.Descriptor) (io.ReadCloser, error) {
+	open := SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
 		if d.Digest == m.Config.Digest {
 			return io.NopCloser(bytes.NewReader(cdata)), nil
 		}
 		return openLimited(fsys, files[d.Digest], d.Size)
-	}
+	})
 	mdata, err := json.Marshal(m)
 	if err != nil {
 		return nil, err

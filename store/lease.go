@@ -136,7 +136,7 @@ func readLeaseFile(p string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return readMetadata(f)
+	return ReadMetadata(f)
 }
 
 // ErrInUse is wrapped by the refusal to remove an image a live view

@@ -81,7 +81,7 @@ func (s *Store) readSmallFile(rel string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return readMetadata(f)
+	return ReadMetadata(f)
 }
 
 // removeBeneath removes rel and, when it is a directory, everything in

@@ -285,9 +285,9 @@ func (s *Store) ReadBlob(d digest.Digest) ([]byte, error) {
 	return data, nil
 }
 
-// readMetadata reads a manifest, config or index, refusing one larger than
+// ReadMetadata reads a manifest, config or index, refusing one larger than
 // any registry would serve rather than holding it in memory.
-func readMetadata(r io.Reader) ([]byte, error) {
+func ReadMetadata(r io.Reader) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxMetadataSize+1))
 	if err != nil {
 		return nil, err
@@ -331,7 +331,7 @@ func (s *Store) Images() ([]Image, error) {
 	}
 	var out []Image
 	for _, m := range idx.Manifests {
-		if !isManifest(m.MediaType) && !isIndex(m.MediaType) {
+		if !IsManifest(m.MediaType) && !IsIndex(m.MediaType) {
 			continue // a bare layer, kept by keepLayer
 		}
 		img := Image{Name: m.Annotations[AnnotationRefName], Manifest: m}

@@ -295,7 +295,7 @@ func (s *Store) Prepare(ctx context.Context, t Target) error {
 		return err
 	}
 	defer release()
-	return s.ExtractLayers(ctx, missing, diffIDs, func(ocispec.Descriptor) (io.ReadCloser, error) {
+	return s.storeLayers(ctx, missing, diffIDs, SourceFunc(func(context.Context, ocispec.Descriptor) (io.ReadCloser, error) {
 		return nil, ErrNotFound
-	})
+	}))
 }

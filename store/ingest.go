@@ -1,0 +1,218 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+)
+
+// Source is where an image's blobs come from: an OCI image layout, a
+// docker-archive, a registry. Every image, imported or pulled, enters the
+// store through StoreImage, which asks its source only for what the
+// store lacks.
+type Source interface {
+	// Open opens the source's copy of blob desc: a manifest, index or
+	// config, or a layer extracted as it is read.
+	Open(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
+// SourceFunc is a Source made of its Open.
+type SourceFunc func(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+
+// Open calls f.
+func (f SourceFunc) Open(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	return f(ctx, desc)
+}
+
+// Downloader is a Source whose layer blobs are downloaded into the store
+// first, resumably, and extracted from the store's copy while the other
+// layers download: a registry.
+type Downloader interface {
+	Source
+	// Layer is told of each layer before anything is done for it; have
+	// says the store holds its blob. What it returns follows the layer
+	// to its end.
+	Layer(desc ocispec.Descriptor, have bool) LayerProgress
+	// Download brings blob desc into the store, counting its bytes on m.
+	Download(ctx context.Context, desc ocispec.Descriptor, m Meter) error
+}
+
+// LayerProgress follows one layer of a Downloader.
+type LayerProgress interface {
+	Meter
+	// Fetched is called when the blob is in the store, verified.
+	Fetched()
+	// Done is called last, with nil when the layer is extracted.
+	Done(err error)
+}
+
+// Meter counts a blob's bytes as they arrive.
+type Meter interface {
+	// Set says how many bytes are there: those a resumed fetch found
+	// staged, or 0 when the fetch starts over.
+	Set(have int64)
+	Add(n int)
+}
+
+// StoreImage stores an image given its manifest bytes: config, every layer
+// extracted (in parallel, bounded by the cores), the manifest, and last
+// its name. Blobs the store lacks come from src.
+func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descriptor, mdata []byte, src Source) error {
+	if err := CheckImageName(name); err != nil {
+		return err
+	}
+	if err := s.storeManifest(ctx, desc, mdata, src); err != nil {
+		return err
+	}
+	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
+}
+
+// storeManifest stores an image's config, layers and manifest, unnamed.
+func (s *Store) storeManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, src Source) error {
+	m, err := ParseManifest(mdata)
+	if err != nil {
+		return err
+	}
+	cdata, err := s.fetchSmall(ctx, m.Config, src)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(cdata, len(m.Layers))
+	if err != nil {
+		return err
+	}
+	if err := s.storeLayers(ctx, m.Layers, cfg.RootFS.DiffIDs, src); err != nil {
+		return err
+	}
+	if err := s.PutBlob(m.Config, bytes.NewReader(cdata)); err != nil {
+		return err
+	}
+	if err := s.PutBlob(desc, bytes.NewReader(mdata)); err != nil {
+		return err
+	}
+	return s.checkLowerLinks(m.Layers)
+}
+
+// storeLayers brings every layer into the store, extracted, each once:
+// at most one extraction per core, as extraction is CPU-bound, however
+// many downloads run.
+func (s *Store) storeLayers(ctx context.Context, layers []ocispec.Descriptor, diffIDs []digest.Digest, src Source) error {
+	extractions := make(chan struct{}, runtime.GOMAXPROCS(0))
+	errs := make([]error, len(layers))
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.storeLayer(ctx, l, diffIDs[i], src, extractions)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Store) storeLayer(ctx context.Context, l ocispec.Descriptor, diffID digest.Digest, src Source, extractions chan struct{}) error {
+	extract := func() error {
+		select {
+		case extractions <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { <-extractions }()
+		return s.ExtractLayer(ctx, l, diffID, func() (io.ReadCloser, error) { return src.Open(ctx, l) })
+	}
+	dl, ok := src.(Downloader)
+	if !ok {
+		return extract()
+	}
+	have := s.HasBlob(l.Digest)
+	if have && s.Extracted(l.Digest) {
+		logrus.WithField("layer", l.Digest).Debug("layer already in the store")
+		dl.Layer(l, true).Done(nil)
+		return nil
+	}
+	prog := dl.Layer(l, have)
+	err := func() error {
+		if !have {
+			if err := dl.Download(ctx, l, prog); err != nil {
+				return fmt.Errorf("layer %s: %w", l.Digest, err)
+			}
+		}
+		prog.Fetched()
+		return extract()
+	}()
+	prog.Done(err)
+	return err
+}
+
+// fetchSmall reads a manifest, index or config from the store, or from
+// src, checked.
+func (s *Store) fetchSmall(ctx context.Context, desc ocispec.Descriptor, src Source) ([]byte, error) {
+	// An index.json may name a manifest by no digest at all; the store's
+	// paths are made from digests, so it is refused before any is.
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
+	}
+	if desc.Size > maxMetadataSize {
+		return nil, fmt.Errorf("blob %s: larger than %d bytes", desc.Digest, maxMetadataSize)
+	}
+	if s.HasBlob(desc.Digest) {
+		return s.ReadBlob(desc.Digest)
+	}
+	r, err := src.Open(ctx, desc)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	defer r.Close()
+	data, err := ReadMetadata(r)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, ErrMismatch)
+	}
+	return data, nil
+}
+
+// SelectManifests walks image index top and the indexes it nests (read
+// gives each one's bytes) and returns its image manifests for platform p
+// (the host's when zero), or for every platform when all is set, with
+// the entries that are no image, skipped.
+func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]byte, error), p Platform, all bool) (chosen []ocispec.Descriptor, skipped []Skipped, err error) {
+	var images []ocispec.Descriptor
+	err = walkIndex(read, top, func(d ocispec.Descriptor) error {
+		switch {
+		case isAttestation(d):
+			what := "attestation manifest"
+			if of := d.Annotations[annotationReferenceDigest]; of != "" {
+				what += " for " + of
+			}
+			skipped = append(skipped, Skipped{Digest: d.Digest, What: what})
+		case !IsManifest(d.MediaType):
+			skipped = append(skipped, Skipped{Digest: d.Digest, What: describe(d)})
+		default:
+			images = append(images, d)
+		}
+		return nil
+	})
+	if err != nil || all {
+		return images, skipped, err
+	}
+	if p == (Platform{}) {
+		p = HostPlatform()
+	}
+	i := slices.IndexFunc(images, func(d ocispec.Descriptor) bool { return p.matches(d.Platform) })
+	if i < 0 {
+		return nil, skipped, fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, platformNames(images))
+	}
+	return images[i : i+1], skipped, nil
+}
