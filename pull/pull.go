@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -81,12 +82,12 @@ func New(s *store.Store, opts Options) (*Puller, error) {
 // docker form (debian is docker.io/library/debian:latest), as import does
 // with a docker-archive's tags.
 func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
-	r, err := store.ParseReference(ref)
+	r, err := reference.Parse(ref)
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	name := r.String()
-	if err := store.CheckImageName(name); err != nil {
+	if err := reference.CheckName(name); err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	release, err := p.store.Writing()
@@ -108,7 +109,7 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 // resolve finds the manifest of the reference's platform, at the first
 // mirror that has it, else at the registry, and returns the repository
 // that answered.
-func (p *Puller) resolve(ctx context.Context, r store.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
+func (p *Puller) resolve(ctx context.Context, r reference.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
 	hosts := append(append([]string{}, p.opts.Mirrors...), p.opts.Config.Mirrors[r.Domain]...)
 	for _, mirror := range hosts {
 		repo, desc, mdata, err := p.resolveAt(ctx, mirror, r)
@@ -124,7 +125,7 @@ func (p *Puller) resolve(ctx context.Context, r store.Reference) (*remote.Reposi
 	return p.resolveAt(ctx, r.Domain, r)
 }
 
-func (p *Puller) resolveAt(ctx context.Context, host string, r store.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
+func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
 	repo, err := p.client.repository(ctx, host, r.Path)
 	if err != nil {
 		return nil, ocispec.Descriptor{}, nil, err
@@ -192,7 +193,7 @@ func fetchManifest(ctx context.Context, repo *remote.Repository, reference strin
 }
 
 // describe turns what a registry answered into what failed.
-func describe(ctx context.Context, repo *remote.Repository, host string, r store.Reference, err error) error {
+func describe(ctx context.Context, repo *remote.Repository, host string, r reference.Reference, err error) error {
 	var resp *errcode.ErrorResponse
 	var op *net.OpError
 	switch {

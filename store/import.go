@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/layerfs/layerfs/reference"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -239,7 +240,7 @@ func selectRef(entries []ocispec.Descriptor, ref string) ([]ocispec.Descriptor, 
 	var names []string
 	for _, d := range entries {
 		short, full := d.Annotations[AnnotationRefName], d.Annotations[annotationContainerdName]
-		if short == ref || (full != "" && (full == ref || full == NormalizeName(ref))) {
+		if short == ref || (full != "" && (full == ref || full == reference.Normalize(ref))) {
 			return []ocispec.Descriptor{d}, nil
 		}
 		if name := refName(d); name != "" {
@@ -488,7 +489,7 @@ func selectTag(images []dockerManifest, ref string) (dockerManifest, error) {
 	var tags []string
 	for _, img := range images {
 		for _, tag := range img.RepoTags {
-			if NormalizeName(tag) == NormalizeName(ref) {
+			if reference.Normalize(tag) == reference.Normalize(ref) {
 				img.RepoTags = []string{tag}
 				return img, nil
 			}
@@ -542,7 +543,7 @@ func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerMan
 	for _, tag := range tags {
 		name := tag
 		if tag != "" {
-			name = NormalizeName(tag)
+			name = reference.Normalize(tag)
 		}
 		if err := s.StoreImage(ctx, name, desc, mdata, open); err != nil {
 			return nil, err

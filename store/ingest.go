@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/layerfs/layerfs/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
@@ -67,7 +68,7 @@ type Meter interface {
 // extracted (in parallel, bounded by the cores), the manifest, and last
 // its name. Blobs the store lacks come from src.
 func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descriptor, mdata []byte, src Source) error {
-	if err := CheckImageName(name); err != nil {
+	if err := reference.CheckName(name); err != nil {
 		return err
 	}
 	if err := s.storeManifest(ctx, desc, mdata, src); err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/view/stack"
 	"io"
 	"os"
@@ -373,7 +374,7 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 
 // Tag names manifest desc, replacing any image of the same name.
 func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
-	if err := CheckImageName(name); err != nil {
+	if err := reference.CheckName(name); err != nil {
 		return err
 	}
 	if name != "" {

@@ -10,13 +10,11 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/layerfs/layerfs/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 )
-
-// minPrefix is the shortest digest prefix a target may use.
-const minPrefix = 12
 
 // Target is what one or more command-line targets name.
 type Target struct {
@@ -125,7 +123,7 @@ func findImage(images []Image, name string) (Image, bool) {
 			return img, true
 		}
 	}
-	full := NormalizeName(name)
+	full := reference.Normalize(name)
 	for _, img := range images {
 		if img.Name != "" && img.Name == full {
 			return img, true
@@ -195,8 +193,8 @@ func imageLabel(img Image) string {
 // names.
 func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, error) {
 	hex := strings.TrimPrefix(arg, "sha256:")
-	if len(hex) < minPrefix || len(hex) > 64 || !isHex(hex) {
-		return "", "", fmt.Errorf("target %q: %w: not an image name, nor a digest of at least %d hex digits", arg, ErrNotFound, minPrefix)
+	if !reference.IsDigestPrefix(hex) {
+		return "", "", fmt.Errorf("target %q: %w: not an image name, nor a digest of at least %d hex digits", arg, ErrNotFound, reference.MinDigestPrefix)
 	}
 	found := map[digest.Digest]string{}
 	for _, img := range images {

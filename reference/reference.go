@@ -1,4 +1,7 @@
-package store
+// Package reference reads image references and names as docker does:
+// "debian" is docker.io/library/debian:latest. Pull reads its arguments
+// with it, import the tags of archives, and the store the names it lists.
+package reference
 
 import (
 	"fmt"
@@ -40,9 +43,9 @@ func (r Reference) String() string {
 	return s
 }
 
-// ParseReference reads an image reference as docker does: "debian" is
+// Parse reads an image reference as docker does: "debian" is
 // docker.io/library/debian:latest, "host:5000/repo" is host:5000/repo:latest.
-func ParseReference(s string) (Reference, error) {
+func Parse(s string) (Reference, error) {
 	var r Reference
 	rest := s
 	if i := strings.Index(rest, "@"); i >= 0 {
@@ -82,14 +85,23 @@ func ParseReference(s string) (Reference, error) {
 	return r, nil
 }
 
-// NormalizeName returns the full form of a docker-style name, or the name
+// Normalize returns the full form of a docker-style name, or the name
 // itself when it is not one (an OCI layout's ref name may be anything).
-func NormalizeName(s string) string {
-	r, err := ParseReference(s)
+func Normalize(s string) string {
+	r, err := Parse(s)
 	if err != nil {
 		return s
 	}
 	return r.String()
+}
+
+// MinDigestPrefix is the shortest digest prefix a target may use.
+const MinDigestPrefix = 12
+
+// IsDigestPrefix reports whether hex may be a digest's prefix on the
+// command line: MinDigestPrefix to 64 lowercase hex digits.
+func IsDigestPrefix(hex string) bool {
+	return len(hex) >= MinDigestPrefix && len(hex) <= 64 && isHex(hex)
 }
 
 func isHex(s string) bool {
@@ -101,20 +113,20 @@ func isHex(s string) bool {
 	return s != ""
 }
 
-// CheckImageName refuses a name that a target would read as a digest: one
+// CheckName refuses a name that a target would read as a digest: one
 // starting with a digest algorithm, or of 12 to 64 hex digits, as given or
 // in the short form a user would type (docker.io/library/X:latest as X).
 // Digests resolve first, so such a name could only be reached by accident.
-func CheckImageName(name string) error {
+func CheckName(name string) error {
 	forms := []string{name}
-	if r, err := ParseReference(name); err == nil && r.Domain == defaultDomain && r.Digest == "" {
+	if r, err := Parse(name); err == nil && r.Domain == defaultDomain && r.Digest == "" {
 		short := strings.TrimPrefix(r.Path, officialRepo)
 		forms = append(forms, short)
 	}
 	for _, f := range forms {
 		alg, _, hasAlg := strings.Cut(f, ":")
 		isAlg := alg == string(digest.SHA256) || alg == string(digest.SHA384) || alg == string(digest.SHA512)
-		if (hasAlg && isAlg) || (len(f) >= minPrefix && len(f) <= 64 && isHex(f)) {
+		if (hasAlg && isAlg) || IsDigestPrefix(f) {
 			return fmt.Errorf("image name %q reads as a digest: refused, since it would stand for another image's digest", name)
 		}
 	}

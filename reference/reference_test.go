@@ -1,4 +1,4 @@
-package store
+package reference
 
 import "testing"
 
@@ -11,14 +11,14 @@ func TestParseReference(t *testing.T) {
 		"reg.example:443/x@sha256:" + h64: "reg.example:443/x@sha256:" + h64,
 	}
 	for in, want := range cases {
-		r, err := ParseReference(in)
+		r, err := Parse(in)
 		if err != nil || r.String() != want {
-			t.Errorf("ParseReference(%q) = %q, %v; want %q", in, r.String(), err, want)
+			t.Errorf("Parse(%q) = %q, %v; want %q", in, r.String(), err, want)
 		}
 	}
 	for _, bad := range []string{"", "UPPER/case", "a:b:c", "x@sha256:12", "a//b"} {
-		if _, err := ParseReference(bad); err == nil {
-			t.Errorf("ParseReference(%q) accepted", bad)
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
 		}
 	}
 }
