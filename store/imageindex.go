@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -18,7 +19,9 @@ import (
 const maxIndexDepth = 8
 
 const (
-	mediaTypeDockerConfig = "application/vnd.docker.container.image.v1+json"
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
 	// annotationReferenceType marks buildkit's attestation manifests.
 	annotationReferenceType   = "vnd.docker.reference.type"
 	annotationReferenceDigest = "vnd.docker.reference.digest"
@@ -116,6 +119,41 @@ func walkIndex(read func(ocispec.Descriptor) ([]byte, error), top ocispec.Descri
 		return nil
 	}
 	return walk(top, nil)
+}
+
+// Platform selects one manifest of an image index.
+type Platform struct {
+	OS, Architecture, Variant string
+}
+
+// HostPlatform is the platform this binary runs on.
+func HostPlatform() Platform {
+	p := Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
+	if p.Architecture == "arm" {
+		p.Variant = "v7"
+	}
+	return p
+}
+
+// ParsePlatform reads "os/arch[/variant]".
+func ParsePlatform(s string) (Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]", s)
+	}
+	p := Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+func (p Platform) String() string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
 }
 
 // normalized is p with the variants that name the same thing made equal,

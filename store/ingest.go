@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -182,6 +183,43 @@ func (s *Store) fetchSmall(ctx context.Context, desc ocispec.Descriptor, src Sou
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, ErrMismatch)
 	}
 	return data, nil
+}
+
+// ParseManifest reads an image manifest and checks what layerfs relies on.
+func ParseManifest(data []byte) (ocispec.Manifest, error) {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("manifest: %w", err)
+	}
+	if m.SchemaVersion != 2 {
+		return m, fmt.Errorf("manifest: schema version %d, want 2", m.SchemaVersion)
+	}
+	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+		if err := d.Digest.Validate(); err != nil {
+			return m, fmt.Errorf("manifest: descriptor %q: %w", d.Digest, err)
+		}
+		if d.Size < 0 {
+			return m, fmt.Errorf("manifest: descriptor %s: negative size", d.Digest)
+		}
+	}
+	return m, nil
+}
+
+// ParseConfig reads an image config's layer digests.
+func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
+	var c ocispec.Image
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	if len(c.RootFS.DiffIDs) != layers {
+		return c, fmt.Errorf("config: %d diff_ids for %d layers", len(c.RootFS.DiffIDs), layers)
+	}
+	for _, d := range c.RootFS.DiffIDs {
+		if err := d.Validate(); err != nil {
+			return c, fmt.Errorf("config: diff_id %q: %w", d, err)
+		}
+	}
+	return c, nil
 }
 
 // SelectManifests walks image index top and the indexes it nests (read

@@ -3,19 +3,35 @@
 // object per distinct regular-file content. Every write is staged under
 // tmp/ and renamed into place once verified, so no command ever finds a
 // half-written file at a final name.
+//
+// The files say the concern, in the order data flows through them:
+//
+//	source_*.go  image sources read from files: OCI layouts and
+//	             docker-archives (directories or tars, compressed or
+//	             not), bare layer tars; the registry source is package pull
+//	ingest.go    the one path every image takes into the store, whatever
+//	             its Source: manifest, config, layers extracted once each
+//	layer_*.go   layer extraction: decompress, tar to index and objects
+//	views.go     opening extracted layers as a view (package view/stack)
+//	the rest     content-addressed storage: blobs, objects, staging,
+//	             partial downloads, index.json and names, targets, locks,
+//	             leases, gc and verify
+//
+// The index format is package store/index; names and references are
+// package reference.
 package store
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/layerfs/layerfs/reference"
-	"github.com/layerfs/layerfs/view/stack"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
 
+	"github.com/layerfs/layerfs/reference"
+	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"

@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,51 +21,12 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-const (
-	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
-	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-	annotationContainerdName    = "io.containerd.image.name"
-)
+const annotationContainerdName = "io.containerd.image.name"
 
 // Imported is one image an import stored.
 type Imported struct {
 	Name     string
 	Manifest digest.Digest
-}
-
-// Platform selects one manifest of an image index.
-type Platform struct {
-	OS, Architecture, Variant string
-}
-
-// HostPlatform is the platform this binary runs on.
-func HostPlatform() Platform {
-	p := Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
-	if p.Architecture == "arm" {
-		p.Variant = "v7"
-	}
-	return p
-}
-
-// ParsePlatform reads "os/arch[/variant]".
-func ParsePlatform(s string) (Platform, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]", s)
-	}
-	p := Platform{OS: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return p, nil
-}
-
-func (p Platform) String() string {
-	s := p.OS + "/" + p.Architecture
-	if p.Variant != "" {
-		s += "/" + p.Variant
-	}
-	return s
 }
 
 // ImportOptions chooses what an import takes.
@@ -395,43 +355,6 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 		}
 	}
 	return li.tag(name, top)
-}
-
-// ParseManifest reads an image manifest and checks what layerfs relies on.
-func ParseManifest(data []byte) (ocispec.Manifest, error) {
-	var m ocispec.Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return m, fmt.Errorf("manifest: %w", err)
-	}
-	if m.SchemaVersion != 2 {
-		return m, fmt.Errorf("manifest: schema version %d, want 2", m.SchemaVersion)
-	}
-	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
-		if err := d.Digest.Validate(); err != nil {
-			return m, fmt.Errorf("manifest: descriptor %q: %w", d.Digest, err)
-		}
-		if d.Size < 0 {
-			return m, fmt.Errorf("manifest: descriptor %s: negative size", d.Digest)
-		}
-	}
-	return m, nil
-}
-
-// ParseConfig reads an image config's layer digests.
-func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
-	var c ocispec.Image
-	if err := json.Unmarshal(data, &c); err != nil {
-		return c, fmt.Errorf("config: %w", err)
-	}
-	if len(c.RootFS.DiffIDs) != layers {
-		return c, fmt.Errorf("config: %d diff_ids for %d layers", len(c.RootFS.DiffIDs), layers)
-	}
-	for _, d := range c.RootFS.DiffIDs {
-		if err := d.Validate(); err != nil {
-			return c, fmt.Errorf("config: diff_id %q: %w", d, err)
-		}
-	}
-	return c, nil
 }
 
 // dockerManifest is one image of a docker-archive's manifest.json.
