@@ -140,7 +140,7 @@ type extraction struct {
 	store *Store
 	dir   string
 	// entries holds every tar entry by path, results the index's records
-	// in breadth-first order (see build.go).
+	// in breadth-first order (see layer_build.go).
 	entries *sorter
 	results *sorter
 	seq     uint64
