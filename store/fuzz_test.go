@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"testing/fstest"
 
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/layerfs/layerfs/store/index"
@@ -35,17 +33,20 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 		flipped[len(flipped)/2] ^= 0xff
 		layers = append(layers, flipped)
 	}
-	src := newFuzzSource(t)
-	_, manifest := src.dockerFiles(t)
+	src := testimage.NewFuzzSource(t)
+	_, manifest := src.DockerFiles(t)
 	var idx ocispec.Index
-	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
+	if err := json.Unmarshal(src.Files["index.json"].Data, &idx); err != nil {
 		t.Fatal(err)
 	}
 	docs := map[string][][]byte{
-		"FuzzExtract":        layers,
+		"FuzzExtract":  layers,
+		"FuzzManifest": {src.Files[testimage.BlobPath("", idx.Manifests[0].Digest)].Data},
+	}
+	// package source/archive's import fuzzers mutate these documents.
+	archiveDocs := map[string][][]byte{
 		"FuzzDockerManifest": {manifest, []byte(`[{"Config":"../config.json","Layers":["/l0.tar"]}]`), []byte(`[{"Config":"config.json","Layers":[]}]`)},
-		"FuzzLayoutIndex":    {src.files["index.json"].Data},
-		"FuzzManifest":       {src.files[layoutBlob(idx.Manifests[0].Digest)].Data},
+		"FuzzLayoutIndex":    {src.Files["index.json"].Data},
 	}
 	strs := map[string][]string{
 		"FuzzCleanPath": {"a/b", "./a", "/abs", "a/../../b", "..", ".", "./", "a//b/", strings.Repeat("x/", 10)},
@@ -53,7 +54,12 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 	}
 	for target, ds := range docs {
 		for i, d := range ds {
-			writeSeed(t, "testdata", target, i, "[]byte("+strconv.Quote(string(d))+")")
+			testimage.CheckSeed(t, "testdata", target, i, "[]byte("+strconv.Quote(string(d))+")")
+		}
+	}
+	for target, ds := range archiveDocs {
+		for i, d := range ds {
+			testimage.CheckSeed(t, filepath.Join("..", "source", "archive", "testdata"), target, i, "[]byte("+strconv.Quote(string(d))+")")
 		}
 	}
 	// store/index's reader is fuzzed from the indexes of these layers.
@@ -76,38 +82,17 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		writeSeed(t, filepath.Join("index", "testdata"), "FuzzIndex", n, "[]byte("+strconv.Quote(buf.String())+")")
+		testimage.CheckSeed(t, filepath.Join("index", "testdata"), "FuzzIndex", n, "[]byte("+strconv.Quote(buf.String())+")")
 		n++
 	}
 	for target, ss := range strs {
 		for i, s := range ss {
-			writeSeed(t, "testdata", target, i, "string("+strconv.Quote(s)+")")
+			testimage.CheckSeed(t, "testdata", target, i, "string("+strconv.Quote(s)+")")
 		}
 	}
 	// package reference's parser is fuzzed from these names.
 	for i, s := range []string{"debian", "library/debian:12", "host:5000/a/b:tag", "localhost/x", "a@sha256:" + strings.Repeat("ab", 32), "UPPER", "a/b:", ":tag", "a..b"} {
-		writeSeed(t, filepath.Join("..", "reference", "testdata"), "FuzzParseReference", i, "string("+strconv.Quote(s)+")")
-	}
-}
-
-// writeSeed writes one value of a seed corpus in go test's own format
-// when LAYERFS_WRITE_FUZZ_SEEDS=1, and otherwise checks the committed one.
-func writeSeed(t *testing.T, testdata, target string, i int, value string) {
-	t.Helper()
-	dir := filepath.Join(testdata, "fuzz", target)
-	p := filepath.Join(dir, fmt.Sprintf("seed-%03d", i))
-	want := []byte("go test fuzz v1\n" + value + "\n")
-	if os.Getenv("LAYERFS_WRITE_FUZZ_SEEDS") != "1" {
-		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("seed %s is missing or out of date (%v): rerun with LAYERFS_WRITE_FUZZ_SEEDS=1", p, err)
-		}
-		return
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, want, 0o644); err != nil {
-		t.Fatal(err)
+		testimage.CheckSeed(t, filepath.Join("..", "reference", "testdata"), "FuzzParseReference", i, "string("+strconv.Quote(s)+")")
 	}
 }
 
@@ -222,99 +207,6 @@ func FuzzCleanPath(f *testing.F) {
 	})
 }
 
-// fuzzSource is a small valid image whose files the import fuzzers keep
-// beside the document they mutate, so a mutation that stays valid goes on
-// into the rest of the import.
-type fuzzSource struct {
-	files  fstest.MapFS
-	layout string // a layout dir holding the same image
-}
-
-func newFuzzSource(t testing.TB) fuzzSource {
-	t.Helper()
-	dir := t.TempDir()
-	img := testimage.Image{Name: "fuzz", Layers: []testimage.Layer{
-		{Compression: testimage.None, Entries: []testimage.Entry{testimage.Dir("d", 0o755), testimage.File("d/f", "f\n")}},
-		{Compression: testimage.None, Entries: []testimage.Entry{testimage.Whiteout("d", "f"), testimage.File("g", "g\n")}},
-	}}
-	if _, err := testimage.WriteLayout(dir, img); err != nil {
-		t.Fatal(err)
-	}
-	files := fstest.MapFS{}
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		rel, _ := filepath.Rel(dir, p)
-		files[filepath.ToSlash(rel)] = &fstest.MapFile{Data: b}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fuzzSource{files: files, layout: dir}
-}
-
-// dockerFiles adds the files a docker-archive manifest.json of the image
-// would name: the config as config.json and the layers as l0.tar, l1.tar.
-func (src fuzzSource) dockerFiles(t testing.TB) (fstest.MapFS, []byte) {
-	t.Helper()
-	var idx ocispec.Index
-	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
-		t.Fatal(err)
-	}
-	m, _, err := testimage.ReadImage(src.layout, idx.Manifests[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := fstest.MapFS{"config.json": src.files[layoutBlob(m.Config.Digest)]}
-	var names []string
-	for i, l := range m.Layers {
-		name := fmt.Sprintf("l%d.tar", i)
-		files[name] = src.files[layoutBlob(l.Digest)]
-		names = append(names, name)
-	}
-	manifest, _ := json.Marshal([]dockerManifest{{Config: "config.json", RepoTags: []string{"fuzz/x:1"}, Layers: names}})
-	return files, manifest
-}
-
-// FuzzDockerManifest imports a docker-archive whose manifest.json is the
-// fuzzer's, beside a valid config and layers.
-func FuzzDockerManifest(f *testing.F) {
-	s, err := OpenForWriting(f.TempDir())
-	if err != nil {
-		f.Fatal(err)
-	}
-	files, _ := newFuzzSource(f).dockerFiles(f)
-	f.Fuzz(func(t *testing.T, doc []byte) {
-		fsys := fstest.MapFS{"manifest.json": &fstest.MapFile{Data: doc}}
-		for k, v := range files {
-			fsys[k] = v
-		}
-		s.importDockerArchive(context.Background(), fsys, ImportOptions{})
-	})
-}
-
-// FuzzLayoutIndex imports an OCI layout whose index.json is the fuzzer's,
-// beside the blobs of a valid image.
-func FuzzLayoutIndex(f *testing.F) {
-	s, err := OpenForWriting(f.TempDir())
-	if err != nil {
-		f.Fatal(err)
-	}
-	src := newFuzzSource(f)
-	f.Fuzz(func(t *testing.T, doc []byte) {
-		fsys := fstest.MapFS{"index.json": &fstest.MapFile{Data: doc}}
-		for k, v := range src.files {
-			if k != "index.json" {
-				fsys[k] = v
-			}
-		}
-		s.importLayout(context.Background(), fsys, ImportOptions{})
-	})
-}
-
 // FuzzManifest stores an image from manifest bytes the fuzzer chooses,
 // whose config and layers, when it names them, come from a valid image.
 func FuzzManifest(f *testing.F) {
@@ -322,13 +214,13 @@ func FuzzManifest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	src := newFuzzSource(f)
+	src := testimage.NewFuzzSource(f)
 	var idx ocispec.Index
-	if err := json.Unmarshal(src.files["index.json"].Data, &idx); err != nil {
+	if err := json.Unmarshal(src.Files["index.json"].Data, &idx); err != nil {
 		f.Fatal(err)
 	}
 	open := SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-		return src.files.Open(layoutBlob(d.Digest))
+		return src.Files.Open(testimage.BlobPath("", d.Digest))
 	})
 	f.Fuzz(func(t *testing.T, mdata []byte) {
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(mdata), Size: int64(len(mdata))}
@@ -349,7 +241,7 @@ func FuzzResolve(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if _, err := s.Import(context.Background(), "../testdata/sample", ImportOptions{}); err != nil {
+	if err := storeSample(s); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {
@@ -363,4 +255,27 @@ func FuzzResolve(f *testing.F) {
 			}
 		}
 	})
+}
+
+// storeSample stores the sample layout's image under its ref name, as an
+// import of it would.
+func storeSample(s *Store) error {
+	const layout = "../testdata/sample"
+	data, err := os.ReadFile(filepath.Join(layout, "index.json"))
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return err
+	}
+	desc := idx.Manifests[0]
+	mdata, err := os.ReadFile(testimage.BlobPath(layout, desc.Digest))
+	if err != nil {
+		return err
+	}
+	open := SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+		return os.Open(testimage.BlobPath(layout, d.Digest))
+	})
+	return s.StoreImage(context.Background(), desc.Annotations[ocispec.AnnotationRefName], desc, mdata, open)
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -46,9 +45,9 @@ func isLayerType(mediaType string) bool {
 		strings.HasPrefix(mediaType, "application/vnd.docker.image.rootfs.")
 }
 
-// notImage says what a manifest is when it is not a container image (an
+// NotImage says what a manifest is when it is not a container image (an
 // artifact, a signature, an SBOM, an attestation), "" when it is one.
-func notImage(m ocispec.Manifest) string {
+func NotImage(m ocispec.Manifest) string {
 	what := ""
 	switch {
 	case m.ArtifactType != "":
@@ -69,9 +68,17 @@ func notImage(m ocispec.Manifest) string {
 	return what
 }
 
-// isAttestation reports an index entry that buildkit wrote for the
+// DescribeArtifact says what a descriptor of no image media type is.
+func DescribeArtifact(d ocispec.Descriptor) string {
+	if d.ArtifactType != "" {
+		return d.ArtifactType + " artifact"
+	}
+	return d.MediaType
+}
+
+// IsAttestation reports an index entry that buildkit wrote for the
 // provenance or SBOM of a sibling, not an image to run.
-func isAttestation(d ocispec.Descriptor) bool {
+func IsAttestation(d ocispec.Descriptor) bool {
 	return d.Annotations[annotationReferenceType] == "attestation-manifest" ||
 		(d.Platform != nil && d.Platform.OS == "unknown" && d.Platform.Architecture == "unknown")
 }
@@ -180,6 +187,22 @@ func (p Platform) matches(q *ocispec.Platform) bool {
 	return a.OS == b.OS && a.Architecture == b.Architecture && (a.Variant == "" || a.Variant == b.Variant)
 }
 
+// warnOtherPlatform warns, as docker run does, when image img is for
+// platform q, not p.
+func warnOtherPlatform(img Image, q *ocispec.Platform, p Platform) {
+	if q != nil && !p.matches(q) {
+		logrus.Warnf("image %s is for %s, not %s", imageLabel(img), platformOf(q), p)
+	}
+}
+
+// WarnOtherPlatform warns when the config of manifest desc, stored as
+// image name, says the image is for another platform than p.
+func (s *Store) WarnOtherPlatform(name string, desc ocispec.Descriptor, p Platform) {
+	if _, c, err := s.ImageLayers(desc.Digest); err == nil {
+		warnOtherPlatform(Image{Name: name, Manifest: desc}, configPlatform(c), p)
+	}
+}
+
 // configPlatform is the platform an image config says it is for.
 func configPlatform(c ocispec.Image) *ocispec.Platform {
 	if c.OS == "" && c.Architecture == "" {
@@ -210,7 +233,7 @@ func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes [
 	err = walkIndex(read, img.Manifest, func(d ocispec.Descriptor) error {
 		// An index names every platform it was built for; the store
 		// holds those that were imported.
-		if IsManifest(d.MediaType) && !isAttestation(d) && s.HasBlob(d.Digest) {
+		if IsManifest(d.MediaType) && !IsAttestation(d) && s.HasBlob(d.Digest) {
 			manifests = append(manifests, d)
 		}
 		return nil
@@ -218,8 +241,8 @@ func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes [
 	return manifests, indexes, err
 }
 
-// platformNames lists the platforms of manifests, for messages.
-func platformNames(manifests []ocispec.Descriptor) string {
+// PlatformNames lists the platforms of manifests, for messages.
+func PlatformNames(manifests []ocispec.Descriptor) string {
 	var names []string
 	for _, m := range manifests {
 		if m.Platform == nil {
@@ -248,9 +271,7 @@ func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error
 	}
 	if !IsIndex(img.Manifest.MediaType) {
 		m := manifests[0]
-		if m.Platform != nil && !p.matches(m.Platform) {
-			logrus.Warnf("image %s is for %s, not %s", imageLabel(img), platformOf(m.Platform), p)
-		}
+		warnOtherPlatform(img, m.Platform, p)
 		m.Platform = nil
 		return m, nil
 	}
@@ -259,11 +280,8 @@ func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error
 			return m, nil
 		}
 	}
-	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w: no platform %s (has %s)", imageLabel(img), ErrNotFound, p, platformNames(manifests))
+	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w: no platform %s (has %s)", imageLabel(img), ErrNotFound, p, PlatformNames(manifests))
 }
-
-// errNoImage is returned by an import that found only non-images.
-var errNoImage = errors.New("no image to import")
 
 // eachImageLayer calls fn for every layer of every manifest of img the
 // store holds, with its diff_id.

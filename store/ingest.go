@@ -65,6 +65,18 @@ type Meter interface {
 	Add(n int)
 }
 
+// Imported is one image an import stored.
+type Imported struct {
+	Name     string
+	Manifest digest.Digest
+}
+
+// Skipped is an entry of a source that an import left out as no image.
+type Skipped struct {
+	Digest digest.Digest
+	What   string
+}
+
 // StoreImage stores an image given its manifest bytes: config, every layer
 // extracted (in parallel, bounded by the cores), the manifest, and last
 // its name. Blobs the store lacks come from src.
@@ -72,19 +84,19 @@ func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descri
 	if err := reference.CheckName(name); err != nil {
 		return err
 	}
-	if err := s.storeManifest(ctx, desc, mdata, src); err != nil {
+	if err := s.StoreManifest(ctx, desc, mdata, src); err != nil {
 		return err
 	}
 	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
 }
 
-// storeManifest stores an image's config, layers and manifest, unnamed.
-func (s *Store) storeManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, src Source) error {
+// StoreManifest stores an image's config, layers and manifest, unnamed.
+func (s *Store) StoreManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, src Source) error {
 	m, err := ParseManifest(mdata)
 	if err != nil {
 		return err
 	}
-	cdata, err := s.fetchSmall(ctx, m.Config, src)
+	cdata, err := s.FetchSmall(ctx, m.Config, src)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -156,16 +168,16 @@ func (s *Store) storeLayer(ctx context.Context, l ocispec.Descriptor, diffID dig
 	return err
 }
 
-// fetchSmall reads a manifest, index or config from the store, or from
+// FetchSmall reads a manifest, index or config from the store, or from
 // src, checked.
-func (s *Store) fetchSmall(ctx context.Context, desc ocispec.Descriptor, src Source) ([]byte, error) {
+func (s *Store) FetchSmall(ctx context.Context, desc ocispec.Descriptor, src Source) ([]byte, error) {
 	// An index.json may name a manifest by no digest at all; the store's
 	// paths are made from digests, so it is refused before any is.
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
 	}
-	if desc.Size > maxMetadataSize {
-		return nil, fmt.Errorf("blob %s: larger than %d bytes", desc.Digest, maxMetadataSize)
+	if desc.Size > MaxMetadataSize {
+		return nil, fmt.Errorf("blob %s: larger than %d bytes", desc.Digest, MaxMetadataSize)
 	}
 	if s.HasBlob(desc.Digest) {
 		return s.ReadBlob(desc.Digest)
@@ -230,14 +242,14 @@ func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]by
 	var images []ocispec.Descriptor
 	err = walkIndex(read, top, func(d ocispec.Descriptor) error {
 		switch {
-		case isAttestation(d):
+		case IsAttestation(d):
 			what := "attestation manifest"
 			if of := d.Annotations[annotationReferenceDigest]; of != "" {
 				what += " for " + of
 			}
 			skipped = append(skipped, Skipped{Digest: d.Digest, What: what})
 		case !IsManifest(d.MediaType):
-			skipped = append(skipped, Skipped{Digest: d.Digest, What: describe(d)})
+			skipped = append(skipped, Skipped{Digest: d.Digest, What: DescribeArtifact(d)})
 		default:
 			images = append(images, d)
 		}
@@ -251,7 +263,7 @@ func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]by
 	}
 	i := slices.IndexFunc(images, func(d ocispec.Descriptor) bool { return p.matches(d.Platform) })
 	if i < 0 {
-		return nil, skipped, fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, platformNames(images))
+		return nil, skipped, fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, PlatformNames(images))
 	}
 	return images[i : i+1], skipped, nil
 }

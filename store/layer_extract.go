@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/compression"
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
@@ -261,11 +262,11 @@ func decompress(br *bufio.Reader) (io.Reader, func(), error) {
 	if _, err := br.Peek(4); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, fmt.Errorf("read layer: %w", err)
 	}
-	switch sniffCompression(br) {
+	switch compression.Sniff(br) {
 	case "bzip2", "xz":
 		return nil, nil, errors.New("unsupported compression (bzip2 or xz)")
 	}
-	return decompressStream(br)
+	return compression.NewReader(br)
 }
 
 // CleanPath turns a tar entry name into a path relative to the layer

@@ -74,7 +74,7 @@ func (s *Store) openRegular(rel string) (*os.File, error) {
 	return f, nil
 }
 
-// readSmallFile reads a store file of at most maxMetadataSize bytes.
+// readSmallFile reads a store file of at most MaxMetadataSize bytes.
 func (s *Store) readSmallFile(rel string) ([]byte, error) {
 	f, err := s.openRegular(rel)
 	if err != nil {

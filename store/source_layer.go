@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/compression"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -30,16 +32,12 @@ func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descripto
 		}
 		return ocispec.Descriptor{}, fmt.Errorf("import layer %s: %w", file, err)
 	}
-	desc, err := describeLayerFile(os.DirFS(filepath.Dir(file)), filepath.Base(file), "")
+	desc, err := DescribeLayerFile(os.DirFS(filepath.Dir(file)), filepath.Base(file), "")
 	if err != nil {
 		return desc, fmt.Errorf("import layer %s: %w", file, err)
 	}
 	err = s.ExtractLayer(ctx, desc, "", func() (io.ReadCloser, error) {
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, err
-		}
-		return limitedBlob{io.LimitReader(f, desc.Size+1), f}, nil
+		return OpenLimited(os.DirFS(filepath.Dir(file)), filepath.Base(file), desc.Size)
 	})
 	if err != nil {
 		return desc, fmt.Errorf("import layer %s: %w", file, err)
@@ -53,7 +51,7 @@ func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descripto
 func describeLayer(r io.Reader, size int64, diffID digest.Digest) (ocispec.Descriptor, error) {
 	br := bufio.NewReader(io.LimitReader(r, size))
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: diffID, Size: size}
-	switch kind := sniffCompression(br); kind {
+	switch kind := compression.Sniff(br); kind {
 	case "gzip":
 		desc.MediaType = ocispec.MediaTypeImageLayerGzip
 	case "zstd":
@@ -134,4 +132,35 @@ func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
 		idx.Manifests = kept
 		return nil
 	})
+}
+
+// limitedBlob reads at most one byte more than a blob's declared size, so
+// a blob that goes on (a symlink to a device, a file still growing) is
+// found out as too long instead of read forever.
+type limitedBlob struct {
+	io.Reader
+	io.Closer
+}
+
+// OpenLimited opens blob name of fsys, of size bytes, as a limitedBlob.
+func OpenLimited(fsys fs.FS, name string, size int64) (io.ReadCloser, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	return limitedBlob{io.LimitReader(f, max(size, 0)+1), f}, nil
+}
+
+// DescribeLayerFile describes a layer file, of a docker-archive or bare.
+func DescribeLayerFile(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return describeLayer(f, st.Size(), diffID)
 }

@@ -6,11 +6,11 @@
 //
 // The files say the concern, in the order data flows through them:
 //
-//	source_*.go  image sources read from files: OCI layouts and
-//	             docker-archives (directories or tars, compressed or
-//	             not), bare layer tars; the registry source is package pull
 //	ingest.go    the one path every image takes into the store, whatever
-//	             its Source: manifest, config, layers extracted once each
+//	             its Source (package source/archive for OCI layouts and
+//	             docker-archives, package pull for registries): manifest,
+//	             config, layers extracted once each
+//	source_layer.go  a bare layer tar, imported with no image around it
 //	layer_*.go   layer extraction: decompress, tar to index and objects
 //	views.go     opening extracted layers as a view (package view/stack)
 //	the rest     content-addressed storage: blobs, objects, staging,
@@ -56,9 +56,9 @@ const (
 
 	// AnnotationRefName names an image in the layout's index.json.
 	AnnotationRefName = ocispec.AnnotationRefName
-	// maxMetadataSize bounds the manifests, configs and indexes read into
+	// MaxMetadataSize bounds the manifests, configs and indexes read into
 	// memory; the spec's registries use 4 MiB.
-	maxMetadataSize = 4 << 20
+	MaxMetadataSize = 4 << 20
 )
 
 // Store is one store root.
@@ -305,12 +305,12 @@ func (s *Store) ReadBlob(d digest.Digest) ([]byte, error) {
 // ReadMetadata reads a manifest, config or index, refusing one larger than
 // any registry would serve rather than holding it in memory.
 func ReadMetadata(r io.Reader) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxMetadataSize+1))
+	data, err := io.ReadAll(io.LimitReader(r, MaxMetadataSize+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxMetadataSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxMetadataSize)
+	if len(data) > MaxMetadataSize {
+		return nil, fmt.Errorf("larger than %d bytes", MaxMetadataSize)
 	}
 	return data, nil
 }

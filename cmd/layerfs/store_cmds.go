@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/output"
+	"github.com/layerfs/layerfs/source/archive"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -34,7 +35,7 @@ func parsePlatform(s string) (store.Platform, error) {
 
 func importCmd(g *globals) *cobra.Command {
 	var platform string
-	var opts store.ImportOptions
+	var opts archive.Options
 	var layer, quiet bool
 	cmd := &cobra.Command{
 		Use:   "import PATH[:REF]...",
@@ -86,9 +87,9 @@ staged, and exits 130.`,
 					fmt.Println(desc.Digest)
 					continue
 				}
-				src, ref := store.SplitSourceRef(arg)
+				src, ref := archive.SplitRef(arg)
 				opts.Ref = ref
-				res, err := s.Import(ctx, src, opts)
+				res, err := archive.Import(ctx, s, src, opts)
 				prog.wait()
 				for _, skipped := range res.Skipped {
 					fmt.Fprintf(os.Stderr, "skipped %s (%s)\n", skipped.Digest, skipped.What)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/source/archive"
 	"github.com/layerfs/layerfs/store"
 	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/view/stack"
@@ -25,7 +26,7 @@ func OpenImage(t testing.TB, layers []testimage.Layer) (*store.Store, *stack.Vie
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Import(context.Background(), dir, store.ImportOptions{}); err != nil {
+	if _, err := archive.Import(context.Background(), s, dir, archive.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	target, err := s.Resolve([]string{"img"})

@@ -1,4 +1,4 @@
-package store
+package archive
 
 import (
 	"context"
@@ -11,11 +11,12 @@ import (
 	"testing/fstest"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-func TestSplitSourceRef(t *testing.T) {
+func TestSplitRef(t *testing.T) {
 	dir := t.TempDir()
 	colons := filepath.Join(dir, "a:b")
 	if err := os.Mkdir(colons, 0o755); err != nil {
@@ -29,8 +30,8 @@ func TestSplitSourceRef(t *testing.T) {
 		{colons + ":v1", colons, "v1"},
 		{dir + "/missing:v1", dir + "/missing:v1", ""},
 	} {
-		if src, ref := SplitSourceRef(c.arg); src != c.src || ref != c.ref {
-			t.Errorf("SplitSourceRef(%q) = %q, %q; want %q, %q", c.arg, src, ref, c.src, c.ref)
+		if src, ref := SplitRef(c.arg); src != c.src || ref != c.ref {
+			t.Errorf("SplitRef(%q) = %q, %q; want %q, %q", c.arg, src, ref, c.src, c.ref)
 		}
 	}
 }
@@ -69,8 +70,8 @@ func TestImportJibLowercaseKeys(t *testing.T) {
 	if lower == string(data) {
 		t.Fatalf("manifest.json has no docker keys to lowercase: %s", data)
 	}
-	s := newStore(t)
-	got, err := s.importDockerArchive(context.Background(), overlayFS{fstest.MapFS{"manifest.json": {Data: []byte(lower)}}, fsys}, ImportOptions{})
+	s, _ := newStore(t)
+	got, err := importDockerArchive(context.Background(), s, overlayFS{fstest.MapFS{"manifest.json": {Data: []byte(lower)}}, fsys}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestImportNamesDocker25LayerOrder(t *testing.T) {
 	m.Layers[0], m.Layers[1] = m.Layers[1], m.Layers[0]
 	data, _ := json.Marshal(m)
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(data), Size: int64(len(data)),
-		Annotations: map[string]string{AnnotationRefName: "swapped"}}
+		Annotations: map[string]string{store.AnnotationRefName: "swapped"}}
 	if err := os.WriteFile(testimage.BlobPath(dir, desc.Digest), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +112,8 @@ func TestImportNamesDocker25LayerOrder(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := newStore(t)
-	_, err = s.Import(context.Background(), dir, ImportOptions{})
+	s, _ := newStore(t)
+	_, err = Import(context.Background(), s, dir, Options{})
 	if err == nil || !strings.Contains(err.Error(), "moby #47150") {
 		t.Fatalf("import: %v; want the docker 25.0.0 layer order named", err)
 	}

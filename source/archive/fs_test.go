@@ -1,4 +1,4 @@
-package store
+package archive
 
 import (
 	"archive/tar"
@@ -14,13 +14,14 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
+	"github.com/layerfs/layerfs/store"
 )
 
 // TestCompressedArchiveMembers reads members of a gzip tar too large to
 // be kept from the index pass, in and out of archive order, several at a
 // time and through a symlink, and refuses a link out of the archive.
 func TestCompressedArchiveMembers(t *testing.T) {
-	const n, size = 6, maxMetadataSize + 1
+	const n, size = 6, store.MaxMetadataSize + 1
 	rng := rand.New(rand.NewPCG(1, 2))
 	want := map[string][]byte{}
 	var buf bytes.Buffer

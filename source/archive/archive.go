@@ -1,4 +1,4 @@
-package store
+package archive
 
 import (
 	"bytes"
@@ -15,48 +15,39 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/reference"
+	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/sirupsen/logrus"
 )
 
 const annotationContainerdName = "io.containerd.image.name"
 
-// Imported is one image an import stored.
-type Imported struct {
-	Name     string
-	Manifest digest.Digest
-}
+// errNoImage is returned by an import that found only non-images.
+var errNoImage = errors.New("no image to import")
 
-// ImportOptions chooses what an import takes.
-type ImportOptions struct {
+// Options chooses what an import takes.
+type Options struct {
 	// Ref, when set, takes only the image it names: an OCI layout's ref
 	// name, a docker-archive's tag, or "@N" for an archive's Nth image.
 	Ref string
 	// Platform is the one taken from image indexes; zero is the host's.
-	Platform Platform
+	Platform store.Platform
 	// AllPlatforms takes every platform of an image index.
 	AllPlatforms bool
 }
 
-// Skipped is an entry of a source that an import left out as no image.
-type Skipped struct {
-	Digest digest.Digest
-	What   string
+// Result is what an import stored, and what it skipped.
+type Result struct {
+	Images  []store.Imported
+	Skipped []store.Skipped
 }
 
-// ImportResult is what an import stored, and what it skipped.
-type ImportResult struct {
-	Images  []Imported
-	Skipped []Skipped
-}
-
-// SplitSourceRef splits skopeo's PATH:REF form. An argument that exists as
+// SplitRef splits skopeo's PATH:REF form. An argument that exists as
 // a path is that path, whatever colons it holds; otherwise it splits at
 // the first colon whose left side exists, so a REF may hold colons
 // (host:5000/repo:tag) and so may a PATH.
-func SplitSourceRef(arg string) (src, ref string) {
+func SplitRef(arg string) (src, ref string) {
 	if _, err := os.Lstat(arg); err == nil {
 		return arg, ""
 	}
@@ -75,27 +66,27 @@ func SplitSourceRef(arg string) (src, ref string) {
 // or a docker-archive, plain or compressed, under the names it gives them.
 // Entries that are not images (artifacts, signatures, attestations) are
 // skipped and listed; a bad image fails the import.
-func (s *Store) Import(ctx context.Context, src string, opts ImportOptions) (ImportResult, error) {
+func Import(ctx context.Context, s *store.Store, src string, opts Options) (Result, error) {
 	release, err := s.Writing()
 	if err != nil {
-		return ImportResult{}, err
+		return Result{}, err
 	}
 	defer release()
 	fsys, closer, err := openSource(src)
 	if err != nil {
-		return ImportResult{}, fmt.Errorf("import %s: %w", src, err)
+		return Result{}, fmt.Errorf("import %s: %w", src, err)
 	}
 	defer closer.Close()
-	var res ImportResult
+	var res Result
 	switch {
 	case exists(fsys, "manifest.json"):
 		// Docker 25 writes index.json too, with "manifests": null when
 		// saving by digest, and in 25.0.0 with the layers of its OCI
 		// manifest out of order (moby #47150): manifest.json is the
 		// document docker load reads, so it is the one read here.
-		res.Images, err = s.importDockerArchive(ctx, fsys, opts)
+		res.Images, err = importDockerArchive(ctx, s, fsys, opts)
 	case exists(fsys, "index.json"):
-		res, err = s.importLayout(ctx, fsys, opts)
+		res, err = importLayout(ctx, s, fsys, opts)
 	case exists(fsys, "repositories"):
 		err = errLegacyArchive
 	default:
@@ -112,30 +103,14 @@ func exists(fsys fs.FS, name string) bool {
 	return err == nil
 }
 
-// limitedBlob reads at most one byte more than a blob's declared size, so
-// a blob that goes on (a symlink to a device, a file still growing) is
-// found out as too long instead of read forever.
-type limitedBlob struct {
-	io.Reader
-	io.Closer
-}
-
-func openLimited(fsys fs.FS, name string, size int64) (io.ReadCloser, error) {
-	f, err := fsys.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	return limitedBlob{io.LimitReader(f, max(size, 0)+1), f}, nil
-}
-
-// readSmall reads a JSON document of at most maxMetadataSize bytes.
+// readSmall reads a JSON document of at most store.MaxMetadataSize bytes.
 func readSmall(fsys fs.FS, name string) ([]byte, error) {
 	f, err := fsys.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := ReadMetadata(f)
+	data, err := store.ReadMetadata(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -149,24 +124,24 @@ func layoutBlob(d digest.Digest) string {
 // layoutImport is the import of one OCI image layout.
 type layoutImport struct {
 	ctx  context.Context
-	s    *Store
+	s    *store.Store
 	fsys fs.FS
-	opts ImportOptions
-	res  ImportResult
+	opts Options
+	res  Result
 }
 
-func (s *Store) importLayout(ctx context.Context, fsys fs.FS, opts ImportOptions) (ImportResult, error) {
+func importLayout(ctx context.Context, s *store.Store, fsys fs.FS, opts Options) (Result, error) {
 	data, err := readSmall(fsys, "index.json")
 	if err != nil {
-		return ImportResult{}, err
+		return Result{}, err
 	}
 	var idx ocispec.Index
 	if err := json.Unmarshal(data, &idx); err != nil {
-		return ImportResult{}, fmt.Errorf("index.json: %w", err)
+		return Result{}, fmt.Errorf("index.json: %w", err)
 	}
 	entries, err := selectRef(idx.Manifests, opts.Ref)
 	if err != nil {
-		return ImportResult{}, err
+		return Result{}, err
 	}
 	li := &layoutImport{ctx: ctx, s: s, fsys: fsys, opts: opts}
 	for _, desc := range entries {
@@ -188,7 +163,7 @@ func refName(desc ocispec.Descriptor) string {
 	if name := desc.Annotations[annotationContainerdName]; name != "" {
 		return name
 	}
-	return desc.Annotations[AnnotationRefName]
+	return desc.Annotations[store.AnnotationRefName]
 }
 
 // selectRef picks the entry of index.json that ref names, as skopeo's
@@ -199,7 +174,7 @@ func selectRef(entries []ocispec.Descriptor, ref string) ([]ocispec.Descriptor, 
 	}
 	var names []string
 	for _, d := range entries {
-		short, full := d.Annotations[AnnotationRefName], d.Annotations[annotationContainerdName]
+		short, full := d.Annotations[store.AnnotationRefName], d.Annotations[annotationContainerdName]
 		if short == ref || (full != "" && (full == ref || full == reference.Normalize(ref))) {
 			return []ocispec.Descriptor{d}, nil
 		}
@@ -207,7 +182,7 @@ func selectRef(entries []ocispec.Descriptor, ref string) ([]ocispec.Descriptor, 
 			names = append(names, name)
 		}
 	}
-	return nil, fmt.Errorf("%w: no image %q in index.json (has %s)", ErrNotFound, ref, strings.Join(names, ", "))
+	return nil, fmt.Errorf("%w: no image %q in index.json (has %s)", store.ErrNotFound, ref, strings.Join(names, ", "))
 }
 
 func imageError(name string, d digest.Digest, err error) error {
@@ -218,43 +193,31 @@ func imageError(name string, d digest.Digest, err error) error {
 }
 
 func (li *layoutImport) skip(d digest.Digest, what string) {
-	li.res.Skipped = append(li.res.Skipped, Skipped{Digest: d, What: what})
-}
-
-// describe says what a descriptor of no image media type is.
-func describe(d ocispec.Descriptor) string {
-	if d.ArtifactType != "" {
-		return d.ArtifactType + " artifact"
-	}
-	return d.MediaType
+	li.res.Skipped = append(li.res.Skipped, store.Skipped{Digest: d, What: what})
 }
 
 func (li *layoutImport) Open(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	return openLimited(li.fsys, layoutBlob(d.Digest), d.Size)
+	return store.OpenLimited(li.fsys, layoutBlob(d.Digest), d.Size)
 }
 
 // entry imports one entry of index.json, or skips it.
 func (li *layoutImport) entry(name string, desc ocispec.Descriptor) error {
 	switch {
-	case IsIndex(desc.MediaType):
+	case store.IsIndex(desc.MediaType):
 		return li.index(name, desc)
-	case isAttestation(desc):
+	case store.IsAttestation(desc):
 		li.skip(desc.Digest, "attestation manifest")
 		return nil
-	case !IsManifest(desc.MediaType):
-		li.skip(desc.Digest, describe(desc))
+	case !store.IsManifest(desc.MediaType):
+		li.skip(desc.Digest, store.DescribeArtifact(desc))
 		return nil
 	}
 	stored, err := li.manifest(desc)
 	if err != nil || !stored {
 		return err
 	}
-	if li.opts.Platform != (Platform{}) {
-		if _, c, err := li.s.ImageLayers(desc.Digest); err == nil {
-			if p := configPlatform(c); p != nil && !li.opts.Platform.matches(p) {
-				logrus.Warnf("image %s is for %s, not %s", imageLabel(Image{Name: name, Manifest: desc}), platformOf(p), li.opts.Platform)
-			}
-		}
+	if li.opts.Platform != (store.Platform{}) {
+		li.s.WarnOtherPlatform(name, desc, li.opts.Platform)
 	}
 	return li.tag(name, desc)
 }
@@ -263,40 +226,40 @@ func (li *layoutImport) tag(name string, desc ocispec.Descriptor) error {
 	if err := li.s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}); err != nil {
 		return err
 	}
-	li.res.Images = append(li.res.Images, Imported{Name: name, Manifest: desc.Digest})
+	li.res.Images = append(li.res.Images, store.Imported{Name: name, Manifest: desc.Digest})
 	return nil
 }
 
 // manifest stores an image manifest with its config and layers, or skips
 // it when it is no image.
 func (li *layoutImport) manifest(desc ocispec.Descriptor) (stored bool, err error) {
-	mdata, err := li.s.fetchSmall(li.ctx, desc, li)
+	mdata, err := li.s.FetchSmall(li.ctx, desc, li)
 	if err != nil {
 		return false, err
 	}
-	m, err := ParseManifest(mdata)
+	m, err := store.ParseManifest(mdata)
 	if err != nil {
 		return false, err
 	}
-	if what := notImage(m); what != "" {
+	if what := store.NotImage(m); what != "" {
 		li.skip(desc.Digest, what)
 		return false, nil
 	}
 	if err := li.checkLayerOrder(desc, m); err != nil {
 		return false, err
 	}
-	return true, li.s.storeManifest(li.ctx, desc, mdata, li)
+	return true, li.s.StoreManifest(li.ctx, desc, mdata, li)
 }
 
 // checkLayerOrder names the docker 25.0.0 bug (moby #47150) plainly: an
 // OCI manifest whose uncompressed layers are the config's diff_ids in
 // another order.
 func (li *layoutImport) checkLayerOrder(desc ocispec.Descriptor, m ocispec.Manifest) error {
-	cdata, err := li.s.fetchSmall(li.ctx, m.Config, li)
+	cdata, err := li.s.FetchSmall(li.ctx, m.Config, li)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	cfg, err := ParseConfig(cdata, len(m.Layers))
+	cfg, err := store.ParseConfig(cdata, len(m.Layers))
 	if err != nil {
 		return err
 	}
@@ -329,11 +292,11 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 			return nil, err
 		}
 		defer r.Close()
-		data, err := ReadMetadata(r)
+		data, err := store.ReadMetadata(r)
 		indexes[d.Digest] = data
 		return data, err
 	}
-	chosen, skipped, err := SelectManifests(top, read, li.opts.Platform, li.opts.AllPlatforms)
+	chosen, skipped, err := store.SelectManifests(top, read, li.opts.Platform, li.opts.AllPlatforms)
 	li.res.Skipped = append(li.res.Skipped, skipped...)
 	if err != nil {
 		return err
@@ -342,7 +305,7 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 	for _, d := range chosen {
 		ok, err := li.manifest(d)
 		if err != nil {
-			return fmt.Errorf("platform %s: %w", platformNames([]ocispec.Descriptor{d}), err)
+			return fmt.Errorf("platform %s: %w", store.PlatformNames([]ocispec.Descriptor{d}), err)
 		}
 		stored = stored || ok
 	}
@@ -364,7 +327,7 @@ type dockerManifest struct {
 	Layers   []string
 }
 
-func (s *Store) importDockerArchive(ctx context.Context, fsys fs.FS, opts ImportOptions) ([]Imported, error) {
+func importDockerArchive(ctx context.Context, s *store.Store, fsys fs.FS, opts Options) ([]store.Imported, error) {
 	data, err := readSmall(fsys, "manifest.json")
 	if err != nil {
 		return nil, err
@@ -383,13 +346,13 @@ func (s *Store) importDockerArchive(ctx context.Context, fsys fs.FS, opts Import
 		}
 		images = []dockerManifest{img}
 	}
-	var out []Imported
+	var out []store.Imported
 	for i, img := range images {
 		label := fmt.Sprintf("image %d of manifest.json", i+1)
 		if len(img.RepoTags) > 0 {
 			label = "image " + img.RepoTags[0]
 		}
-		imported, err := s.importDockerImage(ctx, fsys, img)
+		imported, err := importDockerImage(ctx, s, fsys, img)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
@@ -405,7 +368,7 @@ func selectTag(images []dockerManifest, ref string) (dockerManifest, error) {
 	if n, ok := strings.CutPrefix(ref, "@"); ok {
 		i, err := strconv.Atoi(n)
 		if err != nil || i < 0 || i >= len(images) {
-			return dockerManifest{}, fmt.Errorf("%w: no image %s in manifest.json (it lists %d, from @0)", ErrNotFound, ref, len(images))
+			return dockerManifest{}, fmt.Errorf("%w: no image %s in manifest.json (it lists %d, from @0)", store.ErrNotFound, ref, len(images))
 		}
 		return images[i], nil
 	}
@@ -419,17 +382,17 @@ func selectTag(images []dockerManifest, ref string) (dockerManifest, error) {
 			tags = append(tags, tag)
 		}
 	}
-	return dockerManifest{}, fmt.Errorf("%w: no image %q in manifest.json (has %s)", ErrNotFound, ref, strings.Join(tags, ", "))
+	return dockerManifest{}, fmt.Errorf("%w: no image %q in manifest.json (has %s)", store.ErrNotFound, ref, strings.Join(tags, ", "))
 }
 
 // importDockerImage turns one docker-archive image into an OCI manifest
 // over the same config and the archive's layer tars.
-func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerManifest) ([]Imported, error) {
+func importDockerImage(ctx context.Context, s *store.Store, fsys fs.FS, img dockerManifest) ([]store.Imported, error) {
 	cdata, err := readSmall(fsys, path.Clean(img.Config))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := ParseConfig(cdata, len(img.Layers))
+	cfg, err := store.ParseConfig(cdata, len(img.Layers))
 	if err != nil {
 		return nil, err
 	}
@@ -440,18 +403,18 @@ func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerMan
 	}
 	files := map[digest.Digest]string{}
 	for i, l := range img.Layers {
-		desc, err := describeLayerFile(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
+		desc, err := store.DescribeLayerFile(fsys, path.Clean(l), cfg.RootFS.DiffIDs[i])
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", l, err)
 		}
 		files[desc.Digest] = path.Clean(l)
 		m.Layers = append(m.Layers, desc)
 	}
-	open := SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	open := store.SourceFunc(func(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
 		if d.Digest == m.Config.Digest {
 			return io.NopCloser(bytes.NewReader(cdata)), nil
 		}
-		return openLimited(fsys, files[d.Digest], d.Size)
+		return store.OpenLimited(fsys, files[d.Digest], d.Size)
 	})
 	mdata, err := json.Marshal(m)
 	if err != nil {
@@ -462,7 +425,7 @@ func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerMan
 	if len(tags) == 0 {
 		tags = []string{""}
 	}
-	var out []Imported
+	var out []store.Imported
 	for _, tag := range tags {
 		name := tag
 		if tag != "" {
@@ -471,21 +434,7 @@ func (s *Store) importDockerImage(ctx context.Context, fsys fs.FS, img dockerMan
 		if err := s.StoreImage(ctx, name, desc, mdata, open); err != nil {
 			return nil, err
 		}
-		out = append(out, Imported{Name: name, Manifest: desc.Digest})
+		out = append(out, store.Imported{Name: name, Manifest: desc.Digest})
 	}
 	return out, nil
-}
-
-// describeLayerFile describes a layer file, of a docker-archive or bare.
-func describeLayerFile(fsys fs.FS, name string, diffID digest.Digest) (ocispec.Descriptor, error) {
-	f, err := fsys.Open(name)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	return describeLayer(f, st.Size(), diffID)
 }

@@ -1,10 +1,9 @@
-package store
+package archive
 
 import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/bzip2"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+	"github.com/layerfs/layerfs/internal/compression"
+	"github.com/layerfs/layerfs/store"
 )
 
 // maxLinkHops bounds how many symlinks or hardlinks of an archive one
@@ -78,59 +76,6 @@ func (d dirFS) Open(name string) (fs.File, error) {
 	return d.root.Open(name)
 }
 
-// Compression formats an archive or a layer may come in, told by magic.
-var compressionMagic = []struct {
-	name  string
-	magic []byte
-}{
-	{"gzip", []byte{0x1f, 0x8b}},
-	{"zstd", []byte{0x28, 0xb5, 0x2f, 0xfd}},
-	{"xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0}},
-	{"bzip2", []byte("BZh")},
-}
-
-// sniffCompression names the compression br starts with, "" for none.
-func sniffCompression(br *bufio.Reader) string {
-	magic, _ := br.Peek(6)
-	for _, c := range compressionMagic {
-		if bytes.HasPrefix(magic, c.magic) {
-			return c.name
-		}
-	}
-	return ""
-}
-
-// decompressStream undoes the compression br starts with, as docker load
-// does for the archives it takes.
-func decompressStream(br *bufio.Reader) (io.Reader, func(), error) {
-	kind := sniffCompression(br)
-	var r io.Reader
-	closer := func() {}
-	var err error
-	switch kind {
-	case "":
-		return br, closer, nil
-	case "gzip":
-		var zr *gzip.Reader
-		if zr, err = gzip.NewReader(br); err == nil {
-			r, closer = zr, func() { zr.Close() }
-		}
-	case "zstd":
-		var zr *zstd.Decoder
-		if zr, err = zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)); err == nil {
-			r, closer = zr, zr.Close
-		}
-	case "xz":
-		r, err = xz.NewReader(br)
-	case "bzip2":
-		r = bzip2.NewReader(br)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", kind, err)
-	}
-	return r, closer, nil
-}
-
 // tarFS serves the members of a tar: regular files, and symlinks and
 // hardlinks resolved to the regular member they name inside the archive.
 type tarFS struct {
@@ -183,7 +128,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // openStream reads the archive in f from its start, decompressed. The
 // reads are at offsets, so that several streams share f.
 func openStream(f *os.File) (tr *tar.Reader, counted *countingReader, done func(), err error) {
-	r, done, err := decompressStream(bufio.NewReaderSize(io.NewSectionReader(f, 0, math.MaxInt64), 1<<16))
+	r, done, err := compression.NewReader(bufio.NewReaderSize(io.NewSectionReader(f, 0, math.MaxInt64), 1<<16))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -192,7 +137,7 @@ func openStream(f *os.File) (tr *tar.Reader, counted *countingReader, done func(
 }
 
 func indexTar(f *os.File) (*tarFS, error) {
-	kind := sniffCompression(bufio.NewReader(io.NewSectionReader(f, 0, math.MaxInt64)))
+	kind := compression.Sniff(bufio.NewReader(io.NewSectionReader(f, 0, math.MaxInt64)))
 	return indexStream(f, kind != "")
 }
 
@@ -230,7 +175,7 @@ func indexStream(f *os.File, compressed bool) (*tarFS, error) {
 		}
 		m := &tarMember{name: name, typeflag: hdr.Typeflag, linkname: hdr.Linkname, ordinal: ordinal,
 			off: cr.n, size: hdr.Size, mode: hdr.FileInfo().Mode(), mtime: hdr.ModTime}
-		if compressed && hdr.Typeflag == tar.TypeReg && hdr.Size <= maxMetadataSize && cached+int(hdr.Size) <= maxCachedMembers {
+		if compressed && hdr.Typeflag == tar.TypeReg && hdr.Size <= store.MaxMetadataSize && cached+int(hdr.Size) <= maxCachedMembers {
 			if m.data, err = io.ReadAll(tr); err != nil {
 				return nil, fmt.Errorf("member %q: %w", hdr.Name, err)
 			}
