@@ -8,7 +8,7 @@
 //
 //	ingest.go    the one path every image takes into the store, whatever
 //	             its Source (package source/archive for OCI layouts and
-//	             docker-archives, package pull for registries): manifest,
+//	             docker-archives, source/registry for registries): manifest,
 //	             config, layers extracted once each
 //	source_layer.go  a bare layer tar, imported with no image around it
 //	layer_*.go   layer extraction: decompress, tar to index and objects

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/layerfs/layerfs/pull"
+	"github.com/layerfs/layerfs/source/registry"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -18,7 +18,7 @@ import (
 )
 
 // progress shows one bar per layer on a terminal, else one log line per
-// layer when it is done. It follows pull's downloads (pull.Progress) and
+// layer when it is done. It follows pull's downloads (registry.Progress) and
 // the extractions of pull and import (store.ExtractObserver).
 type progress struct {
 	quiet bool
@@ -81,7 +81,7 @@ func (p *progress) addBar(d digest.Digest, total int64, status func() string) *m
 	return bar
 }
 
-func (p *progress) Layer(ref string, desc ocispec.Descriptor, have bool) pull.LayerProgress {
+func (p *progress) Layer(ref string, desc ocispec.Descriptor, have bool) registry.LayerProgress {
 	l := &layerProgress{p: p, ref: ref, desc: desc, start: time.Now()}
 	if have {
 		l.status.Store("in store")
@@ -124,7 +124,7 @@ func (p *progress) Extracting(desc ocispec.Descriptor) store.ExtractMeter {
 
 func shortDigest(hex string) string { return hex[:min(12, len(hex))] }
 
-// layerProgress follows one layer, as pull.LayerProgress while it is
+// layerProgress follows one layer, as registry.LayerProgress while it is
 // fetched and as store.ExtractMeter while it is extracted.
 type layerProgress struct {
 	p          *progress

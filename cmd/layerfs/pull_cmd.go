@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/layerfs/layerfs/internal/output"
-	"github.com/layerfs/layerfs/pull"
+	"github.com/layerfs/layerfs/source/registry"
 	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
 )
@@ -55,7 +55,7 @@ extracted.`,
 			}
 			prog := newProgress(quiet)
 			ctx := store.WithExtractObserver(cmd.Context(), prog)
-			puller, err := pull.New(s, pull.Options{
+			puller, err := registry.New(s, registry.Options{
 				Platform: p, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
 			})
 			if err != nil {
@@ -83,7 +83,7 @@ extracted.`,
 	platformFlag(cmd, &platform)
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP and unverified TLS (loopback registries get plain HTTP anyway)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "one log line per layer instead of progress bars")
-	cmd.Flags().IntVarP(&jobs, "jobs", "j", pull.DefaultJobs, "layers to download at once")
+	cmd.Flags().IntVarP(&jobs, "jobs", "j", registry.DefaultJobs, "layers to download at once")
 	cmd.Flags().StringArrayVar(&mirrors, "mirror", nil, "registry HOST[:PORT] to try first, in order, for every image (repeatable)")
 	cmd.Flags().StringVar(&config, "registries-config", defaultRegistriesConfig(), `JSON file of mirrors per registry: {"mirrors": {"docker.io": ["HOST:PORT"]}}`)
 	return cmd
@@ -111,13 +111,13 @@ func defaultRegistriesConfig() string {
 
 // registriesConfig reads the registries file; the default one may be
 // missing, a file named on the command line may not.
-func registriesConfig(explicit bool, path string) (pull.Config, error) {
+func registriesConfig(explicit bool, path string) (registry.Config, error) {
 	if path == "" {
-		return pull.Config{}, nil
+		return registry.Config{}, nil
 	}
-	cfg, err := pull.LoadConfig(path)
+	cfg, err := registry.LoadConfig(path)
 	if !explicit && errors.Is(err, os.ErrNotExist) {
-		return pull.Config{}, nil
+		return registry.Config{}, nil
 	}
 	return cfg, err
 }

@@ -1,7 +1,7 @@
-// Package pull brings images from OCI registries into the store, through
+// Package registry brings images from OCI registries into the store, through
 // mirrors first when there are some: every blob verified and resumable,
 // layers fetched in parallel and each extracted as soon as it is in.
-package pull
+package registry
 
 import (
 	"bytes"
