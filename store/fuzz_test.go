@@ -13,6 +13,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/store/layer"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -24,7 +25,7 @@ import (
 // internal/testimage's cases make today; LAYERFS_WRITE_FUZZ_SEEDS=1
 // rewrites them instead.
 func TestFuzzSeedsAreCurrent(t *testing.T) {
-	layers := seedLayers(t)
+	layers := testimage.SeedLayers(t)
 	// Hostile streams: cut short, a header claiming more than follows,
 	// and bytes flipped inside a compressed stream.
 	for _, l := range layers[:12] {
@@ -49,8 +50,7 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 		"FuzzLayoutIndex":    {src.Files["index.json"].Data},
 	}
 	strs := map[string][]string{
-		"FuzzCleanPath": {"a/b", "./a", "/abs", "a/../../b", "..", ".", "./", "a//b/", strings.Repeat("x/", 10)},
-		"FuzzResolve":   {"sample", "sha256:887de7c1b19c", "887de7c1b19c9ad301d3", "f300a35215b6 73417749b3ad", "docker.io/library/sample:latest", "sha256:", "zzzzzzzzzzzzzzz"},
+		"FuzzResolve": {"sample", "sha256:887de7c1b19c", "887de7c1b19c9ad301d3", "f300a35215b6 73417749b3ad", "docker.io/library/sample:latest", "sha256:", "zzzzzzzzzzzzzzz"},
 	}
 	for target, ds := range docs {
 		for i, d := range ds {
@@ -69,16 +69,16 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 	}
 	n := 0
 	for _, l := range layers {
-		x, err := s.newExtraction(0)
+		x, err := s.newExtraction(0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = x.read(bytes.NewReader(l))
+		_, err = x.Read(bytes.NewReader(l))
 		var buf bytes.Buffer
 		if err == nil {
-			err = x.writeIndex(&buf, index.Info{DiffID: digest.FromBytes(l)})
+			err = x.WriteIndex(&buf, index.Info{DiffID: digest.FromBytes(l)})
 		}
-		x.abort()
+		x.Abort()
 		if err != nil {
 			continue
 		}
@@ -90,44 +90,14 @@ func TestFuzzSeedsAreCurrent(t *testing.T) {
 			testimage.CheckSeed(t, "testdata", target, i, "string("+strconv.Quote(s)+")")
 		}
 	}
+	// package layer's path cleaning is fuzzed from these tar names.
+	for i, s := range []string{"a/b", "./a", "/abs", "a/../../b", "..", ".", "./", "a//b/", strings.Repeat("x/", 10)} {
+		testimage.CheckSeed(t, filepath.Join("layer", "testdata"), "FuzzCleanPath", i, "string("+strconv.Quote(s)+")")
+	}
 	// package reference's parser is fuzzed from these names.
 	for i, s := range []string{"debian", "library/debian:12", "host:5000/a/b:tag", "localhost/x", "a@sha256:" + strings.Repeat("ab", 32), "UPPER", "a/b:", ":tag", "a..b"} {
 		testimage.CheckSeed(t, filepath.Join("..", "reference", "testdata"), "FuzzParseReference", i, "string("+strconv.Quote(s)+")")
 	}
-}
-
-// seedLayers returns the layer blobs (as stored: gzip, zstd or plain) of
-// every rule and refused case of internal/testimage, leaving out the large.
-func seedLayers(t testing.TB) [][]byte {
-	t.Helper()
-	var out [][]byte
-	cases := append(testimage.RuleCases(), testimage.RefusedCases()...)
-	for i, c := range cases {
-		dir := t.TempDir()
-		ls := c.Layers
-		for j := range ls {
-			ls[j].Compression = testimage.Compression(i % 3)
-		}
-		descs, err := testimage.WriteLayout(dir, testimage.Image{Name: c.Name, Layers: ls})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, _, err := testimage.ReadImage(dir, descs[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range m.Layers {
-			if l.Size > 64<<10 {
-				continue
-			}
-			b, err := os.ReadFile(testimage.BlobPath(dir, l.Digest))
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, b)
-		}
-	}
-	return out
 }
 
 // FuzzExtract feeds arbitrary bytes to the tar-to-index path: decompress,
@@ -139,20 +109,20 @@ func FuzzExtract(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, layer []byte) {
+	f.Fuzz(func(t *testing.T, blob []byte) {
 		// A small expansion limit: a sparse header claiming gigabytes of
 		// zeros would otherwise stall the fuzzer hashing them.
-		x, err := s.newExtraction(64 << 20)
+		x, err := s.newExtraction(64<<20, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = x.read(bytes.NewReader(layer))
+		_, err = x.Read(bytes.NewReader(blob))
 		var buf bytes.Buffer
 		var indexErr error
 		if err == nil {
-			indexErr = x.writeIndex(&buf, index.Info{DiffID: digest.FromBytes(layer)})
+			indexErr = x.WriteIndex(&buf, index.Info{DiffID: digest.FromBytes(blob)})
 		}
-		x.abort()
+		x.Abort()
 		if left, _ := os.ReadDir(s.path(tmpDir)); len(left) > 0 {
 			t.Fatalf("%d temp files left behind (read error %v)", len(left), err)
 		}
@@ -175,7 +145,7 @@ func FuzzExtract(f *testing.F) {
 			if err != nil {
 				t.Fatalf("record %d: %v", i, err)
 			}
-			if _, err := CleanPath(p); err != nil || (i > 0 && strings.HasPrefix(p, "/")) {
+			if _, err := layer.CleanPath(p); err != nil || (i > 0 && strings.HasPrefix(p, "/")) {
 				t.Fatalf("record %d path %q: %v", i, p, err)
 			}
 			if got, ok, err := r.Walk(p); err != nil || !ok || got != i {
@@ -183,25 +153,6 @@ func FuzzExtract(f *testing.F) {
 			}
 			if e.Type == index.TypeReg && e.Size > 0 && e.Object == "" {
 				t.Fatalf("record %d: a non-empty file without an object", i)
-			}
-		}
-	})
-}
-
-// FuzzCleanPath checks that a cleaned tar name never leaves the layer.
-func FuzzCleanPath(f *testing.F) {
-	f.Fuzz(func(t *testing.T, name string) {
-		p, err := CleanPath(name)
-		if err != nil {
-			return
-		}
-		if p == ".." || strings.HasPrefix(p, "../") || strings.HasPrefix(p, "/") || strings.Contains(p, "//") ||
-			strings.HasSuffix(p, "/") || p == "." || strings.Contains(p, "\x00") || len(p) > maxPathLen {
-			t.Fatalf("CleanPath(%q) = %q", name, p)
-		}
-		for _, c := range strings.Split(p, "/") {
-			if c == "." || c == ".." || len(c) > maxNameLen || (p != "" && c == "") {
-				t.Fatalf("CleanPath(%q) = %q holds component %q", name, p, c)
 			}
 		}
 	})

@@ -2,18 +2,19 @@ package store
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"hash"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/layerfs/layerfs/store/layer"
 	"github.com/opencontainers/go-digest"
 )
 
 // ErrMismatch is wrapped by every error about bytes that are not what
-// their descriptor claims.
-var ErrMismatch = errors.New("content does not match its descriptor")
+// their descriptor claims: a blob's, an object's, a layer's files'.
+var ErrMismatch = layer.ErrMismatch
 
 // Staged is a file being written under tmp/, hashed as it is written.
 // Nothing is visible at its final name until Commit.
@@ -109,4 +110,13 @@ func syncPath(p string) error {
 		return fmt.Errorf("sync %s: %w", p, err)
 	}
 	return nil
+}
+
+// checkDigest refuses a digest that is malformed or not sha256, the only
+// algorithm the store names files by.
+func checkDigest(d digest.Digest) error {
+	if alg := d.Algorithm(); alg != digest.SHA256 && strings.Contains(string(d), ":") {
+		return fmt.Errorf("%s digests are not supported (only sha256)", alg)
+	}
+	return d.Validate()
 }

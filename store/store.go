@@ -8,10 +8,10 @@
 //
 //	ingest.go    the one path every image takes into the store, whatever
 //	             its Source (package source/archive for OCI layouts and
-//	             docker-archives, source/registry for registries): manifest,
-//	             config, layers extracted once each
+//	             docker-archives, source/registry for registries):
+//	             manifest, config, layers extracted once each
 //	source_layer.go  a bare layer tar, imported with no image around it
-//	layer_*.go   layer extraction: decompress, tar to index and objects
+//	extract.go   a layer extracted (by package store/layer) and committed
 //	views.go     opening extracted layers as a view (package view/stack)
 //	the rest     content-addressed storage: blobs, objects, staging,
 //	             partial downloads, index.json and names, targets, locks,

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/store/layer"
 	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
@@ -69,7 +70,7 @@ func (s *Store) checkLowerLinks(layers []ocispec.Descriptor) error {
 			}
 			if err := v.ResolveLowerLink(stack.Ref{Layer: k, Rec: rec}); err != nil {
 				p, _ := l.Index.Path(rec)
-				return fmt.Errorf("layer %s: %w", l.Digest, &EntryError{Entry: p, Err: err})
+				return fmt.Errorf("layer %s: %w", l.Digest, &layer.EntryError{Entry: p, Err: err})
 			}
 			return nil
 		})

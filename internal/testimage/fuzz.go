@@ -97,3 +97,37 @@ func CheckSeed(t *testing.T, testdata, target string, i int, value string) {
 		t.Fatal(err)
 	}
 }
+
+// SeedLayers returns the layer blobs (as stored: gzip, zstd or plain) of
+// every rule and refused case of internal/testimage, leaving out the large.
+func SeedLayers(t testing.TB) [][]byte {
+	t.Helper()
+	var out [][]byte
+	cases := append(RuleCases(), RefusedCases()...)
+	for i, c := range cases {
+		dir := t.TempDir()
+		ls := c.Layers
+		for j := range ls {
+			ls[j].Compression = Compression(i % 3)
+		}
+		descs, err := WriteLayout(dir, Image{Name: c.Name, Layers: ls})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := ReadImage(dir, descs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range m.Layers {
+			if l.Size > 64<<10 {
+				continue
+			}
+			b, err := os.ReadFile(BlobPath(dir, l.Digest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, b)
+		}
+	}
+	return out
+}

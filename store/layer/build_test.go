@@ -1,4 +1,4 @@
-package store
+package layer
 
 import (
 	"archive/tar"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
@@ -14,19 +15,21 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// indexOf extracts one layer blob into s and returns its index bytes.
-func indexOf(t *testing.T, s *Store, layer []byte) ([]byte, error) {
+// indexOf extracts one layer blob, with no content known beforehand, and
+// returns its index bytes.
+func indexOf(t *testing.T, layer []byte) ([]byte, error) {
 	t.Helper()
-	x, err := s.newExtraction(0)
+	objects := t.TempDir()
+	x, err := New(t.TempDir(), 0, func(d digest.Digest) string { return filepath.Join(objects, d.Encoded()) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer x.abort()
-	if _, err := x.read(bytes.NewReader(layer)); err != nil {
+	defer x.Abort()
+	if _, err := x.Read(bytes.NewReader(layer)); err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
-	if err := x.writeIndex(&buf, index.Info{DiffID: digest.FromBytes(layer)}); err != nil {
+	if err := x.WriteIndex(&buf, index.Info{DiffID: digest.FromBytes(layer)}); err != nil {
 		t.Fatalf("accepted layer gives no index: %v", err)
 	}
 	return buf.Bytes(), nil
@@ -36,25 +39,21 @@ func indexOf(t *testing.T, s *Store, layer []byte) ([]byte, error) {
 // memory, and with runs of a few records spilled to disk and merged. Both
 // must give the same bytes, and the same refusals.
 func TestSpilledIndexIsTheSame(t *testing.T) {
-	s, err := OpenForWriting(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	layers := seedLayers(t)
+	layers := testimage.SeedLayers(t)
 	type outcome struct {
 		index []byte
 		err   error
 	}
 	var inMemory []outcome
 	for _, l := range layers {
-		b, err := indexOf(t, s, l)
+		b, err := indexOf(t, l)
 		inMemory = append(inMemory, outcome{b, err})
 	}
 	saved := runBytes
 	runBytes = 200
 	defer func() { runBytes = saved }()
 	for i, l := range layers {
-		b, err := indexOf(t, s, l)
+		b, err := indexOf(t, l)
 		want := inMemory[i]
 		if (err == nil) != (want.err == nil) || (err != nil && err.Error() != want.err.Error()) {
 			t.Errorf("layer %d: spilled error %v, in memory %v", i, err, want.err)
@@ -68,10 +67,6 @@ func TestSpilledIndexIsTheSame(t *testing.T) {
 // TestTarOrderRules checks the rules between entries that depend on their
 // order in the tar, each against what extracting in order gives.
 func TestTarOrderRules(t *testing.T) {
-	s, err := OpenForWriting(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	bodies := map[digest.Digest]string{}
 	file := func(name, body string) testimage.Entry {
 		bodies[digest.FromString(body)] = body
@@ -125,7 +120,7 @@ func TestTarOrderRules(t *testing.T) {
 				}
 			}
 			tw.Close()
-			b, err := indexOf(t, s, layer.Bytes())
+			b, err := indexOf(t, layer.Bytes())
 			if c.bad != "" {
 				var ee *EntryError
 				if !errors.As(err, &ee) || ee.Entry != c.bad {

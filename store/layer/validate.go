@@ -1,12 +1,10 @@
-package store
+package layer
 
 import (
 	"archive/tar"
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/opencontainers/go-digest"
 )
 
 // Limits of Linux on what one file may carry (XATTR_NAME_MAX,
@@ -49,13 +47,4 @@ func checkRepresentable(hdr *tar.Header) error {
 		return fmt.Errorf("xattr names take %d bytes, more than %d", list, maxXattrList)
 	}
 	return nil
-}
-
-// checkDigest refuses a digest that is malformed or not sha256, the only
-// algorithm the store names files by.
-func checkDigest(d digest.Digest) error {
-	if alg := d.Algorithm(); alg != digest.SHA256 && strings.Contains(string(d), ":") {
-		return fmt.Errorf("%s digests are not supported (only sha256)", alg)
-	}
-	return d.Validate()
 }

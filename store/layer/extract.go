@@ -1,10 +1,15 @@
-package store
+// Package layer turns one layer's compressed tar stream into an index and
+// content objects, staged in a directory of the store's: decompression,
+// the checks of every entry, the tar-order rules, hardlinks, the index
+// built in bounded memory and written in breadth-first order. The store
+// (ExtractLayer) decides when a layer is extracted and commits what an
+// Extraction staged.
+package layer
 
 import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -19,9 +24,6 @@ import (
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -34,6 +36,10 @@ const (
 	xattrPAX  = "SCHILY.xattr."
 )
 
+// ErrMismatch is wrapped by the refusal of content that is not what its
+// header claims; it is the store's ErrMismatch.
+var ErrMismatch = errors.New("content does not match its descriptor")
+
 // EntryError names the tar entry a layer was refused for.
 type EntryError struct {
 	Entry string
@@ -43,105 +49,16 @@ type EntryError struct {
 func (e *EntryError) Error() string { return fmt.Sprintf("entry %q: %v", e.Entry, e.Err) }
 func (e *EntryError) Unwrap() error { return e.Err }
 
-// ExtractLayer makes layer desc extracted: its blob in the store and its
-// index and objects written. src supplies the blob's bytes when the store
-// does not hold the blob yet; it is read once, and the blob is stored and
-// extracted in that one pass. diffID is the config's digest of the
-// uncompressed tar. A layer already extracted is left alone, by this
-// process or any other.
-func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkDigest(desc.Digest); err != nil {
-		return fmt.Errorf("layer %q: %w", desc.Digest, err)
-	}
-	if s.Extracted(desc.Digest) && s.HasBlob(desc.Digest) {
-		return nil
-	}
-	if err := os.MkdirAll(s.layerDir(desc.Digest), dirMode); err != nil {
-		return fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	unlock, err := s.lock(s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX)
-	if err != nil {
-		return fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	defer unlock()
-	if err := s.extractLocked(ctx, desc, diffID, src); err != nil {
-		return fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	return nil
-}
-
-func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) (err error) {
-	haveBlob := s.HasBlob(desc.Digest)
-	if haveBlob && s.Extracted(desc.Digest) {
-		return nil
-	}
-	var in io.ReadCloser
-	var blob *Staged
-	if haveBlob {
-		in, err = s.openRegular(blobRel(desc.Digest))
-	} else {
-		in, err = src()
-	}
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	meter := extractMeter(ctx, desc)
-	defer func() { meter.Done(err) }()
-	var r io.Reader = contextReader{ctx, in, meter}
-	if !haveBlob {
-		if blob, err = s.stage("blob"); err != nil {
-			return err
-		}
-		defer blob.Abort()
-		r = io.TeeReader(r, blob)
-	}
-	limit, err := expansionLimit(desc.Size)
-	if err != nil {
-		return err
-	}
-	x, err := s.newExtraction(limit)
-	if err != nil {
-		return err
-	}
-	defer x.abort()
-	x.meter = meter
-	uncompressed, err := x.read(r)
-	if err != nil {
-		return err
-	}
-	if blob != nil {
-		if err := blob.check(desc.Size, desc.Digest); err != nil {
-			return fmt.Errorf("blob: %w", err)
-		}
-	}
-	if diffID != "" && uncompressed != diffID {
-		return fmt.Errorf("%w: uncompressed digest %s, config's diff_id %s", ErrMismatch, uncompressed, diffID)
-	}
-	if s.Extracted(desc.Digest) {
-		// Extracted earlier from other bytes of the same digest: only the
-		// blob was missing.
-		return blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest)
-	}
-	if err := x.commit(desc, uncompressed, blob); err != nil {
-		return err
-	}
-	// Logged only by the one process that extracted the layer, so a log
-	// tells how often each layer was extracted.
-	logrus.WithField("layer", desc.Digest).Debug("layer extracted")
-	return nil
-}
-
-// extraction is one layer being turned into objects and an index. Its
-// files live in a directory of its own under tmp/ until commit.
-type extraction struct {
-	store *Store
-	dir   string
+// Extraction is one layer being turned into content objects and an
+// index. Its files live in a directory of its own (under the store's
+// tmp/) until the store commits them.
+type Extraction struct {
+	dir string
+	// objectPath is where the store keeps content d: content already
+	// there is not staged again, and staged objects move there.
+	objectPath func(d digest.Digest) string
 	// entries holds every tar entry by path, results the index's records
-	// in breadth-first order (see layer_build.go).
+	// in breadth-first order (see build.go).
 	entries *sorter
 	results *sorter
 	seq     uint64
@@ -157,32 +74,47 @@ type extraction struct {
 	buf      []byte
 	keyBuf   []byte
 	recBuf   []byte
-	meter    ExtractMeter
+	meter    Meter
 }
 
-func (s *Store) newExtraction(limit int64) (*extraction, error) {
-	dir, err := os.MkdirTemp(s.path(tmpDir), "extract-")
-	if err != nil {
-		return nil, fmt.Errorf("stage extraction: %w", err)
-	}
+// Meter counts the tar entries an extraction stores.
+type Meter interface{ Entry() }
+
+type noMeter struct{}
+
+func (noMeter) Entry() {}
+
+// The modes of everything staged, as the store's: only its owner reads it.
+const (
+	dirMode  = 0o700
+	fileMode = 0o600
+)
+
+// New starts an extraction staged in dir, an empty directory it owns
+// from then on, that refuses a layer expanding beyond limit bytes (0 for
+// none) and counts entries on meter (nil for none).
+func New(dir string, limit int64, objectPath func(digest.Digest) string, meter Meter) (*Extraction, error) {
 	if err := os.Mkdir(filepath.Join(dir, "objects"), dirMode); err != nil {
-		os.RemoveAll(dir)
 		return nil, fmt.Errorf("stage extraction: %w", err)
 	}
-	return &extraction{
-		store: s, dir: dir, limit: limit, meter: noMeter{},
+	if meter == nil {
+		meter = noMeter{}
+	}
+	return &Extraction{
+		dir: dir, objectPath: objectPath, limit: limit, meter: meter,
 		entries: newSorter(dir, "entries"), results: newSorter(dir, "results"),
 		links: map[uint64]*link{}, targets: map[string][]uint64{}, files: map[uint64]index.Entry{},
 	}, nil
 }
 
-func (x *extraction) abort() {
+// Abort removes everything the extraction staged.
+func (x *Extraction) Abort() {
 	os.RemoveAll(x.dir)
 }
 
-// read consumes the whole compressed stream r, applies the layer's rules
+// Read consumes the whole compressed stream r, applies the layer's rules
 // and returns the digest of the uncompressed tar.
-func (x *extraction) read(r io.Reader) (digest.Digest, error) {
+func (x *Extraction) Read(r io.Reader) (digest.Digest, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	dec, closeDec, err := decompress(br)
 	if err != nil {
@@ -229,15 +161,19 @@ func (x *extraction) read(r io.Reader) (digest.Digest, error) {
 // the store's limit.
 var ErrExpansion = errors.New("layer expands beyond the limit")
 
-func (x *extraction) tooLarge(what string, n int64) error {
+func (x *Extraction) tooLarge(what string, n int64) error {
 	return fmt.Errorf("%w: %s reaches %d bytes, over the limit of %d (see %s)", ErrExpansion, what, n, x.limit, expansionEnv)
 }
+
+// Sizes are the bytes of the layer's regular files and of its distinct
+// contents, for the index's header.
+func (x *Extraction) Sizes() (content, objects int64) { return x.content, x.objSize }
 
 // limitedStream counts the uncompressed stream against the limit, so a
 // compression bomb stops when it passes it rather than when the disk fills.
 type limitedStream struct {
 	r io.Reader
-	x *extraction
+	x *Extraction
 }
 
 func (l *limitedStream) Read(p []byte) (int, error) {
@@ -296,7 +232,7 @@ func CleanPath(name string) (string, error) {
 
 // add checks one tar entry on its own and passes it to the first sort; the
 // rules between entries apply in build.
-func (x *extraction) add(hdr *tar.Header, body io.Reader) error {
+func (x *Extraction) add(hdr *tar.Header, body io.Reader) error {
 	p, err := CleanPath(hdr.Name)
 	if err != nil {
 		return err
@@ -390,7 +326,7 @@ func headerEntry(hdr *tar.Header) (index.Entry, error) {
 // storeContent writes a regular file's bytes as an object, unless the
 // store or this extraction holds that content already. Runs of zeros stay
 // holes, so a sparse file costs the disk what its data costs.
-func (x *extraction) storeContent(e *index.Entry, body io.Reader) error {
+func (x *Extraction) storeContent(e *index.Entry, body io.Reader) error {
 	if e.Size == 0 {
 		return nil
 	}
@@ -444,17 +380,17 @@ func (x *extraction) storeContent(e *index.Entry, body io.Reader) error {
 	return nil
 }
 
-func (x *extraction) stagedObject(d digest.Digest) string {
+func (x *Extraction) stagedObject(d digest.Digest) string {
 	return filepath.Join(x.dir, "objects", d.Encoded())
 }
 
 // known reports whether content d needs no new object, counting d as
 // this layer's once.
-func (x *extraction) known(d digest.Digest) bool {
+func (x *Extraction) known(d digest.Digest) bool {
 	if _, err := os.Lstat(x.stagedObject(d)); err == nil {
 		return true
 	}
-	st, err := os.Stat(x.store.ObjectPath(d))
+	st, err := os.Stat(x.objectPath(d))
 	if err == nil {
 		x.objSize += st.Size()
 		return true
@@ -462,7 +398,7 @@ func (x *extraction) known(d digest.Digest) bool {
 	return false
 }
 
-func (x *extraction) writeObject(d digest.Digest, b []byte) error {
+func (x *Extraction) writeObject(d digest.Digest, b []byte) error {
 	f, err := os.OpenFile(x.stagedObject(d), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 	if err != nil {
 		return fmt.Errorf("stage object: %w", err)
@@ -529,50 +465,9 @@ func (w *sparseWriter) finish() error {
 	return nil
 }
 
-// commit makes the extraction visible. The order is what makes a crash
-// at any point harmless:
-//  1. objects were written to tmp/ without fsync, one syncfs makes them
-//     all durable at once (cheaper than an fsync per file);
-//  2. they are renamed to their content names; a name under objects/
-//     therefore always holds its complete content;
-//  3. a second syncfs makes those renames durable;
-//  4. the blob, then the index are committed (fsync, rename, fsync dir).
-//
-// The index is the commit point: a layer is extracted exactly when its
-// index exists, and by then everything it names is durable.
-func (x *extraction) commit(desc ocispec.Descriptor, diffID digest.Digest, blob *Staged) error {
-	s := x.store
-	// The index is written first, so the one syncfs makes it durable with
-	// the objects and its own fsync at commit costs nothing.
-	w, err := s.stage("index")
-	if err != nil {
-		return err
-	}
-	defer w.Abort()
-	info := index.Info{DiffID: diffID, ContentBytes: x.content, ObjectBytes: x.objSize}
-	if err := x.writeIndex(w, info); err != nil {
-		return err
-	}
-	if err := s.syncfs(); err != nil {
-		return err
-	}
-	if err := x.moveObjects(); err != nil {
-		return err
-	}
-	if err := s.syncfs(); err != nil {
-		return err
-	}
-	if blob != nil {
-		if err := blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest); err != nil {
-			return fmt.Errorf("blob: %w", err)
-		}
-	}
-	return w.Commit(s.IndexPath(desc.Digest), -1, "")
-}
-
-// moveObjects renames the staged objects to their content names, a batch
+// MoveObjects renames the staged objects to their content names, a batch
 // of directory entries at a time.
-func (x *extraction) moveObjects() error {
+func (x *Extraction) MoveObjects() error {
 	d, err := os.Open(filepath.Join(x.dir, "objects"))
 	if err != nil {
 		return fmt.Errorf("objects: %w", err)
@@ -581,7 +476,7 @@ func (x *extraction) moveObjects() error {
 	for {
 		names, err := d.Readdirnames(1024)
 		for _, name := range names {
-			final := x.store.ObjectPath(digest.NewDigestFromEncoded(digest.SHA256, name))
+			final := x.objectPath(digest.NewDigestFromEncoded(digest.SHA256, name))
 			if err := os.MkdirAll(filepath.Dir(final), dirMode); err != nil {
 				return fmt.Errorf("object %s: %w", name, err)
 			}
@@ -596,16 +491,4 @@ func (x *extraction) moveObjects() error {
 			return fmt.Errorf("objects: %w", err)
 		}
 	}
-}
-
-func (s *Store) syncfs() error {
-	d, err := os.Open(s.path(tmpDir))
-	if err != nil {
-		return fmt.Errorf("sync store: %w", err)
-	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
-		return fmt.Errorf("sync store: %w", err)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package store
+package layer
 
 import "testing"
 
@@ -20,7 +20,7 @@ func TestExpansionLimit(t *testing.T) {
 		{"10:1Q", 1000, 0, true},
 	} {
 		t.Setenv(expansionEnv, c.env)
-		got, err := expansionLimit(c.blob)
+		got, err := ExpansionLimit(c.blob)
 		if (err != nil) != c.bad || got != c.want {
 			t.Errorf("%s=%q, blob %d: limit %d, %v; want %d (error %v)", expansionEnv, c.env, c.blob, got, err, c.want, c.bad)
 		}

@@ -1,4 +1,4 @@
-package store
+package layer
 
 import (
 	"fmt"
@@ -21,10 +21,10 @@ const (
 	defaultExpansionAllowance = 1 << 30
 )
 
-// expansionLimit is the most a layer of compressed size blobSize may
+// ExpansionLimit is the most a layer of compressed size blobSize may
 // expand to, in uncompressed stream and in the sum of its file sizes;
 // 0 for no limit.
-func expansionLimit(blobSize int64) (int64, error) {
+func ExpansionLimit(blobSize int64) (int64, error) {
 	ratio, allowance := int64(defaultExpansionRatio), int64(defaultExpansionAllowance)
 	if v := os.Getenv(expansionEnv); v != "" {
 		if v == "off" {

@@ -1,4 +1,4 @@
-package store
+package layer
 
 import (
 	"bufio"
@@ -235,7 +235,7 @@ func (f *frame) childCutoff() uint64 {
 
 // builder is the first pass.
 type builder struct {
-	x      *extraction
+	x      *Extraction
 	stack  []*frame
 	err    error
 	errSeq uint64
@@ -455,7 +455,7 @@ func (b *builder) resolve(f *frame, seq uint64) {
 }
 
 // build is the first pass over the entries in path order.
-func (x *extraction) build() error {
+func (x *Extraction) build() error {
 	c, err := x.entries.read()
 	if err != nil {
 		return err
@@ -502,7 +502,7 @@ func (x *extraction) build() error {
 	return x.followLinks()
 }
 
-func (x *extraction) addResult(depth int, key []byte, r *rec) error {
+func (x *Extraction) addResult(depth int, key []byte, r *rec) error {
 	r.tarName = "" // only errors use it, and they are all known by now
 	x.keyBuf = binary.BigEndian.AppendUint16(x.keyBuf[:0], uint16(depth))
 	x.keyBuf = append(x.keyBuf, key...)
@@ -513,7 +513,7 @@ func (x *extraction) addResult(depth int, key []byte, r *rec) error {
 // followLinks makes every hardlink name the file at the end of its chain,
 // each link visited a bounded number of times (path compression), and
 // refuses cycles and links to directories, first in tar order.
-func (x *extraction) followLinks() error {
+func (x *Extraction) followLinks() error {
 	seqs := make([]uint64, 0, len(x.links))
 	for s := range x.links {
 		seqs = append(seqs, s)
@@ -563,7 +563,7 @@ func (g *inodeGroup) inode() uint32 {
 
 // resolved is the record a result becomes in the index: a hardlink takes
 // the attributes of the file it names.
-func (x *extraction) resolved(r *rec) (*link, index.Entry) {
+func (x *Extraction) resolved(r *rec) (*link, index.Entry) {
 	if r.e.Type != index.TypeLowerLink {
 		return nil, r.e
 	}
@@ -578,11 +578,11 @@ func (x *extraction) resolved(r *rec) (*link, index.Entry) {
 	return l, e
 }
 
-// writeIndex writes the index from the second sort: one pass to count
+// WriteIndex writes the index from the second sort: one pass to count
 // records, string bytes and the names of each hardlinked file, one to
 // write, with a second cursor a step behind that tells each record's
 // parent.
-func (x *extraction) writeIndex(out io.Writer, info index.Info) error {
+func (x *Extraction) WriteIndex(out io.Writer, info index.Info) error {
 	open, err := x.results.replayable()
 	if err != nil {
 		return err

@@ -1,0 +1,174 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/store/layer"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// ExtractLayer makes layer desc extracted: its blob in the store and its
+// index and objects written. src supplies the blob's bytes when the store
+// does not hold the blob yet; it is read once, and the blob is stored and
+// extracted in that one pass. diffID is the config's digest of the
+// uncompressed tar. A layer already extracted is left alone, by this
+// process or any other.
+func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkDigest(desc.Digest); err != nil {
+		return fmt.Errorf("layer %q: %w", desc.Digest, err)
+	}
+	if s.Extracted(desc.Digest) && s.HasBlob(desc.Digest) {
+		return nil
+	}
+	if err := os.MkdirAll(s.layerDir(desc.Digest), dirMode); err != nil {
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	unlock, err := s.lock(s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	defer unlock()
+	if err := s.extractLocked(ctx, desc, diffID, src); err != nil {
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	return nil
+}
+
+func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diffID digest.Digest, src func() (io.ReadCloser, error)) (err error) {
+	haveBlob := s.HasBlob(desc.Digest)
+	if haveBlob && s.Extracted(desc.Digest) {
+		return nil
+	}
+	var in io.ReadCloser
+	var blob *Staged
+	if haveBlob {
+		in, err = s.openRegular(blobRel(desc.Digest))
+	} else {
+		in, err = src()
+	}
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	meter := extractMeter(ctx, desc)
+	defer func() { meter.Done(err) }()
+	var r io.Reader = contextReader{ctx, in, meter}
+	if !haveBlob {
+		if blob, err = s.stage("blob"); err != nil {
+			return err
+		}
+		defer blob.Abort()
+		r = io.TeeReader(r, blob)
+	}
+	limit, err := layer.ExpansionLimit(desc.Size)
+	if err != nil {
+		return err
+	}
+	x, err := s.newExtraction(limit, meter)
+	if err != nil {
+		return err
+	}
+	defer x.Abort()
+	uncompressed, err := x.Read(r)
+	if err != nil {
+		return err
+	}
+	if blob != nil {
+		if err := blob.check(desc.Size, desc.Digest); err != nil {
+			return fmt.Errorf("blob: %w", err)
+		}
+	}
+	if diffID != "" && uncompressed != diffID {
+		return fmt.Errorf("%w: uncompressed digest %s, config's diff_id %s", ErrMismatch, uncompressed, diffID)
+	}
+	if s.Extracted(desc.Digest) {
+		// Extracted earlier from other bytes of the same digest: only the
+		// blob was missing.
+		return blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest)
+	}
+	if err := s.commit(x, desc, uncompressed, blob); err != nil {
+		return err
+	}
+	// Logged only by the one process that extracted the layer, so a log
+	// tells how often each layer was extracted.
+	logrus.WithField("layer", desc.Digest).Debug("layer extracted")
+	return nil
+}
+
+// commit makes the extraction visible. The order is what makes a crash
+// at any point harmless:
+//  1. objects were written to tmp/ without fsync, one syncfs makes them
+//     all durable at once (cheaper than an fsync per file);
+//  2. they are renamed to their content names; a name under objects/
+//     therefore always holds its complete content;
+//  3. a second syncfs makes those renames durable;
+//  4. the blob, then the index are committed (fsync, rename, fsync dir).
+//
+// The index is the commit point: a layer is extracted exactly when its
+// index exists, and by then everything it names is durable.
+func (s *Store) commit(x *layer.Extraction, desc ocispec.Descriptor, diffID digest.Digest, blob *Staged) error {
+	// The index is written first, so the one syncfs makes it durable with
+	// the objects and its own fsync at commit costs nothing.
+	w, err := s.stage("index")
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	content, objects := x.Sizes()
+	info := index.Info{DiffID: diffID, ContentBytes: content, ObjectBytes: objects}
+	if err := x.WriteIndex(w, info); err != nil {
+		return err
+	}
+	if err := s.syncfs(); err != nil {
+		return err
+	}
+	if err := x.MoveObjects(); err != nil {
+		return err
+	}
+	if err := s.syncfs(); err != nil {
+		return err
+	}
+	if blob != nil {
+		if err := blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest); err != nil {
+			return fmt.Errorf("blob: %w", err)
+		}
+	}
+	return w.Commit(s.IndexPath(desc.Digest), -1, "")
+}
+
+// newExtraction starts an extraction staged in a directory of its own
+// under tmp/.
+func (s *Store) newExtraction(limit int64, meter layer.Meter) (*layer.Extraction, error) {
+	dir, err := os.MkdirTemp(s.path(tmpDir), "extract-")
+	if err != nil {
+		return nil, fmt.Errorf("stage extraction: %w", err)
+	}
+	x, err := layer.New(dir, limit, s.ObjectPath, meter)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return x, nil
+}
+
+func (s *Store) syncfs() error {
+	d, err := os.Open(s.path(tmpDir))
+	if err != nil {
+		return fmt.Errorf("sync store: %w", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("sync store: %w", err)
+	}
+	return nil
+}
