@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/layerfs/layerfs/internal/procstat"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,8 +30,20 @@ type MountOptions struct {
 }
 
 // CheckMountpoint refuses a mountpoint that is missing, not a directory
-// or already a mountpoint.
+// or already a mountpoint, and a machine without FUSE.
 func CheckMountpoint(mp string) error {
+	if err := CheckMountpointDir(mp); err != nil {
+		return err
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("no FUSE: %w", err)
+	}
+	return nil
+}
+
+// CheckMountpointDir refuses a mountpoint that is missing, not a
+// directory or already a mountpoint.
+func CheckMountpointDir(mp string) error {
 	st, err := os.Stat(mp)
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mp, err)
@@ -45,9 +57,6 @@ func CheckMountpoint(mp string) error {
 	}
 	if found {
 		return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		return fmt.Errorf("no FUSE: %w", err)
 	}
 	return nil
 }
@@ -118,7 +127,9 @@ const probeWait = 3 * time.Second
 // runtime directory holds of it. A mount whose server is gone or does not
 // answer has its FUSE connection aborted first, so that the unmount, and
 // every process waiting on the mount, return; its open files then answer
-// ENOTCONN and the mount is detached lazily. No other mount is touched.
+// ENOTCONN and the mount is detached lazily. A kernel mount goes with
+// the EROFS mount beneath it, which only it held. No other mount is
+// touched.
 func Unmount(mountpoint string) error {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
@@ -127,6 +138,12 @@ func Unmount(mountpoint string) error {
 	m, found, err := FindMount(abs)
 	if err != nil {
 		return err
+	}
+	if found && isKernelMount(m) {
+		if err := unmountKernel(abs); err != nil {
+			return fmt.Errorf("unmount %s: %w", mountpoint, err)
+		}
+		return nil
 	}
 	if !found || m.FSType != "fuse."+FSType {
 		return fmt.Errorf("%s: not a layerfs mount", mountpoint)
@@ -235,6 +252,20 @@ const (
 	StateUnresponsive MountState = "unresponsive"
 	// StateUnknown is a mount of a server this user did not start.
 	StateUnknown MountState = "unknown"
+	// StateMounted is a kernel mount: there is no server, the kernel
+	// serves it for as long as it is mounted.
+	StateMounted MountState = "mounted"
+)
+
+// MountType is what serves a layerfs mount.
+type MountType string
+
+const (
+	// TypeFUSE is a mount served by a layerfs process over FUSE.
+	TypeFUSE MountType = "fuse"
+	// TypeKernel is a mount --kernel: overlayfs over a metadata-only
+	// EROFS image and the store's objects.
+	TypeKernel MountType = "kernel"
 )
 
 // MountInfo is one mount of /proc/self/mountinfo; for layerfs mounts,
@@ -249,6 +280,7 @@ type MountInfo struct {
 	// numbers its connection.
 	Major uint32     `json:"-"`
 	Minor uint32     `json:"-"`
+	Type  MountType  `json:"type,omitempty"`
 	State MountState `json:"state,omitempty"`
 	// PID is the running server's, when this user's runtime directory
 	// records it; 0 otherwise.
@@ -257,9 +289,9 @@ type MountInfo struct {
 	Log string `json:"log,omitempty"`
 }
 
-// Mounts lists the layerfs mounts with the state of their servers, as
-// this user's runtime directory records them: by the server's process
-// alone, never touching a mount. A statfs of a hung FUSE mount cannot be
+// Mounts lists the layerfs mounts, FUSE and kernel, with the state of the
+// FUSE mounts' servers as this user's runtime directory records them: by
+// the server's process alone, never touching a mount. A statfs of a hung FUSE mount cannot be
 // given up on: once its server has read the request, the caller waits
 // uninterruptibly, and even a killed process stays until the answer, so
 // a mount no record names is listed with an unknown state.
@@ -270,10 +302,16 @@ func Mounts() ([]MountInfo, error) {
 	}
 	var out []MountInfo
 	for _, m := range all {
+		if isKernelMount(m) {
+			m.Type, m.State = TypeKernel, StateMounted
+			m.Target = strings.TrimPrefix(m.Target, KernelSourcePrefix)
+			out = append(out, m)
+			continue
+		}
 		if m.FSType != "fuse."+FSType {
 			continue
 		}
-		m.State = StateUnknown
+		m.Type, m.State = TypeFUSE, StateUnknown
 		if rec, ok := readRecord(m.Mountpoint); ok {
 			m.State, m.Log = StateDead, rec.Log
 			if rec.running() {
@@ -308,49 +346,13 @@ func probe(mountpoint string) MountState {
 // MountTable lists every mount of this process's namespace, in the
 // kernel's order, from /proc/self/mountinfo; it touches no mount.
 func MountTable() ([]MountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	all, err := procstat.Mounts()
 	if err != nil {
-		return nil, fmt.Errorf("list mounts: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	var out []MountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint options [optional...] - fstype source superoptions
-		before, after, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		left, right := strings.Fields(before), strings.Fields(after)
-		if len(left) < 5 || len(right) < 2 {
-			continue
-		}
-		var major, minor uint32
-		if _, err := fmt.Sscanf(left[2], "%d:%d", &major, &minor); err != nil {
-			continue
-		}
-		out = append(out, MountInfo{Mountpoint: unescape(left[4]), FSType: right[0], Target: unescape(right[1]), Major: major, Minor: minor})
+	out := make([]MountInfo, len(all))
+	for i, m := range all {
+		out[i] = MountInfo{Mountpoint: m.Mountpoint, FSType: m.FSType, Target: m.Source, Major: m.Major, Minor: m.Minor}
 	}
-	return out, sc.Err()
-}
-
-// unescape undoes mountinfo's octal escapes of space, tab, newline and
-// backslash.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out, nil
 }

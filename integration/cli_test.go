@@ -227,7 +227,7 @@ func TestCLIListings(t *testing.T) {
 			t.Fatalf("mounts --format json does not list %s: %+v", mnt, got)
 		}
 		var row []string
-		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE") {
+		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
 			if r[0] == mnt {
 				row = r
 			}
@@ -240,7 +240,7 @@ func TestCLIListings(t *testing.T) {
 		layers := strings.Fields(mustRun(t, root, "layers", "-q", "--no-trunc"))
 		stackMnt := mountDaemon(t, root, layers[0], layers[1])
 		row = nil
-		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE") {
+		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
 			if r[0] == stackMnt {
 				row = r
 			}

@@ -261,8 +261,9 @@ func TestHungMountBlocksNothing(t *testing.T) {
 	}
 }
 
-// gcCounts parses gc's one line: blobs, layers, objects, temp files, bytes.
-var gcLine = regexp.MustCompile(`^(removed|would remove) (\d+) blobs, (\d+) layers, (\d+) objects, (\d+) temp files: (\d+) bytes\n$`)
+// gcCounts parses gc's one line: blobs, layers, objects, meta files, temp
+// files, bytes.
+var gcLine = regexp.MustCompile(`^(removed|would remove) (\d+) blobs, (\d+) layers, (\d+) objects, (\d+) meta files, (\d+) temp files: (\d+) bytes\n$`)
 
 func gcCounts(t *testing.T, out, verb string) string {
 	t.Helper()

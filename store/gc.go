@@ -15,8 +15,10 @@ import (
 
 // Freed is what gc removed.
 type Freed struct {
-	Blobs, Layers, Objects, Temps int
-	Bytes                         int64
+	// Metas counts the files of meta/: images of mount --kernel and
+	// their records.
+	Blobs, Layers, Objects, Metas, Temps int
+	Bytes                                int64
 }
 
 // referenced collects every blob and layer the images reference.
@@ -132,6 +134,13 @@ func (s *Store) GC(dryRun bool) (Freed, error) {
 		}
 		remove(filepath.Join(s.path(layersDir), e.Name()), counter)
 	}
+	unused, err := s.unusedMeta(layers, leases)
+	if err != nil {
+		failed = append(failed, err)
+	}
+	for _, p := range unused {
+		remove(p, &f.Metas)
+	}
 	live := map[digest.Digest]bool{}
 	for d := range layers {
 		if err := s.objectsOf(d, func(o digest.Digest) { live[o] = true }); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -200,11 +209,14 @@ func (p Problem) String() string { return fmt.Sprintf("%s %s: %v", p.What, p.ID,
 // Verified counts what a Verify checked.
 type Verified struct {
 	Blobs, Objects, Indexes int
+	// Metas counts the cached images of mount --kernel checked.
+	Metas int
 }
 
 // Verify re-hashes the blobs and objects of t's layers (of every image
-// when t is nil) and checks their indexes; it returns what it checked and
-// every problem found.
+// when t is nil) and checks their indexes, and the cached images of
+// mount --kernel of those views (every one when t is nil); it returns
+// what it checked and every problem found.
 func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 	var problems []Problem
 	add := func(what, id string, err error) { problems = append(problems, Problem{what, id, err}) }
@@ -247,7 +259,16 @@ func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 			add("object", o.String(), err)
 		}
 	}
-	return Verified{Blobs: len(blobs), Objects: len(objects), Indexes: indexes}, problems, nil
+	var stacks [][]digest.Digest
+	for _, t := range targets {
+		stacks = append(stacks, t.Digests())
+	}
+	metas, metaProblems, err := s.verifyMeta(stacks)
+	if err != nil {
+		return Verified{}, nil, err
+	}
+	problems = append(problems, metaProblems...)
+	return Verified{Blobs: len(blobs), Objects: len(objects), Indexes: indexes, Metas: metas}, problems, nil
 }
 
 func (s *Store) hashFile(rel string, want digest.Digest) error {

@@ -32,27 +32,57 @@ type Lease struct {
 	Manifest digest.Digest   `json:"manifest,omitempty"`
 	Blobs    []digest.Digest `json:"blobs"`
 	Layers   []digest.Digest `json:"layers"`
+	// Source is set for a kernel mount (mount --kernel), which no process
+	// serves: its lease also lives while this namespace's mount table
+	// shows an overlayfs mount at View with this source.
+	Source string `json:"source,omitempty"`
+	// Meta is the key of the metadata-only image a kernel mount uses.
+	Meta string `json:"meta,omitempty"`
 }
 
-func (l Lease) live() bool { return procstat.Running(l.PID, l.Start) }
+func (l Lease) live(mounts []procstat.Mount) bool {
+	if procstat.Running(l.PID, l.Start) {
+		return true
+	}
+	for _, m := range mounts {
+		if l.Source != "" && m.Mountpoint == l.View && m.FSType == "overlay" && m.Source == l.Source {
+			return true
+		}
+	}
+	return false
+}
 
 // Lease records that this process serves t as view, until release is
 // called or the process ends. It is taken while writers are admitted, so
 // a gc that starts after it sees it, and one already running has finished.
 func (s *Store) Lease(t Target, view string) (release func(), err error) {
+	l, err := s.newLease(t, view)
+	if err != nil {
+		return nil, err
+	}
+	return s.writeLease(t, l, fmt.Sprintf("%d-%d.json", l.PID, l.Start))
+}
+
+// newLease is this process's lease of t served as view.
+func (s *Store) newLease(t Target, view string) (Lease, error) {
 	start, err := procstat.StartTime(os.Getpid())
 	if err != nil {
-		return nil, fmt.Errorf("lease: %w", err)
+		return Lease{}, fmt.Errorf("lease: %w", err)
 	}
 	l := Lease{PID: os.Getpid(), Start: start, View: view, Manifest: t.Manifest.Digest, Layers: t.Digests()}
 	l.Blobs = append(l.Blobs, l.Layers...)
 	if l.Manifest != "" {
 		m, _, err := s.ImageLayers(l.Manifest)
 		if err != nil {
-			return nil, fmt.Errorf("lease %s: %w", t, err)
+			return Lease{}, fmt.Errorf("lease %s: %w", t, err)
 		}
 		l.Blobs = append(l.Blobs, l.Manifest, m.Config.Digest)
 	}
+	return l, nil
+}
+
+// writeLease records l in the leases directory under name.
+func (s *Store) writeLease(t Target, l Lease, name string) (release func(), err error) {
 	data, err := json.Marshal(l)
 	if err != nil {
 		return nil, err
@@ -65,7 +95,7 @@ func (s *Store) Lease(t Target, view string) (release func(), err error) {
 	if err := s.verifyLeased(l); err != nil {
 		return nil, fmt.Errorf("lease %s: %w", t, err)
 	}
-	rel := filepath.Join(leasesDir, fmt.Sprintf("%d-%d.json", l.PID, l.Start))
+	rel := filepath.Join(leasesDir, name)
 	if err := s.writeFile(rel, data); err != nil {
 		return nil, fmt.Errorf("lease %s: %w", t, err)
 	}
@@ -83,6 +113,11 @@ func (s *Store) verifyLeased(l Lease) error {
 			return fmt.Errorf("layer %s: %w (removed by gc meanwhile?)", d, ErrNotFound)
 		}
 	}
+	if l.Meta != "" {
+		if _, err := s.readMetaRecord(l.Meta); err != nil {
+			return fmt.Errorf("%w (removed by gc meanwhile?)", err)
+		}
+	}
 	return nil
 }
 
@@ -96,6 +131,10 @@ func (s *Store) Leases() (live []Lease, stale []string, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("leases: %w", err)
 	}
+	mounts, err := procstat.Mounts()
+	if err != nil {
+		return nil, nil, fmt.Errorf("leases: %w", err)
+	}
 	for _, e := range entries {
 		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".json") {
 			continue
@@ -106,7 +145,7 @@ func (s *Store) Leases() (live []Lease, stale []string, err error) {
 		if err == nil {
 			err = json.Unmarshal(data, &l)
 		}
-		if err != nil || !l.live() {
+		if err != nil || !l.live(mounts) {
 			stale = append(stale, p)
 			continue
 		}

@@ -31,7 +31,7 @@ func init() {
 }
 
 type mountFlags struct {
-	overlay, daemon, allowOther, dev, suid, debug bool
+	overlay, daemon, allowOther, dev, suid, debug, kernel bool
 }
 
 func mountCmd(g *globals) *cobra.Command {
@@ -70,10 +70,14 @@ unmounted; SIGINT or SIGTERM unmounts it.`,
 	fl.BoolVar(&f.dev, "dev", false, "honour device nodes (default nodev)")
 	fl.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (default nosuid)")
 	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request")
+	fl.BoolVar(&f.kernel, "kernel", false, "mount in the kernel (root): overlayfs over a metadata-only EROFS image of the view, cached in the store, and the store's objects")
 	return withViewPlatform(g, cmd)
 }
 
 func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
+	if f.kernel {
+		return runKernelMount(ctx, g, f, targets, mountpoint)
+	}
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
 		return err
 	}
@@ -258,11 +262,12 @@ func mountsCmd(*globals) *cobra.Command {
 	var o output.Options
 	cmd := &cobra.Command{
 		Use:   "mounts",
-		Short: "List layerfs mounts: mountpoint, target, server pid and state",
-		Long: `List layerfs mounts: mountpoint, target, server pid and state.
+		Short: "List layerfs mounts: mountpoint, target, server pid, state and type",
+		Long: `List layerfs mounts: mountpoint, target, server pid, state and type.
 
-STATE is serving, dead (the server is gone; layerfs umount removes the
-mount) or unknown. The state and PID come from the records the user's own
+TYPE is fuse, or kernel for a mount --kernel, which has no server: its
+STATE is mounted. A FUSE mount's STATE is serving, dead (the server is
+gone; layerfs umount removes the mount) or unknown. The state and PID come from the records the user's own
 servers keep in the runtime directory, checked against /proc; no mount is
 touched, so a hung mount cannot block the listing. Mounts of servers the
 user did not start are unknown.`,
@@ -284,6 +289,7 @@ user did not start are unknown.`,
 						return fmt.Sprint(m.PID)
 					}},
 					{Header: "STATE", Cell: func(m layerfs.MountInfo) string { return string(m.State) }},
+					{Header: "TYPE", Cell: func(m layerfs.MountInfo) string { return string(m.Type) }},
 				},
 			}, mounts)
 		},

@@ -468,7 +468,7 @@ func gcCmd(g *globals) *cobra.Command {
 			if dryRun {
 				verb = "would remove"
 			}
-			fmt.Printf("%s %d blobs, %d layers, %d objects, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Temps, f.Bytes)
+			fmt.Printf("%s %d blobs, %d layers, %d objects, %d meta files, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Metas, f.Temps, f.Bytes)
 			return err
 		},
 	}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/layerfs/layerfs/erofs"
+	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/view"
+	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+)
+
+// fuseHint points a user whose kernel mount failed to the FUSE one.
+const fuseHint = `mount without --kernel serves the same view over FUSE`
+
+// runKernelMount mounts targets at mountpoint as overlayfs over the
+// view's metadata-only EROFS image, built once and cached in the store,
+// and the store's objects (docs/erofs.md). No process stays behind: the
+// mount's lease in the store lives while the mount is there.
+func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
+	switch {
+	case f.overlay:
+		return errors.New("--kernel shows a merged or single-layer view; --overlay is for FUSE mounts that kernel overlayfs stacks")
+	case f.allowOther:
+		return errors.New("--kernel mounts are open to every user the image's modes let in; --allow-other is for FUSE mounts")
+	case f.debug:
+		return errors.New("--kernel mounts have no FUSE server to debug; --fuse-debug is for FUSE mounts")
+	case os.Geteuid() != 0:
+		return fmt.Errorf("mount --kernel needs root, to mount EROFS and overlayfs; %s", fuseHint)
+	}
+	abs := absPath(mountpoint)
+	if err := layerfs.CheckMountpointDir(abs); err != nil {
+		return err
+	}
+	s, err := g.open()
+	if err != nil {
+		return err
+	}
+	t, err := resolveView(g, s, targets)
+	if err != nil {
+		return err
+	}
+	if err := s.Prepare(ctx, t); err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	meta, rec, err := metaImage(ctx, s, t)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	defer meta.Close()
+	objects, err := s.OpenObjectsDir()
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	defer objects.Close()
+	release, err := s.LeaseKernel(t, abs, layerfs.KernelSourcePrefix+t.String(), rec.Key())
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
+	err = layerfs.MountKernel(meta, objects, abs, layerfs.KernelOptions{Target: t.String(), Dev: f.dev, Suid: f.suid})
+	if err != nil {
+		release()
+		if errors.Is(err, layerfs.ErrKernelMount) {
+			return fmt.Errorf("mount --kernel %s: %w; %s", t, err, fuseHint)
+		}
+		return err
+	}
+	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": abs, "meta": rec.Key()}).Info("mounted in the kernel")
+	return nil
+}
+
+// metaImage opens the cached metadata-only image of t's view, building
+// it when there is none or the one there is damaged.
+func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, store.MetaImage, error) {
+	kind := viewKind(t, false)
+	want := store.NewMetaImage(t.Digests(), kind)
+	f, rec, err := s.OpenMeta(want)
+	if err == nil {
+		return f, rec, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		logrus.Warnf("%v: building it again", err)
+	}
+	v, err := s.OpenView(t.Digests(), kind)
+	if err != nil {
+		return nil, want, err
+	}
+	defer v.Close()
+	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
+		res, err := erofs.BuildMeta(out, view.NewFS(v, s.OpenObject), erofs.Options{Seed: want.Key()})
+		if err == nil {
+			err = ctx.Err()
+		}
+		return digest.Digest(res.Digest), res.Size, err
+	})
+}

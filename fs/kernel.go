@@ -1,0 +1,138 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// KernelSourcePrefix starts the source of a kernel mount (mount --kernel)
+// in /proc/mounts, followed by its target: what tells a layerfs overlayfs
+// mount from any other, as "fuse.layerfs" does for a FUSE mount.
+const KernelSourcePrefix = "layerfs:"
+
+// KernelOptions lift a kernel mount's safe defaults.
+type KernelOptions struct {
+	// Target names what is mounted; /proc/mounts shows it after
+	// KernelSourcePrefix.
+	Target    string
+	Dev, Suid bool
+}
+
+// ErrKernelMount is wrapped by every error of the kernel refusing a
+// kernel mount (no EROFS file mounts, no overlayfs data-only layers, no
+// new mount API, no privilege).
+var ErrKernelMount = errors.New("the kernel cannot make this mount")
+
+// MountKernel mounts the metadata-only EROFS image meta read-only, then
+// overlayfs at mountpoint with that mount as its lower layer and objects
+// as its data-only layer, read-only, nosuid and nodev unless asked. The
+// EROFS mount is never attached anywhere: it is made with fsmount and
+// handed to overlayfs as a descriptor, so the overlayfs mount holds it
+// and it goes when that is unmounted, leaving no mountpoint behind. Both
+// the image and the objects directory are given as descriptors, so no
+// path is resolved again after the caller opened them. Nothing stays
+// mounted when it fails. The caller checks the mountpoint first
+// (CheckMountpointDir).
+func MountKernel(meta, objects *os.File, mountpoint string, o KernelOptions) error {
+	attrs := unix.MOUNT_ATTR_RDONLY
+	if !o.Suid {
+		attrs |= unix.MOUNT_ATTR_NOSUID
+	}
+	if !o.Dev {
+		attrs |= unix.MOUNT_ATTR_NODEV
+	}
+	lower, err := newMount("erofs", attrs, func(fd int) error {
+		// A file-backed EROFS mount (Linux 6.12+) opens the source by
+		// path; /proc/self/fd names the very file opened.
+		return unix.FsconfigSetString(fd, "source", fmt.Sprintf("/proc/self/fd/%d", meta.Fd()))
+	})
+	if err != nil {
+		return fmt.Errorf("mount the EROFS image %s: %w", meta.Name(), err)
+	}
+	defer unix.Close(lower)
+	overlay, err := newMount("overlay", attrs, func(fd int) error {
+		for _, kv := range [][2]string{{"source", KernelSourcePrefix + o.Target}, {"metacopy", "on"}, {"redirect_dir", "on"}} {
+			if err := unix.FsconfigSetString(fd, kv[0], kv[1]); err != nil {
+				return fmt.Errorf("%s=%s: %w", kv[0], kv[1], err)
+			}
+		}
+		if err := unix.FsconfigSetFd(fd, "lowerdir+", lower); err != nil {
+			return fmt.Errorf("lowerdir+ (the EROFS mount): %w", err)
+		}
+		if err := unix.FsconfigSetFd(fd, "datadir+", int(objects.Fd())); err != nil {
+			return fmt.Errorf("datadir+ %s: %w", objects.Name(), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mount overlayfs over %s and %s: %w", meta.Name(), objects.Name(), err)
+	}
+	defer unix.Close(overlay)
+	if err := unix.MoveMount(overlay, "", unix.AT_FDCWD, mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount at %s: %w", mountpoint, err)
+	}
+	return nil
+}
+
+// newMount makes a detached mount of fstype with the new mount API:
+// configure sets its parameters, attrs its mount flags. The kernel's own
+// message for a refused parameter is added to the error when it gives
+// one.
+func newMount(fstype string, attrs int, configure func(fd int) error) (int, error) {
+	fd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("%w: fsopen %s: %w", ErrKernelMount, fstype, err)
+	}
+	defer unix.Close(fd)
+	if err := configure(fd); err != nil {
+		return -1, fmt.Errorf("%w: %w%s", ErrKernelMount, err, kernelMessage(fd))
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return -1, fmt.Errorf("%w: create %s: %w%s", ErrKernelMount, fstype, err, kernelMessage(fd))
+	}
+	m, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return -1, fmt.Errorf("%w: fsmount %s: %w%s", ErrKernelMount, fstype, err, kernelMessage(fd))
+	}
+	return m, nil
+}
+
+// kernelMessage is what the kernel logged on a filesystem context fd
+// about its last failure ("e ..." lines), as ": MESSAGE", or "".
+func kernelMessage(fd int) string {
+	var msgs []string
+	buf := make([]byte, 1024)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		line := strings.TrimSpace(string(buf[:n]))
+		if _, msg, ok := strings.Cut(line, " "); ok {
+			msgs = append(msgs, msg)
+		}
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(msgs, "; ") + ")"
+}
+
+// isKernelMount reports whether m is a layerfs kernel mount.
+func isKernelMount(m MountInfo) bool {
+	return m.FSType == "overlay" && strings.HasPrefix(m.Target, KernelSourcePrefix)
+}
+
+// unmountKernel unmounts the kernel mount at abs: overlayfs, and with it
+// the EROFS mount only it held.
+func unmountKernel(abs string) error {
+	err := unix.Unmount(abs, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return ErrBusy
+	}
+	return err
+}
