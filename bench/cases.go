@@ -167,6 +167,14 @@ func (b *bench) cases() []benchCase {
 		}
 		return bc
 	}
+	kernelFind := func(name, what string, cold bool) benchCase {
+		w := &walkCount{what: name}
+		return benchCase{
+			name: name, title: "find -printf of every entry through mount --kernel, " + what, unit: "s",
+			layerfs: b.mountRun(layerfsKernel, deb, cold, w.find(layerfsKernel.name)),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, cold, w.find("kernel")), target{op: "<=", value: 1.0}}},
+		}
+	}
 	tarView := func(dir string) error {
 		_, err := drained("tar", "-C", dir, "-cf", "-", ".")
 		return err
@@ -297,6 +305,23 @@ func (b *bench) cases() []benchCase {
 				v, err := procstat.RSS(m.server)
 				return float64(v) / float64(n), err
 			}), abs: &target{op: "<=", value: 600}},
+		{name: "kernel-meta/debian", title: "mount --kernel, its metadata-only image built, cold, Debian", unit: "s",
+			layerfs: b.kernelReady(deb, true), abs: &target{op: "<=", value: 0.2}},
+		{name: "kernel-meta/1m", title: "mount --kernel, its metadata-only image built, cold, synthetic", unit: "s", runs: 1,
+			layerfs: b.kernelReady(synth, true), abs: &target{op: "<=", value: 5}},
+		{name: "kernel-ready/debian", title: "mount --kernel ready, metadata-only image cached, Debian", unit: "s",
+			layerfs: b.kernelReady(deb, false), abs: &target{op: "<", value: 0.05}},
+		kernelFind("kernel-find-cold/debian", "cold, Debian", true),
+		kernelFind("kernel-find-warm/debian", "warm, Debian", false),
+		{name: "kernel-tar-cold/debian", title: "tar -c of the whole view through mount --kernel, cold, Debian", unit: "s",
+			layerfs: b.mountRun(layerfsKernel, deb, true, tarView),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, tarView), target{op: "<=", value: 1.0}}}},
+		{name: "kernel-mkfs/debian", title: "mkfs.ext4 -d through mount --kernel, cold, Debian", unit: "s",
+			layerfs: b.mountRun(layerfsKernel, deb, true, mkfs),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, mkfs), target{op: "<=", value: 1.0}}}},
+		{name: "kernel-read-warm/debian", title: "sequential read of the 64 MiB file through mount --kernel, warm", unit: "MB/s",
+			layerfs: bigMB(b.mountRun(layerfsKernel, deb, false, readBig(false))),
+			refs:    []ref{{kernelOverlay.name, bigMB(b.mountRun(kernelOverlay, deb, false, readBig(false))), target{op: ">=", value: 0.95}}}},
 	}
 }
 
