@@ -80,6 +80,31 @@ func TestKernelMountMatchesOracle(t *testing.T) {
 	})
 }
 
+// TestKernelMountPlatform: --platform chooses the platform of an image
+// index, and a stack of layer digests mounts as its merged view, with the
+// cached image of the same view by the image's name.
+func TestKernelMountPlatform(t *testing.T) {
+	requireRoot(t)
+	layout, descs, _ := multiPlatformLayout(t)
+	root := t.TempDir()
+	mustRun(t, root, "import", "--all-platforms", layout)
+	for i, platform := range []string{"linux/amd64", "linux/arm64"} {
+		blobs := layerBlobs(t, layout, descs[i])
+		requireSame(t, "mount --kernel --platform "+platform, oracleTree(t, blobs), walk(t, kernelMount(t, root, "--platform", platform, "multi")))
+	}
+	m, _, err := testimage.ReadImage(layout, descs[1])
+	must(t, err)
+	var layers []string
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	requireSame(t, "mount --kernel of layer digests", oracleTree(t, layerBlobs(t, layout, descs[1])), walk(t, kernelMount(t, root, layers...)))
+	// The stack is the arm64 image's view: one image in the cache for both.
+	if n := len(metaFiles(t, root)); n != 4 {
+		t.Errorf("%d meta files for two views, want 4 (an image and a record each): %q", n, metaFiles(t, root))
+	}
+}
+
 // TestKernelMountHostile: an image whose own trusted.overlay xattrs
 // redirect a file to another image's object, claim metacopy and mark a
 // directory opaque over a lower one shows exactly its own tree through
