@@ -50,7 +50,12 @@ stacks; the layers given before it resolve the directories it only
 implies and the files it hardlinks into them, so that overlayfs over the
 --overlay mounts of an image's layers, each given those beneath it, shows
 exactly the merged view. The command serves in the foreground until
-unmounted; SIGINT or SIGTERM unmounts it.`,
+unmounted; SIGINT or SIGTERM unmounts it.
+
+--kernel (root) mounts the view in the kernel instead, and returns at
+once with no process left: overlayfs over a metadata-only EROFS image of
+the view, built once and cached in the store, and the store's objects.
+layerfs umount unmounts it like any other layerfs mount.`,
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
