@@ -81,6 +81,7 @@ layerfs umount unmounts it like any other layerfs mount.`,
 
 func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
 	if f.kernel {
+		defer startProfiles()()
 		return runKernelMount(ctx, g, f, targets, mountpoint)
 	}
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
