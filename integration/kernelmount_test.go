@@ -179,7 +179,7 @@ func TestKernelMountLifecycle(t *testing.T) {
 	meta := metaImagePath(t, root)
 	mustRun(t, root, "gc")
 	requireSame(t, "mount --kernel after gc", want, walk(t, mnt))
-	checkRefused(t, run(t, root, "rm", "sample"), "served at "+mnt)
+	checkRefused(t, run(t, root, "rm", "sample"), "served at "+mnt+" (kernel mount)")
 	mustRun(t, root, "rm", "--force", "sample")
 	mustRun(t, root, "gc")
 	requireSame(t, "mount --kernel after rm --force and gc", want, walk(t, mnt))

@@ -206,6 +206,10 @@ func (s *Store) CheckNotServed(img Image) error {
 			return err
 		}
 		for _, v := range views {
+			if v.Source != "" {
+				where = append(where, v.View+" (kernel mount)")
+				continue
+			}
 			where = append(where, fmt.Sprintf("%s (pid %d)", v.View, v.PID))
 		}
 	}
