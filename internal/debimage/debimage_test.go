@@ -282,16 +282,6 @@ func TestBuildRejectsColon(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/a\040b`: "/a b", `/t\011x`: "/t\tx", `/plain`: "/plain", `/back\134slash`: `/back\slash`, `/short\04`: `/short\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestLoadRejectsMissingFiles(t *testing.T) {
 	dir := t.TempDir()
 	if err := writeStamp(dir, &Image{Layout: "oci", Archive: "a.tar", Rootfs: "rootfs"}); err != nil {

@@ -9,10 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/procstat"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -59,18 +59,13 @@ func unmountUnder(dir string) error {
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", dir, err)
 	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := procstat.Mounts()
 	if err != nil {
-		return fmt.Errorf("list mounts: %w", err)
+		return err
 	}
 	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(f[4])
-		if mp == resolved || strings.HasPrefix(mp, resolved+"/") {
+	for _, m := range mounts {
+		if mp := m.Mountpoint; mp == resolved || strings.HasPrefix(mp, resolved+"/") {
 			points = append(points, mp)
 		}
 	}
@@ -83,26 +78,6 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space and so on)
-// of a mountinfo path.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 type descriptor struct {
