@@ -71,6 +71,7 @@ func mainErr(bin, out, cache, sel string, runs int, quick bool) error {
 
 	var rows []row
 	var picked []benchCase
+	var requests []requestRow
 	for _, c := range b.cases() {
 		if !pick.MatchString(c.name) {
 			continue
@@ -86,6 +87,13 @@ func mainErr(bin, out, cache, sel string, runs int, quick bool) error {
 		logrus.WithFields(logrus.Fields{"case": c.name, "took": time.Since(caseStart).Round(time.Second)}).Info("case done")
 		rows = append(rows, rs...)
 		picked = append(picked, c)
+		if c.counted != nil {
+			rr, err := b.countRequests(c)
+			if err != nil {
+				return err
+			}
+			requests = append(requests, rr)
+		}
 	}
 	if len(rows) == 0 {
 		return fmt.Errorf("-cases %q matches no case", sel)
@@ -94,7 +102,7 @@ func mainErr(bin, out, cache, sel string, runs int, quick bool) error {
 	if err != nil {
 		return err
 	}
-	r := &report{rows: rows, date: time.Now().UTC(), machine: machine(), runs: runs, profile: prof, took: time.Since(start)}
+	r := &report{rows: rows, date: time.Now().UTC(), machine: machine(), runs: runs, profile: prof, took: time.Since(start), requests: requests}
 	r.table(os.Stdout)
 	return r.write(out)
 }

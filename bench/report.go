@@ -65,12 +65,13 @@ func figure(v float64, unit string) string {
 }
 
 type report struct {
-	rows    []row
-	date    time.Time
-	machine string
-	runs    int
-	profile string
-	took    time.Duration
+	rows     []row
+	date     time.Time
+	machine  string
+	runs     int
+	profile  string
+	took     time.Duration
+	requests []requestRow
 }
 
 func (r *report) summary() string {
@@ -92,6 +93,7 @@ func (r *report) table(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w, r.summary())
+	requestTable(w, r.requests)
 }
 
 func (r *report) write(dir string) error {
@@ -113,6 +115,7 @@ func (r *report) writeMarkdown(path string) error {
 		sb.WriteString("| " + strings.Join(x.cells(), " | ") + " |\n")
 	}
 	sb.WriteString("\nRatios are layerfs over the reference: lower is better for times and sizes, higher for throughput.\n")
+	requestMarkdown(&sb, r.requests)
 	if r.profile != "" {
 		fmt.Fprintf(&sb, "\nServer profiles of the case furthest from its target: `%s-cpu.pprof`, `%s-heap.pprof`.\n", r.profile, r.profile)
 	}

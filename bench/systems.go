@@ -33,6 +33,10 @@ type bench struct {
 	// profile, when set, is the path prefix the next layerfs server
 	// writes its CPU and heap profiles to.
 	profile string
+	// stats, when set, is the file the next layerfs server writes its
+	// FUSE request counts to.
+	stats  string
+	shapes map[string]shape
 }
 
 // layerfs runs the binary against store root and returns its stdout.
@@ -46,8 +50,12 @@ func (b *bench) layerfsAs(unpriv bool, root string, args ...string) (string, err
 		argv = asNobody(argv...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = os.Environ()
 	if b.profile != "" {
-		cmd.Env = append(os.Environ(), "LAYERFS_CPUPROFILE="+b.profile+"-cpu.pprof", "LAYERFS_MEMPROFILE="+b.profile+"-heap.pprof")
+		cmd.Env = append(cmd.Env, "LAYERFS_CPUPROFILE="+b.profile+"-cpu.pprof", "LAYERFS_MEMPROFILE="+b.profile+"-heap.pprof")
+	}
+	if b.stats != "" {
+		cmd.Env = append(cmd.Env, statsEnv+"="+b.stats)
 	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

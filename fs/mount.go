@@ -90,8 +90,12 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) 
 		// --daemon mount's error leaves out.
 		return nil, fmt.Errorf("mount %s: --allow-other: fusermount3 allows allow_other only if user_allow_other is set in %s", mountpoint, fuseConf)
 	}
-	srv, err := gofs.Mount(mountpoint, tree.Root(), opts)
+	srv, err := fuse.NewServer(withStats(gofs.NewNodeFS(tree.Root(), opts)), mountpoint, &opts.MountOptions)
 	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	return srv, nil

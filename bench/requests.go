@@ -1,0 +1,263 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/oracle"
+	"golang.org/x/sys/unix"
+)
+
+// statsEnv is the variable a layerfs server writes its FUSE request
+// counts under (fs.StatsEnv; the bench runs the binary, not the package).
+const statsEnv = "LAYERFS_FUSE_STATS"
+
+// need is what a case asks of the view beyond listing it, which sets the
+// fewest requests a kernel can do with.
+type need int
+
+const (
+	// needNames lists every directory, stating nothing (ls -f): READDIR.
+	needNames need = iota
+	// needStat lists and stats every entry (find, a warm run aside): one
+	// READDIRPLUS per directory and per page of its entries.
+	needStat
+	// needContent also opens every non-empty file (tar, mkfs, rsync): an
+	// OPEN and a RELEASE each, reads passed through to the object.
+	needContent
+)
+
+// shape is what a merged view holds, as kernel overlayfs shows it.
+type shape struct {
+	entries, dirs, files int // files: non-empty regular files
+	nameBytes            int
+}
+
+// entryBytes are the bytes of a READDIRPLUS and of a READDIR entry beside
+// its name: fuse_direntplus (entry_out 128 + dirent 24) and fuse_dirent,
+// names padded to 8.
+const (
+	direntplusBytes = 152
+	direntBytes     = 24
+	pageBytes       = 4096
+)
+
+// minimum is the fewest requests per entry the kernel needs for a case
+// over a view of this shape, every answer cached for the mount's life:
+// nothing at all once warm.
+func (s shape) minimum(n need, warm bool) float64 {
+	if warm || s.entries == 0 {
+		return 0
+	}
+	per := direntplusBytes
+	if n == needNames {
+		per = direntBytes
+	}
+	avgName := s.nameBytes / s.entries
+	pages := s.entries*(per+(avgName+7)/8*8)/pageBytes + s.dirs
+	reqs := pages
+	if n == needContent {
+		reqs += 2 * s.files
+	}
+	return float64(reqs) / float64(s.entries)
+}
+
+// shapeOf walks img's merged view on kernel overlayfs, once per run.
+func (b *bench) shapeOf(img *image) (shape, error) {
+	if s, ok := b.shapes[img.name]; ok {
+		return s, nil
+	}
+	mp, err := b.mountpoint("shape")
+	if err != nil {
+		return shape{}, err
+	}
+	umount, err := oracle.Mount(img.unpacked, mp)
+	if err != nil {
+		return shape{}, err
+	}
+	var s shape
+	err = filepath.WalkDir(mp, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == mp {
+			return err
+		}
+		s.entries++
+		s.nameBytes += len(d.Name())
+		switch {
+		case d.IsDir():
+			s.dirs++
+		case d.Type().IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if info.Size() > 0 {
+				s.files++
+			}
+		}
+		return nil
+	})
+	if uerr := umount(); err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return shape{}, fmt.Errorf("walk %s: %w", img.name, err)
+	}
+	if b.shapes == nil {
+		b.shapes = map[string]shape{}
+	}
+	b.shapes[img.name] = s
+	return s, nil
+}
+
+// requestRow is what one run of a case cost in FUSE requests.
+type requestRow struct {
+	c      benchCase
+	shape  shape
+	counts map[string]uint64
+}
+
+// counted is how a case's FUSE requests are counted: body run on a
+// fresh layerfs mount of img, cold or after a warm-up run.
+type counted struct {
+	img  *image
+	need need
+	warm bool
+	body func(dir string) error
+}
+
+// countRequests runs c's body once on a layerfs mount whose server counts
+// requests. Warm, the counts the server dumps on SIGUSR1 after the warm-up
+// are taken off the total.
+func (b *bench) countRequests(c benchCase) (requestRow, error) {
+	k := c.counted
+	s, err := b.shapeOf(k.img)
+	if err != nil {
+		return requestRow{}, err
+	}
+	stats := filepath.Join(b.work, "requests.json")
+	os.Remove(stats)
+	defer os.Remove(stats)
+	b.stats = stats
+	defer func() { b.stats = "" }()
+	mp, err := b.mountpoint(layerfsRoot.name)
+	if err != nil {
+		return requestRow{}, err
+	}
+	m, err := layerfsRoot.mount(b, k.img, mp)
+	if err != nil {
+		return requestRow{}, err
+	}
+	var before map[string]uint64
+	err = func() error {
+		if !k.warm {
+			return dropCaches()
+		}
+		if err := k.body(m.dir); err != nil {
+			return err
+		}
+		if err := unix.Kill(m.server, unix.SIGUSR1); err != nil {
+			return err
+		}
+		var err error
+		before, err = readCounts(stats, 10*time.Second)
+		return err
+	}()
+	if err == nil {
+		err = k.body(m.dir)
+	}
+	if uerr := m.umount(); err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return requestRow{}, fmt.Errorf("count requests of %s: %w", c.name, err)
+	}
+	after, err := readCounts(stats, 0)
+	if err != nil {
+		return requestRow{}, fmt.Errorf("count requests of %s: %w", c.name, err)
+	}
+	for op, v := range before {
+		if after[op] -= v; after[op] == 0 {
+			delete(after, op)
+		}
+	}
+	return requestRow{c: c, shape: s, counts: after}, nil
+}
+
+// readCounts reads a server's request counts, waiting up to wait for it to
+// write them, and removes the file.
+func readCounts(path string, wait time.Duration) (map[string]uint64, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			var counts map[string]uint64
+			if err := json.Unmarshal(data, &counts); err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			return counts, os.Remove(path)
+		}
+		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (r requestRow) total() uint64 {
+	var t uint64
+	for _, v := range r.counts {
+		t += v
+	}
+	return t
+}
+
+func (r requestRow) cells() []string {
+	e := float64(r.shape.entries)
+	ops := make([]string, 0, len(r.counts))
+	for op := range r.counts {
+		ops = append(ops, op)
+	}
+	sort.Strings(ops)
+	parts := make([]string, len(ops))
+	for i, op := range ops {
+		parts[i] = fmt.Sprintf("%s %.2f", op, float64(r.counts[op])/e)
+	}
+	return []string{r.c.name, fmt.Sprint(r.shape.entries), fmt.Sprintf("%.2f", float64(r.total())/e),
+		fmt.Sprintf("%.2f", r.shape.minimum(r.c.counted.need, r.c.counted.warm)), strings.Join(parts, ", ")}
+}
+
+var requestHeader = []string{"case", "entries", "requests/entry", "kernel minimum/entry", "by opcode, per entry"}
+
+func requestTable(w io.Writer, rows []requestRow) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nFUSE requests the layerfs server answered in one run, per entry of the view:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(requestHeader, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r.cells(), "\t"))
+	}
+	tw.Flush()
+}
+
+func requestMarkdown(sb *strings.Builder, rows []requestRow) {
+	if len(rows) == 0 {
+		return
+	}
+	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: one READDIRPLUS per directory and per page of entries (READDIR for `ls -f`), an OPEN and a RELEASE per non-empty file read (reads pass through), nothing warm.\n\n")
+	sb.WriteString("| " + strings.Join(requestHeader, " | ") + " |\n")
+	sb.WriteString(strings.Repeat("| --- ", len(requestHeader)) + "|\n")
+	for _, r := range rows {
+		sb.WriteString("| " + strings.Join(r.cells(), " | ") + " |\n")
+	}
+}
