@@ -1,18 +1,24 @@
-// Package fs serves a view as a read-only go-fuse node tree. What each
-// path shows is the view's answer (package view); fs adds only what FUSE
-// needs: caching, "." and "..", open files, statfs and turning failures
-// into errnos.
+// Package fs serves a view read-only over FUSE, through go-fuse's raw
+// protocol API. What each path shows is the view's answer (package view);
+// fs adds only what FUSE needs: node ids, caching, "." and "..", open
+// files, statfs and turning failures into errnos.
+//
+// A node id is the view's own name for a record: its layer and record
+// number, so a file the kernel holds costs the server nothing. Only
+// directories the kernel holds are kept in a table, since a merged
+// directory is several records, found by looking it up from its parent.
 package fs
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
@@ -33,136 +39,237 @@ type Tree struct {
 	openObject func(digest.Digest) (*os.File, error)
 	files      uint64
 	bytes      uint64
+
+	xattrsOnce sync.Once
+	anyXattrs  bool
 }
 
-// NewTree makes the node tree of v.
+// NewTree makes the tree of v.
 func NewTree(v view.View, openObject func(digest.Digest) (*os.File, error)) *Tree {
 	t := &Tree{view: v, openObject: openObject}
 	t.files, t.bytes = v.Totals()
 	return t
 }
 
-// Root is the root node to mount.
-func (t *Tree) Root() gofs.InodeEmbedder {
-	return &node{tree: t, n: t.view.Root()}
+// xattrLister is a view that can tell whether any node shows an xattr.
+type xattrLister interface {
+	HasXattrs() (bool, error)
 }
 
-// Options are the go-fuse options a view is served with.
-func (t *Tree) Options() *gofs.Options {
-	timeout := Timeout
-	return &gofs.Options{
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		RootStableAttr:  &gofs.StableAttr{Ino: 1, Mode: syscall.S_IFDIR},
-		// An image may hold files of mode 0; go-fuse would show them 0644.
-		NullPermissions: true,
-		// READDIRPLUS always, not the kernel's AUTO mode: AUTO makes ls -f
-		// of a 100k directory 6x faster but find, tar, rsync and mkfs,
-		// which stat every entry, 3x slower with a LOOKUP for each.
-		MountOptions: fuse.MountOptions{
-			// Symlink targets never change either.
-			EnableSymlinkCaching: true,
-		},
+// hasXattrs is whether any node of the view may show an xattr. Asked at
+// the first xattr request rather than at mount, so that a mount is ready
+// at once and a walk that never asks never pays for it.
+func (t *Tree) hasXattrs() bool {
+	t.xattrsOnce.Do(func() {
+		t.anyXattrs = true
+		if xl, ok := t.view.(xattrLister); ok {
+			any, err := xl.HasXattrs()
+			if err != nil {
+				logrus.Warnf("xattrs served as they are asked for: %v", err)
+				return
+			}
+			t.anyXattrs = any
+		}
+	})
+	return t.anyXattrs
+}
+
+// mountOptions are the go-fuse options a view is served with.
+func (t *Tree) mountOptions() fuse.MountOptions {
+	return fuse.MountOptions{
+		// Symlink targets never change either.
+		EnableSymlinkCaching: true,
+		// OPENDIR is answered ENOSYS (server.OpenDir), which this tells
+		// the kernel the server means.
+		ExtraCapabilities: fuse.CAP_NO_OPENDIR_SUPPORT,
 	}
 }
 
-// node is one path of the view. For a directory n holds every layer
-// record that merges into it; for anything else, the one that provides it.
-type node struct {
-	gofs.Inode
+// server answers FUSE requests from the tree's view.
+type server struct {
+	readOnlyFS
 	tree *Tree
-	n    view.Node
+	root *dir
+	// dirs are the directories the kernel holds, by node id, besides the
+	// root.
+	mu   sync.Mutex
+	dirs map[uint64]*dir
+	// srv is set once INIT is answered, for passing reads through; nil
+	// over virtio-fs.
+	srv         atomic.Pointer[fuse.Server]
+	passthrough atomic.Int32 // passUnknown, passOn or passOff
+	// files are the open content objects read through the server.
+	filesMu sync.Mutex
+	files   map[uint64]*os.File
+	nextFh  uint64
 }
 
-var (
-	_ gofs.NodeLookuper       = (*node)(nil)
-	_ gofs.NodeOpendirHandler = (*node)(nil)
-	_ gofs.NodeGetattrer      = (*node)(nil)
-	_ gofs.NodeOpener         = (*node)(nil)
-	_ gofs.NodeReadlinker     = (*node)(nil)
-	_ gofs.NodeGetxattrer     = (*node)(nil)
-	_ gofs.NodeListxattrer    = (*node)(nil)
-	_ gofs.NodeStatfser       = (*node)(nil)
-	_ gofs.NodeSetattrer      = (*node)(nil)
-	_ gofs.NodeSetxattrer     = (*node)(nil)
+const (
+	passUnknown = iota
+	passOn
+	passOff
 )
+
+// dir is a directory the kernel holds: the records it merges, and its
+// listing while the kernel reads it.
+type dir struct {
+	n           view.Node
+	ino, parent uint64
+	lookups     uint64
+
+	mu      sync.Mutex
+	listing []view.Child
+}
+
+func newServer(t *Tree) *server {
+	return &server{
+		readOnlyFS: readOnlyFS{fuse.NewDefaultRawFileSystem()},
+		tree:       t,
+		root:       &dir{n: t.view.Root(), ino: 1, parent: 1},
+		dirs:       map[uint64]*dir{},
+		files:      map[uint64]*os.File{},
+	}
+}
+
+const (
+	// layerShift places a record's layer above its number in a node id.
+	layerShift = 40
+	recMask    = 1<<layerShift - 1
+	// backingFh marks a file handle that is a passthrough backing id.
+	backingFh = 1 << 63
+)
+
+// nodeID names the node whose top record is r. Record 0 is a layer's
+// root, and only the view's own root shows.
+func nodeID(r view.Ref) uint64 {
+	if r.Rec == 0 {
+		return fuse.FUSE_ROOT_ID
+	}
+	return uint64(r.Layer+1)<<layerShift | uint64(r.Rec)
+}
+
+// node is the node the kernel calls id, and its directory if the kernel
+// holds it as one.
+func (s *server) node(id uint64) (view.Node, *dir) {
+	if id == fuse.FUSE_ROOT_ID {
+		return s.root.n, s.root
+	}
+	s.mu.Lock()
+	d := s.dirs[id]
+	s.mu.Unlock()
+	if d != nil {
+		return d.n, d
+	}
+	return view.Node{{Layer: int(id>>layerShift) - 1, Rec: uint32(id & recMask)}}, nil
+}
+
+// remember counts one more kernel reference to node n, of attributes a,
+// found in the directory of inode number parent, and returns its id.
+func (s *server) remember(n view.Node, a view.Attr, parent uint64) uint64 {
+	id := nodeID(n.Top())
+	if a.Type != view.TypeDir || id == fuse.FUSE_ROOT_ID {
+		return id
+	}
+	s.mu.Lock()
+	d := s.dirs[id]
+	if d == nil {
+		d = &dir{n: slices.Clone(n), ino: a.Ino, parent: parent}
+		s.dirs[id] = d
+	}
+	d.lookups++
+	s.mu.Unlock()
+	return id
+}
+
+func (s *server) Forget(id, nlookup uint64) {
+	s.mu.Lock()
+	if d := s.dirs[id]; d != nil {
+		if d.lookups <= nlookup {
+			delete(s.dirs, id)
+		} else {
+			d.lookups -= nlookup
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *server) Init(srv *fuse.Server) { s.srv.Store(srv) }
+
+func (s *server) String() string { return FSType }
 
 // guard turns a panic in an operation into EIO and a log line: a bad
 // index must cost one answer, never the server. An index is mapped, so a
 // file truncated under a live mount faults on access: SetPanicOnFault
 // makes that fault a panic of this goroutine, which the deferred function
-// guard returns recovers. Use as: defer guard(op, &errno)().
-func guard(op string, errno *syscall.Errno) func() {
+// guard returns recovers. Use as: defer guard(op, &status)().
+func guard(op string, st *fuse.Status) func() {
 	debug.SetPanicOnFault(true)
 	return func() {
 		if r := recover(); r != nil {
 			logrus.WithField("op", op).Errorf("answered EIO: %v (a damaged or truncated index faults this way)", r)
 			logrus.Debugf("%s", debug.Stack())
-			*errno = syscall.EIO
+			*st = fuse.EIO
 		}
 	}
 }
 
-func (nd *node) fail(op string, err error) syscall.Errno {
-	logrus.WithFields(logrus.Fields{"op": op, "path": nd.Path(nil)}).Warn(err)
-	return syscall.EIO
+func fail(op string, id uint64, err error) fuse.Status {
+	logrus.WithFields(logrus.Fields{"op": op, "node": fmt.Sprintf("%#x", id)}).Warn(err)
+	return fuse.EIO
 }
 
-func (nd *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (in *gofs.Inode, errno syscall.Errno) {
-	defer guard("lookup", &errno)()
-	n, ok, err := nd.tree.view.Lookup(nd.n, name)
+func (s *server) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) (st fuse.Status) {
+	defer guard("lookup", &st)()
+	parent, pd := s.node(h.NodeId)
+	n, ok, err := s.tree.view.Lookup(parent, name)
 	if err != nil {
-		return nil, nd.fail("lookup "+name, err)
+		return fail("lookup "+name, h.NodeId, err)
 	}
 	if !ok {
-		return nil, syscall.ENOENT
+		// Node id 0 is a negative entry, which the kernel keeps as long.
+		out.NodeId = 0
+		out.SetEntryTimeout(Timeout)
+		return fuse.OK
 	}
-	a, err := nd.tree.view.Attr(n)
-	if err != nil {
-		return nil, nd.fail("lookup "+name, err)
+	parentIno := uint64(fuse.FUSE_ROOT_ID)
+	if pd != nil {
+		parentIno = pd.ino
 	}
-	out.Attr = fuseAttr(a)
-	return nd.NewInode(ctx, &node{tree: nd.tree, n: n}, gofs.StableAttr{Mode: a.Type.Bits(), Ino: a.Ino}), 0
+	if err := s.entry(n, parentIno, out); err != nil {
+		return fail("lookup "+name, h.NodeId, err)
+	}
+	return fuse.OK
 }
 
-// OpendirHandle lists the directory once per open. The listing never
-// changes, so the kernel may keep it cached (FOPEN_CACHE_DIR) and answer
-// later readdirs of the directory itself.
-func (nd *node) OpendirHandle(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
-	defer guard("opendir", &errno)()
-	children, err := nd.tree.view.List(nd.n)
+// entry fills out with node n, found in the directory of inode number
+// parent, and counts the kernel's reference to it.
+func (s *server) entry(n view.Node, parent uint64, out *fuse.EntryOut) error {
+	a, err := s.tree.view.Attr(n)
 	if err != nil {
-		return nil, 0, nd.fail("readdir", err)
+		return err
 	}
-	// Every disk filesystem, overlayfs included, lists "." and "..";
-	// ls -a and readdir(3) users expect them.
-	parent := nd.StableAttr().Ino
-	if _, p := nd.Parent(); p != nil {
-		parent = p.StableAttr().Ino
-	}
-	entries := make([]fuse.DirEntry, 0, len(children)+2)
-	entries = append(entries,
-		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: nd.StableAttr().Ino},
-		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent})
-	for _, c := range children {
-		entries = append(entries, fuse.DirEntry{Name: c.Name, Mode: c.Type.Bits(), Ino: c.Ino})
-	}
-	return gofs.NewListDirStream(entries), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	out.NodeId = s.remember(n, a, parent)
+	out.Generation = 0
+	setAttr(&out.Attr, a)
+	out.SetEntryTimeout(Timeout)
+	out.SetAttrTimeout(Timeout)
+	return nil
 }
 
-func (nd *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
-	defer guard("getattr", &errno)()
-	a, err := nd.tree.view.Attr(nd.n)
+func (s *server) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) (st fuse.Status) {
+	defer guard("getattr", &st)()
+	n, _ := s.node(in.NodeId)
+	a, err := s.tree.view.Attr(n)
 	if err != nil {
-		return nd.fail("getattr", err)
+		return fail("getattr", in.NodeId, err)
 	}
-	out.Attr = fuseAttr(a)
-	return 0
+	setAttr(&out.Attr, a)
+	out.SetTimeout(Timeout)
+	return fuse.OK
 }
 
-func fuseAttr(a view.Attr) fuse.Attr {
-	fa := fuse.Attr{
+func setAttr(fa *fuse.Attr, a view.Attr) {
+	*fa = fuse.Attr{
 		Ino:     a.Ino,
 		Mode:    a.Type.Bits() | a.Mode,
 		Owner:   fuse.Owner{Uid: a.UID, Gid: a.GID},
@@ -176,139 +283,270 @@ func fuseAttr(a view.Attr) fuse.Attr {
 	fa.Mtime, fa.Mtimensec = mt, a.MtimeNs
 	fa.Atime, fa.Atimensec = mt, a.MtimeNs
 	fa.Ctime, fa.Ctimensec = mt, a.MtimeNs
-	return fa
 }
 
-func (nd *node) Readlink(ctx context.Context) (target []byte, errno syscall.Errno) {
-	defer guard("readlink", &errno)()
-	a, err := nd.tree.view.Attr(nd.n)
+func (s *server) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (target []byte, st fuse.Status) {
+	defer guard("readlink", &st)()
+	n, _ := s.node(h.NodeId)
+	a, err := s.tree.view.Attr(n)
 	if err != nil {
-		return nil, nd.fail("readlink", err)
+		return nil, fail("readlink", h.NodeId, err)
 	}
 	if a.Type != view.TypeSymlink {
-		return nil, syscall.EINVAL
+		return nil, fuse.EINVAL
 	}
-	return []byte(a.Link), 0
+	return []byte(a.Link), fuse.OK
 }
 
-func (nd *node) xattrs() ([]view.Xattr, error) {
-	a, err := nd.tree.view.Attr(nd.n)
-	return a.Xattrs, err
-}
-
-func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (size uint32, errno syscall.Errno) {
-	defer guard("getxattr", &errno)()
-	xs, err := nd.xattrs()
+// xattrs are node id's xattrs. ENOSYS, when the view has none at all,
+// makes the kernel answer every later xattr call itself (EOPNOTSUPP, as
+// a file system without xattrs does), for the rest of the mount.
+func (s *server) xattrs(op string, id uint64) ([]view.Xattr, fuse.Status) {
+	if !s.tree.hasXattrs() {
+		return nil, fuse.ENOSYS
+	}
+	n, _ := s.node(id)
+	a, err := s.tree.view.Attr(n)
 	if err != nil {
-		return 0, nd.fail("getxattr", err)
+		return nil, fail(op, id, err)
+	}
+	return a.Xattrs, fuse.OK
+}
+
+func (s *server) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (size uint32, st fuse.Status) {
+	defer guard("getxattr", &st)()
+	xs, st := s.xattrs("getxattr", h.NodeId)
+	if !st.Ok() {
+		return 0, st
 	}
 	for _, x := range xs {
 		if x.Name != attr {
 			continue
 		}
 		if len(dest) == 0 {
-			return uint32(len(x.Value)), 0
+			return uint32(len(x.Value)), fuse.OK
 		}
 		if len(dest) < len(x.Value) {
-			return uint32(len(x.Value)), syscall.ERANGE
+			return uint32(len(x.Value)), fuse.ERANGE
 		}
-		return uint32(copy(dest, x.Value)), 0
+		return uint32(copy(dest, x.Value)), fuse.OK
 	}
-	return 0, syscall.ENODATA
+	return 0, fuse.ENOATTR
 }
 
-func (nd *node) Listxattr(ctx context.Context, dest []byte) (size uint32, errno syscall.Errno) {
-	defer guard("listxattr", &errno)()
-	xs, err := nd.xattrs()
-	if err != nil {
-		return 0, nd.fail("listxattr", err)
+func (s *server) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (size uint32, st fuse.Status) {
+	defer guard("listxattr", &st)()
+	xs, st := s.xattrs("listxattr", h.NodeId)
+	if !st.Ok() {
+		return 0, st
 	}
-	var names []byte
 	for _, x := range xs {
-		names = append(append(names, x.Name...), 0)
+		size += uint32(len(x.Name)) + 1
 	}
 	if len(dest) == 0 {
-		return uint32(len(names)), 0
+		return size, fuse.OK
 	}
-	if len(dest) < len(names) {
-		return uint32(len(names)), syscall.ERANGE
+	if len(dest) < int(size) {
+		return size, fuse.ERANGE
 	}
-	return uint32(copy(dest, names)), 0
+	dest = dest[:0]
+	for _, x := range xs {
+		dest = append(append(dest, x.Name...), 0)
+	}
+	return size, fuse.OK
 }
 
-func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	t := nd.tree
+func (s *server) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	t := s.tree
+	*out = fuse.StatfsOut{}
 	out.Bsize, out.Frsize, out.NameLen = blockSize, blockSize, 255
 	out.Blocks = (t.bytes + blockSize - 1) / blockSize
 	out.Files = t.files
-	return 0
+	return fuse.OK
 }
 
-func (nd *node) Setattr(context.Context, gofs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
+// OpenDir answers ENOSYS, which the kernel takes as "no OPENDIR or
+// RELEASEDIR for this mount, ever": a directory then opens with no round
+// trip, and the kernel caches its listing (FOPEN_CACHE_DIR and
+// FOPEN_KEEP_CACHE) for as long as it holds the directory. READDIR then
+// names a directory by node id alone.
+func (s *server) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.ENOSYS
 }
 
-func (nd *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno {
-	return syscall.EROFS
+func (s *server) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return s.readDir(in, out, false)
 }
 
-func (nd *node) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
-	defer guard("open", &errno)()
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
+func (s *server) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return s.readDir(in, out, true)
+}
+
+// readDir lists a directory from in.Offset on: "." and ".." at offsets 0
+// and 1, as every disk filesystem, overlayfs included, lists them, then
+// the view's children. With plus, every child's entry is given too, so
+// that a walk that stats each entry needs no LOOKUP. The listing is kept
+// while the kernel reads it, and dropped at its end.
+func (s *server) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st fuse.Status) {
+	defer guard("readdir", &st)()
+	n, d := s.node(in.NodeId)
+	if d == nil {
+		return fuse.ENOTDIR
 	}
-	a, err := nd.tree.view.Attr(nd.n)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.listing == nil || in.Offset == 0 {
+		children, err := s.tree.view.List(n)
+		if err != nil {
+			return fail("readdir", in.NodeId, err)
+		}
+		d.listing = children
+	}
+	for off := in.Offset; ; off++ {
+		var de fuse.DirEntry
+		switch {
+		case off == 0:
+			de = fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.ino}
+		case off == 1:
+			de = fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: d.parent}
+		case off-2 < uint64(len(d.listing)):
+			c := d.listing[off-2]
+			de = fuse.DirEntry{Name: c.Name, Mode: c.Type.Bits(), Ino: c.Ino}
+		default:
+			if off == in.Offset {
+				// The kernel has read it all.
+				d.listing = nil
+			}
+			return fuse.OK
+		}
+		de.Off = off + 1
+		if !plus {
+			if !out.AddDirEntry(de) {
+				return fuse.OK
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(de)
+		if eo == nil {
+			return fuse.OK
+		}
+		if off < 2 {
+			// The kernel ignores entries of node id 0: "." and ".." are
+			// its own.
+			continue
+		}
+		child, ok, err := s.tree.view.Lookup(n, de.Name)
+		if err == nil && ok {
+			err = s.entry(child, d.ino, eo)
+		}
+		if err != nil || !ok {
+			// Listed without attributes: a stat of it will LOOKUP, and
+			// fail there as it should.
+			*eo = fuse.EntryOut{}
+			if err != nil {
+				logrus.WithFields(logrus.Fields{"op": "readdirplus " + de.Name, "node": fmt.Sprintf("%#x", in.NodeId)}).Warn(err)
+			}
+		}
+	}
+}
+
+func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) (st fuse.Status) {
+	defer guard("open", &st)()
+	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return fuse.EROFS
+	}
+	n, _ := s.node(in.NodeId)
+	a, err := s.tree.view.Attr(n)
 	if err != nil {
-		return nil, 0, nd.fail("open", err)
+		return fail("open", in.NodeId, err)
 	}
 	if a.Type != view.TypeReg {
-		return nil, 0, syscall.EINVAL
+		return fuse.EINVAL
 	}
+	// FOPEN_NOFLUSH: no FLUSH round trip on every close(2). A read-only
+	// file has nothing to write back, and the mount takes no locks.
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	if a.Object == "" {
-		return emptyFile{}, fuse.FOPEN_KEEP_CACHE, 0
+		// An empty file: file handle 0 reads nothing.
+		return fuse.OK
 	}
-	f, err := nd.tree.openObject(a.Object)
+	f, err := s.tree.openObject(a.Object)
 	if err != nil {
-		return nil, 0, nd.fail("open", fmt.Errorf("object %s: %w", a.Object, err))
+		return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
 	}
-	return &objectFile{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+	if id, ok := s.passThrough(f); ok {
+		// The kernel holds the object now, and reads it without us.
+		f.Close()
+		out.Fh = backingFh | uint64(uint32(id))
+		out.BackingID = id
+		out.OpenFlags = fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_NOFLUSH
+		return fuse.OK
+	}
+	s.filesMu.Lock()
+	s.nextFh++
+	out.Fh = s.nextFh
+	s.files[out.Fh] = f
+	s.filesMu.Unlock()
+	return fuse.OK
 }
 
-// objectFile reads a content object. With root, go-fuse hands its
-// descriptor to the kernel (passthrough) and reads never reach us.
-type objectFile struct {
-	f *os.File
+// passThrough hands f to the kernel, which then reads it itself: with
+// root, where the kernel allows it. The first refusal ends the attempts.
+func (s *server) passThrough(f *os.File) (int32, bool) {
+	srv := s.srv.Load()
+	if srv == nil || s.passthrough.Load() == passOff {
+		return 0, false
+	}
+	if srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		s.passthrough.Store(passOff)
+		return 0, false
+	}
+	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno != 0 {
+		if s.passthrough.Swap(passOff) != passOff {
+			logrus.Debugf("reads served without passthrough: %v", errno)
+		}
+		return 0, false
+	}
+	s.passthrough.Store(passOn)
+	return id, true
 }
 
-var (
-	_ gofs.FilePassthroughFder = (*objectFile)(nil)
-	_ gofs.FileReader          = (*objectFile)(nil)
-	_ gofs.FileReleaser        = (*objectFile)(nil)
-	_ gofs.FileFlusher         = (*objectFile)(nil)
-	_ gofs.FileFlusher         = emptyFile{}
-)
-
-func (o *objectFile) PassthroughFd() (int, bool) { return int(o.f.Fd()), true }
-
-func (o *objectFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return fuse.ReadResultFd(o.f.Fd(), off, len(dest)), 0
+// Flush answers ENOSYS, which makes a kernel that ignores FOPEN_NOFLUSH
+// stop sending FLUSH for the rest of the mount.
+func (s *server) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return fuse.ENOSYS
 }
 
-func (o *objectFile) Release(ctx context.Context) syscall.Errno {
-	o.f.Close()
-	return 0
+func (s *server) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if in.Fh == 0 {
+		return fuse.ReadResultData(nil), fuse.OK
+	}
+	s.filesMu.Lock()
+	f := s.files[in.Fh]
+	s.filesMu.Unlock()
+	if f == nil {
+		return nil, fuse.EBADF
+	}
+	return fuse.ReadResultFd(f.Fd(), int64(in.Offset), int(in.Size)), fuse.OK
 }
 
-// Flush answers ENOSYS, which makes the kernel stop sending FLUSH, a
-// round trip on every close(2), for the rest of the mount: a read-only
-// file has nothing to write back, and the mount takes no locks.
-func (o *objectFile) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
-
-// emptyFile is an empty regular file: it has no object.
-type emptyFile struct{}
-
-func (emptyFile) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
-
-func (emptyFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return fuse.ReadResultData(nil), 0
+func (s *server) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	switch {
+	case in.Fh == 0:
+	case in.Fh&backingFh != 0:
+		if srv := s.srv.Load(); srv != nil {
+			if errno := srv.UnregisterBackingFd(int32(uint32(in.Fh))); errno != 0 {
+				logrus.Warnf("release passthrough file %d: %v", uint32(in.Fh), errno)
+			}
+		}
+	default:
+		s.filesMu.Lock()
+		f := s.files[in.Fh]
+		delete(s.files, in.Fh)
+		s.filesMu.Unlock()
+		if f != nil {
+			f.Close()
+		}
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/layerfs/layerfs/internal/procstat"
 	"golang.org/x/sys/unix"
@@ -65,7 +64,7 @@ func CheckMountpointDir(mp string) error {
 // asked, with default_permissions always so the image's modes are
 // enforced. It returns once the kernel answers on the mount.
 func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) {
-	opts := tree.Options()
+	opts := tree.mountOptions()
 	opts.FsName = o.Source
 	opts.Name = FSType
 	opts.AllowOther = o.AllowOther
@@ -90,7 +89,7 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) 
 		// --daemon mount's error leaves out.
 		return nil, fmt.Errorf("mount %s: --allow-other: fusermount3 allows allow_other only if user_allow_other is set in %s", mountpoint, fuseConf)
 	}
-	srv, err := fuse.NewServer(withStats(gofs.NewNodeFS(tree.Root(), opts)), mountpoint, &opts.MountOptions)
+	srv, err := fuse.NewServer(withStats(newServer(tree)), mountpoint, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/hanwen/go-fuse/v2/virtiofs"
 )
@@ -24,13 +23,12 @@ func ServeVirtiofs(tree *Tree, socket string, debug bool) error {
 	if err := claimSocket(socket); err != nil {
 		return err
 	}
-	opts := tree.Options()
+	opts := tree.mountOptions()
 	opts.Debug = debug
 	// The guest's reads are at most MaxWrite long, as go-fuse tells the
 	// kernel its page limit from it.
 	opts.MaxWrite = 1 << 20
-	raw := readOnlyFS{gofs.NewNodeFS(tree.Root(), opts)}
-	go virtiofs.ServeFS(socket, raw, &opts.MountOptions)
+	go virtiofs.ServeFS(socket, newServer(tree), &opts)
 	// ServeFS listens before anything else. The probe is a guest that
 	// hangs up at once, which ServeFS takes in its stride.
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/sys/unix"
+)
+
+// TestWalksCostOnlyUnavoidableRequests counts, with the server's own
+// counters, the FUSE requests walks of a mount cost: a cold walk that
+// stats every entry is all READDIRPLUS (no OPENDIR round trip but the
+// first, which tells the kernel it need not ask again, no LOOKUP, no
+// GETATTR), the same walk again costs nothing, and in a view with no
+// xattrs the first xattr call is the last the server sees.
+func TestWalksCostOnlyUnavoidableRequests(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	mustRun(t, root, "import", writeFaultLayout(t, faultImage("plain", 1, testimage.Gzip)))
+	stats := filepath.Join(t.TempDir(), "requests.json")
+	t.Setenv("LAYERFS_FUSE_STATS", stats)
+	mnt := t.TempDir()
+	srv := serveLogged(t, root, mnt, "plain")
+
+	counts := func() map[string]uint64 {
+		t.Helper()
+		os.Remove(stats)
+		if err := srv.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			data, err := os.ReadFile(stats)
+			if err == nil {
+				var m map[string]uint64
+				if err := json.Unmarshal(data, &m); err != nil {
+					t.Fatalf("%s: %v", stats, err)
+				}
+				return m
+			}
+			if !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
+				t.Fatalf("request counts: %v", err)
+			}
+		}
+	}
+	walk := func() (entries, dirs int) {
+		t.Helper()
+		err := filepath.WalkDir(mnt, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil {
+				return err
+			}
+			entries++
+			if d.IsDir() {
+				dirs++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entries, dirs
+	}
+	sub := func(after, before map[string]uint64) map[string]uint64 {
+		d := map[string]uint64{}
+		for op, v := range after {
+			if v > before[op] {
+				d[op] = v - before[op]
+			}
+		}
+		return d
+	}
+
+	start := counts()
+	entries, dirs := walk()
+	cold := sub(counts(), start)
+	t.Logf("cold walk of %d entries, %d directories: %v", entries, dirs, cold)
+	if entries < 1000 {
+		t.Fatalf("walked %d entries; the image has more than 1000", entries)
+	}
+	for _, op := range []string{"LOOKUP", "GETATTR", "RELEASEDIR"} {
+		if cold[op] != 0 {
+			t.Errorf("cold walk: %d %s requests, want none", cold[op], op)
+		}
+	}
+	if cold["OPENDIR"] > 1 {
+		t.Errorf("cold walk: %d OPENDIR requests, want at most the first", cold["OPENDIR"])
+	}
+	if n := cold["READDIRPLUS"]; n < uint64(dirs) || n > uint64(dirs+entries/10) {
+		t.Errorf("cold walk: %d READDIRPLUS requests for %d directories of %d entries", n, dirs, entries)
+	}
+
+	before := counts()
+	walk()
+	if warm := sub(counts(), before); len(warm) != 0 {
+		t.Errorf("warm walk: %v, want no request", warm)
+	}
+
+	before = counts()
+	for _, p := range []string{"big/two", "big/three", "big", "."} {
+		if _, err := unix.Llistxattr(filepath.Join(mnt, p), nil); !errors.Is(err, unix.ENOTSUP) {
+			t.Errorf("listxattr %s of a view without xattrs: %v, want ENOTSUP", p, err)
+		}
+		if _, err := unix.Lgetxattr(filepath.Join(mnt, p), "user.x", nil); !errors.Is(err, unix.ENOTSUP) {
+			t.Errorf("getxattr %s of a view without xattrs: %v, want ENOTSUP", p, err)
+		}
+	}
+	if x := sub(counts(), before); x["LISTXATTR"] != 1 || x["GETXATTR"] != 1 {
+		t.Errorf("xattr calls of a view without xattrs: %v, want one LISTXATTR and one GETXATTR", x)
+	}
+}
