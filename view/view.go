@@ -115,6 +115,9 @@ type Child struct {
 	Name string
 	Type Type
 	Ino  uint64
+	// Top is the record that provides the child: all of its node but
+	// for a directory, whose node Lookup finds.
+	Top Ref
 }
 
 // View is what every consumer reads a view through.

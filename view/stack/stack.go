@@ -254,7 +254,7 @@ func (v *View) child(name string, r Ref) view.Child {
 	if t == index.TypeLowerLink {
 		t = index.TypeReg
 	}
-	return view.Child{Name: name, Type: viewType(t), Ino: v.ino(r)}
+	return view.Child{Name: name, Type: viewType(t), Ino: v.ino(r), Top: r}
 }
 
 func (v *View) listLayer(top Ref) ([]view.Child, error) {
