@@ -54,31 +54,32 @@ const (
 )
 
 // minimum is the fewest requests per entry the kernel needs for a case
-// over a view of this shape, every answer cached for the mount's life:
-// nothing at all once warm.
+// over a view of this shape, every answer cached for the mount's life.
+// Cold: a directory is read in pages of entries, and its end is one more
+// request, empty, since a reply cannot say it is the last. Warm: nothing
+// but what the kernel never caches: opens and xattr calls.
 func (s shape) minimum(k *counted) float64 {
-	n := k.need
 	if s.entries == 0 {
 		return 0
 	}
-	xattrCalls := 0
+	reqs := 0
+	if k.need == needContent {
+		reqs += 2 * s.files
+	}
 	if s.xattrs {
-		xattrCalls = k.xattrCalls * s.entries
+		reqs += k.xattrCalls * s.entries
 	}
-	if k.warm {
-		return float64(xattrCalls) / float64(s.entries)
+	if !k.warm {
+		per := direntplusBytes
+		if k.need == needNames {
+			per = direntBytes
+		}
+		avgName := s.nameBytes / s.entries
+		reqs += s.entries*(per+(avgName+7)/8*8)/pageBytes + 2*s.dirs
+		if k.need == needContent {
+			reqs += s.symlinks
+		}
 	}
-	per := direntplusBytes
-	if n == needNames {
-		per = direntBytes
-	}
-	avgName := s.nameBytes / s.entries
-	pages := s.entries*(per+(avgName+7)/8*8)/pageBytes + s.dirs
-	reqs := pages
-	if n == needContent {
-		reqs += 2*s.files + s.symlinks
-	}
-	reqs += xattrCalls
 	return float64(reqs) / float64(s.entries)
 }
 
@@ -275,7 +276,7 @@ func requestMarkdown(sb *strings.Builder, rows []requestRow) {
 	if len(rows) == 0 {
 		return
 	}
-	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: one READDIRPLUS per directory and per page of entries (READDIR for `ls -f`), an OPEN and a RELEASE per non-empty file read (reads pass through) and a READLINK per symlink, and, when the view has xattrs, the xattr calls the tool makes per entry (the kernel caches none for FUSE); warm, those xattr calls only.\n\n")
+	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: a READDIRPLUS per page of a directory's entries (READDIR for `ls -f`) and an empty one for its end, an OPEN and a RELEASE per non-empty file read (reads pass through), a READLINK per symlink, and, when the view has xattrs, the xattr calls the tool makes per entry (the kernel caches none for FUSE); warm, the opens and xattr calls only.\n\n")
 	sb.WriteString("| " + strings.Join(requestHeader, " | ") + " |\n")
 	sb.WriteString(strings.Repeat("| --- ", len(requestHeader)) + "|\n")
 	for _, r := range rows {

@@ -12,7 +12,13 @@ import (
 )
 
 // RSS is a process's resident set in bytes, from /proc/PID/status.
-func RSS(pid int) (int64, error) {
+func RSS(pid int) (int64, error) { return statusBytes(pid, "VmRSS") }
+
+// AnonRSS is the part of a process's resident set that is its own memory
+// (RssAnon): RSS less the file pages it maps, which are page cache.
+func AnonRSS(pid int) (int64, error) { return statusBytes(pid, "RssAnon") }
+
+func statusBytes(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -20,10 +26,10 @@ func RSS(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("VmRSS of pid %d: %w", pid, err)
+				return 0, fmt.Errorf("%s of pid %d: %w", field, pid, err)
 			}
 			return kb << 10, nil
 		}
@@ -31,7 +37,7 @@ func RSS(pid int) (int64, error) {
 	if err := sc.Err(); err != nil {
 		return 0, err
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", field, pid)
 }
 
 // StartTime is when a process started, in clock ticks since boot: with
