@@ -39,9 +39,6 @@ type Tree struct {
 	openObject func(digest.Digest) (*os.File, error)
 	files      uint64
 	bytes      uint64
-
-	xattrsOnce sync.Once
-	anyXattrs  bool
 }
 
 // NewTree makes the tree of v.
@@ -49,29 +46,6 @@ func NewTree(v view.View, openObject func(digest.Digest) (*os.File, error)) *Tre
 	t := &Tree{view: v, openObject: openObject}
 	t.files, t.bytes = v.Totals()
 	return t
-}
-
-// xattrLister is a view that can tell whether any node shows an xattr.
-type xattrLister interface {
-	HasXattrs() (bool, error)
-}
-
-// hasXattrs is whether any node of the view may show an xattr. Asked at
-// the first xattr request rather than at mount, so that a mount is ready
-// at once and a walk that never asks never pays for it.
-func (t *Tree) hasXattrs() bool {
-	t.xattrsOnce.Do(func() {
-		t.anyXattrs = true
-		if xl, ok := t.view.(xattrLister); ok {
-			any, err := xl.HasXattrs()
-			if err != nil {
-				logrus.Warnf("xattrs served as they are asked for: %v", err)
-				return
-			}
-			t.anyXattrs = any
-		}
-	})
-	return t.anyXattrs
 }
 
 // mountOptions are the go-fuse options a view is served with.
@@ -102,6 +76,16 @@ type server struct {
 	filesMu sync.Mutex
 	files   map[uint64]*os.File
 	nextFh  uint64
+	// backing are the passthrough files open, by node id.
+	backingMu sync.Mutex
+	backing   map[uint64]*backing
+}
+
+// backing is a content object handed to the kernel, and how many open
+// files of its inode read it.
+type backing struct {
+	id   int32
+	refs int
 }
 
 const (
@@ -128,6 +112,7 @@ func newServer(t *Tree) *server {
 		root:       &dir{n: t.view.Root(), ino: 1, parent: 1},
 		dirs:       map[uint64]*dir{},
 		files:      map[uint64]*os.File{},
+		backing:    map[uint64]*backing{},
 	}
 }
 
@@ -135,7 +120,7 @@ const (
 	// layerShift places a record's layer above its number in a node id.
 	layerShift = 40
 	recMask    = 1<<layerShift - 1
-	// backingFh marks a file handle that is a passthrough backing id.
+	// backingFh is the file handle of a file read through passthrough.
 	backingFh = 1 << 63
 )
 
@@ -298,13 +283,12 @@ func (s *server) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (target []by
 	return []byte(a.Link), fuse.OK
 }
 
-// xattrs are node id's xattrs. ENOSYS, when the view has none at all,
-// makes the kernel answer every later xattr call itself (EOPNOTSUPP, as
-// a file system without xattrs does), for the rest of the mount.
+// xattrs are node id's xattrs. The kernel caches none for FUSE, so every
+// xattr call of a tool is a round trip. A view without any could answer
+// the first with ENOSYS, after which the kernel answers EOPNOTSUPP itself,
+// but mkfs.erofs then fails: it takes EOPNOTSUPP from llistxattr as an
+// error, where a file system without xattrs lists none.
 func (s *server) xattrs(op string, id uint64) ([]view.Xattr, fuse.Status) {
-	if !s.tree.hasXattrs() {
-		return nil, fuse.ENOSYS
-	}
 	n, _ := s.node(id)
 	a, err := s.tree.view.Attr(n)
 	if err != nil {
@@ -476,6 +460,18 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		// An empty file: file handle 0 reads nothing.
 		return fuse.OK
 	}
+	// Every open of one inode must pass through to the same backing file,
+	// or the kernel refuses it: an open file's backing id is shared.
+	if s.passthrough.Load() != passOff {
+		s.backingMu.Lock()
+		defer s.backingMu.Unlock()
+		if b := s.backing[in.NodeId]; b != nil {
+			b.refs++
+			out.Fh, out.BackingID = backingFh, b.id
+			out.OpenFlags = fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_NOFLUSH
+			return fuse.OK
+		}
+	}
 	f, err := s.tree.openObject(a.Object)
 	if err != nil {
 		return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
@@ -483,8 +479,8 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 	if id, ok := s.passThrough(f); ok {
 		// The kernel holds the object now, and reads it without us.
 		f.Close()
-		out.Fh = backingFh | uint64(uint32(id))
-		out.BackingID = id
+		s.backing[in.NodeId] = &backing{id: id, refs: 1}
+		out.Fh, out.BackingID = backingFh, id
 		out.OpenFlags = fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_NOFLUSH
 		return fuse.OK
 	}
@@ -540,10 +536,20 @@ func (s *server) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse
 func (s *server) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	switch {
 	case in.Fh == 0:
-	case in.Fh&backingFh != 0:
+	case in.Fh == backingFh:
+		s.backingMu.Lock()
+		defer s.backingMu.Unlock()
+		b := s.backing[in.NodeId]
+		if b == nil {
+			return
+		}
+		if b.refs--; b.refs > 0 {
+			return
+		}
+		delete(s.backing, in.NodeId)
 		if srv := s.srv.Load(); srv != nil {
-			if errno := srv.UnregisterBackingFd(int32(uint32(in.Fh))); errno != 0 {
-				logrus.Warnf("release passthrough file %d: %v", uint32(in.Fh), errno)
+			if errno := srv.UnregisterBackingFd(b.id); errno != 0 {
+				logrus.Warnf("release passthrough file %d: %v", b.id, errno)
 			}
 		}
 	default:

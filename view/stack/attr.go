@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 
@@ -159,26 +158,4 @@ func escapeOverlayXattrs(xs []index.Xattr) []index.Xattr {
 		return xs
 	}
 	return out
-}
-
-// HasXattrs reports whether any node of the view may show an xattr: a
-// record of one of its layers has one, or the view is in the overlay
-// format, which marks opaque directories with one. It reads every record,
-// so a server asks once, when it is first asked for an xattr.
-func (v *View) HasXattrs() (bool, error) {
-	if v.kind == view.Overlay {
-		return true, nil
-	}
-	for _, l := range v.Layers {
-		for i := 0; i < l.Index.Len(); i++ {
-			e, err := l.Index.Entry(uint32(i))
-			if err != nil {
-				return false, fmt.Errorf("%w: layer %s: %v", ErrCorrupt, l.Digest, err)
-			}
-			if len(e.Xattrs) > 0 {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
 }
