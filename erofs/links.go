@@ -84,9 +84,16 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 		return fmt.Errorf("root nid %d cannot grow by %d", rootNid, shift)
 	}
 	t := &tree{img: img, blockSize: blockSize, metaStart: metaAddr * blockSize, blocks: map[int64][]byte{}}
-	t.meta = make([]byte, size-t.metaStart)
-	if _, err := img.ReadAt(t.meta, t.metaStart); err != nil {
-		return fmt.Errorf("read metadata: %w", err)
+	inMemory, inPlace := img.(bytesOutput)
+	if inPlace {
+		// The metadata area of a large view is hundreds of megabytes:
+		// rewritten where it lies, it is neither copied nor written back.
+		t.meta = inMemory.Bytes()[t.metaStart:size]
+	} else {
+		t.meta = make([]byte, size-t.metaStart)
+		if _, err := img.ReadAt(t.meta, t.metaStart); err != nil {
+			return fmt.Errorf("read metadata: %w", err)
+		}
 	}
 
 	// Every entry gets the shift; the later names of hardlinks are
@@ -125,8 +132,10 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 	if err := writeAt(img, sb, superblockOff); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}
-	if err := writeAt(img, t.meta, t.metaStart); err != nil {
-		return fmt.Errorf("write metadata: %w", err)
+	if !inPlace {
+		if err := writeAt(img, t.meta, t.metaStart); err != nil {
+			return fmt.Errorf("write metadata: %w", err)
+		}
 	}
 	for off, blk := range t.blocks {
 		if err := writeAt(img, blk, off); err != nil {
@@ -134,6 +143,12 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 		}
 	}
 	return nil
+}
+
+// bytesOutput is an Output held in memory, whose Bytes are the image
+// written so far, to be changed in place.
+type bytesOutput interface {
+	Bytes() []byte
 }
 
 func writeAt(img io.WriteSeeker, b []byte, off int64) error {

@@ -125,6 +125,9 @@ func (m *memImage) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Bytes lets the build rewrite the image in place.
+func (m *memImage) Bytes() []byte { return m.data }
+
 func (m *memImage) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekCurrent:
