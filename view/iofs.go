@@ -237,17 +237,22 @@ func (e *dirEntry) IsDir() bool       { return e.c.Type == TypeDir }
 func (e *dirEntry) Type() fs.FileMode { return fileMode(e.c.Type, 0).Type() }
 
 func (e *dirEntry) Info() (fs.FileInfo, error) {
-	p := path.Join(e.dirPath, e.c.Name)
-	n, ok, err := e.fsys.v.Lookup(e.dir, e.c.Name)
-	if err == nil && !ok {
-		err = fs.ErrNotExist
-	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+	// Anything but a directory is its top record alone (view.Child.Top);
+	// only a merged directory is looked up for the records beneath.
+	n := Node{e.c.Top}
+	if e.c.Type == TypeDir {
+		found, ok, err := e.fsys.v.Lookup(e.dir, e.c.Name)
+		if err == nil && !ok {
+			err = fs.ErrNotExist
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
+		}
+		n = found
 	}
 	a, err := e.fsys.v.Attr(n)
 	if err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+		return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
 	}
 	return &fileInfo{name: e.c.Name, a: a}, nil
 }
