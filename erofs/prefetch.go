@@ -102,6 +102,15 @@ func (p *prefetcher) work() {
 			readAhead(f)
 		}
 		p.mu.Lock()
+		if l.index < p.reading {
+			// The reader passed it by while it was being opened (see
+			// take): closed, or it would stay open behind the window.
+			if f != nil {
+				f.Close()
+			}
+			l.state = fileWaiting
+			continue
+		}
 		l.opened, l.openErr, l.state = f, err, fileOpened
 		p.cond.Broadcast()
 	}
