@@ -79,6 +79,7 @@ type server struct {
 	// backing are the passthrough files open, by node id.
 	backingMu sync.Mutex
 	backing   map[uint64]*backing
+	ahead     *readAhead
 }
 
 // backing is a content object handed to the kernel, and how many open
@@ -113,8 +114,11 @@ func newServer(t *Tree) *server {
 		dirs:       map[uint64]*dir{},
 		files:      map[uint64]*os.File{},
 		backing:    map[uint64]*backing{},
+		ahead:      newReadAhead(t.view, t.openObject),
 	}
 }
+
+func (s *server) OnUnmount() { s.ahead.close() }
 
 const (
 	// layerShift places a record's layer above its number in a node id.
@@ -472,9 +476,11 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 			return fuse.OK
 		}
 	}
-	f, err := s.tree.openObject(a.Object)
-	if err != nil {
-		return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
+	f := s.ahead.take(n.Top(), a.Object)
+	if f == nil {
+		if f, err = s.tree.openObject(a.Object); err != nil {
+			return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
+		}
 	}
 	if id, ok := s.passThrough(f); ok {
 		// The kernel holds the object now, and reads it without us.
