@@ -76,9 +76,12 @@ type server struct {
 	filesMu sync.Mutex
 	files   map[uint64]*os.File
 	nextFh  uint64
-	// backing are the passthrough files open, by node id.
+	// backing are the passthrough files open, by node id, and those of
+	// files closed lately, oldest first, kept for the next open.
 	backingMu sync.Mutex
 	backing   map[uint64]*backing
+	idle      []idleEntry
+	idleSeq   uint64
 	ahead     *readAhead
 }
 
@@ -87,7 +90,20 @@ type server struct {
 type backing struct {
 	id   int32
 	refs int
+	// idleSeq tells which entry of the idle list is this one's last.
+	idleSeq uint64
 }
+
+type idleEntry struct {
+	node, seq uint64
+}
+
+// idleBacking is how many passthrough files of closed files stay handed
+// to the kernel. A walk that reads the view again (mkfs.ext4 -d, rsync, a
+// build) opens each file once more, and an open whose object the kernel
+// still holds is answered from memory: no object to find and open, no
+// backing file to register and, at its close, to drop.
+const idleBacking = 4096
 
 const (
 	passUnknown = iota
@@ -520,6 +536,15 @@ func (s *server) passThrough(f *os.File) (int32, bool) {
 	return id, true
 }
 
+// unregister takes back the passthrough file id from the kernel.
+func (s *server) unregister(id int32) {
+	if srv := s.srv.Load(); srv != nil {
+		if errno := srv.UnregisterBackingFd(id); errno != 0 {
+			logrus.Warnf("release passthrough file %d: %v", id, errno)
+		}
+	}
+}
+
 // Flush answers ENOSYS, which makes a kernel that ignores FOPEN_NOFLUSH
 // stop sending FLUSH for the rest of the mount.
 func (s *server) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
@@ -552,10 +577,15 @@ func (s *server) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 		if b.refs--; b.refs > 0 {
 			return
 		}
-		delete(s.backing, in.NodeId)
-		if srv := s.srv.Load(); srv != nil {
-			if errno := srv.UnregisterBackingFd(b.id); errno != 0 {
-				logrus.Warnf("release passthrough file %d: %v", b.id, errno)
+		s.idleSeq++
+		b.idleSeq = s.idleSeq
+		s.idle = append(s.idle, idleEntry{in.NodeId, s.idleSeq})
+		for len(s.idle) > idleBacking {
+			e := s.idle[0]
+			s.idle = s.idle[1:]
+			if b := s.backing[e.node]; b != nil && b.refs == 0 && b.idleSeq == e.seq {
+				delete(s.backing, e.node)
+				s.unregister(b.id)
 			}
 		}
 	default:
