@@ -39,12 +39,15 @@ type Tree struct {
 	openObject func(digest.Digest) (*os.File, error)
 	files      uint64
 	bytes      uint64
+	// xattrs is false when no node of the view can show an xattr.
+	xattrs bool
 }
 
 // NewTree makes the tree of v.
 func NewTree(v view.View, openObject func(digest.Digest) (*os.File, error)) *Tree {
 	t := &Tree{view: v, openObject: openObject}
 	t.files, t.bytes = v.Totals()
+	t.xattrs = v.HasXattrs()
 	return t
 }
 
@@ -304,10 +307,8 @@ func (s *server) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (target []by
 }
 
 // xattrs are node id's xattrs. The kernel caches none for FUSE, so every
-// xattr call of a tool is a round trip. A view without any could answer
-// the first with ENOSYS, after which the kernel answers EOPNOTSUPP itself,
-// but mkfs.erofs then fails: it takes EOPNOTSUPP from llistxattr as an
-// error, where a file system without xattrs lists none.
+// xattr call of a tool is a round trip: ls -l asks for two per entry, and
+// rsync -A, and every exec, for one.
 func (s *server) xattrs(op string, id uint64) ([]view.Xattr, fuse.Status) {
 	n, _ := s.node(id)
 	a, err := s.tree.view.Attr(n)
@@ -319,6 +320,13 @@ func (s *server) xattrs(op string, id uint64) ([]view.Xattr, fuse.Status) {
 
 func (s *server) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (size uint32, st fuse.Status) {
 	defer guard("getxattr", &st)()
+	if !s.tree.xattrs {
+		// A view without xattrs answers the first GETXATTR with ENOSYS,
+		// after which the kernel answers EOPNOTSUPP itself, as for a
+		// file system without them. LISTXATTR still answers an empty
+		// list: mkfs.erofs takes EOPNOTSUPP from llistxattr as an error.
+		return 0, fuse.ENOSYS
+	}
 	xs, st := s.xattrs("getxattr", h.NodeId)
 	if !st.Ok() {
 		return 0, st

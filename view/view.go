@@ -132,4 +132,6 @@ type View interface {
 	// Totals counts the entries and content bytes of the view's layers,
 	// what statfs reports.
 	Totals() (entries, contentBytes uint64)
+	// HasXattrs is false when no node of the view can show an xattr.
+	HasXattrs() bool
 }

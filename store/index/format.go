@@ -9,8 +9,11 @@ import (
 // and the writer go through these names, never through offsets.
 
 const (
-	magic      = "LAYERFSX"
-	version    = 1
+	magic = "LAYERFSX"
+	// version 2 counts the records that carry xattrs; version 1 indexes
+	// are read, their count unknown.
+	version    = 2
+	oldVersion = 1
 	headerSize = 128
 	recordSize = 128
 	sumSize    = sha256.Size
@@ -30,6 +33,7 @@ var (
 	hdrContentBytes = u64Field{40}
 	hdrObjectBytes  = u64Field{48}
 	hdrDiffID       = bytesField{56, 32} // raw sha256
+	hdrXattrEntries = u64Field{88}
 )
 
 // Record fields. Strings are references into the string section.

@@ -112,6 +112,9 @@ type Info struct {
 	Entries      int
 	ContentBytes int64 // sum of regular-file sizes
 	ObjectBytes  int64 // sum of distinct object sizes
+	// XattrEntries counts the records that carry xattrs; it is -1 in an
+	// index written before they were counted.
+	XattrEntries int64
 }
 
 // Node is an entry being assembled by a Builder, with its children.
@@ -151,9 +154,13 @@ func Write(f io.Writer, root *Node, info Info) error {
 	}
 	number := make(map[*Node]uint32, len(order))
 	var strLen int64
+	info.XattrEntries = 0
 	for i, n := range order {
 		number[n] = uint32(i)
 		strLen += StringBytes(n.Entry)
+		if len(n.Xattrs) > 0 {
+			info.XattrEntries++
+		}
 	}
 	var spool bytes.Buffer
 	w, err := NewWriter(f, &spool, len(order), strLen, info)
@@ -187,6 +194,9 @@ type Writer struct {
 	strOff uint64
 	rec    [recordSize]byte
 	xattrs []byte
+	// xattrEntries is the count the header declares, withXattrs the
+	// records added that carry some.
+	xattrEntries, withXattrs uint64
 }
 
 // NewWriter writes the header of an index of count records and strLen
@@ -208,12 +218,13 @@ func NewWriter(out io.Writer, spool io.ReadWriter, count int, strLen int64, info
 	hdrStringsLen.put(hdr, uint64(strLen))
 	hdrContentBytes.put(hdr, uint64(info.ContentBytes))
 	hdrObjectBytes.put(hdr, uint64(info.ObjectBytes))
+	hdrXattrEntries.put(hdr, uint64(info.XattrEntries))
 	raw, err := hexBytes(info.DiffID)
 	if err != nil {
 		return nil, fmt.Errorf("diff_id: %w", err)
 	}
 	copy(hdrDiffID.get(hdr), raw)
-	w := &Writer{out: out, spool: spool, sum: sha256.New(), count: uint64(count), strLen: uint64(strLen)}
+	w := &Writer{out: out, spool: spool, sum: sha256.New(), count: uint64(count), strLen: uint64(strLen), xattrEntries: uint64(info.XattrEntries)}
 	if err := w.write(hdr); err != nil {
 		return nil, err
 	}
@@ -255,6 +266,9 @@ func (w *Writer) Add(e Entry) error {
 		return fmt.Errorf("index holds %d records, not more", w.count)
 	}
 	w.added++
+	if len(e.Xattrs) > 0 {
+		w.withXattrs++
+	}
 	r := w.rec[:]
 	clear(r)
 	nameOff, nameLen, err := w.addString([]byte(e.Name))
@@ -306,8 +320,9 @@ func (w *Writer) Add(e Entry) error {
 
 // Close appends the strings and the checksum trailer.
 func (w *Writer) Close() error {
-	if w.added != w.count || w.strOff != w.strLen {
-		return fmt.Errorf("index declared %d records and %d string bytes, got %d and %d", w.count, w.strLen, w.added, w.strOff)
+	if w.added != w.count || w.strOff != w.strLen || w.withXattrs != w.xattrEntries {
+		return fmt.Errorf("index declared %d records, %d string bytes and %d records with xattrs, got %d, %d and %d",
+			w.count, w.strLen, w.xattrEntries, w.added, w.strOff, w.withXattrs)
 	}
 	if sk, ok := w.spool.(io.Seeker); ok {
 		if _, err := sk.Seek(0, io.SeekStart); err != nil {
@@ -400,7 +415,8 @@ func (r *Reader) parse(verify bool) error {
 	if len(d) < headerSize+sumSize || string(hdrMagic.get(d)) != magic {
 		return fmt.Errorf("%w: bad magic", errCorrupt)
 	}
-	if v := hdrVersion.get(d); v != version {
+	v := hdrVersion.get(d)
+	if v != version && v != oldVersion {
 		return fmt.Errorf("%w: version %d, want %d", errCorrupt, v, version)
 	}
 	if rs := hdrRecordSize.get(d); rs != recordSize {
@@ -427,6 +443,10 @@ func (r *Reader) parse(verify bool) error {
 		Entries:      int(count),
 		ContentBytes: int64(hdrContentBytes.get(d)),
 		ObjectBytes:  int64(hdrObjectBytes.get(d)),
+		XattrEntries: int64(hdrXattrEntries.get(d)),
+	}
+	if v == oldVersion {
+		r.info.XattrEntries = -1
 	}
 	if root, err := r.Entry(Root); err != nil {
 		return err

@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -115,5 +116,48 @@ func TestDamageIsAnError(t *testing.T) {
 				t.Fatalf("Parse with byte %d flipped: %v", off, err)
 			}
 		})
+	}
+}
+
+// TestXattrEntries: the header counts the records that carry xattrs, and
+// an index of the version before the count reads as not knowing it.
+func TestXattrEntries(t *testing.T) {
+	data, err := os.ReadFile(writeIndex(t, sampleTree()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Info().XattrEntries; n != 1 {
+		t.Errorf("XattrEntries %d, want 1: etc/passwd", n)
+	}
+
+	old := bytes.Clone(data)
+	hdrVersion.put(old, oldVersion)
+	hdrXattrEntries.put(old, 0)
+	body := len(old) - sumSize
+	sum := sha256.Sum256(old[:body])
+	copy(old[body:], sum[:])
+	if r, err = Parse(old); err != nil {
+		t.Fatalf("version %d index: %v", oldVersion, err)
+	}
+	if n := r.Info().XattrEntries; n != -1 {
+		t.Errorf("version %d index: XattrEntries %d, want -1", oldVersion, n)
+	}
+
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, &bytes.Buffer{}, 2, StringBytes(Entry{Name: "a"}), Info{DiffID: digest.FromString("layer"), XattrEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []Entry{{Type: TypeDir}, {Name: "a", Type: TypeReg}} {
+		if err := w.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err == nil {
+		t.Error("a writer told of 1 record with xattrs closed after none")
 	}
 }

@@ -613,6 +613,9 @@ func (x *Extraction) WriteIndex(out io.Writer, info index.Info) error {
 			g.own, g.hasOwn = count, true
 		}
 		strLen += index.StringBytes(e)
+		if len(e.Xattrs) > 0 {
+			info.XattrEntries++
+		}
 		count++
 		return nil
 	})

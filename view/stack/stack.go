@@ -104,6 +104,21 @@ func (v *View) Totals() (entries, contentBytes uint64) {
 	return entries, contentBytes
 }
 
+// HasXattrs is false when no record of the view's layers carries an
+// xattr, as their indexes count. The overlay format makes xattrs of the
+// markers.
+func (v *View) HasXattrs() bool {
+	if v.kind == view.Overlay {
+		return true
+	}
+	for _, l := range v.Layers {
+		if l.Index.Info().XattrEntries != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Root is the view's root directory.
 func (v *View) Root() Node {
 	if v.single() {

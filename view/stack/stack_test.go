@@ -1,0 +1,38 @@
+package stack_test
+
+import (
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/internal/teststore"
+	"github.com/layerfs/layerfs/view"
+	"github.com/layerfs/layerfs/view/stack"
+)
+
+// TestHasXattrs: a view says it has no xattrs only when no layer holds
+// one, and its overlay format always may.
+func TestHasXattrs(t *testing.T) {
+	plain := testimage.Layer{Entries: []testimage.Entry{testimage.File("a", "a\n")}}
+	withXattr := testimage.Layer{Entries: []testimage.Entry{testimage.File("b", "b\n").WithXattr("user.b", "1")}}
+	for _, c := range []struct {
+		name   string
+		layers []testimage.Layer
+		want   bool
+	}{
+		{"none", []testimage.Layer{plain}, false},
+		{"lower", []testimage.Layer{withXattr, plain}, true},
+		{"upper", []testimage.Layer{plain, withXattr}, true},
+	} {
+		_, merged := teststore.OpenImage(t, c.layers)
+		if got := merged.HasXattrs(); got != c.want {
+			t.Errorf("%s: merged view HasXattrs %v, want %v", c.name, got, c.want)
+		}
+		overlay, err := stack.New(merged.Layers[:1], view.Overlay)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !overlay.HasXattrs() {
+			t.Errorf("%s: the overlay format says it has no xattrs", c.name)
+		}
+	}
+}
