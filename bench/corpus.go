@@ -32,6 +32,10 @@ import (
 // whenever what they hold does.
 const corpusVersion = "v2"
 
+// storesVersion names the stores; it changes whenever the images imported
+// into them do.
+const storesVersion = "s2"
+
 // image is one image of the corpus, ready in every form a case needs.
 type image struct {
 	name string
@@ -64,6 +68,8 @@ type corpus struct {
 	debian *image
 	big    string // the 64 MiB file, relative to the image root
 	synth  *image
+	// edge is the edge-case image (edgeLayers).
+	edge   *image
 	bigDir *image
 	deep   *image
 	// chain is one layer of a hardlink chain, chainLayers a chain of
@@ -97,6 +103,7 @@ func (b *bench) buildCorpus(ctx context.Context) (*corpus, error) {
 		suffix += "-quick"
 	}
 	c.synth = &image{name: "synth-" + suffix}
+	c.edge = &image{name: "edge-" + suffix}
 	c.bigDir = &image{name: "bigdir-" + suffix}
 	c.deep = &image{name: "deep-" + suffix}
 	c.chain = &image{name: "chain-" + suffix}
@@ -106,6 +113,7 @@ func (b *bench) buildCorpus(ctx context.Context) (*corpus, error) {
 		layers []testimage.Layer
 	}{
 		{c.synth, synthLayers(sz)},
+		{c.edge, edgeLayers()},
 		{c.bigDir, []testimage.Layer{{Stream: bigDirStream(sz.bigDir)}}},
 		{c.deep, []testimage.Layer{{Entries: deepEntries(sz.depth)}}},
 		{c.chain, []testimage.Layer{{Entries: chainEntries(sz.chain)}}},
@@ -118,7 +126,7 @@ func (b *bench) buildCorpus(ctx context.Context) (*corpus, error) {
 	if c.shared, err = b.sharedImages(c.debian); err != nil {
 		return nil, err
 	}
-	for _, img := range []*image{c.debian, c.synth, c.bigDir, c.deep} {
+	for _, img := range []*image{c.debian, c.synth, c.edge, c.bigDir, c.deep} {
 		if err := b.unpack(img); err != nil {
 			return nil, err
 		}
@@ -479,7 +487,7 @@ func (b *bench) stores(c *corpus) error {
 	if err != nil {
 		return err
 	}
-	base := filepath.Join(b.cache, "stores", c.synth.name)
+	base := filepath.Join(b.cache, "stores", storesVersion+"-"+c.synth.name)
 	if err := removeOthers(base, key); err != nil {
 		return err
 	}
@@ -501,7 +509,7 @@ func (b *bench) stores(c *corpus) error {
 		}
 	}
 	start := time.Now()
-	for _, img := range []*image{c.debian, c.synth, c.bigDir, c.deep} {
+	for _, img := range []*image{c.debian, c.synth, c.edge, c.bigDir, c.deep} {
 		if _, err := b.layerfs(c.store, "import", img.layout); err != nil {
 			return err
 		}
