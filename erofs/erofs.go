@@ -56,26 +56,9 @@ type readLinkFS interface {
 
 // Build writes src as a complete EROFS image to out.
 func Build(out Output, src fs.FS, opts Options) (Result, error) {
-	return build(out, src, opts, false)
-}
-
-// BuildMeta writes src as a metadata-only EROFS image for overlayfs with
-// the store's objects directory as a data-only lower layer
-// (lowerdir=IMAGE::OBJECTS): each regular file with content has its size,
-// no data blocks, and the metacopy and redirect xattrs that send overlayfs
-// to ObjectPath(Attr.Object). The source's own overlay xattrs are escaped
-// so that overlayfs shows them instead of obeying them.
-func BuildMeta(out Output, src fs.FS, opts Options) (Result, error) {
-	return build(out, src, opts, true)
-}
-
-func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
-	rl, ok := src.(readLinkFS)
-	if !ok {
-		return Result{}, errors.New("erofs: source has no ReadLink method for symlink targets")
-	}
-	if _, ok := src.(fs.ReadDirFS); !ok {
-		return Result{}, errors.New("erofs: source is not an fs.ReadDirFS")
+	rl, err := checkSource(src)
+	if err != nil {
+		return Result{}, err
 	}
 	start, err := out.Seek(0, io.SeekCurrent)
 	if err != nil {
@@ -84,15 +67,11 @@ func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
 	if start != 0 {
 		return Result{}, fmt.Errorf("erofs: output must start at offset 0, not %d", start)
 	}
-	adapted := &sourceFS{src: rl, metaOnly: metaOnly, links: newLinkTable(), ahead: newPrefetcher(), regular: map[string]fs.FileInfo{}}
+	adapted := &sourceFS{src: rl, links: newLinkTable(), ahead: newPrefetcher(), regular: map[string]fs.FileInfo{}}
 	defer adapted.ahead.stop()
 	buffered := newWriteBuffer(out)
 	w := goerofs.Create(buffered, goerofs.WithBuildTime(opts.BuildTime, 0))
-	var copyOpts []goerofs.CopyOpt
-	if metaOnly {
-		copyOpts = append(copyOpts, goerofs.MetadataOnly())
-	}
-	if err := w.CopyFrom(adapted, copyOpts...); err != nil {
+	if err := w.CopyFrom(adapted); err != nil {
 		return Result{}, fmt.Errorf("erofs: copy source: %w", err)
 	}
 	if err := errors.Join(w.Close(), buffered.flush()); err != nil {
@@ -114,6 +93,32 @@ func build(out Output, src fs.FS, opts Options, metaOnly bool) (Result, error) {
 		res.Digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	}
 	return res, nil
+}
+
+// BuildMeta writes src as a metadata-only EROFS image to out, for
+// overlayfs with the store's objects directory as a data-only lower layer
+// (lowerdir=IMAGE::OBJECTS): each regular file with content has its size,
+// no data blocks, and the metacopy and redirect xattrs that send overlayfs
+// to ObjectPath(Attr.Object). The source's own overlay xattrs are escaped
+// so that overlayfs shows them instead of obeying them.
+func BuildMeta(out io.Writer, src fs.FS, opts Options) (Result, error) {
+	rl, err := checkSource(src)
+	if err != nil {
+		return Result{}, err
+	}
+	return buildMeta(out, rl, opts)
+}
+
+// checkSource makes sure src can give what an image holds.
+func checkSource(src fs.FS) (readLinkFS, error) {
+	rl, ok := src.(readLinkFS)
+	if !ok {
+		return nil, errors.New("erofs: source has no ReadLink method for symlink targets")
+	}
+	if _, ok := src.(fs.ReadDirFS); !ok {
+		return nil, errors.New("erofs: source is not an fs.ReadDirFS")
+	}
+	return rl, nil
 }
 
 // writeBuffer gathers go-erofs's many small writes (directory entries,
@@ -175,7 +180,6 @@ const (
 	escapedPrefix = "trusted.overlay.overlay."
 	metacopyXattr = "trusted.overlay.metacopy"
 	redirectXattr = "trusted.overlay.redirect"
-	superblockOff = 1024
 )
 
 // uuidFrom derives the image's UUID from seed, which go-erofs leaves zero:

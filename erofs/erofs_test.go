@@ -41,9 +41,9 @@ func buildAndRead(t *testing.T, meta bool, src fs.FS, seed string) (fs.FS, []byt
 		t.Fatal(err)
 	}
 	defer out.Close()
-	b := Build
+	b := func(out *os.File, src fs.FS, opts Options) (Result, error) { return Build(out, src, opts) }
 	if meta {
-		b = BuildMeta
+		b = func(out *os.File, src fs.FS, opts Options) (Result, error) { return BuildMeta(out, src, opts) }
 	}
 	res, err := b(out, src, Options{Seed: seed, Digest: true})
 	if err != nil {
@@ -130,11 +130,56 @@ func TestBuildMetaXattrs(t *testing.T) {
 	}
 }
 
+// TestBuildMetaLayout: a directory of many blocks with its last one
+// inline, a symlink target too long to be inline, hardlinks and a POSIX
+// ACL, read back by go-erofs's reader.
+func TestBuildMetaLayout(t *testing.T) {
+	src := sampleSource()
+	for i := range 3000 {
+		data := []byte(fmt.Sprint(i))
+		src[fmt.Sprintf("many/entry-%04d", i)] = &fstest.MapFile{Data: data, Mode: 0o644, Sys: &view.Attr{Object: digest.FromBytes(data), Mtime: int64(i)}}
+	}
+	src["many"] = &fstest.MapFile{Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}
+	src["many/sub"] = &fstest.MapFile{Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}
+	long := strings.Repeat("t", 4095)
+	src["long"] = &fstest.MapFile{Data: []byte(long), Mode: fs.ModeSymlink | 0o777, Sys: &view.Attr{Link: long}}
+	acl := string([]byte{2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff})
+	src["d"].Sys.(*view.Attr).Xattrs = []view.Xattr{{Name: "system.posix_acl_access", Value: acl}}
+	img, _, _ := buildAndRead(t, true, src, "s")
+	list, err := fs.ReadDir(img, "many")
+	if err != nil || len(list) != 3001 {
+		t.Fatalf("many: %d entries, %v; want 3001", len(list), err)
+	}
+	for i, e := range list[:3000] {
+		info, err := e.Info()
+		if want := fmt.Sprintf("entry-%04d", i); err != nil || e.Name() != want || info.ModTime().Unix() != int64(i) {
+			t.Fatalf("entry %d: %s, %v, %v; want %s of mtime %d", i, e.Name(), info, err, want, i)
+		}
+	}
+	if st := stat(t, img, "many"); st.Nlink != 3 {
+		t.Errorf("many: %d links, want 3", st.Nlink)
+	}
+	if target, err := img.(fs.ReadLinkFS).ReadLink("long"); err != nil || target != long {
+		t.Errorf("long: a target of %d bytes, %v; want 4095", len(target), err)
+	}
+	if a, b := stat(t, img, "d/a"), stat(t, img, "b"); a.Ino != b.Ino || a.Nlink != 2 {
+		t.Errorf("d/a ino %d nlink %d, b ino %d: want one inode of 2 links", a.Ino, a.Nlink, b.Ino)
+	}
+	// go-erofs's reader names index 2, the access ACL, with a dot after it.
+	if got := stat(t, img, "d").Xattrs["system.posix_acl_access."]; got != acl {
+		t.Errorf("d: ACL %x, want %x", got, acl)
+	}
+}
+
 func TestBuildRefuses(t *testing.T) {
 	noObject := sampleSource()
 	noObject["d/nested"].Sys.(*view.Attr).Object = ""
 	foreign := sampleSource()
 	foreign["d/nested"].Sys = "not meta"
+	otherXattr := sampleSource()
+	otherXattr["d"].Sys.(*view.Attr).Xattrs = []view.Xattr{{Name: "other.name", Value: "v"}}
+	aclSuffix := sampleSource()
+	aclSuffix["d"].Sys.(*view.Attr).Xattrs = []view.Xattr{{Name: "system.posix_acl_access.x", Value: "v"}}
 	for _, c := range []struct {
 		name  string
 		meta  bool
@@ -143,6 +188,8 @@ func TestBuildRefuses(t *testing.T) {
 	}{
 		{"content without an object", true, noObject, "d/nested"},
 		{"Sys of another type", false, foreign, "d/nested"},
+		{"an xattr of no EROFS namespace", true, otherXattr, "other.name"},
+		{"an xattr of no EROFS namespace", true, aclSuffix, "system.posix_acl_access.x"},
 	} {
 		_, err := BuildMeta(&discard{}, c.src, Options{})
 		if !c.meta {

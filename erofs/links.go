@@ -36,22 +36,6 @@ func (t *linkTable) add(name string, ino uint64, nlink uint32) bool {
 	return true
 }
 
-// On-disk EROFS layout facts the rewrite needs (the kernel's erofs_fs.h).
-const (
-	superblockSize   = 128
-	sbBlkSizeBitsOff = 12
-	sbRootNidOff     = 14
-	sbUUIDOff        = 48
-	sbMetaBlkAddrOff = 40
-	inodeSlotSize    = 32
-	compactInodeSize = 32
-	extendedInode    = 64
-	direntSize       = 12
-	fileTypeDir      = 2
-	layoutFlatPlain  = 0
-	layoutFlatInline = 2
-)
-
 // rewriteNids finishes the image go-erofs wrote: it keeps the root's
 // inode number from being 0, makes each hardlink's later names point at
 // the first name's inode, and stores the UUID.
@@ -84,16 +68,9 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 		return fmt.Errorf("root nid %d cannot grow by %d", rootNid, shift)
 	}
 	t := &tree{img: img, blockSize: blockSize, metaStart: metaAddr * blockSize, blocks: map[int64][]byte{}}
-	inMemory, inPlace := img.(bytesOutput)
-	if inPlace {
-		// The metadata area of a large view is hundreds of megabytes:
-		// rewritten where it lies, it is neither copied nor written back.
-		t.meta = inMemory.Bytes()[t.metaStart:size]
-	} else {
-		t.meta = make([]byte, size-t.metaStart)
-		if _, err := img.ReadAt(t.meta, t.metaStart); err != nil {
-			return fmt.Errorf("read metadata: %w", err)
-		}
+	t.meta = make([]byte, size-t.metaStart)
+	if _, err := img.ReadAt(t.meta, t.metaStart); err != nil {
+		return fmt.Errorf("read metadata: %w", err)
 	}
 
 	// Every entry gets the shift; the later names of hardlinks are
@@ -132,10 +109,8 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 	if err := writeAt(img, sb, superblockOff); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}
-	if !inPlace {
-		if err := writeAt(img, t.meta, t.metaStart); err != nil {
-			return fmt.Errorf("write metadata: %w", err)
-		}
+	if err := writeAt(img, t.meta, t.metaStart); err != nil {
+		return fmt.Errorf("write metadata: %w", err)
 	}
 	for off, blk := range t.blocks {
 		if err := writeAt(img, blk, off); err != nil {
@@ -143,12 +118,6 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 		}
 	}
 	return nil
-}
-
-// bytesOutput is an Output held in memory, whose Bytes are the image
-// written so far, to be changed in place.
-type bytesOutput interface {
-	Bytes() []byte
 }
 
 func writeAt(img io.WriteSeeker, b []byte, off int64) error {

@@ -5,7 +5,6 @@ import (
 	"io"
 	"io/fs"
 	"path"
-	"strings"
 	"time"
 
 	goerofs "github.com/erofs/go-erofs"
@@ -13,14 +12,12 @@ import (
 )
 
 // sourceFS presents a source to go-erofs: it turns each *view.Attr into the
-// *goerofs.Stat go-erofs reads, gives metadata-only files their overlay
-// xattrs and an all-hole layout, writes each hardlinked file's data once
+// *goerofs.Stat go-erofs reads, writes each hardlinked file's data once
 // (see linkTable), and opens regular files ahead of go-erofs (prefetcher).
 type sourceFS struct {
-	src      readLinkFS
-	metaOnly bool
-	links    *linkTable
-	ahead    *prefetcher
+	src   readLinkFS
+	links *linkTable
+	ahead *prefetcher
 	// regular holds what Info gave for each regular file go-erofs has not
 	// opened yet, so that Open needs no second lookup by path.
 	regular map[string]fs.FileInfo
@@ -135,7 +132,7 @@ func (d *dirEntry) Info() (fs.FileInfo, error) {
 		return nil, err
 	}
 	adapted, err := d.fsys.adapt(d.path, info)
-	if err == nil && !d.fsys.metaOnly && adapted.Mode().IsRegular() && adapted.Size() > 0 {
+	if err == nil && adapted.Mode().IsRegular() && adapted.Size() > 0 {
 		// go-erofs opens exactly these, right after.
 		d.fsys.regular[d.path] = info
 	}
@@ -145,31 +142,30 @@ func (d *dirEntry) Info() (fs.FileInfo, error) {
 // fileInfo is a source FileInfo with go-erofs's metadata as its Sys.
 type fileInfo struct {
 	fs.FileInfo
-	stat  *goerofs.Stat
-	size  int64
-	holes bool
+	stat *goerofs.Stat
+	size int64
 }
 
 func (f *fileInfo) Size() int64        { return f.size }
 func (f *fileInfo) Sys() any           { return f.stat }
 func (f *fileInfo) ModTime() time.Time { return time.Unix(int64(f.stat.Mtime), int64(f.stat.MtimeNs)) }
 
-// DataRange gives metadata-only files one hole the size of the file, so
-// the image holds no data blocks and overlayfs reads the redirect target.
-func (f *fileInfo) DataRange() []goerofs.DataRange {
-	if !f.holes || f.size == 0 {
-		return nil
+// attrOf is the source's attributes of name, which every image holds.
+func attrOf(name string, info fs.FileInfo) (*view.Attr, error) {
+	m, ok := info.Sys().(*view.Attr)
+	if !ok {
+		return nil, fmt.Errorf("erofs: %s: Sys() is %T, not *view.Attr", name, info.Sys())
 	}
-	return []goerofs.DataRange{{Offset: -1, Size: f.size}}
+	if m.Mtime < 0 {
+		return nil, fmt.Errorf("erofs: %s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
+	}
+	return m, nil
 }
 
 func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
-	m, ok := info.Sys().(*view.Attr)
-	if !ok {
-		return nil, fmt.Errorf("%s: Sys() is %T, not *view.Attr", name, info.Sys())
-	}
-	if m.Mtime < 0 {
-		return nil, fmt.Errorf("%s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
+	m, err := attrOf(name, info)
+	if err != nil {
+		return nil, err
 	}
 	st := &goerofs.Stat{
 		UID:     m.UID,
@@ -179,11 +175,10 @@ func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
 		Nlink:   int(m.Nlink),
 		Rdev:    encodeDev(m.Major, m.Minor),
 	}
-	xattrs, err := s.xattrs(name, info, m)
+	st.Xattrs, err = xattrMap(name, m)
 	if err != nil {
 		return nil, err
 	}
-	st.Xattrs = xattrs
 	fi := &fileInfo{FileInfo: info, stat: st, size: info.Size()}
 	if info.IsDir() {
 		st.Nlink = 0
@@ -195,37 +190,21 @@ func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
 		fi.size = 0
 		st.Xattrs = nil
 	}
-	if s.metaOnly && info.Mode().IsRegular() {
-		fi.holes = true
-	}
 	return fi, nil
 }
 
-// xattrs is the map go-erofs writes (sorted by it); in a metadata-only
-// image the source's overlay xattrs are escaped and a file with content
-// gets its metacopy and redirect.
-func (s *sourceFS) xattrs(name string, info fs.FileInfo, m *view.Attr) (map[string]string, error) {
-	if len(m.Xattrs) == 0 && !(s.metaOnly && info.Mode().IsRegular() && info.Size() > 0) {
+// xattrMap is the source's xattrs as the map go-erofs writes (sorted by
+// it).
+func xattrMap(name string, m *view.Attr) (map[string]string, error) {
+	if len(m.Xattrs) == 0 {
 		return nil, nil
 	}
-	out := make(map[string]string, len(m.Xattrs)+2)
+	out := make(map[string]string, len(m.Xattrs))
 	for _, x := range m.Xattrs {
-		n := x.Name
-		if s.metaOnly && strings.HasPrefix(n, overlayPrefix) {
-			n = escapedPrefix + strings.TrimPrefix(n, overlayPrefix)
-		}
-		if _, dup := out[n]; dup {
+		if _, dup := out[x.Name]; dup {
 			return nil, fmt.Errorf("%s: xattr %q given twice", name, x.Name)
 		}
-		out[n] = x.Value
-	}
-	if s.metaOnly && info.Mode().IsRegular() && info.Size() > 0 {
-		target, err := ObjectPath(m.Object.String())
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		out[metacopyXattr] = ""
-		out[redirectXattr] = target
+		out[x.Name] = x.Value
 	}
 	return out, nil
 }

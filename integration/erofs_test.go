@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,9 +28,13 @@ func buildImage(t testing.TB, src string, meta bool, seed string) (string, erofs
 		t.Fatal(err)
 	}
 	defer out.Close()
-	build := erofs.Build
+	build := func(out *os.File, src fs.FS, opts erofs.Options) (erofs.Result, error) {
+		return erofs.Build(out, src, opts)
+	}
 	if meta {
-		build = erofs.BuildMeta
+		build = func(out *os.File, src fs.FS, opts erofs.Options) (erofs.Result, error) {
+			return erofs.BuildMeta(out, src, opts)
+		}
 	}
 	res, err := build(out, erofs.DirFS(src, meta), erofs.Options{Seed: seed})
 	if err != nil {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"slices"
 
 	"github.com/layerfs/layerfs/erofs"
 	layerfs "github.com/layerfs/layerfs/fs"
@@ -93,62 +91,10 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	}
 	defer v.Close()
 	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
-		var img memImage
-		_, err := erofs.BuildMeta(&img, view.NewFS(v, s.OpenObject), erofs.Options{Seed: want.Key()})
+		res, err := erofs.BuildMeta(out, view.NewFS(v, s.OpenObject), erofs.Options{Seed: want.Key(), Digest: true})
 		if err == nil {
 			err = ctx.Err()
 		}
-		if err == nil {
-			_, err = out.Write(img.data)
-		}
-		return digest.FromBytes(img.data), int64(len(img.data)), err
+		return digest.Digest(res.Digest), res.Size, err
 	})
-}
-
-// memImage is an image written in memory, then to its file at once: the
-// writer makes a write per inode and seeks back, and the passes after it
-// read the image back block by block, a system call each against a file.
-// A metadata-only image is small (Debian's is 1.6 MB).
-type memImage struct {
-	data []byte
-	pos  int64
-}
-
-func (m *memImage) Write(p []byte) (int, error) {
-	end := int(m.pos) + len(p)
-	if end > len(m.data) {
-		// Grown memory is zeroed, so a gap a seek left reads as zeros.
-		m.data = slices.Grow(m.data, end-len(m.data))[:end]
-	}
-	copy(m.data[m.pos:], p)
-	m.pos = int64(end)
-	return len(p), nil
-}
-
-// Bytes lets the build rewrite the image in place.
-func (m *memImage) Bytes() []byte { return m.data }
-
-func (m *memImage) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekCurrent:
-		offset += m.pos
-	case io.SeekEnd:
-		offset += int64(len(m.data))
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("seek to %d: negative offset", offset)
-	}
-	m.pos = offset
-	return offset, nil
-}
-
-func (m *memImage) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(m.data)) {
-		return 0, io.EOF
-	}
-	n := copy(p, m.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
 }
