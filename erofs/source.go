@@ -194,17 +194,23 @@ func (s *sourceFS) adapt(name string, info fs.FileInfo) (fs.FileInfo, error) {
 }
 
 // xattrMap is the source's xattrs as the map go-erofs writes (sorted by
-// it).
+// it). go-erofs finds the ACLs' name indexes only under names with a dot
+// after them, and would store the kernel's names under no index, which the
+// kernel does not list: they are given as go-erofs spells them.
 func xattrMap(name string, m *view.Attr) (map[string]string, error) {
 	if len(m.Xattrs) == 0 {
 		return nil, nil
 	}
 	out := make(map[string]string, len(m.Xattrs))
 	for _, x := range m.Xattrs {
-		if _, dup := out[x.Name]; dup {
+		key := x.Name
+		if key == "system.posix_acl_access" || key == "system.posix_acl_default" {
+			key += "."
+		}
+		if _, dup := out[key]; dup {
 			return nil, fmt.Errorf("%s: xattr %q given twice", name, x.Name)
 		}
-		out[x.Name] = x.Value
+		out[key] = x.Value
 	}
 	return out, nil
 }

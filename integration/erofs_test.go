@@ -249,6 +249,11 @@ func TestErofsLimits(t *testing.T) {
 	must(unix.Lsetxattr(x, "trusted.overlay.redirect", []byte("/elsewhere"), 0))
 	must(unix.Lsetxattr(x, "trusted.long."+strings.Repeat("k", 200), []byte("v"), 0))
 	must(unix.Lsetxattr(x, "user.empty", nil, 0))
+	// user::rw-, user:1000:r--, group::r--, mask::r--, other::---
+	acl := []byte{2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 4, 0, 0xe8, 3, 0, 0, 4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff,
+		0x10, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}
+	must(unix.Lsetxattr(filepath.Join(src, "sticky"), "system.posix_acl_access", acl, 0))
+	must(unix.Lsetxattr(filepath.Join(src, "sticky"), "system.posix_acl_default", acl, 0))
 	must(os.Lchown(x, 1234, 5678))
 	must(unix.UtimesNano(x, []unix.Timespec{{Sec: 1, Nsec: 2}, {Sec: 1700000000, Nsec: 123456789}}))
 	checkBuild(t, src)
