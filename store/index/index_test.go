@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -160,4 +162,77 @@ func TestXattrEntries(t *testing.T) {
 	if err := w.Close(); err == nil {
 		t.Error("a writer told of 1 record with xattrs closed after none")
 	}
+}
+
+// TestReleasedMappingStaysReadable: a walk gives the mapping back as it
+// goes, so the kernel's count of the mapping's resident pages stays near
+// releaseEvery records, however many are read; what was decoded before a
+// release still reads the same after it.
+func TestReleasedMappingStaysReadable(t *testing.T) {
+	root := NewRoot()
+	const files = 4 * releaseEvery
+	for i := range files {
+		name := fmt.Sprintf("file-%06d", i)
+		root.Children[name] = &Node{Entry: Entry{Name: name, Type: TypeReg, Mode: 0o644, Size: int64(i + 1),
+			Object: digest.FromString(name), Nlink: 1}}
+	}
+	r, err := Open(writeIndex(t, root), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	start, count, err := r.Children(0)
+	if err != nil || count != files {
+		t.Fatalf("root: %d children, %v", count, err)
+	}
+	first, err := r.Entry(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pass := range 2 {
+		for i := range count {
+			e, err := r.Entry(start + i)
+			if want := fmt.Sprintf("file-%06d", i); err != nil || e.Name != want || e.Size != int64(i+1) {
+				t.Fatalf("pass %d, record %d: %q of %d bytes, %v; want %s", pass, start+i, e.Name, e.Size, err, want)
+			}
+		}
+	}
+	if first.Name != "file-000000" || first.Object != digest.FromString("file-000000") {
+		t.Errorf("an entry decoded before the releases reads %q %s after them", first.Name, first.Object)
+	}
+	resident, total := mappingRSS(t, r.data)
+	t.Logf("%d of %d KiB of the mapping resident", resident>>10, total>>10)
+	if limit := int64(releaseEvery * (recordSize + 64)); resident > limit || total < 2*limit {
+		t.Errorf("%d of %d bytes of the mapping resident after reading every record twice; want at most %d", resident, total, limit)
+	}
+}
+
+// mappingRSS is the kernel's count of the resident bytes of the mapping
+// that holds data, and its size, from /proc/self/smaps.
+func mappingRSS(t *testing.T, data []byte) (resident, size int64) {
+	t.Helper()
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("%x-", uintptr(unsafe.Pointer(&data[0])))
+	in := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			in = strings.HasPrefix(f[0], addr)
+			continue
+		}
+		if !in {
+			continue
+		}
+		var kb int64
+		if _, err := fmt.Sscanf(line, "Size: %d kB", &kb); err == nil {
+			size = kb << 10
+		}
+		if _, err := fmt.Sscanf(line, "Rss: %d kB", &kb); err == nil {
+			return kb << 10, size
+		}
+	}
+	t.Fatalf("no mapping at %s in /proc/self/smaps", addr)
+	return 0, 0
 }
