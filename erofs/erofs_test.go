@@ -145,7 +145,14 @@ func TestBuildMetaLayout(t *testing.T) {
 	src["long"] = &fstest.MapFile{Data: []byte(long), Mode: fs.ModeSymlink | 0o777, Sys: &view.Attr{Link: long}}
 	acl := string([]byte{2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff})
 	src["d"].Sys.(*view.Attr).Xattrs = []view.Xattr{{Name: "system.posix_acl_access", Value: acl}}
+	// Link counts without an identity are not hardlinks of each other.
+	for _, name := range []string{"x1", "x2"} {
+		src[name] = &fstest.MapFile{Data: []byte(name), Mode: 0o644, Sys: &view.Attr{Nlink: 2, Object: digest.FromString(name)}}
+	}
 	img, _, _ := buildAndRead(t, true, src, "s")
+	if x1, x2 := stat(t, img, "x1"), stat(t, img, "x2"); x1.Ino == x2.Ino {
+		t.Errorf("x1 and x2, of no Ino, are one inode %d", x1.Ino)
+	}
 	list, err := fs.ReadDir(img, "many")
 	if err != nil || len(list) != 3001 {
 		t.Fatalf("many: %d entries, %v; want 3001", len(list), err)

@@ -334,7 +334,8 @@ func (b direntBlock) encode(entries []dirent, self uint64) []byte {
 
 // leaf writes a file, symlink, device, FIFO or socket and returns its nid.
 func (w *metaWriter) leaf(p string, ino *inode) (uint64, error) {
-	if ino.links > 1 {
+	hardlinked := ino.links > 1 && ino.ino != 0
+	if hardlinked {
 		if nid, ok := w.links[ino.ino]; ok {
 			return nid, nil
 		}
@@ -381,7 +382,7 @@ func (w *metaWriter) leaf(p string, ino *inode) (uint64, error) {
 		}
 	}
 	w.writeInode(nid, ino, tail)
-	if ino.links > 1 {
+	if hardlinked {
 		w.links[ino.ino] = nid
 	}
 	return nid, nil
