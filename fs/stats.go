@@ -89,10 +89,15 @@ func (c *counting) OnUnmount() {
 	c.write()
 }
 
+// write replaces the file whole, through a temp file and a rename, so
+// that whoever reads it after a SIGUSR1 never finds it half written.
 func (c *counting) write() {
 	data, err := json.Marshal(c.Counts())
 	if err == nil {
-		err = os.WriteFile(c.path, data, 0o644)
+		tmp := c.path + ".tmp"
+		if err = os.WriteFile(tmp, data, 0o644); err == nil {
+			err = os.Rename(tmp, c.path)
+		}
 	}
 	if err != nil {
 		logrus.Warn(fmt.Errorf("%s: write FUSE request counts: %w", StatsEnv, err))
