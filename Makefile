@@ -15,8 +15,9 @@ TEST_PACKAGES := fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e
 
 .PHONY: build install demo test deps lint unit bench fuzz soak clean
 
+# Static, without cgo: no libc mapped into every server (2 MB of its RSS).
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/layerfs
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/layerfs
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/layerfs

@@ -35,7 +35,10 @@ func layerfsBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "layerfs")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/layerfs").CombinedOutput()
+		// As make builds it: static, without cgo.
+		build := exec.Command("go", "build", "-o", binPath, "../cmd/layerfs")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
