@@ -446,7 +446,7 @@ type xattr struct {
 func (w *metaWriter) inode(p string, info fs.FileInfo) (*inode, error) {
 	a, err := attrOf(p, info)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("erofs: %w", err)
 	}
 	ino := &inode{
 		mode: info.Mode(), uid: a.UID, gid: a.GID, mtime: uint64(a.Mtime), mtimeNs: a.MtimeNs,

@@ -154,10 +154,10 @@ func (f *fileInfo) ModTime() time.Time { return time.Unix(int64(f.stat.Mtime), i
 func attrOf(name string, info fs.FileInfo) (*view.Attr, error) {
 	m, ok := info.Sys().(*view.Attr)
 	if !ok {
-		return nil, fmt.Errorf("erofs: %s: Sys() is %T, not *view.Attr", name, info.Sys())
+		return nil, fmt.Errorf("%s: Sys() is %T, not *view.Attr", name, info.Sys())
 	}
 	if m.Mtime < 0 {
-		return nil, fmt.Errorf("erofs: %s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
+		return nil, fmt.Errorf("%s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
 	}
 	return m, nil
 }
