@@ -272,6 +272,11 @@ func (b *bench) cases() []benchCase {
 			layerfs: bigMB(b.mountRun(layerfsNobody, deb, false, readBig(true))),
 			refs:    []ref{{kernelOverlay.name, bigMB(b.mountRun(kernelOverlay, deb, false, readBig(true))), target{op: ">=", value: 0.5}}}},
 		compare("ls-cold/bigdir", fmt.Sprintf("ls -f of a directory of %s, cold", entriesLabel(corpusSizes(b.quick).bigDir)), c.bigDir, true, counted{need: needNames}, lsBig, 2.0),
+		// Beside ls-cold/bigdir: the same directory walked by a program
+		// that stats each entry, which the attributes READDIRPLUS carries
+		// serve. Listing a big directory by names alone would win the ls
+		// and lose this (docs/fuse.md).
+		findCase("find-cold/bigdir", fmt.Sprintf("cold, a directory of %s", entriesLabel(corpusSizes(b.quick).bigDir)), c.bigDir, true, false, 1.3),
 		compare("mkfs/debian", "mkfs.ext4 -d from the view, cold, Debian", deb, true, counted{need: needContent, xattrCalls: 1}, mkfs, 1.2),
 		compare("mkfs-warm/debian", "mkfs.ext4 -d from the view, warm, Debian", deb, false, counted{need: needContent, xattrCalls: 1}, mkfs, 1.2),
 		compare("rsync-cold/debian", "rsync -aHAX of the view into a directory, cold, Debian", deb, true, counted{need: needContent, xattrCalls: 2}, rsync, 1.3),
