@@ -71,9 +71,9 @@ type server struct {
 	// root.
 	mu   sync.Mutex
 	dirs map[uint64]*dir
-	// srv is set once INIT is answered, for passing reads through; nil
-	// over virtio-fs.
-	srv         atomic.Pointer[fuse.Server]
+	// device is set once INIT is answered, for passing reads through;
+	// unset over virtio-fs.
+	device      atomic.Value // a backingFiles
 	passthrough atomic.Int32 // passUnknown, passOn or passOff
 	// files are the open content objects read through the server.
 	filesMu sync.Mutex
@@ -201,7 +201,30 @@ func (s *server) Forget(id, nlookup uint64) {
 	s.mu.Unlock()
 }
 
-func (s *server) Init(srv *fuse.Server) { s.srv.Store(srv) }
+// backingFiles registers passthrough files with the kernel, on the FUSE
+// device of the server that answered INIT.
+type backingFiles interface {
+	passthroughOffered() bool
+	RegisterBackingFd(*fuse.BackingMap) (int32, syscall.Errno)
+	UnregisterBackingFd(int32) syscall.Errno
+}
+
+// goFuseServer is go-fuse's server as backingFiles.
+type goFuseServer struct{ *fuse.Server }
+
+func (g goFuseServer) passthroughOffered() bool {
+	return g.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
+}
+
+// Init is called by go-fuse's server once INIT is answered.
+func (s *server) Init(srv *fuse.Server) { s.device.Store(backingFiles(goFuseServer{srv})) }
+
+// backingDevice is the device passthrough files are registered on, nil
+// before INIT and over virtio-fs.
+func (s *server) backingDevice() backingFiles {
+	b, _ := s.device.Load().(backingFiles)
+	return b
+}
 
 func (s *server) String() string { return FSType }
 
@@ -525,15 +548,15 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 // passThrough hands f to the kernel, which then reads it itself: with
 // root, where the kernel allows it. The first refusal ends the attempts.
 func (s *server) passThrough(f *os.File) (int32, bool) {
-	srv := s.srv.Load()
-	if srv == nil || s.passthrough.Load() == passOff {
+	dev := s.backingDevice()
+	if dev == nil || s.passthrough.Load() == passOff {
 		return 0, false
 	}
-	if srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+	if !dev.passthroughOffered() {
 		s.passthrough.Store(passOff)
 		return 0, false
 	}
-	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	id, errno := dev.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
 	if errno != 0 {
 		if s.passthrough.Swap(passOff) != passOff {
 			logrus.Debugf("reads served without passthrough: %v", errno)
@@ -546,8 +569,8 @@ func (s *server) passThrough(f *os.File) (int32, bool) {
 
 // unregister takes back the passthrough file id from the kernel.
 func (s *server) unregister(id int32) {
-	if srv := s.srv.Load(); srv != nil {
-		if errno := srv.UnregisterBackingFd(id); errno != 0 {
+	if dev := s.backingDevice(); dev != nil {
+		if errno := dev.UnregisterBackingFd(id); errno != 0 {
 			logrus.Warnf("release passthrough file %d: %v", id, errno)
 		}
 	}

@@ -60,10 +60,18 @@ func CheckMountpointDir(mp string) error {
 	return nil
 }
 
+// Served is a mount's running server.
+type Served interface {
+	// Wait returns once the mount is gone.
+	Wait()
+	// Unmount detaches the mount and waits for its server to end.
+	Unmount() error
+}
+
 // Mount serves tree at mountpoint, read-only, nosuid and nodev unless
 // asked, with default_permissions always so the image's modes are
 // enforced. It returns once the kernel answers on the mount.
-func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) {
+func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 	opts := tree.mountOptions()
 	opts.FsName = o.Source
 	opts.Name = FSType
@@ -80,16 +88,27 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (*fuse.Server, error) 
 		opts.Options = append(opts.Options, "nodev")
 		flags |= unix.MS_NODEV
 	}
+	s := newServer(tree)
+	raw := withStats(s)
 	if os.Geteuid() == 0 {
-		opts.DirectMount = true
-		opts.DirectMountStrict = true
-		opts.DirectMountFlags = flags
-	} else if o.AllowOther && !userAllowOther() {
+		abs, err := filepath.Abs(mountpoint)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+		}
+		d, err := mountDevice(raw, abs, opts, flags)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+		}
+		s.device.Store(backingFiles(d))
+		go d.Serve()
+		return d, nil
+	}
+	if o.AllowOther && !userAllowOther() {
 		// fusermount3 would refuse with its reason on stderr, which a
 		// --daemon mount's error leaves out.
 		return nil, fmt.Errorf("mount %s: --allow-other: fusermount3 allows allow_other only if user_allow_other is set in %s", mountpoint, fuseConf)
 	}
-	srv, err := fuse.NewServer(withStats(newServer(tree)), mountpoint, &opts)
+	srv, err := fuse.NewServer(raw, mountpoint, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	layerfs "github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
@@ -182,7 +181,7 @@ func signalReady() {
 
 // unmountOnSignal unmounts on SIGINT or SIGTERM. A busy mount stays
 // served, and is retried, until the files open in it are closed.
-func unmountOnSignal(srv *fuse.Server, mountpoint string, sig <-chan os.Signal) {
+func unmountOnSignal(srv layerfs.Served, mountpoint string, sig <-chan os.Signal) {
 	<-sig
 	for {
 		err := srv.Unmount()
