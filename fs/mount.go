@@ -101,6 +101,12 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 		}
 		s.device.Store(backingFiles(d))
 		go d.Serve()
+		// As go-fuse's server does before it returns: a request answered
+		// through the mount, which also leaves the root's attributes
+		// cached for the first walk.
+		if err := unix.Stat(abs, new(unix.Stat_t)); err != nil {
+			return nil, errors.Join(fmt.Errorf("mount %s: not answering: %w", mountpoint, err), d.Unmount())
+		}
 		return d, nil
 	}
 	if o.AllowOther && !userAllowOther() {
