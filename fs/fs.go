@@ -21,7 +21,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/layerfs/layerfs/view"
-	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -34,9 +33,8 @@ const blockSize = 4096
 
 // Tree is one view, ready to be served.
 type Tree struct {
-	view view.View
-	// openObject opens a regular file's content.
-	openObject func(digest.Digest) (*os.File, error)
+	view       view.View
+	openObject view.ObjectOpener
 	files      uint64
 	bytes      uint64
 	// xattrs is false when no node of the view can show an xattr.
@@ -44,7 +42,7 @@ type Tree struct {
 }
 
 // NewTree makes the tree of v.
-func NewTree(v view.View, openObject func(digest.Digest) (*os.File, error)) *Tree {
+func NewTree(v view.View, openObject view.ObjectOpener) *Tree {
 	t := &Tree{view: v, openObject: openObject}
 	t.files, t.bytes = v.Totals()
 	t.xattrs = v.HasXattrs()
@@ -525,7 +523,7 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 	}
 	f := s.ahead.take(n.Top(), a.Object)
 	if f == nil {
-		if f, err = s.tree.openObject(a.Object); err != nil {
+		if f, err = s.tree.openObject(n.Top(), a); err != nil {
 			return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
 		}
 	}

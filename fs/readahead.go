@@ -27,7 +27,7 @@ import (
 // aheadMax files ahead.
 type readAhead struct {
 	view       view.View
-	openObject func(digest.Digest) (*os.File, error)
+	openObject view.ObjectOpener
 
 	mu      sync.Mutex
 	windows map[int]*window // by layer
@@ -60,7 +60,7 @@ const (
 	aheadBytes = 128 << 10
 )
 
-func newReadAhead(v view.View, openObject func(digest.Digest) (*os.File, error)) *readAhead {
+func newReadAhead(v view.View, openObject view.ObjectOpener) *readAhead {
 	return &readAhead{view: v, openObject: openObject, windows: map[int]*window{}}
 }
 
@@ -122,7 +122,7 @@ func (ra *readAhead) fetch(r view.Ref) {
 	if err != nil || a.Type != view.TypeReg || a.Object == "" || ra.isReady(a.Object) {
 		return
 	}
-	f, err := ra.openObject(a.Object)
+	f, err := ra.openObject(r, a)
 	if err != nil {
 		return
 	}

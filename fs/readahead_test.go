@@ -37,7 +37,7 @@ func TestReadAhead(t *testing.T) {
 	}
 	fdsBefore := openFds(t)
 
-	ra := newReadAhead(v, s.OpenObject)
+	ra := newReadAhead(v, view.ByName(s.OpenObject))
 	hits := 0
 	open := func(c view.Child) {
 		t.Helper()

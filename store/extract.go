@@ -99,6 +99,10 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	if err := s.commit(x, desc, uncompressed, blob); err != nil {
 		return err
 	}
+	if err := s.writeHandles(desc.Digest); err != nil {
+		// Only a faster way in: the layer's objects are opened by name.
+		logrus.WithField("layer", desc.Digest).Warnf("file handles of its objects: %v", err)
+	}
 	// Logged only by the one process that extracted the layer, so a log
 	// tells how often each layer was extracted.
 	logrus.WithField("layer", desc.Digest).Debug("layer extracted")

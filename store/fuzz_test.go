@@ -208,6 +208,20 @@ func FuzzResolve(f *testing.F) {
 	})
 }
 
+// newSampleStore is a new store holding the sample image, and its target.
+func newSampleStore(t *testing.T) (*Store, Target) {
+	t.Helper()
+	s := newStore(t)
+	if err := storeSample(s); err != nil {
+		t.Fatal(err)
+	}
+	target, err := s.Resolve([]string{"sample"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, target
+}
+
 // storeSample stores the sample layout's image under its ref name, as an
 // import of it would.
 func storeSample(s *Store) error {

@@ -15,14 +15,7 @@ import (
 // against its record when opened, reported by verify when damaged, kept
 // by gc while an image holds its layers and removed once none does.
 func TestMetaCache(t *testing.T) {
-	s := newStore(t)
-	if err := storeSample(s); err != nil {
-		t.Fatal(err)
-	}
-	target, err := s.Resolve([]string{"sample"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, target := newSampleStore(t)
 	m := NewMetaImage(target.Digests(), view.Merged)
 	if single := NewMetaImage(target.Digests(), view.Single); single.Key() == m.Key() {
 		t.Errorf("a merged and a single-layer view share the key %s", m.Key())

@@ -18,9 +18,8 @@ import (
 // from the view's root, as in a container. Each FileInfo's Sys is the
 // node's *Attr: owner, device numbers, xattrs, link count and inode.
 type FS struct {
-	v View
-	// openObject opens a regular file's content.
-	openObject func(digest.Digest) (*os.File, error)
+	v          View
+	openObject ObjectOpener
 }
 
 var (
@@ -29,8 +28,17 @@ var (
 	_ fs.ReadLinkFS = (*FS)(nil)
 )
 
+// ObjectOpener opens the content of a, the regular file whose top record
+// is r.
+type ObjectOpener func(r Ref, a Attr) (*os.File, error)
+
+// ByName is the ObjectOpener that knows objects by their digests alone.
+func ByName(open func(digest.Digest) (*os.File, error)) ObjectOpener {
+	return func(_ Ref, a Attr) (*os.File, error) { return open(a.Object) }
+}
+
 // NewFS makes the file system of v, reading contents through openObject.
-func NewFS(v View, openObject func(digest.Digest) (*os.File, error)) *FS {
+func NewFS(v View, openObject ObjectOpener) *FS {
 	return &FS{v: v, openObject: openObject}
 }
 
@@ -122,7 +130,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 		}
 		return &dir{fsys: f, info: info, path: name, node: n, children: children}, nil
 	case a.Type == TypeReg && a.Object != "":
-		o, err := f.openObject(a.Object)
+		o, err := f.openObject(n.Top(), a)
 		if err != nil {
 			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 		}

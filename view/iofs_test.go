@@ -50,7 +50,7 @@ func checkFS(t *testing.T, s *store.Store, v *stack.View) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := testFS(t, view.NewFS(v, s.OpenObject))
+	got := testFS(t, view.NewFS(v, view.ByName(s.OpenObject)))
 	for p, a := range want {
 		if !reflect.DeepEqual(got[p], a) {
 			t.Errorf("%s: the FS shows %+v, Walk %+v", p, got[p], a)
@@ -110,7 +110,7 @@ func checkOverlay(t *testing.T, s *store.Store, single, overlay *stack.View) {
 			want[p], isDevice[p] = view.Attr{Type: view.TypeChar, Nlink: 1}, true
 		}
 	}
-	got := testFS(t, view.NewFS(overlay, s.OpenObject))
+	got := testFS(t, view.NewFS(overlay, view.ByName(s.OpenObject)))
 	for p, g := range got {
 		w, ok := want[p]
 		if !ok {

@@ -11,6 +11,7 @@ import (
 	"github.com/layerfs/layerfs/erofs"
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/view"
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 )
 
@@ -65,10 +66,14 @@ on stderr.
 			}
 			defer v.Close()
 			var seed []string
+			var layers []digest.Digest
 			for _, l := range v.Layers {
 				seed = append(seed, l.Digest.String())
+				layers = append(layers, l.Digest)
 			}
-			res, err := erofs.Build(w, view.NewFS(v, s.OpenObject), erofs.Options{Seed: strings.Join(seed, ","), Digest: jsonOut || verbose})
+			handles := s.OpenHandles(layers)
+			defer handles.Close()
+			res, err := erofs.Build(w, view.NewFS(v, handles.OpenObject), erofs.Options{Seed: strings.Join(seed, ","), Digest: jsonOut || verbose})
 			if err == nil {
 				err = cmd.Context().Err()
 			}

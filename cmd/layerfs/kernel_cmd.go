@@ -91,7 +91,7 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	}
 	defer v.Close()
 	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
-		res, err := erofs.BuildMeta(out, view.NewFS(v, s.OpenObject), erofs.Options{Seed: want.Key(), Digest: true})
+		res, err := erofs.BuildMeta(out, view.NewFS(v, view.ByName(s.OpenObject)), erofs.Options{Seed: want.Key(), Digest: true})
 		if err == nil {
 			err = ctx.Err()
 		}

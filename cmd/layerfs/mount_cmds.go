@@ -150,7 +150,8 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	if err != nil {
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	tree = layerfs.NewTree(v, s.OpenObject)
+	handles := s.OpenHandles(t.Digests())
+	tree = layerfs.NewTree(v, handles.OpenObject)
 	release, err := s.Lease(t, servedAt)
 	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
 		// A store this user may read but not write: served all the same,
@@ -159,10 +160,11 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 		release, err = func() {}, nil
 	}
 	if err != nil {
+		handles.Close()
 		v.Close()
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	return tree, t, func() { release(); v.Close() }, nil
+	return tree, t, func() { release(); handles.Close(); v.Close() }, nil
 }
 
 // signalReady tells a waiting --daemon parent that the mount answers.
