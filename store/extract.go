@@ -99,10 +99,6 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	if err := s.commit(x, desc, uncompressed, blob); err != nil {
 		return err
 	}
-	if err := s.writeHandles(desc.Digest); err != nil {
-		// Only a faster way in: the layer's objects are opened by name.
-		logrus.WithField("layer", desc.Digest).Warnf("file handles of its objects: %v", err)
-	}
 	// Logged only by the one process that extracted the layer, so a log
 	// tells how often each layer was extracted.
 	logrus.WithField("layer", desc.Digest).Debug("layer extracted")
@@ -146,6 +142,12 @@ func (s *Store) commit(x *layer.Extraction, desc ocispec.Descriptor, diffID dige
 		if err := blob.Commit(s.BlobPath(desc.Digest), desc.Size, desc.Digest); err != nil {
 			return fmt.Errorf("blob: %w", err)
 		}
+	}
+	// Before the index, so that an extraction cut short is done again
+	// whole, handles included.
+	if err := s.writeHandles(desc.Digest, w.f.Name()); err != nil {
+		// Only a faster way in: the layer's objects are opened by name.
+		logrus.WithField("layer", desc.Digest).Warnf("file handles of its objects: %v", err)
 	}
 	return w.Commit(s.IndexPath(desc.Digest), -1, "")
 }

@@ -50,14 +50,14 @@ func (s *Store) objectsIdentity() (ino uint64, born int64, ok bool) {
 	return st.Ino, st.Btime.Sec*1e9 + int64(st.Btime.Nsec), true
 }
 
-// writeHandles writes layer d's handles file from its index. A file
-// system that gives no handles gets no file.
-func (s *Store) writeHandles(d digest.Digest) error {
+// writeHandles writes layer d's handles file from its index, staged at
+// indexPath. A file system that gives no handles gets no file.
+func (s *Store) writeHandles(d digest.Digest, indexPath string) error {
 	ino, born, ok := s.objectsIdentity()
 	if !ok {
 		return nil
 	}
-	r, err := s.openIndex(d, false)
+	r, err := index.Open(indexPath, false)
 	if err != nil {
 		return err
 	}
