@@ -31,6 +31,11 @@ type Options struct {
 	// Digest asks for Result.Digest, which costs reading the finished
 	// image back whole.
 	Digest bool
+	// Redirect gives BuildMeta the path, beneath the kernel mount's
+	// data-only layer, of a non-empty regular file's bytes; nil means
+	// ObjectPath of its object, for a data-only layer laid out as the
+	// store's objects directory.
+	Redirect func(info fs.FileInfo, object string) (string, error)
 }
 
 // Output is where an image goes: the writer seeks back to fill in offsets,
@@ -97,9 +102,9 @@ func Build(out Output, src fs.FS, opts Options) (Result, error) {
 
 // BuildMeta writes src as a metadata-only EROFS image to out, for
 // overlayfs with the store's objects directory as a data-only lower layer
-// (lowerdir=IMAGE::OBJECTS): each regular file with content has its size,
+// (lowerdir=IMAGE::DATA): each regular file with content has its size,
 // no data blocks, and the metacopy and redirect xattrs that send overlayfs
-// to ObjectPath(Attr.Object). The source's own overlay xattrs are escaped
+// to its bytes in DATA (Options.Redirect). The source's own overlay xattrs are escaped
 // so that overlayfs shows them instead of obeying them.
 func BuildMeta(out io.Writer, src fs.FS, opts Options) (Result, error) {
 	rl, err := checkSource(src)

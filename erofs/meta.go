@@ -115,12 +115,17 @@ type metaWriter struct {
 	// an address once the inodes' area has its size.
 	blockRefs []int64
 	buildTime uint64
+	redirect  func(info fs.FileInfo, object string) (string, error)
 	chunked   bool
 	record    []byte
 }
 
 func buildMeta(out io.Writer, src readLinkFS, opts Options) (Result, error) {
-	w := &metaWriter{src: src, links: map[uint64]uint64{}, buildTime: opts.BuildTime}
+	redirect := opts.Redirect
+	if redirect == nil {
+		redirect = func(_ fs.FileInfo, object string) (string, error) { return ObjectPath(object) }
+	}
+	w := &metaWriter{src: src, links: map[uint64]uint64{}, buildTime: opts.BuildTime, redirect: redirect}
 	info, err := fs.Stat(src, ".")
 	if err != nil {
 		return Result{}, fmt.Errorf("erofs: stat the root: %w", err)
@@ -483,7 +488,7 @@ func (w *metaWriter) inode(p string, info fs.FileInfo) (*inode, error) {
 		}
 	}
 	if info.Mode().IsRegular() && info.Size() > 0 {
-		target, err := ObjectPath(a.Object.String())
+		target, err := w.redirect(info, a.Object.String())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}

@@ -121,7 +121,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &fileInfo{name: path.Base(name), a: a}
+	info := &fileInfo{name: path.Base(name), a: a, top: n.Top()}
 	switch {
 	case a.Type == TypeDir:
 		children, err := f.v.List(n)
@@ -142,20 +142,20 @@ func (f *FS) Open(name string) (fs.File, error) {
 
 // Stat describes name, following symlinks.
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
-	_, a, err := f.resolve("stat", name, true)
+	n, a, err := f.resolve("stat", name, true)
 	if err != nil {
 		return nil, err
 	}
-	return &fileInfo{name: path.Base(name), a: a}, nil
+	return &fileInfo{name: path.Base(name), a: a, top: n.Top()}, nil
 }
 
 // Lstat describes name itself, a symlink included.
 func (f *FS) Lstat(name string) (fs.FileInfo, error) {
-	_, a, err := f.resolve("lstat", name, false)
+	n, a, err := f.resolve("lstat", name, false)
 	if err != nil {
 		return nil, err
 	}
-	return &fileInfo{name: path.Base(name), a: a}, nil
+	return &fileInfo{name: path.Base(name), a: a, top: n.Top()}, nil
 }
 
 // ReadLink returns the target of symlink name.
@@ -224,6 +224,18 @@ func fileMode(t Type, perm uint32) fs.FileMode {
 type fileInfo struct {
 	name string
 	a    Attr
+	top  Ref
+}
+
+// TopRef is the record an FS's file info describes, the one whose object
+// its ObjectOpener is given for a regular file; ok is false for a file
+// info an FS did not make.
+func TopRef(info fs.FileInfo) (r Ref, ok bool) {
+	i, ok := info.(*fileInfo)
+	if !ok {
+		return Ref{}, false
+	}
+	return i.top, true
 }
 
 func (i *fileInfo) Name() string       { return i.name }
@@ -262,7 +274,7 @@ func (e *dirEntry) Info() (fs.FileInfo, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
 	}
-	return &fileInfo{name: e.c.Name, a: a}, nil
+	return &fileInfo{name: e.c.Name, a: a, top: n.Top()}, nil
 }
 
 // file is a regular file with content: its object.
