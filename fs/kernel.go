@@ -28,16 +28,17 @@ type KernelOptions struct {
 var ErrKernelMount = errors.New("the kernel cannot make this mount")
 
 // MountKernel mounts the metadata-only EROFS image meta read-only, then
-// overlayfs at mountpoint with that mount as its lower layer and objects
-// as its data-only layer, read-only, nosuid and nodev unless asked. The
+// overlayfs at mountpoint with that mount as its lower layer and data,
+// the directory the image's redirects are paths beneath, as its data-only
+// layer, read-only, nosuid and nodev unless asked. The
 // EROFS mount is never attached anywhere: it is made with fsmount and
 // handed to overlayfs as a descriptor, so the overlayfs mount holds it
 // and it goes when that is unmounted, leaving no mountpoint behind. Both
-// the image and the objects directory are given as descriptors, so no
+// the image and the data directory are given as descriptors, so no
 // path is resolved again after the caller opened them. Nothing stays
 // mounted when it fails. The caller checks the mountpoint first
 // (CheckMountpointDir).
-func MountKernel(meta, objects *os.File, mountpoint string, o KernelOptions) error {
+func MountKernel(meta, data *os.File, mountpoint string, o KernelOptions) error {
 	attrs := unix.MOUNT_ATTR_RDONLY
 	if !o.Suid {
 		attrs |= unix.MOUNT_ATTR_NOSUID
@@ -63,13 +64,13 @@ func MountKernel(meta, objects *os.File, mountpoint string, o KernelOptions) err
 		if err := unix.FsconfigSetFd(fd, "lowerdir+", lower); err != nil {
 			return fmt.Errorf("lowerdir+ (the EROFS mount): %w", err)
 		}
-		if err := unix.FsconfigSetFd(fd, "datadir+", int(objects.Fd())); err != nil {
-			return fmt.Errorf("datadir+ %s: %w", objects.Name(), err)
+		if err := unix.FsconfigSetFd(fd, "datadir+", int(data.Fd())); err != nil {
+			return fmt.Errorf("datadir+ %s: %w", data.Name(), err)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("mount overlayfs over %s and %s: %w", meta.Name(), objects.Name(), err)
+		return fmt.Errorf("mount overlayfs over %s and %s: %w", meta.Name(), data.Name(), err)
 	}
 	defer unix.Close(overlay)
 	if err := unix.MoveMount(overlay, "", unix.AT_FDCWD, mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {

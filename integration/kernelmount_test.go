@@ -12,6 +12,7 @@ import (
 
 	"github.com/layerfs/layerfs/erofs"
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -113,17 +114,21 @@ func TestKernelMountPlatform(t *testing.T) {
 func TestKernelMountHostile(t *testing.T) {
 	requireRoot(t)
 	secret := "another image's secret\n"
-	secretPath, err := erofs.ObjectPath(digest.FromString(secret).String())
-	must(t, err)
 	other := writeImage(t, testimage.Image{Name: "other", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("secret", secret)}}}})
+	// Where the kernel mount's data-only layer has the other image's
+	// secret, and where the store's objects directory has it.
+	secretPath := store.LinkPath(other.layers[0], digest.FromString(secret))
+	secretObject, err := erofs.ObjectPath(digest.FromString(secret).String())
+	must(t, err)
 	hostile := writeImage(t, testimage.Image{Name: "hostile", Layers: []testimage.Layer{
 		{Entries: []testimage.Entry{testimage.Dir("d", 0o755), testimage.File("d/old", "lower d/old\n")}},
 		{Entries: []testimage.Entry{
 			testimage.File("redirected", "my own bytes\n").WithXattr("trusted.overlay.redirect", secretPath).WithXattr("trusted.overlay.metacopy", ""),
+			testimage.File("by-object", "mine too\n").WithXattr("trusted.overlay.redirect", secretObject).WithXattr("trusted.overlay.metacopy", ""),
 			testimage.File("empty", "").WithXattr("trusted.overlay.redirect", secretPath).WithXattr("trusted.overlay.metacopy", ""),
 			testimage.Dir("d", 0o755).WithXattr("trusted.overlay.opaque", "y"),
 			testimage.File("d/new", "new\n"),
-			testimage.Dir("moved", 0o755).WithXattr("trusted.overlay.redirect", "/sha256"),
+			testimage.Dir("moved", 0o755).WithXattr("trusted.overlay.redirect", "/"+other.layers[0].Encoded()+"/links"),
 		}},
 	}})
 	root := t.TempDir()
@@ -131,7 +136,7 @@ func TestKernelMountHostile(t *testing.T) {
 	importInto(t, root, hostile)
 	mnt := kernelMount(t, root, hostile.ref)
 	requireSame(t, "mount --kernel of the hostile image", walkMount(t, root, hostile.ref), walk(t, mnt))
-	for p, want := range map[string]string{"redirected": "my own bytes\n", "empty": "", "d/old": "lower d/old\n", "d/new": "new\n"} {
+	for p, want := range map[string]string{"redirected": "my own bytes\n", "by-object": "mine too\n", "empty": "", "d/old": "lower d/old\n", "d/new": "new\n"} {
 		if got, err := os.ReadFile(filepath.Join(mnt, p)); err != nil || string(got) != want {
 			t.Errorf("%s reads %q, %v; want %q", p, got, err, want)
 		}
@@ -232,6 +237,36 @@ func TestKernelMountLifecycle(t *testing.T) {
 	requireSame(t, "mount --kernel over a damaged cached image", want, walk(t, kernelMount(t, root, "sample")))
 	if r := run(t, root, "verify"); r.code != 0 {
 		t.Errorf("verify after the rebuild: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	// A layer extracted before layers had links gets them from the next
+	// mount; a damaged link is reported and removed by verify, and the
+	// next mount links the objects again.
+	dirs, err := filepath.Glob(filepath.Join(root, "layers", "sha256", "*", "links"))
+	must(t, err)
+	var links string
+	var names []os.DirEntry
+	for _, d := range dirs {
+		if names, err = os.ReadDir(d); err == nil && len(names) > 0 {
+			links = d
+			break
+		}
+	}
+	if links == "" {
+		t.Fatalf("no layer of the sample has links to objects: %q", dirs)
+	}
+	must(t, os.RemoveAll(links))
+	requireSame(t, "mount --kernel over a layer without links", want, walk(t, kernelMount(t, root, "sample")))
+	victim := filepath.Join(links, names[0].Name())
+	must(t, os.Remove(victim))
+	must(t, os.WriteFile(victim, []byte("not the object\n"), 0o400))
+	r = run(t, root, "verify")
+	if r.code != 1 || !strings.Contains(r.stderr, "links") || !strings.Contains(r.stderr, "image sample is affected") {
+		t.Errorf("verify of a damaged link: exit %d, stderr %q", r.code, r.stderr)
+	}
+	requireSame(t, "mount --kernel after verify removed a damaged link", want, walk(t, kernelMount(t, root, "sample")))
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Errorf("verify after the links were made again: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 

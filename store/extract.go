@@ -109,9 +109,10 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 // at any point harmless:
 //  1. objects were written to tmp/ without fsync, one syncfs makes them
 //     all durable at once (cheaper than an fsync per file);
-//  2. they are renamed to their content names; a name under objects/
-//     therefore always holds its complete content;
-//  3. a second syncfs makes those renames durable;
+//  2. they are linked at their content names; a name under objects/
+//     therefore always holds its complete content; the directory they
+//     were staged in becomes the layer's links directory (links.go);
+//  3. a second syncfs makes those names durable;
 //  4. the blob, then the index are committed (fsync, rename, fsync dir).
 //
 // The index is the commit point: a layer is extracted exactly when its
@@ -133,6 +134,9 @@ func (s *Store) commit(x *layer.Extraction, desc ocispec.Descriptor, diffID dige
 		return err
 	}
 	if err := x.MoveObjects(); err != nil {
+		return err
+	}
+	if err := s.installLinks(desc.Digest, x.ObjectsDir()); err != nil {
 		return err
 	}
 	if err := s.syncfs(); err != nil {

@@ -186,9 +186,14 @@ func (s *Store) objectsOf(d digest.Digest, fn func(digest.Digest)) error {
 	return nil
 }
 
+// diskUsage counts the bytes of the files under p, but for a layer's
+// links, which are names of objects counted as objects.
 func diskUsage(p string) int64 {
 	var n int64
-	filepath.Walk(p, func(_ string, info os.FileInfo, err error) error {
+	filepath.Walk(p, func(name string, info os.FileInfo, err error) error {
+		if err == nil && info.IsDir() && name == filepath.Join(p, linksDir) {
+			return filepath.SkipDir
+		}
 		if err == nil && !info.IsDir() {
 			n += info.Size()
 		}
@@ -252,6 +257,16 @@ func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 		indexes++
 		if err := s.objectsOf(d, func(o digest.Digest) { objects[o] = true }); err != nil {
 			add("layer", d.String(), err)
+		}
+		if err := s.checkLinks(d); err != nil {
+			// Links are names, made again from the index: a damaged
+			// directory goes, and the next kernel mount makes it anew.
+			if rerr := s.removeBeneath(s.rel(filepath.Join(s.layerDir(d), linksDir))); rerr != nil {
+				err = errors.Join(err, rerr)
+			} else {
+				err = fmt.Errorf("%w; removed, the next mount --kernel over the layer links its objects again", err)
+			}
+			add("layer", d.String(), fmt.Errorf("links: %w", err))
 		}
 	}
 	for o := range objects {

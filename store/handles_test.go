@@ -100,8 +100,12 @@ func TestHandlesOpenTheirObjectsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(p); err != nil {
-		t.Fatal(err)
+	// Every name of the object goes, its layer's link too, so that its
+	// inode is freed and the handle names nothing or another file.
+	for _, name := range []string{p, filepath.Join(s.layerDir(layers[r.layer]), linksDir, r.object.Encoded())} {
+		if err := os.Remove(name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(p, data, 0o400); err != nil {
 		t.Fatal(err)

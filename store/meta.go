@@ -26,7 +26,7 @@ const metaDir = "meta"
 // is part of every image's key, so that a layerfs whose writer changed
 // never mounts an image of the old one; gc removes images of other
 // formats.
-const metaFormat = 2
+const metaFormat = 3
 
 // MetaImage is the record of one cached metadata-only image: the view it
 // shows and the image's own digest and size.
@@ -293,10 +293,4 @@ func (s *Store) LeaseKernel(t Target, mountpoint, source, key string) (release f
 	}
 	l.Source, l.Meta = source, key
 	return s.writeLease(t, l, fmt.Sprintf("kernel-%d-%d.json", l.PID, l.Start))
-}
-
-// OpenObjectsDir opens objects/, which a kernel mount takes as its
-// data-only layer: the meta images' redirects are paths beneath it.
-func (s *Store) OpenObjectsDir() (*os.File, error) {
-	return s.openBeneath("objects", unix.O_RDONLY|unix.O_DIRECTORY, 0)
 }

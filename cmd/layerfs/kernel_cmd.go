@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/layerfs/layerfs/erofs"
@@ -47,21 +48,24 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 	if err := s.Prepare(ctx, t); err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
+	if err := s.EnsureLinks(t.Digests()); err != nil {
+		return fmt.Errorf("mount %s: %w", t, err)
+	}
 	meta, rec, err := metaImage(ctx, s, t)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
 	defer meta.Close()
-	objects, err := s.OpenObjectsDir()
+	data, err := s.OpenLayersDir()
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
-	defer objects.Close()
+	defer data.Close()
 	release, err := s.LeaseKernel(t, abs, layerfs.KernelSourcePrefix+t.String(), rec.Key())
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
-	err = layerfs.MountKernel(meta, objects, abs, layerfs.KernelOptions{Target: t.String(), Dev: f.dev, Suid: f.suid})
+	err = layerfs.MountKernel(meta, data, abs, layerfs.KernelOptions{Target: t.String(), Dev: f.dev, Suid: f.suid})
 	if err != nil {
 		release()
 		if errors.Is(err, layerfs.ErrKernelMount) {
@@ -90,8 +94,26 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 		return nil, want, err
 	}
 	defer v.Close()
+	layers := t.Digests()
+	// Each file's bytes are read through a link of the layer whose record
+	// holds them (store.LinkPath).
+	redirect := func(info fs.FileInfo, object string) (string, error) {
+		top, ok := view.TopRef(info)
+		if !ok {
+			return "", fmt.Errorf("%s: not a file of the view", info.Name())
+		}
+		src, err := v.Source(view.Node{top})
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", info.Name(), err)
+		}
+		o, err := digest.Parse(object)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", info.Name(), err)
+		}
+		return store.LinkPath(layers[src.Layer], o), nil
+	}
 	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
-		res, err := erofs.BuildMeta(out, view.NewFS(v, view.ByName(s.OpenObject)), erofs.Options{Seed: want.Key(), Digest: true})
+		res, err := erofs.BuildMeta(out, view.NewFS(v, view.ByName(s.OpenObject)), erofs.Options{Seed: want.Key(), Digest: true, Redirect: redirect})
 		if err == nil {
 			err = ctx.Err()
 		}

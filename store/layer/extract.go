@@ -14,11 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/layerfs/layerfs/internal/compression"
 	"github.com/layerfs/layerfs/store/index"
@@ -94,7 +96,7 @@ const (
 // from then on, that refuses a layer expanding beyond limit bytes (0 for
 // none) and counts entries on meter (nil for none).
 func New(dir string, limit int64, objectPath func(digest.Digest) string, meter Meter) (*Extraction, error) {
-	if err := os.Mkdir(filepath.Join(dir, "objects"), dirMode); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, stagedObjects), dirMode); err != nil {
 		return nil, fmt.Errorf("stage extraction: %w", err)
 	}
 	if meter == nil {
@@ -343,8 +345,8 @@ func (x *Extraction) storeContent(e *index.Entry, body io.Reader) error {
 			return fmt.Errorf("read content: %w", streamError(err))
 		}
 		e.Object = digest.FromBytes(b)
-		if x.known(e.Object) {
-			return nil
+		if known, err := x.known(e.Object); known || err != nil {
+			return err
 		}
 		return x.writeObject(e.Object, b)
 	}
@@ -367,8 +369,8 @@ func (x *Extraction) storeContent(e *index.Entry, body io.Reader) error {
 		return err
 	}
 	e.Object = digest.NewDigest(digest.SHA256, h)
-	if x.known(e.Object) {
-		return nil
+	if known, err := x.known(e.Object); known || err != nil {
+		return err
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("stage object: %w", err)
@@ -381,21 +383,32 @@ func (x *Extraction) storeContent(e *index.Entry, body io.Reader) error {
 }
 
 func (x *Extraction) stagedObject(d digest.Digest) string {
-	return filepath.Join(x.dir, "objects", d.Encoded())
+	return filepath.Join(x.ObjectsDir(), d.Encoded())
 }
 
-// known reports whether content d needs no new object, counting d as
-// this layer's once.
-func (x *Extraction) known(d digest.Digest) bool {
-	if _, err := os.Lstat(x.stagedObject(d)); err == nil {
-		return true
+// known reports whether content d needs no new object: it is staged
+// already, or the store has it, and then it is staged as a link to the
+// store's file, so that the staged objects are all of the layer's
+// (ObjectsDir). An object with as many links as the file system allows
+// is staged as a copy of its own.
+func (x *Extraction) known(d digest.Digest) (bool, error) {
+	staged := x.stagedObject(d)
+	if _, err := os.Lstat(staged); err == nil {
+		return true, nil
 	}
-	st, err := os.Stat(x.objectPath(d))
-	if err == nil {
-		x.objSize += st.Size()
-		return true
+	err := os.Link(x.objectPath(d), staged)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.EMLINK) {
+		return false, nil
 	}
-	return false
+	if err != nil {
+		return false, fmt.Errorf("link object %s: %w", d, err)
+	}
+	st, err := os.Lstat(staged)
+	if err != nil {
+		return false, fmt.Errorf("link object %s: %w", d, err)
+	}
+	x.objSize += st.Size()
+	return true, nil
 }
 
 func (x *Extraction) writeObject(d digest.Digest, b []byte) error {
@@ -465,10 +478,13 @@ func (w *sparseWriter) finish() error {
 	return nil
 }
 
-// MoveObjects renames the staged objects to their content names, a batch
-// of directory entries at a time.
+// MoveObjects gives each staged object its content name in the store, a
+// batch of directory entries at a time. It links rather than renames, so
+// the staged directory stays whole as the layer's own names of its
+// objects (ObjectsDir). A name the store has already keeps its file:
+// the staged one is the same file, or the same bytes.
 func (x *Extraction) MoveObjects() error {
-	d, err := os.Open(filepath.Join(x.dir, "objects"))
+	d, err := os.Open(x.ObjectsDir())
 	if err != nil {
 		return fmt.Errorf("objects: %w", err)
 	}
@@ -480,7 +496,7 @@ func (x *Extraction) MoveObjects() error {
 			if err := os.MkdirAll(filepath.Dir(final), dirMode); err != nil {
 				return fmt.Errorf("object %s: %w", name, err)
 			}
-			if err := os.Rename(filepath.Join(x.dir, "objects", name), final); err != nil {
+			if err := os.Link(filepath.Join(x.ObjectsDir(), name), final); err != nil && !errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("object %s: %w", name, err)
 			}
 		}
@@ -492,3 +508,9 @@ func (x *Extraction) MoveObjects() error {
 		}
 	}
 }
+
+// ObjectsDir holds a name for each of the layer's objects, its hex
+// digest, all in one directory.
+func (x *Extraction) ObjectsDir() string { return filepath.Join(x.dir, stagedObjects) }
+
+const stagedObjects = "objects"

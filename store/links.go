@@ -1,0 +1,128 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// A layer's links directory, layers/sha256/<hex>/links, holds a hardlink
+// to each of its objects, named by the object's hex digest: the same
+// files as objects/, in one small directory per layer. A kernel mount
+// reads through them (docs/store.md): a cold lookup of a view's objects
+// then reads a few blocks of its layers' directories instead of a block
+// of objects/ for nearly every file, since content names scatter a
+// layer's objects over every directory there.
+const linksDir = "links"
+
+// installLinks makes staged, a directory of hardlinks to layer d's
+// objects, its links directory, replacing one an extraction cut short
+// left behind.
+func (s *Store) installLinks(d digest.Digest, staged string) error {
+	final := filepath.Join(s.layerDir(d), linksDir)
+	err := os.Rename(staged, final)
+	if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, fs.ErrExist) {
+		if err = s.removeBeneath(s.rel(final)); err == nil {
+			err = os.Rename(staged, final)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("layer %s: links of its objects: %w", d, err)
+	}
+	return nil
+}
+
+// EnsureLinks gives each of layers that was extracted before links
+// existed its links directory. Another process doing the same at once is
+// harmless: the first complete directory stays.
+func (s *Store) EnsureLinks(layers []digest.Digest) error {
+	for _, d := range layers {
+		if _, err := os.Lstat(filepath.Join(s.layerDir(d), linksDir)); err == nil {
+			continue
+		}
+		if err := s.linkLayer(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) linkLayer(d digest.Digest) error {
+	release, err := s.Writing()
+	if err != nil {
+		return err
+	}
+	defer release()
+	staged, err := os.MkdirTemp(s.path(tmpDir), "links-")
+	if err != nil {
+		return fmt.Errorf("layer %s: links of its objects: %w", d, err)
+	}
+	defer os.RemoveAll(staged)
+	var linkErr error
+	err = s.objectsOf(d, func(o digest.Digest) {
+		if linkErr != nil {
+			return
+		}
+		err := os.Link(s.ObjectPath(o), filepath.Join(staged, o.Encoded()))
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			linkErr = fmt.Errorf("layer %s: link object %s: %w", d, o, err)
+		}
+	})
+	if err = errors.Join(err, linkErr); err != nil {
+		return err
+	}
+	if err := syncPath(staged); err != nil {
+		return err
+	}
+	err = os.Rename(staged, filepath.Join(s.layerDir(d), linksDir))
+	if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("layer %s: links of its objects: %w", d, err)
+	}
+	return syncPath(s.layerDir(d))
+}
+
+// LinkPath is where a kernel mount's data-only layer, the directory
+// OpenLayersDir opens, has object o of layer d.
+func LinkPath(d, o digest.Digest) string {
+	return "/" + d.Encoded() + "/" + linksDir + "/" + o.Encoded()
+}
+
+// OpenLayersDir opens layers/sha256, which a kernel mount takes as its
+// data-only layer: the meta images' redirects are LinkPaths beneath it.
+func (s *Store) OpenLayersDir() (*os.File, error) {
+	return s.openBeneath(layersDir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+}
+
+// checkLinks finds what is wrong with layer d's links directory, if it
+// has one: an object of the layer with no link, or a link that is not
+// the store's object and does not hold the object's bytes either.
+func (s *Store) checkLinks(d digest.Digest) error {
+	dir := filepath.Join(s.layerDir(d), linksDir)
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	var problems []error
+	err := s.objectsOf(d, func(o digest.Digest) {
+		link := filepath.Join(dir, o.Encoded())
+		li, err := os.Lstat(link)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("object %s: %w", o, err))
+			return
+		}
+		if oi, err := os.Lstat(s.ObjectPath(o)); err == nil && os.SameFile(li, oi) {
+			return
+		}
+		if err := s.hashFile(s.rel(link), o); err != nil {
+			problems = append(problems, fmt.Errorf("link of object %s: %w", o, err))
+		}
+	})
+	return errors.Join(err, errors.Join(problems...))
+}

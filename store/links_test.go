@@ -1,0 +1,101 @@
+package store
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// linkNames lists layer d's links directory, failing when it has none.
+func linkNames(t *testing.T, s *Store, d digest.Digest) []string {
+	t.Helper()
+	es, err := os.ReadDir(filepath.Join(s.layerDir(d), linksDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// requireLinks checks that layer d's links are its objects, each the
+// very file the store keeps, and nothing else.
+func requireLinks(t *testing.T, s *Store, d digest.Digest) {
+	t.Helper()
+	want := map[string]bool{}
+	if err := s.objectsOf(d, func(o digest.Digest) { want[o.Encoded()] = true }); err != nil {
+		t.Fatal(err)
+	}
+	names := linkNames(t, s, d)
+	if len(names) != len(want) {
+		t.Errorf("layer %s: %d links for %d objects", d, len(names), len(want))
+	}
+	for _, n := range names {
+		if !want[n] {
+			t.Errorf("layer %s: link %s is not one of its objects", d, n)
+			continue
+		}
+		li, err := os.Lstat(filepath.Join(s.layerDir(d), linksDir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		oi, err := os.Lstat(s.ObjectPath(digest.NewDigestFromEncoded(digest.SHA256, n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !os.SameFile(li, oi) {
+			t.Errorf("layer %s: link %s is another file than the object", d, n)
+		}
+	}
+}
+
+// An import links each layer's objects into its links directory; a layer
+// without one (extracted before links existed) gets it from
+// EnsureLinks; verify finds a link that is not the object, removes the
+// directory, and EnsureLinks makes it again.
+func TestLinks(t *testing.T) {
+	s, target := newSampleStore(t)
+	layers := target.Digests()
+	for _, d := range layers {
+		requireLinks(t, s, d)
+	}
+
+	d := layers[0]
+	if err := os.RemoveAll(filepath.Join(s.layerDir(d), linksDir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnsureLinks(layers); err != nil {
+		t.Fatal(err)
+	}
+	requireLinks(t, s, d)
+
+	victim := filepath.Join(s.layerDir(d), linksDir, linkNames(t, s, d)[0])
+	if err := os.Remove(victim); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, []byte("not the object\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	_, problems, err := s.Verify([]Target{target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) != 1 || problems[0].ID != d.String() || !strings.Contains(problems[0].Err.Error(), "links") {
+		t.Fatalf("verify of a damaged link found %v, want one problem of layer %s's links", problems, d)
+	}
+	if _, err := os.Lstat(filepath.Join(s.layerDir(d), linksDir)); !os.IsNotExist(err) {
+		t.Errorf("verify left the damaged links directory: %v", err)
+	}
+	if err := s.EnsureLinks(layers); err != nil {
+		t.Fatal(err)
+	}
+	requireLinks(t, s, d)
+	if _, problems, err := s.Verify([]Target{target}); err != nil || len(problems) != 0 {
+		t.Errorf("verify after links were made again: %v %v", problems, err)
+	}
+}
