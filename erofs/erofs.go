@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	goerofs "github.com/erofs/go-erofs"
+	"github.com/layerfs/layerfs/view"
 )
 
 // Options makes a build reproducible: the same source and options give the
@@ -35,7 +36,7 @@ type Options struct {
 	// data-only layer, of a non-empty regular file's bytes; nil means
 	// ObjectPath of its object, for a data-only layer laid out as the
 	// store's objects directory.
-	Redirect func(info fs.FileInfo, object string) (string, error)
+	Redirect func(a *view.Attr) string
 }
 
 // Output is where an image goes: the writer seeks back to fill in offsets,

@@ -13,6 +13,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/layerfs/layerfs/view"
 )
 
 // The metadata-only writer is our own. go-erofs keeps a tree node and an
@@ -115,17 +117,13 @@ type metaWriter struct {
 	// an address once the inodes' area has its size.
 	blockRefs []int64
 	buildTime uint64
-	redirect  func(info fs.FileInfo, object string) (string, error)
+	redirect  func(a *view.Attr) string
 	chunked   bool
 	record    []byte
 }
 
 func buildMeta(out io.Writer, src readLinkFS, opts Options) (Result, error) {
-	redirect := opts.Redirect
-	if redirect == nil {
-		redirect = func(_ fs.FileInfo, object string) (string, error) { return ObjectPath(object) }
-	}
-	w := &metaWriter{src: src, links: map[uint64]uint64{}, buildTime: opts.BuildTime, redirect: redirect}
+	w := &metaWriter{src: src, links: map[uint64]uint64{}, buildTime: opts.BuildTime, redirect: opts.Redirect}
 	info, err := fs.Stat(src, ".")
 	if err != nil {
 		return Result{}, fmt.Errorf("erofs: stat the root: %w", err)
@@ -488,7 +486,7 @@ func (w *metaWriter) inode(p string, info fs.FileInfo) (*inode, error) {
 		}
 	}
 	if info.Mode().IsRegular() && info.Size() > 0 {
-		target, err := w.redirect(info, a.Object.String())
+		target, err := w.redirectOf(a)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
@@ -616,4 +614,12 @@ func (ino *inode) encode(b []byte, serial uint32) []byte {
 		b = append(b, zeros[:(4-len(b)%4)%4]...)
 	}
 	return b
+}
+
+// redirectOf is where, beneath the data-only layer, the bytes of a are.
+func (w *metaWriter) redirectOf(a *view.Attr) (string, error) {
+	if w.redirect != nil {
+		return w.redirect(a), nil
+	}
+	return ObjectPath(a.Object.String())
 }

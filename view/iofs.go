@@ -121,7 +121,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &fileInfo{name: path.Base(name), a: a, top: n.Top()}
+	info := &fileInfo{name: path.Base(name), a: a}
 	switch {
 	case a.Type == TypeDir:
 		children, err := f.v.List(n)
@@ -142,20 +142,20 @@ func (f *FS) Open(name string) (fs.File, error) {
 
 // Stat describes name, following symlinks.
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
-	n, a, err := f.resolve("stat", name, true)
+	_, a, err := f.resolve("stat", name, true)
 	if err != nil {
 		return nil, err
 	}
-	return &fileInfo{name: path.Base(name), a: a, top: n.Top()}, nil
+	return &fileInfo{name: path.Base(name), a: a}, nil
 }
 
 // Lstat describes name itself, a symlink included.
 func (f *FS) Lstat(name string) (fs.FileInfo, error) {
-	n, a, err := f.resolve("lstat", name, false)
+	_, a, err := f.resolve("lstat", name, false)
 	if err != nil {
 		return nil, err
 	}
-	return &fileInfo{name: path.Base(name), a: a, top: n.Top()}, nil
+	return &fileInfo{name: path.Base(name), a: a}, nil
 }
 
 // ReadLink returns the target of symlink name.
@@ -224,18 +224,6 @@ func fileMode(t Type, perm uint32) fs.FileMode {
 type fileInfo struct {
 	name string
 	a    Attr
-	top  Ref
-}
-
-// TopRef is the record an FS's file info describes, the one whose object
-// its ObjectOpener is given for a regular file; ok is false for a file
-// info an FS did not make.
-func TopRef(info fs.FileInfo) (r Ref, ok bool) {
-	i, ok := info.(*fileInfo)
-	if !ok {
-		return Ref{}, false
-	}
-	return i.top, true
 }
 
 func (i *fileInfo) Name() string       { return i.name }
@@ -274,7 +262,7 @@ func (e *dirEntry) Info() (fs.FileInfo, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
 	}
-	return &fileInfo{name: e.c.Name, a: a, top: n.Top()}, nil
+	return &fileInfo{name: e.c.Name, a: a}, nil
 }
 
 // file is a regular file with content: its object.

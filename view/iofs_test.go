@@ -117,7 +117,7 @@ func checkOverlay(t *testing.T, s *store.Store, single, overlay *stack.View) {
 			t.Errorf("%s: the overlay format shows it, the layer has no such name", p)
 			continue
 		}
-		g.Ino, g.Xattrs, w.Ino, w.Xattrs = 0, nil, 0, nil
+		g.Ino, g.Xattrs, g.Source, w.Ino, w.Xattrs, w.Source = 0, nil, view.Ref{}, 0, nil, view.Ref{}
 		if isDevice[p] {
 			// A device's mtime is its marker's.
 			g.Mtime, g.MtimeNs = 0, 0

@@ -108,6 +108,9 @@ type Attr struct {
 	Link         string // symlink target
 	Xattrs       []Xattr
 	Object       digest.Digest // content of a non-empty regular file
+	// Source is the record the node's attributes come from: its top
+	// record, or for a hardlink to a lower layer's file, that file's.
+	Source Ref
 }
 
 // Child is one name of a directory as the view lists it.

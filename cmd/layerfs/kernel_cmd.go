@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 
 	"github.com/layerfs/layerfs/erofs"
@@ -97,21 +96,7 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	layers := t.Digests()
 	// Each file's bytes are read through a link of the layer whose record
 	// holds them (store.LinkPath).
-	redirect := func(info fs.FileInfo, object string) (string, error) {
-		top, ok := view.TopRef(info)
-		if !ok {
-			return "", fmt.Errorf("%s: not a file of the view", info.Name())
-		}
-		src, err := v.Source(view.Node{top})
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", info.Name(), err)
-		}
-		o, err := digest.Parse(object)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", info.Name(), err)
-		}
-		return store.LinkPath(layers[src.Layer], o), nil
-	}
+	redirect := func(a *view.Attr) string { return store.LinkPath(layers[a.Source.Layer], a.Object) }
 	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
 		res, err := erofs.BuildMeta(out, view.NewFS(v, view.ByName(s.OpenObject)), erofs.Options{Seed: want.Key(), Digest: true, Redirect: redirect})
 		if err == nil {

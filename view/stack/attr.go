@@ -24,7 +24,7 @@ func (v *View) Attr(n Node) (view.Attr, error) {
 	}
 	if v.kind == view.Overlay && whiteout.IsMarker(e.Name) {
 		// Lookup finds a marker only as the whiteout device it stands for.
-		return view.Attr{Type: view.TypeChar, Nlink: 1, Ino: v.ino(ref), Mtime: e.Mtime, MtimeNs: e.MtimeNs}, nil
+		return view.Attr{Type: view.TypeChar, Nlink: 1, Ino: v.ino(ref), Mtime: e.Mtime, MtimeNs: e.MtimeNs, Source: ref}, nil
 	}
 	a := view.Attr{
 		Type:    viewType(e.Type),
@@ -38,6 +38,7 @@ func (v *View) Attr(n Node) (view.Attr, error) {
 		MtimeNs: e.MtimeNs,
 		Link:    e.Link,
 		Object:  e.Object,
+		Source:  ref,
 	}
 	if e.Type == index.TypeChar || e.Type == index.TypeBlock {
 		a.Major, a.Minor = e.Major, e.Minor

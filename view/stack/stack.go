@@ -354,13 +354,6 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 	return e, top, nil
 }
 
-// Source is the record whose entry node n shows: its top record, or
-// for a hardlink to a lower layer's file, that file's record.
-func (v *View) Source(n Node) (Ref, error) {
-	_, ref, err := v.entry(n)
-	return ref, err
-}
-
 func (v *View) record(ref Ref) (index.Entry, error) {
 	e, err := v.Layers[ref.Layer].Index.Entry(ref.Rec)
 	if err != nil {
