@@ -179,6 +179,13 @@ func (b *bench) cases() []benchCase {
 			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, img, cold, w.find("kernel")), target{op: "<=", value: 1.0}}},
 		}
 	}
+	// kernelVs makes the case of body through mount --kernel against
+	// kernel overlayfs over the unpacked layers, which it should match.
+	kernelVs := func(name, title string, img *image, cold bool, body func(string) error) benchCase {
+		return benchCase{name: name, title: title, unit: "s",
+			layerfs: b.mountRun(layerfsKernel, img, cold, body),
+			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, img, cold, body), target{op: "<=", value: 1.0}}}}
+	}
 	// compare makes the case of body on img, layerfs as root against
 	// kernel overlayfs, with its requests counted.
 	compare := func(name, title string, img *image, cold bool, k counted, body func(string) error, limit float64) benchCase {
@@ -286,9 +293,7 @@ func (b *bench) cases() []benchCase {
 		// Beside tar-cold/edge: the same objects read by the kernel alone,
 		// so the ratio left is what their placement by hash costs, and the
 		// rest of tar-cold/edge's is the FUSE path.
-		{name: "kernel-tar-cold/edge", title: "same through mount --kernel: what object placement costs", unit: "s",
-			layerfs: b.mountRun(layerfsKernel, edge, true, tarView),
-			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, edge, true, tarView), target{op: "<=", value: 1.0}}}},
+		kernelVs("kernel-tar-cold/edge", "same through mount --kernel: what object placement costs", edge, true, tarView),
 		compare("mkfs/edge", "mkfs.ext4 -d from the view, cold, edge-case image", edge, true, counted{need: needContent, xattrCalls: 1}, mkfs, 1.2),
 		compare("mkfs-warm/edge", "mkfs.ext4 -d from the view, warm, edge-case image", edge, false, counted{need: needContent, xattrCalls: 1}, mkfs, 1.2),
 		compare("rsync-cold/edge", "rsync -aHAX of the view into a directory, cold, edge-case image", edge, true, counted{need: needContent, xattrCalls: 2}, rsync, 1.3),
@@ -341,12 +346,10 @@ func (b *bench) cases() []benchCase {
 			layerfs: b.kernelReady(deb, metaCached), abs: &target{op: "<", value: 0.05}},
 		kernelFind("kernel-find-cold/debian", "cold, Debian", deb, true),
 		kernelFind("kernel-find-warm/debian", "warm, Debian", deb, false),
-		{name: "kernel-tar-cold/debian", title: "tar -c of the whole view through mount --kernel, cold, Debian", unit: "s",
-			layerfs: b.mountRun(layerfsKernel, deb, true, tarView),
-			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, tarView), target{op: "<=", value: 1.0}}}},
-		{name: "kernel-mkfs/debian", title: "mkfs.ext4 -d through mount --kernel, cold, Debian", unit: "s",
-			layerfs: b.mountRun(layerfsKernel, deb, true, mkfs),
-			refs:    []ref{{kernelOverlay.name, b.mountRun(kernelOverlay, deb, true, mkfs), target{op: "<=", value: 1.0}}}},
+		kernelVs("kernel-tar-cold/debian", "tar -c of the whole view through mount --kernel, cold, Debian", deb, true, tarView),
+		kernelVs("kernel-tar-warm/debian", "same, warm", deb, false, tarView),
+		kernelVs("kernel-mkfs/debian", "mkfs.ext4 -d through mount --kernel, cold, Debian", deb, true, mkfs),
+		kernelVs("kernel-mkfs-warm/debian", "same, warm", deb, false, mkfs),
 		{name: "kernel-read-warm/debian", title: "sequential read of the 64 MiB file through mount --kernel, warm", unit: "MB/s",
 			layerfs: bigMB(b.mountRun(layerfsKernel, deb, false, readBig(false))),
 			refs:    []ref{{kernelOverlay.name, bigMB(b.mountRun(kernelOverlay, deb, false, readBig(false))), target{op: ">=", value: 0.95}}}},
