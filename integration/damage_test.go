@@ -47,9 +47,7 @@ func TestDamagedStoreUnderLiveMount(t *testing.T) {
 		}
 	}
 
-	if err := os.Remove(objectPath(root, body("low/f000"))); err != nil {
-		t.Fatal(err)
-	}
+	removeObject(t, root, body("low/f000"))
 	if err := read("low/f000"); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read of a file whose object is gone: %v, want EIO", err)
 	}

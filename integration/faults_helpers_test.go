@@ -231,3 +231,19 @@ func objectPath(root, body string) string {
 	hex := digestHex(body)
 	return filepath.Join(root, "objects", "sha256", hex[:2], hex)
 }
+
+// removeObject removes every name the store has for the object of body,
+// its name under objects/ and each layer's link to it, so that no
+// file handle opens it either.
+func removeObject(t testing.TB, root, body string) {
+	t.Helper()
+	links, err := filepath.Glob(filepath.Join(root, "layers", "sha256", "*", "links", digestHex(body)))
+	if err != nil || len(links) == 0 {
+		t.Fatalf("no layer links the object of %q: %v", body, err)
+	}
+	for _, name := range append(links, objectPath(root, body)) {
+		if err := os.Remove(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

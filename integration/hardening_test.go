@@ -241,7 +241,7 @@ func TestSymlinksInsideTheStoreAreNotFollowed(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
 	must(t, os.WriteFile(secret, []byte("SECRET\n"), 0o600)) // as long as "sample\n"
 	hostname := objectPath(root, "sample\n")
-	must(t, os.Remove(hostname))
+	removeObject(t, root, "sample\n")
 	must(t, os.Symlink(secret, hostname))
 
 	mnt := mountDaemon(t, root, "--allow-other", "sample")
