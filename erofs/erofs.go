@@ -46,6 +46,14 @@ type Output interface {
 	io.ReaderAt
 }
 
+// MetaOutput is where a metadata-only image goes: written from its start
+// on, with the few fields known only at the end written in place, and
+// read back for its digest.
+type MetaOutput interface {
+	io.WriterAt
+	io.ReaderAt
+}
+
 // Result describes a written image.
 type Result struct {
 	// Digest is the sha256 of the whole image ("sha256:<hex>"), when
@@ -107,7 +115,7 @@ func Build(out Output, src fs.FS, opts Options) (Result, error) {
 // no data blocks, and the metacopy and redirect xattrs that send overlayfs
 // to its bytes in DATA (Options.Redirect). The source's own overlay xattrs are escaped
 // so that overlayfs shows them instead of obeying them.
-func BuildMeta(out io.Writer, src fs.FS, opts Options) (Result, error) {
+func BuildMeta(out MetaOutput, src fs.FS, opts Options) (Result, error) {
 	rl, err := checkSource(src)
 	if err != nil {
 		return Result{}, err

@@ -230,7 +230,8 @@ func (d *discard) Seek(off int64, whence int) (int64, error) {
 	}
 	return d.off, nil
 }
-func (d *discard) ReadAt([]byte, int64) (int, error) { return 0, errors.New("nothing kept") }
+func (d *discard) ReadAt([]byte, int64) (int, error)      { return 0, errors.New("nothing kept") }
+func (d *discard) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
 
 // openCounter is a source that counts the files open at once.
 type openCounter struct {
