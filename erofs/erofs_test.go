@@ -115,18 +115,48 @@ func TestBuildIsReproducible(t *testing.T) {
 }
 
 func TestBuildMetaXattrs(t *testing.T) {
-	img, _, _ := buildAndRead(t, true, sampleSource(), "s")
-	a := stat(t, img, "d/a")
-	want := "/sha256/" + digest.FromBytes([]byte("shared bytes\n")).Encoded()[:2] + "/" + digest.FromBytes([]byte("shared bytes\n")).Encoded()
-	if a.Xattrs[redirectXattr] != want || a.Xattrs[metacopyXattr] != "" || a.Size != 13 {
-		t.Errorf("d/a: xattrs %q size %d, want redirect %s, metacopy and 13 bytes", a.Xattrs, a.Size, want)
+	src := sampleSource()
+	big := bytes.Repeat([]byte("b"), inlineMaxSize+1)
+	src["big"] = &fstest.MapFile{Data: big, Mode: 0o644, Sys: &view.Attr{Object: digest.FromBytes(big)}}
+	img, _, _ := buildAndRead(t, true, src, "s")
+	a := stat(t, img, "big")
+	want := "/sha256/" + digest.FromBytes(big).Encoded()[:2] + "/" + digest.FromBytes(big).Encoded()
+	if a.Xattrs[redirectXattr] != want || a.Xattrs[metacopyXattr] != "" || a.Size != int64(len(big)) {
+		t.Errorf("big: xattrs %q size %d, want redirect %s, metacopy and %d bytes", a.Xattrs, a.Size, want, len(big))
 	}
 	if _, ok := a.Xattrs[metacopyXattr]; !ok {
-		t.Errorf("d/a has no metacopy xattr")
+		t.Errorf("big has no metacopy xattr")
+	}
+	// A small file's bytes are in the image, so it has neither.
+	if small := stat(t, img, "d/a"); len(small.Xattrs) != 0 {
+		t.Errorf("d/a: xattrs %q, want none: its bytes are inline", small.Xattrs)
+	}
+	for _, name := range []string{"d/a", "b", "d/nested"} {
+		if data, err := fs.ReadFile(img, name); err != nil || !bytes.Equal(data, src[name].Data) {
+			t.Errorf("read %s: %q, %v; want %q", name, data, err, src[name].Data)
+		}
 	}
 	e := stat(t, img, "empty")
 	if e.Xattrs["trusted.overlay.overlay.opaque"] != "y" || len(e.Xattrs) != 1 {
 		t.Errorf("empty: xattrs %q, want only the escaped opaque", e.Xattrs)
+	}
+}
+
+// TestBuildMetaInlinesAtMost: past inlineFiles small files, the rest are
+// read through their redirects.
+func TestBuildMetaInlinesAtMost(t *testing.T) {
+	src := fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}}
+	for i := range inlineFiles + 1 {
+		data := []byte(fmt.Sprintf("%06d\n", i))
+		src[fmt.Sprintf("f%06d", i)] = &fstest.MapFile{Data: data, Mode: 0o644, Sys: &view.Attr{Object: digest.FromBytes(data)}}
+	}
+	img, _, _ := buildAndRead(t, true, src, "s")
+	if first := stat(t, img, "f000000"); len(first.Xattrs) != 0 {
+		t.Errorf("f000000: xattrs %q, want none", first.Xattrs)
+	}
+	last := fmt.Sprintf("f%06d", inlineFiles)
+	if _, ok := stat(t, img, last).Xattrs[metacopyXattr]; !ok {
+		t.Errorf("%s, past the budget, has no metacopy xattr", last)
 	}
 }
 

@@ -210,7 +210,28 @@ type metaWriter struct {
 	redirect  func(a *view.Attr) string
 	chunked   bool
 	record    []byte
+	// inlined are the files whose contents go into the image, written
+	// once the inodes are out.
+	inlined []inlineContent
 }
+
+// inlineContent is a file of path p whose contents go at off.
+type inlineContent struct {
+	p    string
+	info fs.FileInfo
+	off  int64
+}
+
+// A small file's contents go into the image, right after its inode, as
+// composefs and mkfs.erofs keep them: a cold read of it then costs no
+// lookup in the data-only layer and no disk read of its own, and a file
+// opened costs overlayfs no second file. At most inlineFiles of them, the
+// first in walk order, so that the image of a view of a million small
+// files still reads a bounded number of objects while it builds.
+const (
+	inlineMaxSize = 1024
+	inlineFiles   = 1 << 14
+)
 
 // blockRef is an inode at off whose data starts at block of blocks.
 type blockRef struct {
@@ -257,6 +278,9 @@ func buildMeta(out MetaOutput, src readLinkFS, opts Options) (Result, error) {
 	}
 	if err := w.inodes.finish(); err != nil {
 		return Result{}, fmt.Errorf("erofs: write image: %w", err)
+	}
+	if err := w.writeInlined(out); err != nil {
+		return Result{}, err
 	}
 	res := Result{Size: size}
 	if opts.Digest {
@@ -323,7 +347,7 @@ func (w *metaWriter) directory(dir string, ino *inode, reserved uint64) (uint64,
 			parentOf = append(parentOf, dotdot)
 			ino.nlink++
 		} else {
-			nid, err = w.leaf(p, child)
+			nid, err = w.leaf(p, info, child)
 		}
 		if err != nil {
 			return 0, place{}, err
@@ -434,7 +458,7 @@ func (b direntBlock) encode(entries []dirent, self uint64) []byte {
 }
 
 // leaf writes a file, symlink, device, FIFO or socket and returns its nid.
-func (w *metaWriter) leaf(p string, ino *inode) (uint64, error) {
+func (w *metaWriter) leaf(p string, info fs.FileInfo, ino *inode) (uint64, error) {
 	hardlinked := ino.links > 1 && ino.ino != 0
 	if hardlinked {
 		if nid, ok := w.links[ino.ino]; ok {
@@ -456,6 +480,9 @@ func (w *metaWriter) leaf(p string, ino *inode) (uint64, error) {
 		}
 		tail = []byte(target)
 		ino.size = uint64(len(target))
+	case ino.inline:
+		tail = make([]byte, ino.size) // its contents come once the inodes are out
+		ino.layout = layoutFlatInline
 	case ino.mode.IsRegular() && ino.size > 0:
 		// No data: one chunk the size of the file, a hole, so the inode
 		// has its size and overlayfs reads the bytes from the redirect.
@@ -471,6 +498,13 @@ func (w *metaWriter) leaf(p string, ino *inode) (uint64, error) {
 		w.chunked = true
 	}
 	nid, inline := w.slot(ino, len(tail))
+	if ino.inline && !inline {
+		w.inodes.pad(imageBlockSize)
+		nid, _ = w.slot(ino, len(tail))
+	}
+	if ino.inline {
+		w.inlined = append(w.inlined, inlineContent{p: p, info: info, off: int64(nid)*inodeSlotSize + int64(ino.headerSize())})
+	}
 	if ino.mode&fs.ModeSymlink != 0 {
 		if inline {
 			ino.layout = layoutFlatInline
@@ -535,6 +569,7 @@ type inode struct {
 	layout   uint8
 	data     uint32 // i_u
 	extended bool
+	inline   bool // a regular file whose contents the image holds
 }
 
 type xattr struct {
@@ -584,6 +619,13 @@ func (w *metaWriter) inode(p string, info fs.FileInfo) (*inode, error) {
 		}
 	}
 	if info.Mode().IsRegular() && info.Size() > 0 {
+		if a.Object == "" {
+			return nil, fmt.Errorf("erofs: %s: %d bytes of content and no object", p, info.Size())
+		}
+		if w.inlines(ino) {
+			ino.inline = true
+			return ino, w.sortXattrs(p, ino)
+		}
 		target, err := w.redirectOf(a)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
@@ -592,15 +634,84 @@ func (w *metaWriter) inode(p string, info fs.FileInfo) (*inode, error) {
 			return nil, err
 		}
 	}
+	return ino, w.sortXattrs(p, ino)
+}
+
+// sortXattrs puts ino's xattrs in the order EROFS keeps them.
+func (w *metaWriter) sortXattrs(p string, ino *inode) error {
 	slices.SortFunc(ino.xattrs, func(a, b xattr) int {
 		return cmp.Or(cmp.Compare(a.index, b.index), strings.Compare(a.name, b.name))
 	})
 	for i := 1; i < len(ino.xattrs); i++ {
 		if prev, x := ino.xattrs[i-1], ino.xattrs[i]; prev.index == x.index && prev.name == x.name {
-			return nil, fmt.Errorf("erofs: %s: an xattr given twice (index %d, %q)", p, x.index, x.name)
+			return fmt.Errorf("erofs: %s: an xattr given twice (index %d, %q)", p, x.index, x.name)
 		}
 	}
-	return ino, nil
+	return nil
+}
+
+// inlines says whether the contents of regular file ino go into the
+// image: it is small, within the budget, and fits in one block after
+// its inode and xattrs, which is where the kernel reads them from.
+func (w *metaWriter) inlines(ino *inode) bool {
+	return ino.size <= inlineMaxSize && len(w.inlined) < inlineFiles &&
+		extendedInode+ino.xattrSize()+int(ino.size) <= imageBlockSize
+}
+
+// writeInlined reads the inlined files' contents, opened and read in by
+// the prefetcher ahead of the copy, into their places in the image: a
+// read and a write per chunk of the image that holds any, not a write
+// per file.
+func (w *metaWriter) writeInlined(out MetaOutput) error {
+	ahead := newPrefetcher()
+	defer ahead.stop()
+	files := make([]*lazyFile, len(w.inlined))
+	for i, c := range w.inlined {
+		files[i] = &lazyFile{src: w.src, name: c.p, info: c.info, ahead: ahead}
+		ahead.add(files[i])
+	}
+	var chunk []byte
+	chunkOff := int64(-1)
+	flush := func() error {
+		if chunkOff < 0 {
+			return nil
+		}
+		_, err := out.WriteAt(chunk, chunkOff)
+		return err
+	}
+	for i, c := range w.inlined {
+		if off := c.off / streamChunk * streamChunk; off != chunkOff {
+			if err := flush(); err != nil {
+				return fmt.Errorf("erofs: write image: %w", err)
+			}
+			chunk = make([]byte, min(streamChunk, w.inodes.flushed-off))
+			if _, err := out.ReadAt(chunk, off); err != nil {
+				return fmt.Errorf("erofs: read back image: %w", err)
+			}
+			chunkOff = off
+		}
+		size := c.info.Size()
+		n, err := io.ReadFull(files[i], chunk[c.off-chunkOff:][:size])
+		if err == nil {
+			// A byte more than its size, to see that it ends there.
+			var extra [1]byte
+			if m, _ := files[i].Read(extra[:]); m > 0 {
+				err = fmt.Errorf("more bytes than its size, %d", size)
+			}
+		} else {
+			err = fmt.Errorf("%d bytes where its size is %d: %w", n, size, err)
+		}
+		if cerr := files[i].Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("erofs: read %s: %w", c.p, err)
+		}
+	}
+	if err := flush(); err != nil {
+		return fmt.Errorf("erofs: write image: %w", err)
+	}
+	return nil
 }
 
 // fitsCompact says whether the 32-byte inode holds ino: its mtime is the

@@ -97,7 +97,7 @@ func (p *prefetcher) work() {
 		}
 		l.state = fileOpening
 		p.mu.Unlock()
-		f, err := l.src.Open(l.name)
+		f, err := l.open()
 		if err == nil {
 			readAhead(f)
 		}
@@ -153,7 +153,7 @@ func (p *prefetcher) take(l *lazyFile) (fs.File, error) {
 	if state == fileOpened {
 		return f, err
 	}
-	return l.src.Open(l.name)
+	return l.open()
 }
 
 // stop ends the workers and closes what they opened that was never read,

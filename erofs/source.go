@@ -65,6 +65,20 @@ type lazyFile struct {
 
 func (l *lazyFile) Stat() (fs.FileInfo, error) { return l.info, nil }
 
+// contentOpener is a source that opens a file from the FileInfo its
+// listing gave, without resolving the path again (view.FS).
+type contentOpener interface {
+	OpenContent(name string, a *view.Attr) (fs.File, error)
+}
+
+func (l *lazyFile) open() (fs.File, error) {
+	a, ok := l.info.Sys().(*view.Attr)
+	if o, isOpener := l.src.(contentOpener); isOpener && ok {
+		return o.OpenContent(l.name, a)
+	}
+	return l.src.Open(l.name)
+}
+
 func (l *lazyFile) Read(p []byte) (int, error) {
 	if l.done {
 		return 0, io.EOF

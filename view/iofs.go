@@ -140,6 +140,21 @@ func (f *FS) Open(name string) (fs.File, error) {
 	return &empty{info: info}, nil
 }
 
+// OpenContent opens the bytes of the file a describes, named name, as
+// Open of its path does but without resolving the path again: a walker
+// that has listed the view holds every file's Attr already.
+func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
+	info := &fileInfo{name: path.Base(name), a: *a}
+	if a.Type != TypeReg || a.Object == "" {
+		return &empty{info: info}, nil
+	}
+	o, err := f.openObject(a.Source, *a)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	return &file{File: o, info: info}, nil
+}
+
 // Stat describes name, following symlinks.
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
 	_, a, err := f.resolve("stat", name, true)

@@ -97,8 +97,12 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	// Each file's bytes are read through a link of the layer whose record
 	// holds them (store.LinkPath).
 	redirect := func(a *view.Attr) string { return store.LinkPath(layers[a.Source.Layer], a.Object) }
+	// The small files the image holds are read by handle: a cold lookup
+	// by name reads a block of one of objects/'s large directories.
+	handles := s.OpenHandles(layers)
+	defer handles.Close()
 	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
-		res, err := erofs.BuildMeta(out, view.NewFS(v, view.ByName(s.OpenObject)), erofs.Options{Seed: want.Key(), Digest: true, Redirect: redirect})
+		res, err := erofs.BuildMeta(out, view.NewFS(v, handles.OpenObject), erofs.Options{Seed: want.Key(), Digest: true, Redirect: redirect})
 		if err == nil {
 			err = ctx.Err()
 		}
