@@ -229,7 +229,7 @@ type inlineContent struct {
 // first in walk order, so that the image of a view of a million small
 // files still reads a bounded number of objects while it builds.
 const (
-	inlineMaxSize = 1024
+	inlineMaxSize = 768
 	inlineFiles   = 1 << 14
 )
 
