@@ -89,11 +89,18 @@ func TestRootMustBeAStore(t *testing.T) {
 			checkRefused(t, run(t, file, args...), file+" is not a layerfs store")
 		}
 	})
-	for _, missing := range []bool{true, false} {
-		t.Run(fmt.Sprintf("missing=%v", missing), func(t *testing.T) {
+	// A store whose making was cut short (oci-layout, written last, is
+	// missing) reads as empty and is finished by the next import.
+	for _, state := range []string{"missing", "empty", "cut short"} {
+		t.Run(state, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "store")
-			if !missing {
-				must(t, os.Mkdir(dir, 0o755))
+			if state != "missing" {
+				must(t, os.Mkdir(dir, 0o700))
+			}
+			if state == "cut short" {
+				for _, d := range []string{"blobs", "layers"} {
+					must(t, os.Mkdir(filepath.Join(dir, d), 0o700))
+				}
 			}
 			before := snapshot(t, dir)
 			for _, args := range [][]string{{"images"}, {"layers"}, {"verify"}} {

@@ -141,7 +141,10 @@ func (s *Store) openDir(forWriting bool) error {
 	isStore := have[layoutFile] && have["layers"] && have["objects"]
 	switch {
 	case isStore:
-	case len(names) == 0 && !forWriting:
+	case (len(names) == 0 || ownNamesOnly && !have[layoutFile]) && !forWriting:
+		// Empty, or a store whose creation was cut short (oci-layout
+		// comes last): nothing is in it yet, and the next command that
+		// writes finishes making it.
 		s.dir.Close()
 		s.dir = nil
 		return nil
