@@ -434,6 +434,9 @@ func (s *server) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st
 			return fail("readdir", in.NodeId, err)
 		}
 		d.listing = children
+		if in.Offset == 0 {
+			s.ahead.listed(in.NodeId, children)
+		}
 	}
 	for off := in.Offset; ; off++ {
 		var de fuse.DirEntry
@@ -526,6 +529,7 @@ func (s *server) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		if f, err = s.tree.openObject(n.Top(), a); err != nil {
 			return fail("open", in.NodeId, fmt.Errorf("object %s: %w", a.Object, err))
 		}
+		s.ahead.missed(n.Top(), f)
 	}
 	if id, ok := s.passThrough(f); ok {
 		// The kernel holds the object now, and reads it without us.

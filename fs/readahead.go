@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"os"
 	"slices"
 	"sync"
@@ -19,18 +20,26 @@ import (
 // opens the objects of the files that follow an opened one, while the
 // program reads that one.
 //
-// "Follow" is the order of the layer's index: one directory's children
-// are one run of records, sorted by name, as walkers read them. Like the
-// kernel's page readahead, the window starts small after an open that
-// was not foreseen and doubles with every open that was, so one file
-// read now and then costs a few object opens, and a walk runs up to
-// aheadMax files ahead.
+// "Follow" is the order of the directory listings the kernel was given:
+// walkers open a directory's files in the order they read them. So only
+// what the view shows is opened ahead, never the files an upper layer
+// hides. Like the kernel's page readahead, a window starts small at an
+// open that was not foreseen and whose object's bytes are not in memory,
+// and doubles with every open that was foreseen, so one file read now and
+// then costs a few object opens, a walk runs up to aheadMax files ahead,
+// and a walk over objects already in memory opens nothing ahead: there it
+// would only take the CPU from the walk.
 type readAhead struct {
 	view       view.View
 	openObject view.ObjectOpener
 
-	mu      sync.Mutex
-	windows map[int]*window // by layer
+	mu sync.Mutex
+	// listings are the regular files of the directories listed lately,
+	// oldest first, and files how many they hold in all.
+	listings []*listing
+	files    int
+	// current is the listing of the last file opened ahead or missed.
+	current *listing
 	queue   []view.Ref
 	workers int
 	// ready are objects opened ahead and not yet taken, oldest first.
@@ -38,10 +47,14 @@ type readAhead struct {
 	closed bool
 }
 
-type window struct {
-	// end is the last record queued; size how far ahead of an open it
+// listing is the regular files of one directory, in the order listed.
+type listing struct {
+	dir   uint64
+	files []view.Ref
+	// next is the index after the last file opened; end the index after
+	// the last file queued, and size how far ahead of an open the window
 	// reaches.
-	end, size uint32
+	next, end, size int
 }
 
 type prefetched struct {
@@ -58,44 +71,133 @@ const (
 	// aheadBytes of each object are asked for: the kernel's first
 	// readahead of a file.
 	aheadBytes = 128 << 10
+	// listedFiles and listedDirs bound what is kept of listings: a walk
+	// opens a directory's files soon after listing it, and rsync, which
+	// lists furthest ahead, by a few hundred directories at most.
+	listedFiles = 1 << 16
+	listedDirs  = 1024
+	// skipAhead files of a listing may be passed over between two opens:
+	// empty files and further names of hardlinks are not opened.
+	skipAhead = 8
 )
 
 func newReadAhead(v view.View, openObject view.ObjectOpener) *readAhead {
-	return &readAhead{view: v, openObject: openObject, windows: map[int]*window{}}
+	return &readAhead{view: v, openObject: openObject}
 }
 
-// take returns object opened ahead, or nil, and moves the window of r's
-// layer: r is the top record of the file being opened.
+// listed keeps the regular files of directory dir, whose listing the
+// kernel was given, for the opens that follow.
+func (ra *readAhead) listed(dir uint64, children []view.Child) {
+	var files []view.Ref
+	for _, c := range children {
+		if c.Type == view.TypeReg {
+			files = append(files, c.Top)
+		}
+	}
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	if i := slices.IndexFunc(ra.listings, func(l *listing) bool { return l.dir == dir }); i >= 0 {
+		ra.drop(i)
+	}
+	if len(files) == 0 {
+		return
+	}
+	for len(ra.listings) > 0 && (len(ra.listings) >= listedDirs || ra.files+len(files) > listedFiles) {
+		ra.drop(0)
+	}
+	ra.listings = append(ra.listings, &listing{dir: dir, files: files})
+	ra.files += len(files)
+}
+
+func (ra *readAhead) drop(i int) {
+	if ra.listings[i] == ra.current {
+		ra.current = nil
+	}
+	ra.files -= len(ra.listings[i].files)
+	ra.listings = slices.Delete(ra.listings, i, i+1)
+}
+
+// take returns object opened ahead for the file whose top record is r, or
+// nil, and moves that file's window on.
 func (ra *readAhead) take(r view.Ref, object digest.Digest) *os.File {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
-	var f *os.File
-	if i := slices.IndexFunc(ra.ready, func(p prefetched) bool { return p.object == object }); i >= 0 {
-		f = ra.ready[i].f
-		ra.ready = slices.Delete(ra.ready, i, i+1)
+	i := slices.IndexFunc(ra.ready, func(p prefetched) bool { return p.object == object })
+	if i < 0 {
+		return nil
 	}
-	w := ra.windows[r.Layer]
+	f := ra.ready[i].f
+	ra.ready = slices.Delete(ra.ready, i, i+1)
+	ra.advance(r, true)
+	return f
+}
+
+// missed tells that the file whose top record is r found nothing opened
+// ahead and opened its object f itself. If f's first bytes are not in
+// memory, a cold walk may have begun, and the files after r are opened
+// ahead. The probe that tells starts the read of f's first bytes, which
+// the open's caller reads next.
+func (ra *readAhead) missed(r view.Ref, f *os.File) {
+	var b [1]byte
+	if _, err := unix.Preadv2(int(f.Fd()), [][]byte{b[:]}, 0, unix.RWF_NOWAIT); !errors.Is(err, unix.EAGAIN) {
+		return
+	}
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	ra.advance(r, false)
+}
+
+// advance finds r in the listings and queues the files after it, as far
+// as its listing's window reaches.
+func (ra *readAhead) advance(r view.Ref, foreseen bool) {
+	l, i := ra.find(r)
+	if l == nil {
+		return
+	}
+	ra.current = l
 	switch {
-	case w == nil:
-		w = &window{end: r.Rec, size: aheadMin}
-		ra.windows[r.Layer] = w
-	case f != nil:
-		w.size = min(2*w.size, aheadMax)
-	case r.Rec > w.end || r.Rec+aheadMax < w.end:
-		// A new run: nothing queued is near.
-		w.end, w.size = r.Rec, aheadMin
+	case i >= l.end:
+		// Past the window, or a listing where nothing was opened yet.
+		l.end, l.size = i+1, aheadMin
+	case foreseen:
+		l.size = min(2*l.size, aheadMax)
 	}
-	if w.end >= r.Rec+w.size/2 {
-		return f
+	l.next = i + 1
+	if l.end >= l.next+l.size/2 {
+		return
 	}
-	for rec := max(w.end, r.Rec) + 1; rec <= r.Rec+w.size; rec++ {
-		ra.queue = append(ra.queue, view.Ref{Layer: r.Layer, Rec: rec})
+	for j := max(l.end, l.next); j < min(l.next+l.size, len(l.files)); j++ {
+		ra.queue = append(ra.queue, l.files[j])
 	}
-	w.end = r.Rec + w.size
+	l.end = l.next + l.size
 	for ; ra.workers < aheadWorkers && ra.workers < len(ra.queue); ra.workers++ {
 		go ra.work()
 	}
-	return f
+}
+
+// find returns the listing that holds r, and r's index there, looking
+// just after the last file opened in each listing, the current one first.
+func (ra *readAhead) find(r view.Ref) (*listing, int) {
+	at := func(l *listing) int {
+		end := min(l.next+skipAhead, len(l.files))
+		if i := slices.Index(l.files[l.next:end], r); i >= 0 {
+			return l.next + i
+		}
+		return -1
+	}
+	if ra.current != nil {
+		if i := at(ra.current); i >= 0 {
+			return ra.current, i
+		}
+	}
+	for k := len(ra.listings) - 1; k >= 0; k-- {
+		if l := ra.listings[k]; l != ra.current {
+			if i := at(l); i >= 0 {
+				return l, i
+			}
+		}
+	}
+	return nil, 0
 }
 
 // work opens queued objects until the queue is empty.
@@ -161,4 +263,6 @@ func (ra *readAhead) close() {
 	}
 	ra.ready = nil
 	ra.queue = nil
+	ra.listings = nil
+	ra.current = nil
 }

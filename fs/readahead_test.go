@@ -5,48 +5,105 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/layerfs/layerfs/internal/teststore"
 	"github.com/layerfs/layerfs/view"
 )
 
-// TestReadAhead opens the files of a directory one after another, as a
-// walk does, and checks that the objects opened ahead are the ones the
-// files name (their bytes hash to the digest), that all but the first few
-// opens find theirs ready, that a jump elsewhere starts over, and that
-// closing leaves no descriptor open.
+// TestReadAhead opens the files of a two-layer view one after another, as
+// a walk does after listing their directory, with the objects' bytes
+// dropped from memory first. It checks that the objects opened ahead are
+// those of files the view shows (their bytes hash to the digest the file
+// names), never those of files the upper layer replaced or whited out;
+// that all but the first few opens find theirs ready; that the directory
+// listed again is foreseen again; that a walk over objects in memory opens
+// nothing ahead; and that closing leaves no descriptor open.
 func TestReadAhead(t *testing.T) {
 	const files = 200
-	var entries []testimage.Entry
+	var lower, upper []testimage.Entry
 	for i := range files {
-		entries = append(entries, testimage.File(fmt.Sprintf("d/f%03d", i), fmt.Sprintf("content of file %d\n", i%190)))
+		name := fmt.Sprintf("f%03d", i)
+		lower = append(lower, testimage.File("d/"+name, fmt.Sprintf("lower %d\n", i%190)))
+		switch i % 10 {
+		case 3:
+			upper = append(upper, testimage.File("d/"+name, fmt.Sprintf("upper %d\n", i)))
+		case 7:
+			upper = append(upper, testimage.Whiteout("d", name))
+		}
 	}
-	s, v := teststore.OpenImage(t, []testimage.Layer{{Entries: entries}})
+	s, v := teststore.OpenImage(t, []testimage.Layer{{Entries: lower}, {Entries: upper}})
 	dir, ok, err := v.Lookup(v.Root(), "d")
 	if err != nil || !ok {
 		t.Fatalf("lookup d: %v, %v", ok, err)
 	}
 	children, err := v.List(dir)
-	if err != nil || len(children) != files {
+	if err != nil || len(children) != files-files/10 {
 		t.Fatalf("list d: %d children, %v", len(children), err)
+	}
+	shown := map[digest.Digest]bool{}
+	for _, c := range children {
+		shown[attr(t, v, c).Object] = true
+	}
+	// evict drops the bytes of every object the view shows from memory,
+	// as a cold cache has none of them.
+	evict := func() {
+		t.Helper()
+		for object := range shown {
+			f, err := s.OpenObject(object)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			// Pages still being read in, after a read-ahead's advice,
+			// are dropped once read.
+			for tries := 0; ; tries++ {
+				if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+					t.Fatal(err)
+				}
+				if !resident(t, f) {
+					break
+				}
+				if tries == 100 {
+					t.Fatalf("object %s stays in memory after POSIX_FADV_DONTNEED: the test needs TMPDIR on a disk file system", object)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			f.Close()
+		}
 	}
 	fdsBefore := openFds(t)
 
-	ra := newReadAhead(v, view.ByName(s.OpenObject))
+	var fetchedMu sync.Mutex
+	fetched := 0
+	ra := newReadAhead(v, func(r view.Ref, a view.Attr) (*os.File, error) {
+		fetchedMu.Lock()
+		defer fetchedMu.Unlock()
+		fetched++
+		if !shown[a.Object] {
+			t.Errorf("opened ahead object %s, of a file the view hides", a.Object)
+		}
+		return s.OpenObject(a.Object)
+	})
 	hits := 0
 	open := func(c view.Child) {
 		t.Helper()
-		a, err := v.Attr(view.Node{c.Top})
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := attr(t, v, c)
 		f := ra.take(c.Top, a.Object)
 		if f == nil {
+			if f, err = s.OpenObject(a.Object); err != nil {
+				t.Fatal(err)
+			}
+			ra.missed(c.Top, f)
+			f.Close()
 			return
 		}
 		hits++
@@ -73,33 +130,60 @@ func TestReadAhead(t *testing.T) {
 			}
 		}
 	}
-	for _, c := range children[:100] {
-		open(c)
-		idle()
+	walk := func(cs []view.Child) {
+		t.Helper()
+		hits = 0
+		for _, c := range cs {
+			open(c)
+			idle()
+		}
 	}
+
+	evict()
+	ra.listed(2, children)
+	walk(children[:100])
 	if hits < 95 {
 		t.Errorf("%d of 100 opens in order found their object ready, want all but the first few", hits)
 	}
 
-	// A jump back is not foreseen, and the run after it is.
-	hits = 0
-	open(children[0])
-	idle()
-	if hits != 0 {
-		t.Errorf("an open far behind the window found its object ready")
-	}
-	for _, c := range children[1:50] {
-		open(c)
-		idle()
-	}
+	evict()
+	ra.listed(2, children)
+	walk(children[:50])
 	if hits < 45 {
-		t.Errorf("%d of 49 opens after a jump found their object ready", hits)
+		t.Errorf("%d of 50 opens after the directory was listed again found their object ready", hits)
+	}
+
+	// Every object is in memory now.
+	fetched = 0
+	ra.listed(2, children)
+	walk(children)
+	if fetched != 0 || hits > 2*aheadMax {
+		t.Errorf("a walk over objects in memory opened %d ahead", fetched)
 	}
 
 	ra.close()
 	if after := openFds(t); after != fdsBefore {
 		t.Errorf("%d descriptors open after close, %d before", after, fdsBefore)
 	}
+}
+
+func attr(t *testing.T, v view.View, c view.Child) view.Attr {
+	t.Helper()
+	a, err := v.Attr(view.Node{c.Top})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// resident tells whether any byte of f is in memory.
+func resident(t *testing.T, f *os.File) bool {
+	t.Helper()
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0); err != nil {
+		t.Fatal(err)
+	}
+	return st.Cache != 0
 }
 
 func openFds(t *testing.T) int {
