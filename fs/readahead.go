@@ -72,8 +72,10 @@ const (
 	// readahead of a file.
 	aheadBytes = 128 << 10
 	// listedFiles and listedDirs bound what is kept of listings: a walk
-	// opens a directory's files soon after listing it, and rsync, which
-	// lists furthest ahead, by a few hundred directories at most.
+	// opens a directory's files soon after listing it. rsync lists
+	// furthest ahead of its opens, and on the bench's images found every
+	// file it opened in the listings kept. One listing larger than
+	// listedFiles is kept alone, whole: the kernel holds it too.
 	listedFiles = 1 << 16
 	listedDirs  = 1024
 	// skipAhead files of a listing may be passed over between two opens:
