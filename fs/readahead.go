@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -40,8 +41,11 @@ type readAhead struct {
 	files    int
 	// current is the listing of the last file opened ahead or missed.
 	current *listing
-	queue   []view.Ref
-	workers int
+	// coldRead is when an open last found its object ready or read it
+	// from disk: while a cold walk reads files.
+	coldRead time.Time
+	queue    []view.Ref
+	workers  int
 	// ready are objects opened ahead and not yet taken, oldest first.
 	ready  []prefetched
 	closed bool
@@ -81,6 +85,9 @@ const (
 	// skipAhead files of a listing may be passed over between two opens:
 	// empty files and further names of hardlinks are not opened.
 	skipAhead = 8
+	// coldWalk is how long after a cold read a directory listed is taken
+	// as the next one a walk reads files of.
+	coldWalk = time.Second
 )
 
 func newReadAhead(v view.View, openObject view.ObjectOpener) *readAhead {
@@ -107,8 +114,16 @@ func (ra *readAhead) listed(dir uint64, children []view.Child) {
 	for len(ra.listings) > 0 && (len(ra.listings) >= listedDirs || ra.files+len(files) > listedFiles) {
 		ra.drop(0)
 	}
-	ra.listings = append(ra.listings, &listing{dir: dir, files: files})
+	l := &listing{dir: dir, files: files}
+	ra.listings = append(ra.listings, l)
 	ra.files += len(files)
+	if time.Since(ra.coldRead) < coldWalk {
+		// A walk that reads files lists a directory just before it
+		// opens them: its first open would otherwise wait on the disk,
+		// once in every directory.
+		l.size = aheadMin
+		ra.queueAhead(l)
+	}
 }
 
 func (ra *readAhead) drop(i int) {
@@ -165,9 +180,14 @@ func (ra *readAhead) advance(r view.Ref, foreseen bool) {
 		l.size = min(2*l.size, aheadMax)
 	}
 	l.next = i + 1
-	if l.end >= l.next+l.size/2 {
-		return
+	ra.coldRead = time.Now()
+	if l.end < l.next+l.size/2 {
+		ra.queueAhead(l)
 	}
+}
+
+// queueAhead queues the files of l's window that are not queued yet.
+func (ra *readAhead) queueAhead(l *listing) {
 	for j := max(l.end, l.next); j < min(l.next+l.size, len(l.files)); j++ {
 		ra.queue = append(ra.queue, l.files[j])
 	}
