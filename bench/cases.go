@@ -414,15 +414,17 @@ func entriesLabel(n int) string {
 	return fmt.Sprintf("%d entries", n)
 }
 
-// importRun times fn writing into a fresh directory, after writing back
-// whatever earlier runs left, and removes the directory afterwards.
+// importRun times fn writing into a directory of its own, after writing
+// back whatever earlier runs left. The directories stay until the bench
+// ends: ext4 without a journal skips an inode freed in the last minute
+// when it picks one for a new file, checking each in turn, so removing
+// one run's 5,000 files made the next run's creates in the same place
+// cost 0.6 s more (2.17 s against 1.53-1.60 s for layerfs, by hand), for
+// whichever tool came next.
 func (b *bench) importRun(fn func(dst string) error) measure {
 	return func() (float64, error) {
-		dst := filepath.Join(b.work, "import")
-		if err := os.RemoveAll(dst); err != nil {
-			return 0, err
-		}
-		defer os.RemoveAll(dst)
+		b.imports++
+		dst := filepath.Join(b.work, fmt.Sprintf("import-%d", b.imports))
 		unix.Sync()
 		start := time.Now()
 		err := fn(dst)

@@ -37,6 +37,9 @@ type bench struct {
 	// FUSE request counts to.
 	stats  string
 	shapes map[string]shape
+	// imports counts the import runs, each of which writes a directory
+	// of its own (importRun).
+	imports int
 }
 
 // layerfs runs the binary against store root and returns its stdout.
