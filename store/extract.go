@@ -51,6 +51,8 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	}
 	var in io.ReadCloser
 	var blob *Staged
+	// written hands the blob's bytes to blob (layer.Behind).
+	var written *layer.BehindWriter
 	if haveBlob {
 		in, err = s.openRegular(blobRel(desc.Digest))
 	} else {
@@ -68,7 +70,9 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 			return err
 		}
 		defer blob.Abort()
-		r = io.TeeReader(r, blob)
+		written = layer.Behind(blob)
+		defer written.Close()
+		r = io.TeeReader(r, written)
 	}
 	limit, err := layer.ExpansionLimit(desc.Size)
 	if err != nil {
@@ -84,6 +88,9 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 		return err
 	}
 	if blob != nil {
+		if err := written.Close(); err != nil {
+			return fmt.Errorf("blob: %w", err)
+		}
 		if err := blob.check(desc.Size, desc.Digest); err != nil {
 			return fmt.Errorf("blob: %w", err)
 		}

@@ -21,9 +21,12 @@ type aheadChunk struct {
 	err error
 }
 
+// aheadBuffers and behindBuffers are how many chunks of a stream, of
+// chunkSize bytes each, a reader ahead or a writer behind holds.
 const (
-	aheadBuffers = 4
-	aheadSize    = 256 << 10
+	aheadBuffers  = 4
+	behindBuffers = 8
+	chunkSize     = 256 << 10
 )
 
 func readAhead(src io.Reader) *aheadReader {
@@ -34,7 +37,7 @@ func readAhead(src io.Reader) *aheadReader {
 		done: make(chan struct{}),
 	}
 	for range aheadBuffers {
-		a.free <- make([]byte, aheadSize)
+		a.free <- make([]byte, chunkSize)
 	}
 	go a.fill(src)
 	return a

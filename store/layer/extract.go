@@ -125,7 +125,9 @@ func (x *Extraction) Read(r io.Reader) (digest.Digest, error) {
 	}
 	defer closeDec()
 	sum := sha256.New()
-	tee := readAhead(io.TeeReader(&limitedStream{r: dec, x: x}, sum))
+	hashed := Behind(sum)
+	defer hashed.Close()
+	tee := readAhead(io.TeeReader(&limitedStream{r: dec, x: x}, hashed))
 	defer tee.close()
 	tr := tar.NewReader(tee)
 	for {
@@ -157,6 +159,7 @@ func (x *Extraction) Read(r io.Reader) (digest.Digest, error) {
 	if err := x.build(); err != nil {
 		return "", err
 	}
+	hashed.Close() // a hash takes every write
 	return digest.NewDigest(digest.SHA256, sum), nil
 }
 
