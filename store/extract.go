@@ -67,7 +67,7 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	defer func() { meter.Done(err) }()
 	var r io.Reader = contextReader{ctx, in, meter}
 	if !haveBlob {
-		if blob, err = s.stage("blob"); err != nil {
+		if blob, err = s.stageDirect("blob"); err != nil {
 			return err
 		}
 		defer blob.Abort()
