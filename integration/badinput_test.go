@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"fmt"
@@ -165,21 +164,6 @@ func dockerDir(t *testing.T, dir string, layer []byte) string {
 	return dir
 }
 
-func tarOf(t *testing.T, entries ...testimage.Entry) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, e := range entries {
-		if err := e.AddTo(tw); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
 func gzipOf(b []byte) []byte {
 	var out bytes.Buffer
 	zw := gzip.NewWriter(&out)
@@ -218,8 +202,8 @@ func TestHostileLayers(t *testing.T) {
 		}
 		cases = append(cases, hostile{c.Name, layout(testimage.Image{Name: c.Name, Layers: c.Layers}), fmt.Sprintf("entry %q", entry)})
 	}
-	long := tarOf(t, testimage.File("a", strings.Repeat("x", 4096)))
-	bigHeader := tarOf(t, testimage.File("claims-more", strings.Repeat("y", 1<<20)))
+	long := testimage.Tar(t, testimage.File("a", strings.Repeat("x", 4096)))
+	bigHeader := testimage.Tar(t, testimage.File("claims-more", strings.Repeat("y", 1<<20)))
 	corrupt := gzipOf(long)
 	corrupt[len(corrupt)/2] ^= 0xff
 	checksum := bytes.Clone(long)

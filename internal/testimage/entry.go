@@ -5,10 +5,12 @@ package testimage
 
 import (
 	"archive/tar"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"maps"
 	"path"
+	"testing"
 	"time"
 )
 
@@ -164,6 +166,22 @@ func (e Entry) AddTo(tw *tar.Writer) error {
 		return fmt.Errorf("write body of %q: %w", e.Name, err)
 	}
 	return nil
+}
+
+// Tar returns an uncompressed tar of entries, in order.
+func Tar(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		if err := e.AddTo(tw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
 }
 
 // FileCapability returns a security.capability xattr value granting caps

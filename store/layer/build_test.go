@@ -1,7 +1,6 @@
 package layer
 
 import (
-	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -112,15 +111,7 @@ func TestTarOrderRules(t *testing.T) {
 		{"link-to-dir-in-tar-order", []testimage.Entry{dir("d"), testimage.Hardlink("h", "d"), file("d", "f")}, nil, "h"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var layer bytes.Buffer
-			tw := tar.NewWriter(&layer)
-			for _, e := range c.entries {
-				if err := e.AddTo(tw); err != nil {
-					t.Fatal(err)
-				}
-			}
-			tw.Close()
-			b, err := indexOf(t, layer.Bytes())
+			b, err := indexOf(t, testimage.Tar(t, c.entries...))
 			if c.bad != "" {
 				var ee *EntryError
 				if !errors.As(err, &ee) || ee.Entry != c.bad {
