@@ -82,9 +82,12 @@ func (w *Staged) Write(p []byte) (int, error) {
 		w.setDirect(false)
 	}
 	n, err := w.f.Write(p)
-	if w.direct && n == 0 && errors.Is(err, unix.EINVAL) {
+	if w.direct && errors.Is(err, unix.EINVAL) {
+		// A file system that takes the flag but not the write.
 		w.setDirect(false)
-		n, err = w.f.Write(p)
+		var m int
+		m, err = w.f.Write(p[n:])
+		n += m
 	}
 	w.hash.Write(p[:n])
 	w.n += int64(n)
