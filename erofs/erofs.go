@@ -98,15 +98,7 @@ func Build(out Output, src fs.FS, opts Options) (Result, error) {
 	if err := rewriteNids(out, size, adapted.links, uuidFrom(opts.Seed)); err != nil {
 		return Result{}, fmt.Errorf("erofs: %w", err)
 	}
-	res := Result{Size: size}
-	if opts.Digest {
-		h := sha256.New()
-		if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
-			return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
-		}
-		res.Digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-	}
-	return res, nil
+	return finished(out, size, opts.Digest)
 }
 
 // BuildMeta writes src as a metadata-only EROFS image to out, for
@@ -207,4 +199,18 @@ func uuidFrom(seed string) [16]byte {
 		uuid[8] = uuid[8]&0x3f | 0x80
 	}
 	return uuid
+}
+
+// finished is the Result of an image of size bytes written to out, its
+// digest read back from out when withDigest asks for it.
+func finished(out io.ReaderAt, size int64, withDigest bool) (Result, error) {
+	res := Result{Size: size}
+	if withDigest {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
+			return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
+		}
+		res.Digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	}
+	return res, nil
 }

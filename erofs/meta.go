@@ -2,9 +2,7 @@ package erofs
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -282,15 +280,7 @@ func buildMeta(out MetaOutput, src readLinkFS, opts Options) (Result, error) {
 	if err := w.writeInlined(out); err != nil {
 		return Result{}, err
 	}
-	res := Result{Size: size}
-	if opts.Digest {
-		h := sha256.New()
-		if _, err := io.Copy(h, io.NewSectionReader(out, 0, size)); err != nil {
-			return Result{}, fmt.Errorf("erofs: read back image for its digest: %w", err)
-		}
-		res.Digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-	}
-	return res, nil
+	return finished(out, size, opts.Digest)
 }
 
 func (w *metaWriter) superblock(rootNid uint16, blocks uint32, uuid [16]byte) {
