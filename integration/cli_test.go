@@ -788,6 +788,25 @@ func emptyStore(t *testing.T, root, name string) func() {
 	}
 }
 
+// checkProgress runs layerfs with args on a terminal and checks that
+// the terminal showed the progress of each of layers, with a count of
+// the entries extracted.
+func checkProgress(t *testing.T, layers []ocispec.Descriptor, root string, args ...string) {
+	t.Helper()
+	shown, _, code := runOnTTY(t, root, false, true, args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, shown)
+	}
+	for _, l := range layers {
+		if !strings.Contains(shown, l.Digest.Encoded()[:12]) {
+			t.Errorf("no progress of layer %s on the terminal:\n%s", l.Digest, shown)
+		}
+	}
+	if !strings.Contains(shown, "entries") {
+		t.Errorf("no entry count on the terminal:\n%s", shown)
+	}
+}
+
 // TestCLIProgressAndSummaries checks import's progress bars on a
 // terminal, verify's summary against the store's own files and its
 // naming of the images a damaged object affects, and what serve
@@ -797,19 +816,7 @@ func TestCLIProgressAndSummaries(t *testing.T) {
 	_, m, _ := sampleLayout(t)
 
 	t.Run("import progress", func(t *testing.T) {
-		root := t.TempDir()
-		shown, _, code := runOnTTY(t, root, false, true, "import", "../testdata/sample")
-		if code != 0 {
-			t.Fatalf("exit %d: %s", code, shown)
-		}
-		for _, l := range m.Layers {
-			if !strings.Contains(shown, l.Digest.Encoded()[:12]) {
-				t.Errorf("no progress of layer %s on the terminal:\n%s", l.Digest, shown)
-			}
-		}
-		if !strings.Contains(shown, "entries") {
-			t.Errorf("no entry count on the terminal:\n%s", shown)
-		}
+		checkProgress(t, m.Layers, t.TempDir(), "import", "../testdata/sample")
 		if _, stderr, _ := runOnTTY(t, t.TempDir(), true, false, "import", "../testdata/sample"); stderr != "" {
 			t.Errorf("import with stderr not a terminal printed %q", stderr)
 		}
@@ -819,18 +826,7 @@ func TestCLIProgressAndSummaries(t *testing.T) {
 		reg := startRegistry(t, registryOptions{})
 		ref := reg.host + "/cli/progress:1"
 		push(t, "../testdata/sample", "sample", ref)
-		shown, _, code := runOnTTY(t, t.TempDir(), false, true, "pull", ref)
-		if code != 0 {
-			t.Fatalf("exit %d: %s", code, shown)
-		}
-		for _, l := range m.Layers {
-			if !strings.Contains(shown, l.Digest.Encoded()[:12]) {
-				t.Errorf("no progress of layer %s on the terminal:\n%s", l.Digest, shown)
-			}
-		}
-		if !strings.Contains(shown, "entries") {
-			t.Errorf("no entry count of the extraction on the terminal:\n%s", shown)
-		}
+		checkProgress(t, m.Layers, t.TempDir(), "pull", ref)
 	})
 
 	t.Run("verify", func(t *testing.T) {

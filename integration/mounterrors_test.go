@@ -48,23 +48,35 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// startForeground starts `layerfs mount` in the foreground and waits
-// until its mount is in the kernel's table.
-func startForeground(t testing.TB, root, target, mnt string) *exec.Cmd {
+// startMount starts `layerfs mount` of target at mnt in the foreground,
+// its stderr kept, and has it killed and its mount removed when the test
+// ends.
+func startMount(t testing.TB, root, target, mnt string) (*exec.Cmd, *lockedBuffer) {
 	t.Helper()
 	cmd := exec.Command(layerfsBin(t), "--root", root, "mount", target, mnt)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// Not waited for: a test that failed may have left a Wait
+		// running on it, and Wait must not run twice.
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
 		}
 		unmount(t, root, mnt)
 	})
+	return cmd, stderr
+}
+
+// startForeground is startMount that waits until the mount is in the
+// kernel's table.
+func startForeground(t testing.TB, root, target, mnt string) (*exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	cmd, stderr := startMount(t, root, target, mnt)
 	waitFor(t, "layerfs mounts "+mnt, func() bool { return mountedAt(t, mnt) })
-	return cmd
+	return cmd, stderr
 }
 
 // TestWritesRefused tries every kind of write through a mount: each must
@@ -120,7 +132,7 @@ func TestSignalUnmounts(t *testing.T) {
 	img := sampleImage(t)
 	importInto(t, root, img)
 	mnt := t.TempDir()
-	cmd := startForeground(t, root, img.ref, mnt)
+	cmd, _ := startForeground(t, root, img.ref, mnt)
 	if _, err := os.Stat(filepath.Join(mnt, "etc/os-release")); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +155,7 @@ func TestUmountOfDeadServer(t *testing.T) {
 	img := sampleImage(t)
 	importInto(t, root, img)
 	mnt := t.TempDir()
-	cmd := startForeground(t, root, img.ref, mnt)
+	cmd, _ := startForeground(t, root, img.ref, mnt)
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

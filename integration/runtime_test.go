@@ -89,20 +89,7 @@ func TestSignalEarlyUnmounts(t *testing.T) {
 	importInto(t, root, img)
 	for i := range 50 {
 		mnt := t.TempDir()
-		cmd := exec.Command(layerfsBin(t), "--root", root, "mount", img.ref, mnt)
-		var stderr lockedBuffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if cmd.ProcessState == nil {
-				_ = cmd.Process.Kill()
-			}
-			if mountedAt(t, mnt) {
-				forceUnmount(t, mnt)
-			}
-		})
+		cmd, stderr := startMount(t, root, img.ref, mnt)
 		deadline := time.Now().Add(serverExitDeadline)
 		for !mountedAt(t, mnt) {
 			if time.Now().After(deadline) {
@@ -132,21 +119,7 @@ func TestSignalWhileFileOpen(t *testing.T) {
 	img := sampleImage(t)
 	importInto(t, root, img)
 	mnt := t.TempDir()
-	cmd := exec.Command(layerfsBin(t), "--root", root, "mount", img.ref, mnt)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		if mountedAt(t, mnt) {
-			forceUnmount(t, mnt)
-		}
-	})
-	waitFor(t, "layerfs mounts "+mnt, func() bool { return mountedAt(t, mnt) })
+	cmd, stderr := startForeground(t, root, img.ref, mnt)
 	f, err := os.Open(filepath.Join(mnt, "etc/hostname"))
 	if err != nil {
 		t.Fatal(err)
