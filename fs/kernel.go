@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/layerfs/layerfs/internal/fscontext"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,37 +91,16 @@ func newMount(fstype string, attrs int, configure func(fd int) error) (int, erro
 	}
 	defer unix.Close(fd)
 	if err := configure(fd); err != nil {
-		return -1, fmt.Errorf("%w: %w%s", ErrKernelMount, err, kernelMessage(fd))
+		return -1, fmt.Errorf("%w: %w%s", ErrKernelMount, err, fscontext.Messages(fd))
 	}
 	if err := unix.FsconfigCreate(fd); err != nil {
-		return -1, fmt.Errorf("%w: create %s: %w%s", ErrKernelMount, fstype, err, kernelMessage(fd))
+		return -1, fmt.Errorf("%w: create %s: %w%s", ErrKernelMount, fstype, err, fscontext.Messages(fd))
 	}
 	m, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attrs)
 	if err != nil {
-		return -1, fmt.Errorf("%w: fsmount %s: %w%s", ErrKernelMount, fstype, err, kernelMessage(fd))
+		return -1, fmt.Errorf("%w: fsmount %s: %w%s", ErrKernelMount, fstype, err, fscontext.Messages(fd))
 	}
 	return m, nil
-}
-
-// kernelMessage is what the kernel logged on a filesystem context fd
-// about its last failure ("e ..." lines), as ": MESSAGE", or "".
-func kernelMessage(fd int) string {
-	var msgs []string
-	buf := make([]byte, 1024)
-	for {
-		n, err := unix.Read(fd, buf)
-		if err != nil || n <= 0 {
-			break
-		}
-		line := strings.TrimSpace(string(buf[:n]))
-		if _, msg, ok := strings.Cut(line, " "); ok {
-			msgs = append(msgs, msg)
-		}
-	}
-	if len(msgs) == 0 {
-		return ""
-	}
-	return " (" + strings.Join(msgs, "; ") + ")"
 }
 
 // isKernelMount reports whether m is a layerfs kernel mount.

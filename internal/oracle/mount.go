@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/fscontext"
 	"golang.org/x/sys/unix"
 )
 
@@ -93,40 +94,22 @@ func mountByFsconfig(layers []string, target string) error {
 	defer unix.Close(fd)
 	for _, l := range layers {
 		if err := unix.FsconfigSetString(fd, "lowerdir+", l); err != nil {
-			return fmt.Errorf("fsconfig lowerdir+ %s: %w%s", l, err, kernelLog(fd))
+			return fmt.Errorf("fsconfig lowerdir+ %s: %w%s", l, err, fscontext.Messages(fd))
 		}
 	}
 	if err := unix.FsconfigSetString(fd, "source", "overlay"); err != nil {
-		return fmt.Errorf("fsconfig source: %w%s", err, kernelLog(fd))
+		return fmt.Errorf("fsconfig source: %w%s", err, fscontext.Messages(fd))
 	}
 	if err := unix.FsconfigCreate(fd); err != nil {
-		return fmt.Errorf("fsconfig create: %w%s", err, kernelLog(fd))
+		return fmt.Errorf("fsconfig create: %w%s", err, fscontext.Messages(fd))
 	}
 	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY)
 	if err != nil {
-		return fmt.Errorf("fsmount: %w%s", err, kernelLog(fd))
+		return fmt.Errorf("fsmount: %w%s", err, fscontext.Messages(fd))
 	}
 	defer unix.Close(mfd)
 	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("move_mount to %s: %w", target, err)
 	}
 	return nil
-}
-
-// kernelLog returns the messages the kernel queued on an fs context, which
-// say why a configuration step was refused far better than the errno.
-func kernelLog(fd int) string {
-	var msgs []string
-	buf := make([]byte, 4096)
-	for {
-		n, err := unix.Read(fd, buf)
-		if err != nil || n <= 0 {
-			break
-		}
-		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
-	}
-	if len(msgs) == 0 {
-		return ""
-	}
-	return " (" + strings.Join(msgs, "; ") + ")"
 }
