@@ -953,3 +953,41 @@ func TestCLINamesEscaped(t *testing.T) {
 		t.Errorf("which plain: %q", out)
 	}
 }
+
+// TestDemo runs make demo's script, as the README's first command does:
+// it must exit 0, show the sample's merged view, one layer's whiteout
+// markers, the layer a file came from, the EROFS disk's digest and the
+// kernel mount, and leave nothing mounted or on disk behind.
+func TestDemo(t *testing.T) {
+	requireRoot(t)
+	tmp := t.TempDir()
+	cmd := exec.Command("bash", "scripts/demo.sh", layerfsBin(t))
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	_, m, _ := sampleLayout(t)
+	for _, want := range []string{
+		"app.log",                          // the merged view's /var/log
+		".wh.motd",                         // the second layer's marker
+		m.Layers[1].Digest.String() + "\n", // which: /etc/os-release
+		"sample.erofs: sha256:",            // build -v
+		"kernel\n",                         // mounts lists the kernel mount
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	left, err := mountsUnder(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("demo left mounts: %v", left)
+	}
+	if entries, err := os.ReadDir(tmp); err != nil || len(entries) > 0 {
+		t.Errorf("demo left %d entries in its temp directory (%v)", len(entries), err)
+	}
+}
