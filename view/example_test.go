@@ -1,0 +1,67 @@
+package view_test
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"log"
+	"os"
+
+	"github.com/layerfs/layerfs/source/archive"
+	"github.com/layerfs/layerfs/store"
+	"github.com/layerfs/layerfs/view"
+)
+
+// A Go program reads an image of a store as an io/fs file system, with
+// no mount: here the sample image the repository carries, imported into
+// a new store.
+func ExampleNewFS() {
+	root, err := os.MkdirTemp("", "layerfs-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	s, err := store.OpenForWriting(root)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := archive.Import(context.Background(), s, "../testdata/sample", archive.Options{}); err != nil {
+		log.Fatal(err)
+	}
+
+	target, err := s.Resolve([]string{"sample"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	v, err := s.OpenView(target.Digests(), view.Merged)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer v.Close()
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+
+	hostname, err := fs.ReadFile(fsys, "etc/hostname")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("etc/hostname: %s", hostname)
+	err = fs.WalkDir(fsys, "var", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Println(info.Mode(), p)
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// etc/hostname: sample
+	// drwxr-xr-x var
+	// drwxr-xr-x var/log
+	// -rw-r----- var/log/app.log
+}
