@@ -104,21 +104,32 @@ func TestLsMatchesGNULs(t *testing.T) {
 	}
 	d := imgs[0]
 	mnt := mountDaemon(t, root, d.img.ref)
-	for _, p := range []string{"/", "etc", "/usr/bin/", "usr/bin/passwd"} {
-		cmd := exec.Command("ls", "-lnA", "--time-style=+%Y-%m-%d %H:%M", p)
-		cmd.Dir = mnt
-		if p[0] == '/' {
-			cmd.Args[len(cmd.Args)-1] = "." + p
-		}
-		cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("ls %s: %v", p, err)
-		}
-		want := regexp.MustCompile(`(?m)^total .*\n`).ReplaceAllString(string(out), "")
-		want = strings.ReplaceAll(want, "./", "/")
-		if got := mustRun(t, root, "ls", "-l", d.img.ref, p); got != want {
-			t.Errorf("layerfs ls -l sample %s:\n%s\nGNU ls:\n%s", p, got, want)
+	// lib is a symlink to usr/lib, usr/bin/ls one to a file: GNU ls
+	// follows the first only when asked with a slash or without -l.
+	for _, p := range []string{"/", "etc", "/usr/bin/", "usr/bin/passwd", "lib", "lib/", "/lib/", "lib/libc.so.6", "/usr/bin/ls", "usr/bin/sh/"} {
+		for _, long := range []bool{true, false} {
+			args := []string{"ls"}
+			gnuArgs := []string{"-A"}
+			if long {
+				args = append(args, "-l")
+				gnuArgs = []string{"-lnA", "--time-style=+%Y-%m-%d %H:%M"}
+			}
+			cmd := exec.Command("ls", append(gnuArgs, p)...)
+			cmd.Dir = mnt
+			if p[0] == '/' {
+				cmd.Args[len(cmd.Args)-1] = "." + p
+			}
+			cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+			out, gnuErr := cmd.Output()
+			want := regexp.MustCompile(`(?m)^total .*\n`).ReplaceAllString(string(out), "")
+			want = strings.ReplaceAll(want, "./", "/")
+			r := run(t, root, append(args, d.img.ref, p)...)
+			switch {
+			case gnuErr != nil && r.code == 0:
+				t.Errorf("layerfs %s sample %s succeeded, GNU ls failed (%v):\n%s", strings.Join(args, " "), p, gnuErr, r.stdout)
+			case gnuErr == nil && (r.code != 0 || r.stdout != want):
+				t.Errorf("layerfs %s sample %s: exit %d\n%s%s\nGNU ls:\n%s", strings.Join(args, " "), p, r.code, r.stdout, r.stderr, want)
+			}
 		}
 	}
 }
@@ -246,6 +257,26 @@ func TestWhichMatchesMounts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWhichFollowsSymlinkedDirectories asks layerfs which about a path
+// under a symlink of the view (the sample's lib is usr/lib): the mount
+// shows the file there, and which names the layer it names for the path
+// the symlink leads to.
+func TestWhichFollowsSymlinkedDirectories(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := sampleImage(t)
+	importInto(t, root, img)
+	ref := img.ref
+	mnt := mountDaemon(t, root, ref)
+	if _, err := os.Stat(filepath.Join(mnt, "lib/libc.so.6")); err != nil {
+		t.Fatalf("the mount: %v", err)
+	}
+	via, direct := run(t, root, "which", ref, "/lib/libc.so.6"), run(t, root, "which", ref, "/usr/lib/libc.so.6")
+	if via.code != 0 || direct.code != 0 || via.stdout != direct.stdout {
+		t.Errorf("which /lib/libc.so.6: exit %d, %q%s; which /usr/lib/libc.so.6: exit %d, %q", via.code, via.stdout, via.stderr, direct.code, direct.stdout)
 	}
 }
 

@@ -51,19 +51,40 @@ func (f *FS) resolve(op, name string, follow bool) (Node, Attr, error) {
 	if !fs.ValidPath(name) {
 		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
-	fail := func(err error) (Node, Attr, error) {
+	r, err := ResolvePath(f.v, name, follow)
+	if err != nil {
 		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: err}
 	}
-	root := f.v.Root()
-	rootAttr, err := f.v.Attr(root)
+	return r.Node, r.Attr, nil
+}
+
+// Resolved is a path of a view as ResolvePath found it.
+type Resolved struct {
+	Node Node
+	Attr Attr
+	// Path is where the path leads in the view, with no symlink, "."
+	// or ".." in it, relative to the root: "" for the root.
+	Path string
+}
+
+// ResolvePath finds the slash-separated path p in v as the kernel
+// resolves a path in a mount of v, chrooted to it: a symlink on the way
+// is followed inside the view, an absolute target from the view's root,
+// and ".." of the root is the root. followLast follows a symlink at the
+// end too. A missing entry is fs.ErrNotExist; a non-directory on the
+// way, syscall.ENOTDIR; more than 40 symlinks, syscall.ELOOP.
+func ResolvePath(v View, p string, followLast bool) (Resolved, error) {
+	root := v.Root()
+	rootAttr, err := v.Attr(root)
 	if err != nil {
-		return fail(err)
+		return Resolved{}, err
 	}
 	// dirs are the nodes from the root down to the current directory,
-	// which ".." in a symlink's target climbs.
+	// which ".." in a symlink's target climbs, and names their names.
 	dirs := []Node{root}
+	var names []string
 	n, a := root, rootAttr
-	todo := components(name)
+	todo := components(p)
 	links := 0
 	for len(todo) > 0 {
 		c := todo[0]
@@ -73,42 +94,42 @@ func (f *FS) resolve(op, name string, follow bool) (Node, Attr, error) {
 			continue
 		case "..":
 			if len(dirs) > 1 {
-				dirs = dirs[:len(dirs)-1]
+				dirs, names = dirs[:len(dirs)-1], names[:len(names)-1]
 			}
 			n = dirs[len(dirs)-1]
-			if a, err = f.v.Attr(n); err != nil {
-				return fail(err)
+			if a, err = v.Attr(n); err != nil {
+				return Resolved{}, err
 			}
 			continue
 		}
 		if a.Type != TypeDir {
-			return fail(syscall.ENOTDIR)
+			return Resolved{}, syscall.ENOTDIR
 		}
-		cn, ok, err := f.v.Lookup(n, c)
+		cn, ok, err := v.Lookup(n, c)
 		if err != nil {
-			return fail(err)
+			return Resolved{}, err
 		}
 		if !ok {
-			return fail(fs.ErrNotExist)
+			return Resolved{}, fs.ErrNotExist
 		}
-		ca, err := f.v.Attr(cn)
+		ca, err := v.Attr(cn)
 		if err != nil {
-			return fail(err)
+			return Resolved{}, err
 		}
-		if ca.Type == TypeSymlink && (len(todo) > 0 || follow) {
+		if ca.Type == TypeSymlink && (len(todo) > 0 || followLast) {
 			if links++; links > maxSymlinks {
-				return fail(syscall.ELOOP)
+				return Resolved{}, syscall.ELOOP
 			}
 			if strings.HasPrefix(ca.Link, "/") {
-				dirs, n, a = dirs[:1], root, rootAttr
+				dirs, names, n, a = dirs[:1], nil, root, rootAttr
 			}
 			todo = append(components(ca.Link), todo...)
 			continue
 		}
-		dirs = append(dirs, cn)
+		dirs, names = append(dirs, cn), append(names, c)
 		n, a = cn, ca
 	}
-	return n, a, nil
+	return Resolved{Node: n, Attr: a, Path: strings.Join(names, "/")}, nil
 }
 
 func components(p string) []string {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/layerfs/layerfs/view"
@@ -35,20 +36,26 @@ const TimeLayout = "2006-01-02 15:04"
 // given, so "." heads "./etc" and "/" heads "/etc".
 func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 	bw := bufio.NewWriter(w)
-	n, err := resolve(v, stack.CleanPath(p))
+	// As GNU ls takes a path it is given: a symlink at its end is
+	// followed when the path ends in a slash, or, with no -l, when it
+	// leads to a directory; otherwise it is listed itself.
+	dirOnly := strings.HasSuffix(p, "/")
+	r, err := resolve(v, p, true)
+	if !dirOnly && (opt.Long || err != nil || r.Attr.Type != view.TypeDir) {
+		r, err = resolve(v, p, false)
+	}
 	if err != nil {
 		return fmt.Errorf("ls: %w", err)
 	}
-	a, err := v.Attr(n)
-	if err != nil {
-		return fmt.Errorf("ls %s: %w", p, err)
-	}
-	if a.Type != view.TypeDir {
-		writeEntries(bw, []lsEntry{{p, a}}, opt.Long)
+	if r.Attr.Type != view.TypeDir {
+		if dirOnly {
+			return fmt.Errorf("ls: %s: %w", showPath(stack.CleanPath(p)), syscall.ENOTDIR)
+		}
+		writeEntries(bw, []lsEntry{{p, r.Attr}}, opt.Long)
 		return bw.Flush()
 	}
 	l := &lister{v: v, w: bw, opt: opt}
-	if err := l.dir(p, n); err != nil {
+	if err := l.dir(p, r.Node); err != nil {
 		return err
 	}
 	return bw.Flush()

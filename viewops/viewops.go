@@ -5,7 +5,9 @@
 package viewops
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/view"
@@ -19,16 +21,17 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// resolve finds p in v, or fails naming it.
-func resolve(v *stack.View, p string) (view.Node, error) {
-	n, ok, err := v.Resolve(p)
+// resolve finds p in v as a mount of v shows it, following symlinks on
+// the way and, when followLast, at its end; or fails naming it.
+func resolve(v *stack.View, p string, followLast bool) (view.Resolved, error) {
+	r, err := view.ResolvePath(v, p, followLast)
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, fmt.Errorf("%s: %w in the view", showPath(stack.CleanPath(p)), stack.ErrNotFound)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", showPath(p), err)
+		return r, fmt.Errorf("%s: %w", showPath(stack.CleanPath(p)), err)
 	}
-	if !ok {
-		return nil, fmt.Errorf("%s: %w in the view", showPath(p), stack.ErrNotFound)
-	}
-	return n, nil
+	return r, nil
 }
 
 // lookup finds name, at path p, in directory dir, which listed it.
@@ -58,12 +61,11 @@ type WalkFunc func(p string, n view.Node, a view.Attr) error
 // between, which GNU tar needs to restore the directory's mtime once it
 // has written into it. Walk holds only the directories on the way down.
 func Walk(v *stack.View, p string, fn WalkFunc) error {
-	p = stack.CleanPath(p)
-	n, err := resolve(v, p)
+	r, err := resolve(v, p, false)
 	if err != nil {
 		return err
 	}
-	return walkFrom(v, p, n, fn)
+	return walkFrom(v, r.Path, r.Node, fn)
 }
 
 // walkFrom is Walk from node n, found at p.

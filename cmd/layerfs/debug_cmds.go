@@ -69,7 +69,9 @@ Then, one a line, each lower layer whose directory merges into it
 ("merges DIGEST TYPE") and each lower layer's entry that the view hides,
 with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
 in DIGEST"). A path the view does not show exits 3, saying on stderr
-what removed it; its hidden entries are still listed on stdout. Paths
+what removed it; its hidden entries are still listed on stdout. A path
+no layer has, under a symlinked directory (/bin/ls where /bin is
+usr/bin), is answered for the path the mount shows there. Paths
 with a newline, tab, backslash or other control character are printed
 Go-quoted.
 
@@ -159,7 +161,9 @@ func lsCmd(g *globals) *cobra.Command {
 ls -A does to a pipe (LC_ALL=C): dot files included, sorted by byte
 order. -l writes ls -ln lines, times in UTC as --time-style='+%Y-%m-%d
 %H:%M', with no "total" line; -R lists every directory beneath, each
-headed "PATH:".
+headed "PATH:". PATH resolves as in a mount of the view: symlinks on the
+way are followed inside it, and one at its end when PATH ends in "/" or,
+without -l, when it leads to a directory, as GNU ls does.
 
 ` + stackHelp,
 		Args: cobra.RangeArgs(1, 2),

@@ -7,6 +7,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store/index"
+	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/whiteout"
 	"github.com/opencontainers/go-digest"
 )
@@ -83,8 +84,31 @@ type Provenance struct {
 
 // Which tells which layer provides p in the merged view v, which lower layers' entries
 // for p it hides, and what hid each of them.
+//
+// A path no layer has, under a symlink of the view ("bin/ls" where bin
+// is a symlink to "usr/bin"), is the path a mount of the view shows
+// there: the symlinks among its directories are followed, its own entry
+// is what is asked about, and Provenance.Path says where it led.
 func (v *View) Which(p string) (Provenance, error) {
-	p = CleanPath(p)
+	pr, err := v.which(CleanPath(p))
+	if err != nil || pr.Shown || len(pr.Hidden) > 0 {
+		return pr, err
+	}
+	dir, name := path.Split(pr.Path)
+	if dir == "" {
+		return pr, nil
+	}
+	r, err := view.ResolvePath(v, dir, true)
+	if err != nil || r.Attr.Type != view.TypeDir || join(r.Path, name) == pr.Path {
+		return pr, nil
+	}
+	if followed, err := v.which(join(r.Path, name)); err != nil || followed.Shown || len(followed.Hidden) > 0 {
+		return followed, err
+	}
+	return pr, nil
+}
+
+func (v *View) which(p string) (Provenance, error) {
 	pr := Provenance{Path: p}
 	n, shown, err := v.Resolve(p)
 	if err != nil {
