@@ -201,6 +201,15 @@ func TestCLIListings(t *testing.T) {
 		if out := mustRun(t, root, "layers", "--format", "{{.Digest}} {{.Entries}}"); strings.Count(out, "\n") != len(m.Layers) {
 			t.Errorf("template: %q", out)
 		}
+		// A template that names no field of the items, or does not
+		// parse, is a bad flag value: exit 2, the fields named, and
+		// nothing on stdout.
+		for _, bad := range []string{"{{.Digest}} {{.Name}}", "{{.Digest"} {
+			r := run(t, root, "layers", "--format", bad)
+			if r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, ".Entries") {
+				t.Errorf("layers --format %q: exit %d, stdout %q, stderr %q; want exit 2, nothing on stdout, the fields on stderr", bad, r.code, r.stdout, r.stderr)
+			}
+		}
 	})
 
 	t.Run("mounts", func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/layerfs/layerfs/internal/output"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -113,6 +114,11 @@ func report(err error) int {
 		}
 		return ee.code
 	}
+	var fe *output.FormatError
+	if errors.As(err, &fe) {
+		fmt.Fprintf(os.Stderr, "layerfs: %s\n", oneLine(fe.Error()))
+		return exitUsage
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		// cobra's own messages (an unknown command and its suggestions)
@@ -151,7 +157,7 @@ func rootCommand() *cobra.Command {
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			level, err := logrus.ParseLevel(g.logLevel)
 			if err != nil {
-				return usageError{cmd, fmt.Errorf("--log-level: %w", err)}
+				return usageError{cmd, fmt.Errorf("--log-level %q: want debug, info, warning or error", g.logLevel)}
 			}
 			logrus.SetLevel(level)
 			logrus.SetOutput(os.Stderr)

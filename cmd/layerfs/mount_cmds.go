@@ -301,7 +301,7 @@ user did not start are unknown.`,
 			}, mounts)
 		},
 	}
-	listFlags(cmd, &o, "mountpoints")
+	listFlags(cmd, &o, "mountpoints", "{{.Mountpoint}} {{.PID}}")
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -48,6 +49,9 @@ starts listening (silenced by --log-level error).
 		Args:        cobra.MinimumNArgs(1),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.virtiofs == "" {
+				return usageError{cmd, errors.New("serve needs --virtiofs SOCKET, the vhost-user socket to listen on")}
+			}
 			return runServe(cmd.Context(), g, f, args)
 		},
 		ValidArgsFunction: completeTargets(g, 0),
@@ -57,7 +61,6 @@ starts listening (silenced by --log-level error).
 	fl.StringVar(&f.tag, "tag", "layerfs", "virtio-fs tag the guest mounts, as given to qemu")
 	fl.BoolVar(&f.overlay, "overlay", false, "show one layer in overlayfs format: whiteouts as 0/0 character devices, opaque directories marked")
 	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request (at debug level)")
-	cmd.MarkFlagRequired("virtiofs")
 	return withViewPlatform(g, cmd)
 }
 

@@ -119,9 +119,10 @@ func nameOrNone(n string) string {
 	return n
 }
 
-// listFlags adds the flags every list command takes.
-func listFlags(cmd *cobra.Command, o *output.Options, ids string) {
-	cmd.Flags().StringVar(&o.Format, "format", "table", `"table", "json", or a Go template applied to each item, e.g. '{{.Name}} {{.Digest}}'`)
+// listFlags adds the flags every list command takes; example is a
+// --format template of the command's items.
+func listFlags(cmd *cobra.Command, o *output.Options, ids, example string) {
+	cmd.Flags().StringVar(&o.Format, "format", "table", `"table", "json", or a Go template applied to each item, e.g. '`+example+`'`)
 	cmd.Flags().BoolVarP(&o.Quiet, "quiet", "q", false, "print only "+ids)
 	cmd.Flags().BoolVar(&o.NoTrunc, "no-trunc", false, "print digests whole")
 	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
@@ -184,7 +185,7 @@ by several images counts in each.`,
 			}, items)
 		},
 	}
-	listFlags(cmd, &o, "manifest digests")
+	listFlags(cmd, &o, "manifest digests", "{{.Name}} {{.Digest}}")
 	return cmd
 }
 
@@ -240,7 +241,7 @@ entries) and the images that use it.`,
 			}, layers)
 		},
 	}
-	listFlags(cmd, &o, "layer digests")
+	listFlags(cmd, &o, "layer digests", "{{.Digest}} {{.Entries}}")
 	return cmd
 }
 

@@ -4,9 +4,11 @@
 package output
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -78,34 +80,59 @@ func Write[T any](w io.Writer, opts Options, l List[T], items []T) error {
 		}
 		return tw.Flush()
 	}
-	tmpl, err := ParseTemplate(opts.Format)
+	tmpl, err := parseTemplate(opts.Format)
 	if err != nil {
-		return err
+		return &FormatError{err, fieldNames[T]()}
 	}
+	// Written once every item has printed, so a template that fails
+	// on one leaves no half of the list on stdout.
+	var b bytes.Buffer
 	for _, it := range items {
-		if err := tmpl.Execute(w, it); err != nil {
-			return fmt.Errorf("--format: %w", err)
+		if err := tmpl.Execute(&b, it); err != nil {
+			return &FormatError{err, fieldNames[T]()}
 		}
-		if _, err := fmt.Fprintln(w); err != nil {
-			return err
-		}
+		b.WriteByte('\n')
 	}
-	return nil
+	_, err = w.Write(b.Bytes())
+	return err
 }
 
-// ParseTemplate reads a --format template; {{json .}} prints a value as
+// FormatError is a --format template that does not parse or does not
+// fit the items: a bad flag value.
+type FormatError struct {
+	err error
+	// fields are what a template can name.
+	fields []string
+}
+
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("--format: %v; an item's fields are %s", e.err, strings.Join(e.fields, " "))
+}
+
+func (e *FormatError) Unwrap() error { return e.err }
+
+// fieldNames are the exported fields of T (a struct), as a template
+// names them: ".Digest".
+func fieldNames[T any]() []string {
+	t := reflect.TypeFor[T]()
+	var names []string
+	for i := range t.NumField() {
+		if f := t.Field(i); f.IsExported() {
+			names = append(names, "."+f.Name)
+		}
+	}
+	return names
+}
+
+// parseTemplate reads a --format template; {{json .}} prints a value as
 // JSON, as in docker's templates.
-func ParseTemplate(format string) (*template.Template, error) {
-	tmpl, err := template.New("format").Funcs(template.FuncMap{
+func parseTemplate(format string) (*template.Template, error) {
+	return template.New("format").Funcs(template.FuncMap{
 		"json": func(v any) (string, error) {
 			b, err := json.Marshal(v)
 			return string(b), err
 		},
 	}).Parse(format)
-	if err != nil {
-		return nil, fmt.Errorf("--format: %w", err)
-	}
-	return tmpl, nil
 }
 
 // ShortLen is the number of hex digits a truncated digest keeps, as
