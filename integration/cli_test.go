@@ -578,11 +578,16 @@ func TestCLIExportOutput(t *testing.T) {
 			}
 		})
 	}
+	// A file in a missing directory is named as given, not as the temp
+	// file beside it.
+	if r := run(t, root, "export", "sample", "-o", p("nodir/x.tar")); r.code != 1 || !strings.Contains(r.stderr, p("nodir/x.tar")+": no such file or directory") {
+		t.Errorf("export into a missing directory: exit %d, stderr %q", r.code, r.stderr)
+	}
 	t.Run("terminal", func(t *testing.T) {
-		for _, args := range [][]string{{"export", "sample"}, {"export", "sample", "-o", "/dev/stdout"}} {
+		for to, args := range map[string][]string{"stdout": {"export", "sample"}, "/dev/stdout": {"export", "sample", "-o", "/dev/stdout"}} {
 			shown, stderr, code := runOnTTY(t, root, true, false, args...)
-			if code != 1 || !strings.Contains(stderr, "terminal") || shown != "" {
-				t.Errorf("%q to a terminal: exit %d, stderr %q, %d bytes shown; want refused", args, code, stderr, len(shown))
+			if code != 1 || !strings.Contains(stderr, "terminal") || !strings.Contains(stderr, "export to "+to+":") || shown != "" {
+				t.Errorf("%q to a terminal: exit %d, stderr %q, %d bytes shown; want refused, naming the output", args, code, stderr, len(shown))
 			}
 		}
 	})
@@ -693,8 +698,8 @@ func interruptRepeatedly(t *testing.T, root string, n int, took time.Duration, a
 			finished++
 		default:
 			landed++
-			if r.code != 130 || !strings.HasSuffix(r.stderr, "layerfs: interrupted\n") {
-				t.Fatalf("interrupted after %v: exit %d, stderr %q; want 130 and \"interrupted\"", delay, r.code, r.stderr)
+			if r.code != 130 || !strings.HasSuffix(r.stderr, "layerfs: interrupted\n") || strings.Contains(r.stderr, "level=error") {
+				t.Fatalf("interrupted after %v: exit %d, stderr %q; want 130 and \"interrupted\", and no error logged", delay, r.code, r.stderr)
 			}
 			check(r)
 		}

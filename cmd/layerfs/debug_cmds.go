@@ -207,9 +207,13 @@ directory, socket or block device is refused before anything is read.
 		Args:        cobra.ExactArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			to := out
+			if to == "" {
+				to = "stdout"
+			}
 			w, err := exportOutput(out)
 			if err != nil {
-				return fmt.Errorf("export to %s: %w", out, err)
+				return fmt.Errorf("export to %s: %w", to, err)
 			}
 			s, v, err := openView(cmd.Context(), g, args[0])
 			if err != nil {
@@ -220,10 +224,10 @@ directory, socket or block device is refused before anything is read.
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), w}, 1<<20)
 			if err := errors.Join(viewops.Export(bw, v, s.OpenObject), bw.Flush()); err != nil {
 				w.Abort()
-				return fmt.Errorf("export to %s: %w", w.Name(), err)
+				return fmt.Errorf("export to %s: %w", to, err)
 			}
 			if err := w.Commit(); err != nil {
-				return fmt.Errorf("export to %s: %w", out, err)
+				return fmt.Errorf("export to %s: %w", to, err)
 			}
 			return nil
 		},

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -200,6 +202,10 @@ func (l *layerProgress) Done(err error) {
 		return
 	}
 	fields := logrus.Fields{"image": l.ref, "layer": l.desc.Digest, "size": l.desc.Size}
+	if errors.Is(err, context.Canceled) {
+		// Interrupted: the command says so once, for every layer.
+		return
+	}
 	if err != nil {
 		l.p.log.WithFields(fields).WithError(err).Error("layer failed")
 		return

@@ -79,7 +79,12 @@ func kind(mode fs.FileMode) string {
 func createTemp(name string, perm fs.FileMode) (*File, error) {
 	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
 	if err != nil {
-		return nil, err
+		// Named as the user named it, not as the temp file beside it.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
 	}
 	// CreateTemp's 0600 is for the temporary name; the output is no
 	// secret, and a file replaced keeps its mode.
