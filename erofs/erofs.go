@@ -58,8 +58,8 @@ type MetaOutput interface {
 type Result struct {
 	// Digest is the sha256 of the whole image ("sha256:<hex>"), when
 	// Options.Digest asks for it.
-	Digest string `json:",omitempty"`
-	Size   int64
+	Digest string `json:"digest,omitempty"`
+	Size   int64  `json:"size"`
 }
 
 // readLinkFS is how a source gives symlink targets (as io/fs.ReadLinkFS).

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -79,6 +80,13 @@ func TestBuildOutput(t *testing.T) {
 	sum := sha256.Sum256([]byte(verbose.stdout))
 	if want := fmt.Sprintf("stdout: sha256:%x, %d bytes", sum, len(verbose.stdout)); verbose.code != 0 || !strings.Contains(verbose.stderr, want) {
 		t.Errorf("build -o - -v: exit %d, stderr %q; want %q", verbose.code, verbose.stderr, want)
+	}
+	var res map[string]any
+	must(t, json.Unmarshal([]byte(mustRun(t, root, "build", "sample", "-o", target, "--json")), &res))
+	image, err := os.ReadFile(target)
+	must(t, err)
+	if want := map[string]any{"digest": fmt.Sprintf("sha256:%x", sha256.Sum256(image)), "size": float64(len(image))}; fmt.Sprint(res) != fmt.Sprint(want) {
+		t.Errorf("build --json: %v; want %v", res, want)
 	}
 	if r := run(t, root, "build", "sample", "-o", "-", "--json"); r.code != 2 || r.stdout != "" {
 		t.Errorf("build -o - --json: exit %d, stdout %d bytes; want a usage error and nothing on stdout", r.code, len(r.stdout))
