@@ -232,6 +232,23 @@ func TestHostileLayers(t *testing.T) {
 		hostile{"whiteout-of-host-path", layout(img("x", []testimage.Entry{testimage.File("a", "a")}, []testimage.Entry{testimage.Whiteout("etc", "passwd"), testimage.Opaque("usr")})), ""},
 		hostile{"empty-layer", stream("empty-layer", nil), ""},
 	)
+	// unextracted are the layer directories with no index: a refused
+	// layer leaves none (the layers of its image before it may stay,
+	// extracted, until gc).
+	unextracted := func() []string {
+		dir := filepath.Join(sb.root, "layers", "sha256")
+		es, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dirs []string
+		for _, e := range es {
+			if _, err := os.Stat(filepath.Join(dir, e.Name(), "index")); e.IsDir() && err != nil {
+				dirs = append(dirs, e.Name())
+			}
+		}
+		return dirs
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			src := c.src()
@@ -241,6 +258,9 @@ func TestHostileLayers(t *testing.T) {
 				sb.refused(t, before, r, c.want)
 				if out := mustRun(t, sb.root, "images"); strings.Count(out, "\n") != 2 {
 					t.Errorf("a refused image is listed:\n%s", out)
+				}
+				if left := unextracted(); len(left) > 0 {
+					t.Errorf("layer directories with no index left: %v", left)
 				}
 				return
 			}

@@ -31,15 +31,19 @@ func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffI
 	if s.Extracted(desc.Digest) && s.HasBlob(desc.Digest) {
 		return nil
 	}
-	if err := os.MkdirAll(s.layerDir(desc.Digest), dirMode); err != nil {
-		return fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
 	unlock, err := s.lock(s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	defer unlock()
+	if err := os.MkdirAll(s.layerDir(desc.Digest), dirMode); err != nil {
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
 	if err := s.extractLocked(ctx, desc, diffID, src); err != nil {
+		// A refused layer leaves no directory of its own behind, which
+		// layers and gc would count; only while the lock is held, so
+		// no other extraction of it has made it its own.
+		_ = os.Remove(s.layerDir(desc.Digest))
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	return nil
