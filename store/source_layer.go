@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/layerfs/layerfs/internal/output"
 	"io"
 	"io/fs"
 	"os"
@@ -28,7 +29,7 @@ func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descripto
 	// A FIFO or a device would block the open or never end.
 	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
 		if err == nil {
-			err = fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+			err = fmt.Errorf("a %s, not a layer tar file", output.Kind(st.Mode()))
 		}
 		return ocispec.Descriptor{}, fmt.Errorf("import layer %s: %w", file, err)
 	}
@@ -127,7 +128,7 @@ func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
 			}
 		}
 		if len(kept) == len(idx.Manifests) {
-			return fmt.Errorf("layer %s was not imported on its own (import --layer): rm the images that use it: %w", d, ErrNotFound)
+			return fmt.Errorf("%w as a bare layer: %s was not imported on its own (import --layer); rm the images that use it", ErrNotFound, d)
 		}
 		idx.Manifests = kept
 		return nil

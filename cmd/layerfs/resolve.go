@@ -19,12 +19,21 @@ func resolve(s *store.Store, targets []string) (store.Target, error) {
 // resolveOn is resolve choosing platform p of an image index.
 func resolveOn(s *store.Store, targets []string, p store.Platform) (store.Target, error) {
 	t, err := s.ResolvePlatform(targets, p)
-	if err == nil || len(targets) != 1 || !errors.Is(err, store.ErrNotFound) {
+	if err == nil || len(targets) != 1 {
 		return t, err
+	}
+	return t, suggestName(s, targets[0], err)
+}
+
+// suggestName adds to err, the store's not-found for arg, the image
+// name arg is a typo of, if there is one.
+func suggestName(s *store.Store, arg string, err error) error {
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
 	}
 	images, lerr := s.Images()
 	if lerr != nil {
-		return t, err
+		return err
 	}
 	var names []string
 	for _, img := range images {
@@ -32,10 +41,10 @@ func resolveOn(s *store.Store, targets []string, p store.Platform) (store.Target
 			names = append(names, img.Name)
 		}
 	}
-	if near := nearest(targets[0], names); near != "" {
-		return t, fmt.Errorf("%w; did you mean %q?", err, near)
+	if near := nearest(arg, names); near != "" {
+		return fmt.Errorf("%w; did you mean %q?", err, near)
 	}
-	return t, err
+	return err
 }
 
 // nearest is the name closest to arg by edit distance, if it is close

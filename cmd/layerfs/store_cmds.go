@@ -334,7 +334,7 @@ view ends.`,
 					}
 				}
 				if err != nil {
-					return err
+					return suggestName(s, name, err)
 				}
 				if !force {
 					if err := s.CheckNotServed(img); err != nil {

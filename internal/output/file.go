@@ -56,11 +56,13 @@ func Create(name string) (*File, error) {
 		}
 		return &File{File: f}, nil
 	default:
-		return nil, fmt.Errorf("%s: a %s is not a file to write to", name, kind(mode))
+		return nil, fmt.Errorf("%s: a %s is not a file to write to", name, Kind(mode))
 	}
 }
 
-func kind(mode fs.FileMode) string {
+// Kind names the type of a file that is not a regular one, for messages:
+// "directory", "FIFO".
+func Kind(mode fs.FileMode) string {
 	switch {
 	case mode.IsDir():
 		return "directory"
@@ -133,7 +135,7 @@ func RefuseTerminal(f *os.File, name string) error {
 func CreateSeekable(name string) (*File, error) {
 	// Checked before Create, which would wait in the open of a FIFO.
 	if st, err := os.Stat(name); err == nil && !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: a %s, and the output is written with seeks: name a regular file or a new name", name, kind(st.Mode()))
+		return nil, fmt.Errorf("%s: a %s, and the output is written with seeks: name a regular file or a new name", name, Kind(st.Mode()))
 	}
 	return Create(name)
 }

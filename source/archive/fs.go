@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/layerfs/layerfs/internal/output"
 	"io"
 	"io/fs"
 	"math"
@@ -71,7 +72,7 @@ func (d dirFS) Open(name string) (fs.File, error) {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", name, st.Mode().Type())
+		return nil, fmt.Errorf("%s: a %s, not a regular file", name, output.Kind(st.Mode()))
 	}
 	return d.root.Open(name)
 }
