@@ -166,7 +166,7 @@ func rootCommand() *cobra.Command {
 	}
 	cmd.SetVersionTemplate("{{.Version}}\n")
 	cmd.SuggestionsMinimumDistance = 2
-	cmd.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $LAYERFS_ROOT, else /var/lib/layerfs as root, else $XDG_DATA_HOME/layerfs)")
+	cmd.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $LAYERFS_ROOT, else /var/lib/layerfs as root, else $XDG_DATA_HOME/layerfs, else ~/.local/share/layerfs)")
 	cmd.PersistentFlags().StringVar(&g.logLevel, "log-level", "warning", "log level: debug, info, warning, error")
 	cmd.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warning", "error"}, cobra.ShellCompDirectiveNoFileComp))
 	for _, c := range commands {
