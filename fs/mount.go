@@ -3,6 +3,7 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/layerfs/layerfs/internal/procstat"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,6 +60,26 @@ func CheckMountpointDir(mp string) error {
 		return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
 	}
 	return nil
+}
+
+// ResolveMountpoint is mountpoint as the kernel resolves it, absolute
+// with every symlink followed, as mount(8) has it: what a mount there
+// shows in the kernel's table, so what its record and umount must name
+// too. The caller checks the directory it names (CheckMountpointDir),
+// not the path it was given. It is opened O_PATH and named through
+// /proc/self/fd: unlike a stat, that asks nothing of the FUSE server of a
+// mount already there, which may hang (umount resolves too).
+func ResolveMountpoint(mountpoint string) (string, error) {
+	fd, err := unix.Open(mountpoint, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	defer unix.Close(fd)
+	resolved, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	return resolved, nil
 }
 
 // Served is a mount's running server.
@@ -114,15 +136,58 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 		// --daemon mount's error leaves out.
 		return nil, fmt.Errorf("mount %s: --allow-other: fusermount3 allows allow_other only if user_allow_other is set in %s", mountpoint, fuseConf)
 	}
-	srv, err := fuse.NewServer(raw, mountpoint, &opts)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	if err := unix.Access(mountpoint, unix.W_OK); err != nil {
+		// fusermount3 checks this too, as access(2) does with the real
+		// uid, but its refusal says neither who is refused nor why
+		// writing is asked for.
+		return nil, fmt.Errorf("mount %s: you (uid %d) have no write access to the mountpoint, which fusermount3 requires of a user other than root: %w", mountpoint, os.Getuid(), err)
+	}
+	var srv *fuse.Server
+	said, err := catchStderr(func() (err error) {
+		srv, err = fuse.NewServer(raw, mountpoint, &opts)
+		return err
+	})
+	switch {
+	case err != nil && said != "":
+		// go-fuse's own error then gives only fusermount3's wait status.
+		return nil, fmt.Errorf("mount %s: %s", mountpoint, said)
+	case err != nil:
+		// Trimmed, as go-fuse ends some of its errors with a newline.
+		return nil, fmt.Errorf("mount %s: %s", mountpoint, strings.TrimSpace(err.Error()))
+	case said != "":
+		logrus.Warnf("mount %s: %s", mountpoint, said)
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	return srv, nil
+}
+
+// catchStderr runs mount with os.Stderr a pipe, and returns what was
+// written to it, on one line. go-fuse hands os.Stderr to fusermount3,
+// whose reason for a refusal would otherwise go out apart from the error,
+// on a line of its own, and from a --daemon server only to its log.
+// Nothing else of ours writes to os.Stderr meanwhile: logrus keeps the
+// file it was given.
+func catchStderr(mount func() error) (said string, err error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	read := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		r.Close()
+		read <- b
+	}()
+	stderr := os.Stderr
+	os.Stderr = w
+	err = mount()
+	os.Stderr = stderr
+	w.Close()
+	lines := strings.Split(strings.TrimSpace(string(<-read)), "\n")
+	return strings.Join(lines, "; "), err
 }
 
 const fuseConf = "/etc/fuse.conf"
@@ -157,11 +222,15 @@ const probeWait = 3 * time.Second
 // every process waiting on the mount, return; its open files then answer
 // ENOTCONN and the mount is detached lazily. A kernel mount goes with
 // the EROFS mount beneath it, which only it held. No other mount is
-// touched.
+// touched. mountpoint resolves as a mount's does (ResolveMountpoint).
 func Unmount(mountpoint string) error {
-	abs, err := filepath.Abs(mountpoint)
+	abs, err := ResolveMountpoint(mountpoint)
 	if err != nil {
-		return err
+		// Looked for as given: a path this user cannot resolve may still
+		// be in the kernel's table, and else is not a layerfs mount.
+		if abs, err = filepath.Abs(mountpoint); err != nil {
+			return err
+		}
 	}
 	m, found, err := FindMount(abs)
 	if err != nil {

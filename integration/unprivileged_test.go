@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -125,16 +126,32 @@ func (u *unprivileged) command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// layerfs runs the binary as nobody and fails the test unless it exits 0.
-func (u *unprivileged) layerfs(args ...string) string {
+// run runs the binary as nobody, against nobody's store unless args give
+// another --root, returning its output.
+func (u *unprivileged) run(args ...string) result {
 	u.t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := u.command(u.bin, append([]string{"--root", filepath.Join(u.home, "store")}, args...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		u.t.Fatalf("layerfs %s as uid %d: %v\n%s", strings.Join(args, " "), nobody, err, stderr.Bytes())
+	_, err := commandWithin(u.t, cmd, commandDeadline)
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		r.code = exit.ExitCode()
+	} else if err != nil {
+		u.t.Fatalf("layerfs %s as uid %d: %v", strings.Join(args, " "), nobody, err)
 	}
-	return stdout.String()
+	return r
+}
+
+// layerfs runs the binary as nobody and fails the test unless it exits 0.
+func (u *unprivileged) layerfs(args ...string) string {
+	u.t.Helper()
+	r := u.run(args...)
+	if r.code != 0 {
+		u.t.Fatalf("layerfs %s as uid %d: exit %d\n%s", strings.Join(args, " "), nobody, r.code, r.stderr)
+	}
+	return r.stdout
 }
 
 // unmountAtEnd unmounts nobody's mount mnt when t ends, whatever the
@@ -235,4 +252,56 @@ func TestUnprivilegedMount(t *testing.T) {
 			t.Errorf("cat as uid %d read %q, want %q", nobody, out.String(), want)
 		}
 	})
+}
+
+// TestUnprivilegedMountRefusalSaysWhy mounts as a user at directories
+// fusermount3 refuses: one the user cannot write, and a sticky one of
+// another user's that it can. In the foreground and with --daemon, each
+// exits 1 with one line naming the mountpoint and the reason, in
+// fusermount3's own words when fusermount3 gave it, and mounts nothing.
+func TestUnprivilegedMountRefusalSaysWhy(t *testing.T) {
+	u := asNobody(t)
+	u.layerfs("import", u.copyLayout(sampleImage(t), "layout").layout)
+	notWritable := filepath.Join(u.home, "not-writable")
+	must(t, os.Mkdir(notWritable, 0o755))
+	sticky := filepath.Join(u.home, "sticky")
+	must(t, os.Mkdir(sticky, 0o755))
+	must(t, os.Chmod(sticky, os.ModeSticky|0o777))
+	for _, c := range []struct{ name, mnt, expect string }{
+		{"not writable", notWritable, "mount " + notWritable + ": you (uid 65534) have no write access to the mountpoint, which fusermount3 requires"},
+		{"sticky, of root", sticky, "fusermount3: mountpoint " + sticky + " not owned by user"},
+	} {
+		for _, mode := range [][]string{nil, {"--daemon"}} {
+			t.Run(strings.TrimSpace(c.name+" "+strings.Join(mode, "")), func(t *testing.T) {
+				u.t = t
+				checkRefused(t, u.run(append(append([]string{"mount"}, mode...), "sample", c.mnt)...), c.expect)
+				if mountedAt(t, c.mnt) {
+					forceUnmount(t, c.mnt)
+					t.Errorf("%s is mounted after a refused mount", c.mnt)
+				}
+			})
+		}
+	}
+}
+
+// TestDaemonShowsWarnings has a user mount, with --daemon, from root's
+// store, which it may read but not write: the mount cannot be leased, and
+// the warning saying so reaches the user's stderr once, as a foreground
+// mount's does, not only the server's log.
+func TestDaemonShowsWarnings(t *testing.T) {
+	u := asNobody(t)
+	root := filepath.Join(reachableDir(t), "store")
+	importInto(t, root, sampleImage(t))
+	tool(t, "chmod", "-R", "go+rX", root)
+	mnt := u.mkdir("mnt")
+	u.unmountAtEnd(t, mnt)
+	r := u.run("--root", root, "mount", "--daemon", "sample", mnt)
+	if r.code != 0 {
+		t.Fatalf("mount --daemon of root's store as uid %d: exit %d\n%s", nobody, r.code, r.stderr)
+	}
+	const warning = "mount sample: not leased, so gc may remove what it serves"
+	if strings.Count(r.stderr, warning) != 1 || r.stdout != "" {
+		t.Errorf("mount --daemon of root's store as uid %d: stdout %q, stderr %q; want the warning %q once on stderr alone", nobody, r.stdout, r.stderr, warning)
+	}
+	u.layerfs("umount", mnt)
 }

@@ -32,8 +32,11 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 	case os.Geteuid() != 0:
 		return fmt.Errorf("mount --kernel needs root, to mount EROFS and overlayfs; %s", fuseHint)
 	}
-	abs := absPath(mountpoint)
-	if err := layerfs.CheckMountpointDir(abs); err != nil {
+	mountpoint, err := layerfs.ResolveMountpoint(mountpoint)
+	if err != nil {
+		return err
+	}
+	if err := layerfs.CheckMountpointDir(mountpoint); err != nil {
 		return err
 	}
 	s, err := g.open()
@@ -60,11 +63,11 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
 	defer data.Close()
-	release, err := s.LeaseKernel(t, abs, layerfs.KernelSourcePrefix+t.String(), rec.Key())
+	release, err := s.LeaseKernel(t, mountpoint, layerfs.KernelSourcePrefix+t.String(), rec.Key())
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
-	err = layerfs.MountKernel(meta, data, abs, layerfs.KernelOptions{Target: t.String(), Dev: f.dev, Suid: f.suid})
+	err = layerfs.MountKernel(meta, data, mountpoint, layerfs.KernelOptions{Target: t.String(), Dev: f.dev, Suid: f.suid})
 	if err != nil {
 		release()
 		if errors.Is(err, layerfs.ErrKernelMount) {
@@ -72,7 +75,7 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 		}
 		return err
 	}
-	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": abs, "meta": rec.Key()}).Info("mounted in the kernel")
+	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint, "meta": rec.Key()}).Info("mounted in the kernel")
 	return nil
 }
 

@@ -11,7 +11,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,8 +24,19 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// readyFdEnv names the descriptor a --daemon child reports readiness on.
-const readyFdEnv = "LAYERFS_READY_FD"
+const (
+	// readyFdEnv names the descriptor a --daemon child reports readiness
+	// on.
+	readyFdEnv = "LAYERFS_READY_FD"
+	// warnFdEnv names the stderr of the command waiting for a --daemon
+	// child, where the child shows its warnings until it is ready, as a
+	// foreground mount does: its own stderr is a log nobody watches.
+	warnFdEnv = "LAYERFS_WARN_FD"
+	// mountpointEnv gives a --daemon child the mountpoint its parent
+	// resolved and checked, so that the child serves that very directory
+	// rather than resolving the argument again.
+	mountpointEnv = "LAYERFS_MOUNTPOINT"
+)
 
 func init() {
 	commands = append(commands, mountCmd, umountCmd, mountsCmd)
@@ -43,6 +56,8 @@ func mountCmd(g *globals) *cobra.Command {
 TARGET is an image name, a manifest digest, or layer digests (lowest
 first); a unique digest prefix of 12 or more hex digits is enough. One
 layer digest shows that layer as built, whiteout markers as files.
+MOUNTPOINT is resolved first, as mount(8) does: through a symlink, the
+directory it names is mounted and listed.
 
 --overlay shows the last layer digest in the form kernel overlayfs
 stacks; the layers given before it resolve the directories it only
@@ -83,10 +98,20 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 		defer startProfiles()()
 		return runKernelMount(ctx, g, f, targets, mountpoint)
 	}
+	daemonChild := os.Getenv(readyFdEnv) != ""
+	stopWarnings := func() {}
+	if daemonChild {
+		mountpoint = os.Getenv(mountpointEnv)
+		stopWarnings = forwardWarnings()
+	} else {
+		var err error
+		if mountpoint, err = layerfs.ResolveMountpoint(mountpoint); err != nil {
+			return err
+		}
+	}
 	if err := layerfs.CheckMountpoint(mountpoint); err != nil {
 		return err
 	}
-	daemonChild := os.Getenv(readyFdEnv) != ""
 	if f.daemon && !daemonChild {
 		return daemonize(mountpoint)
 	}
@@ -99,7 +124,7 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 	defer startProfiles()()
-	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "mount", absPath(mountpoint))
+	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "mount", mountpoint)
 	if err != nil {
 		return err
 	}
@@ -116,6 +141,7 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 		return err
 	}
 	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint}).Info("mounted")
+	stopWarnings()
 	signalReady()
 	go unmountOnSignal(srv, mountpoint, sig)
 	srv.Wait()
@@ -181,6 +207,48 @@ func signalReady() {
 	os.Unsetenv(readyFdEnv)
 }
 
+// forwardWarnings has what this --daemon child logs at warning level or
+// above shown on the descriptor warnFdEnv names too, until stopped. A
+// logger of its own formats it for that descriptor, so a terminal shows
+// what a foreground mount would.
+func forwardWarnings() (stop func()) {
+	fd, err := strconv.Atoi(os.Getenv(warnFdEnv))
+	if err != nil {
+		return func() {}
+	}
+	// Else fusermount3 would inherit it, and hold the parent's stderr
+	// open.
+	syscall.CloseOnExec(fd)
+	out := os.NewFile(uintptr(fd), "stderr")
+	h := &warningHook{to: logrus.New()}
+	h.to.SetOutput(out)
+	logrus.AddHook(h)
+	return func() {
+		h.mu.Lock()
+		h.to = nil
+		h.mu.Unlock()
+		out.Close()
+	}
+}
+
+// warningHook logs entries of warning level or above again to another
+// logger, until that is nil.
+type warningHook struct {
+	mu sync.Mutex
+	to *logrus.Logger
+}
+
+func (h *warningHook) Levels() []logrus.Level { return logrus.AllLevels[:logrus.WarnLevel+1] }
+
+func (h *warningHook) Fire(e *logrus.Entry) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.to != nil {
+		h.to.WithFields(e.Data).WithTime(e.Time).Log(e.Level, e.Message)
+	}
+	return nil
+}
+
 // unmountOnSignal unmounts on SIGINT or SIGTERM. A busy mount stays
 // served, and is retried, until the files open in it are closed.
 func unmountOnSignal(srv layerfs.Served, mountpoint string, sig <-chan os.Signal) {
@@ -198,10 +266,12 @@ func unmountOnSignal(srv layerfs.Served, mountpoint string, sig <-chan os.Signal
 	}
 }
 
-// daemonize runs this same command in a new session and waits until it
-// reports the mount ready, or fails. The server's log, which nobody reads
-// on its stderr, goes to a file in the runtime directory, removed when
-// the mount is unmounted (or here, when the server fails to start).
+// daemonize runs this same command in a new session, serving the
+// resolved mountpoint, and waits until it reports the mount ready, or
+// fails. The server's log, which nobody reads on its stderr, goes to a
+// file in the runtime directory, removed when the mount is unmounted (or
+// here, when the server fails to start); its warnings until it is ready
+// are shown on this command's stderr too.
 func daemonize(mountpoint string) error {
 	logFile, err := layerfs.CreateLog(mountpoint)
 	if err != nil {
@@ -218,8 +288,8 @@ func daemonize(mountpoint string) error {
 		return err
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), readyFdEnv+"=3")
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.Env = append(os.Environ(), readyFdEnv+"=3", warnFdEnv+"=4", mountpointEnv+"="+mountpoint)
+	cmd.ExtraFiles = []*os.File{w, os.Stderr}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -256,7 +326,7 @@ A mount whose server is gone, or does not answer within seconds, has its
 FUSE connection aborted first (as fusermount -u -z cannot), so that the
 processes waiting on it get ENOTCONN; it is then detached, lazily when
 files are still open in it. The server's record and log in the runtime
-directory are removed.`,
+directory are removed. MOUNTPOINT is resolved as mount resolves it.`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeMountpoints,
 		RunE: func(cmd *cobra.Command, args []string) error {
