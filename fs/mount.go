@@ -245,6 +245,11 @@ func Unmount(mountpoint string) error {
 	if !found || m.FSType != "fuse."+FSType {
 		return fmt.Errorf("%s: not a layerfs mount", mountpoint)
 	}
+	if uid := os.Getuid(); uid != 0 && m.User >= 0 && m.User != uid {
+		// fusermount3 would refuse too, saying the mount is not in
+		// /etc/mtab, which is not why.
+		return fmt.Errorf("unmount %s: the mount is uid %d's; only that user or root may unmount it", mountpoint, m.User)
+	}
 	aborted := false
 	if state := probe(abs); state != StateServing {
 		if err := AbortConnection(m); err != nil {
@@ -375,8 +380,11 @@ type MountInfo struct {
 	FSType string `json:"-"`
 	// Major and Minor are the mount's device; a FUSE mount's minor
 	// numbers its connection.
-	Major uint32     `json:"-"`
-	Minor uint32     `json:"-"`
+	Major uint32 `json:"-"`
+	Minor uint32 `json:"-"`
+	// User is the uid a FUSE mount was made for, who may unmount it
+	// besides root; -1 for none.
+	User  int        `json:"-"`
 	Type  MountType  `json:"type,omitempty"`
 	State MountState `json:"state,omitempty"`
 	// PID is the running server's, when this user's runtime directory
@@ -449,7 +457,7 @@ func MountTable() ([]MountInfo, error) {
 	}
 	out := make([]MountInfo, len(all))
 	for i, m := range all {
-		out[i] = MountInfo{Mountpoint: m.Mountpoint, FSType: m.FSType, Target: m.Source, Major: m.Major, Minor: m.Minor}
+		out[i] = MountInfo{Mountpoint: m.Mountpoint, FSType: m.FSType, Target: m.Source, Major: m.Major, Minor: m.Minor, User: m.User}
 	}
 	return out, nil
 }

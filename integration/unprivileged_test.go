@@ -305,3 +305,19 @@ func TestDaemonShowsWarnings(t *testing.T) {
 	}
 	u.layerfs("umount", mnt)
 }
+
+// TestUnprivilegedUmountOfAnothersMount has a user unmount root's mount:
+// refused, exit 1, saying whose mount it is, and the mount stays served.
+func TestUnprivilegedUmountOfAnothersMount(t *testing.T) {
+	u := asNobody(t)
+	root := filepath.Join(reachableDir(t), "store")
+	importInto(t, root, sampleImage(t))
+	mnt := filepath.Join(reachableDir(t), "mnt")
+	must(t, os.Mkdir(mnt, 0o755))
+	mustRun(t, root, "mount", "--daemon", "sample", mnt)
+	t.Cleanup(func() { unmount(t, root, mnt) })
+	checkRefused(t, u.run("umount", mnt), "unmount "+mnt+": the mount is uid 0's; only that user or root may unmount it")
+	if _, err := os.Stat(filepath.Join(mnt, "etc/hostname")); err != nil || !mountedAt(t, mnt) {
+		t.Errorf("root's mount after a user's refused umount: mounted %v, %v", mountedAt(t, mnt), err)
+	}
+}

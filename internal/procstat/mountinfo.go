@@ -17,6 +17,9 @@ type Mount struct {
 	Source string
 	// Major and Minor are the mount's device.
 	Major, Minor uint32
+	// User is the uid a FUSE mount was made for (its user_id option),
+	// the one user other than root that may unmount it; -1 for none.
+	User int
 }
 
 // Mounts lists every mount of this process's namespace, in the kernel's
@@ -44,7 +47,17 @@ func Mounts() ([]Mount, error) {
 		if _, err := fmt.Sscanf(left[2], "%d:%d", &major, &minor); err != nil {
 			continue
 		}
-		out = append(out, Mount{Mountpoint: unescape(left[4]), FSType: right[0], Source: unescape(right[1]), Major: major, Minor: minor})
+		user := -1
+		if len(right) > 2 {
+			for _, o := range strings.Split(right[2], ",") {
+				if v, ok := strings.CutPrefix(o, "user_id="); ok {
+					if n, err := strconv.Atoi(v); err == nil {
+						user = n
+					}
+				}
+			}
+		}
+		out = append(out, Mount{Mountpoint: unescape(left[4]), FSType: right[0], Source: unescape(right[1]), Major: major, Minor: minor, User: user})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("list mounts: %w", err)
