@@ -67,7 +67,7 @@ func TestRootMustBeAStore(t *testing.T) {
 			must(t, os.Mkdir(filepath.Join(dir, "blobs"), 0o755))
 		},
 	}
-	commands := [][]string{{"images"}, {"layers"}, {"inspect", "sample"}, {"verify"}, {"ls", "sample"}, {"gc"}, {"import", sample.layout}, {"rm", "sample"}}
+	commands := [][]string{{"images"}, {"layers"}, {"inspect", "sample"}, {"verify"}, {"ls", "sample"}, {"gc"}, {"import", sample.layout}, {"rm", "sample"}, {"tag", "sample", "other"}}
 	for name, fill := range notStores {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), name)
@@ -90,7 +90,9 @@ func TestRootMustBeAStore(t *testing.T) {
 		}
 	})
 	// A store whose making was cut short (oci-layout, written last, is
-	// missing) reads as empty and is finished by the next import.
+	// missing) reads as empty and is finished by the next import. Commands
+	// that change what a store holds (gc, rm, tag) find nothing there and
+	// make no store.
 	for _, state := range []string{"missing", "empty", "cut short"} {
 		t.Run(state, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "store")
@@ -103,12 +105,14 @@ func TestRootMustBeAStore(t *testing.T) {
 				}
 			}
 			before := snapshot(t, dir)
-			for _, args := range [][]string{{"images"}, {"layers"}, {"verify"}} {
+			for _, args := range [][]string{{"images"}, {"layers"}, {"verify"}, {"gc"}} {
 				mustRun(t, dir, args...)
 			}
-			checkRefused(t, run(t, dir, "inspect", "sample"), "not found")
+			for _, args := range [][]string{{"inspect", "sample"}, {"rm", "sample"}, {"tag", "sample", "other"}} {
+				checkRefused(t, run(t, dir, args...), "not found")
+			}
 			if after := snapshot(t, dir); after != before {
-				t.Errorf("read-only commands changed %s:\nbefore\n%s\nafter\n%s", dir, before, after)
+				t.Errorf("commands with nothing to read or change changed %s:\nbefore\n%s\nafter\n%s", dir, before, after)
 			}
 			importInto(t, dir, sample)
 			if out := mustRun(t, dir, "images"); !strings.Contains(out, "sample") {

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // importedDebian imports the Debian image's OCI layout into a new store.
@@ -195,4 +197,102 @@ func TestGCReportsWhatItCannotRemove(t *testing.T) {
 	if out := mustRun(t, root, "gc"); !strings.HasPrefix(out, "removed 0 blobs, 1 layers, 1 objects") {
 		t.Errorf("gc once the object can go: %q", out)
 	}
+}
+
+// TestTag names images again and checks each name against the layout's
+// own manifest digests: a name in use is refused unless --force moves it,
+// a docker-style short name that would shadow a stored full one counts as
+// in use, and an image keeps its data through gc while any name is left.
+func TestTag(t *testing.T) {
+	root := t.TempDir()
+	base := testimage.Layer{Entries: []testimage.Entry{testimage.File("shared", "base bytes")}}
+	dir := filepath.Join(t.TempDir(), "layout")
+	descs, err := testimage.WriteLayout(dir,
+		testimage.Image{Name: "one", Layers: []testimage.Layer{base, {Entries: []testimage.Entry{testimage.File("own", "only one")}}}},
+		testimage.Image{Name: "two", Layers: []testimage.Layer{base}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, two := descs[0].Digest, descs[1].Digest
+	mustRun(t, root, "import", dir)
+	names := func() map[string]string {
+		t.Helper()
+		var images []struct{ Name, Digest string }
+		if err := json.Unmarshal([]byte(mustRun(t, root, "images", "--format", "json")), &images); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, img := range images {
+			got[img.Name] = img.Digest
+		}
+		return got
+	}
+	check := func(what string, want map[string]string) {
+		t.Helper()
+		if got := names(); !maps.Equal(got, want) {
+			t.Errorf("%s: images %v, want %v", what, got, want)
+		}
+	}
+
+	if out := mustRun(t, root, "tag", "one", "alias", "docker.io/library/web:latest"); out != "alias "+one.String()+"\ndocker.io/library/web:latest "+one.String()+"\n" {
+		t.Errorf("tag one alias web: %q", out)
+	}
+	check("after tag", map[string]string{"one": one.String(), "two": two.String(), "alias": one.String(), "docker.io/library/web:latest": one.String()})
+	if out := mustRun(t, root, "ls", "alias"); out != "own\nshared\n" {
+		t.Errorf("ls alias: %q, want image one's files", out)
+	}
+	mustRun(t, root, "tag", "one", "alias") // the same image again: nothing to move
+
+	for _, name := range []string{"alias", "web"} {
+		r := run(t, root, "tag", "two", name)
+		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "already names another image, "+one.String()) || !strings.Contains(r.stderr, "--force") {
+			t.Errorf("tag two %s over image one's name: exit %d, stdout %q, stderr %q; want exit 1 naming the image and --force", name, r.code, r.stdout, r.stderr)
+		}
+	}
+	check("after refusals", map[string]string{"one": one.String(), "two": two.String(), "alias": one.String(), "docker.io/library/web:latest": one.String()})
+
+	mustRun(t, root, "tag", "--force", two.Encoded()[:12], "alias")
+	check("after --force", map[string]string{"one": one.String(), "two": two.String(), "alias": two.String(), "docker.io/library/web:latest": one.String()})
+	if out := mustRun(t, root, "ls", "alias"); out != "shared\n" {
+		t.Errorf("ls alias after --force: %q, want image two's files", out)
+	}
+
+	// Image one keeps its data under its other name.
+	mustRun(t, root, "rm", "one")
+	if out := mustRun(t, root, "gc"); !strings.HasPrefix(out, "removed 0 blobs, 0 layers, 0 objects") {
+		t.Errorf("gc with image one still named web: %q", out)
+	}
+	if out := mustRun(t, root, "ls", "web"); out != "own\nshared\n" {
+		t.Errorf("ls web after rm one and gc: %q", out)
+	}
+	if r := run(t, root, "verify"); r.code != 0 {
+		t.Errorf("verify: %s", r.stderr)
+	}
+
+	data, err := os.ReadFile(testimage.BlobPath(dir, two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"tag", "tow", "x"}, 1, `did you mean "two"?`},
+		{[]string{"tag", m.Layers[0].Digest.String(), "x"}, 1, "is a layer, not an image"},
+		{[]string{"tag", "two", ""}, 2, "may not be empty"},
+		{[]string{"tag", "two", "sha256:0123456789ab"}, 1, "reads as a digest"},
+		{[]string{"tag", "two"}, 2, "requires at least 2 arg"},
+	} {
+		r := run(t, root, c.args...)
+		if r.code != c.code || r.stdout != "" || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("layerfs %q: exit %d, stdout %q, stderr %q; want exit %d and %q", c.args, r.code, r.stdout, r.stderr, c.code, c.want)
+		}
+	}
+	check("after the refusals", map[string]string{"two": two.String(), "alias": two.String(), "docker.io/library/web:latest": one.String()})
 }

@@ -65,6 +65,9 @@ func (s *Store) referenced() (blobs map[digest.Digest]bool, layers map[digest.Di
 // dryRun it removes nothing, and returns what it would free.
 func (s *Store) GC(dryRun bool) (Freed, error) {
 	var f Freed
+	if s.dir == nil {
+		return f, nil // no store here: nothing to free
+	}
 	unlock, err := s.lock(gcLock, unix.LOCK_EX)
 	if err != nil {
 		return f, err

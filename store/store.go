@@ -83,14 +83,29 @@ var ErrNotStore = errors.New("is not a layerfs store")
 // Open opens the store at root for reading: nothing is created or
 // changed, and a store the user can read but not write will do. A missing
 // or empty directory reads as an empty store.
-func Open(root string) (*Store, error) { return open(root, false) }
+func Open(root string) (*Store, error) { return open(root, reading) }
 
 // OpenForWriting opens the store at root for a command that writes,
 // making a store of a missing or empty directory. Any other directory
 // that is not a store is refused.
-func OpenForWriting(root string) (*Store, error) { return open(root, true) }
+func OpenForWriting(root string) (*Store, error) { return open(root, writing) }
 
-func open(root string, forWriting bool) (*Store, error) {
+// OpenToChange opens the store at root for a command that changes or
+// removes what is in it (tag, rm, gc). A missing or empty directory holds
+// nothing to change, so it is read as an empty store, as Open does, and
+// is not made into one.
+func OpenToChange(root string) (*Store, error) { return open(root, changing) }
+
+// openMode is what a command does with the store it opens.
+type openMode int
+
+const (
+	reading openMode = iota
+	changing
+	writing
+)
+
+func open(root string, mode openMode) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", root, err)
@@ -99,7 +114,7 @@ func open(root string, forWriting bool) (*Store, error) {
 	if st, err := os.Stat(abs); err == nil && !st.IsDir() {
 		return nil, fmt.Errorf("%s %w", abs, ErrNotStore)
 	}
-	if forWriting {
+	if mode == writing {
 		if err := os.MkdirAll(abs, dirMode); err != nil {
 			return nil, fmt.Errorf("store %s: %w", abs, err)
 		}
@@ -114,7 +129,7 @@ func open(root string, forWriting bool) (*Store, error) {
 		return nil, fmt.Errorf("store %s: %w", abs, err)
 	}
 	s.dir = dir
-	if err := s.openDir(forWriting); err != nil {
+	if err := s.openDir(mode); err != nil {
 		dir.Close()
 		return nil, err
 	}
@@ -123,7 +138,8 @@ func open(root string, forWriting bool) (*Store, error) {
 
 // openDir checks the root s.dir is, and makes the store when asked to
 // write in an empty directory (or one a store's creation left half done).
-func (s *Store) openDir(forWriting bool) error {
+func (s *Store) openDir(mode openMode) error {
+	forWriting := mode != reading
 	var st unix.Stat_t
 	if err := unix.Fstat(int(s.dir.Fd()), &st); err != nil {
 		return fmt.Errorf("store %s: %w", s.root, err)
@@ -141,14 +157,14 @@ func (s *Store) openDir(forWriting bool) error {
 	isStore := have[layoutFile] && have["layers"] && have["objects"]
 	switch {
 	case isStore:
-	case (len(names) == 0 || ownNamesOnly && !have[layoutFile]) && !forWriting:
+	case (len(names) == 0 || ownNamesOnly && !have[layoutFile]) && mode != writing:
 		// Empty, or a store whose creation was cut short (oci-layout
 		// comes last): nothing is in it yet, and the next command that
 		// writes finishes making it.
 		s.dir.Close()
 		s.dir = nil
 		return nil
-	case ownNamesOnly && !have[layoutFile] && forWriting:
+	case ownNamesOnly && !have[layoutFile]:
 		if st.Uid != uint32(os.Geteuid()) {
 			return checkTrusted(s.root, &st, true)
 		}
@@ -393,6 +409,24 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 
 // Tag names manifest desc, replacing any image of the same name.
 func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
+	return s.tag(name, desc, true)
+}
+
+// AddName gives the image desc the name name too. A name that already
+// stands for another image, as given or in its docker-style full form, is
+// refused with ErrNameTaken: moving it would leave that image unnamed, and
+// gc removes what has no name.
+func (s *Store) AddName(name string, desc ocispec.Descriptor) error {
+	if name == "" {
+		return errors.New("an image name may not be empty")
+	}
+	return s.tag(name, desc, false)
+}
+
+// ErrNameTaken is wrapped by AddName's refusal of a name in use.
+var ErrNameTaken = errors.New("already names another image")
+
+func (s *Store) tag(name string, desc ocispec.Descriptor, move bool) error {
 	if err := reference.CheckName(name); err != nil {
 		return err
 	}
@@ -402,10 +436,14 @@ func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
 		desc.Annotations = nil
 	}
 	desc.Platform = nil
+	full := reference.Normalize(name)
 	return s.updateIndex(func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
 			n := m.Annotations[AnnotationRefName]
+			if !move && name != "" && (n == name || n == full) && m.Digest != desc.Digest {
+				return fmt.Errorf("image name %q %w, %s", name, ErrNameTaken, m.Digest)
+			}
 			if (name != "" && n == name) || (name == "" && n == "" && m.Digest == desc.Digest) {
 				continue
 			}

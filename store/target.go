@@ -75,13 +75,12 @@ func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 		return Target{}, err
 	}
 	if len(targets) == 1 {
-		// A digest the store knows wins over any name, so that no name,
-		// even one stored before names like digests were refused, can
-		// stand in for it.
-		if _, _, err := s.matchDigest(images, targets[0]); errors.Is(err, ErrNotFound) {
-			if img, ok := findImage(images, targets[0]); ok {
-				return s.imageTarget(img, p)
-			}
+		img, ok, err := s.imageOf(images, targets[0])
+		if err != nil {
+			return Target{}, err
+		}
+		if ok {
+			return s.imageTarget(img, p)
 		}
 	}
 	var t Target
@@ -91,10 +90,7 @@ func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 			return Target{}, err
 		}
 		if kind == "manifest" {
-			if len(targets) > 1 {
-				return Target{}, fmt.Errorf("target %q is an image: several targets must all be layers", arg)
-			}
-			return s.imageTarget(s.imageByDigest(images, d), p)
+			return Target{}, fmt.Errorf("target %q is an image: several targets must all be layers", arg)
 		}
 		desc, diffID := s.layerDescriptor(images, d)
 		t.Layers = append(t.Layers, desc)
@@ -102,6 +98,42 @@ func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 	}
 	t.Single = len(t.Layers) == 1
 	return t, nil
+}
+
+// ImageOf finds the image arg names, as a target does: a name as listed,
+// a docker-style name, or a manifest or index digest or a unique prefix of
+// one.
+func (s *Store) ImageOf(arg string) (Image, error) {
+	images, err := s.Images()
+	if err != nil {
+		return Image{}, err
+	}
+	img, ok, err := s.imageOf(images, arg)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s is a layer, not an image", arg)
+	}
+	return img, err
+}
+
+// imageOf finds the image arg names; ok is false when arg is a layer's
+// digest. A digest the store knows wins over any name, so that no name,
+// even one stored before names like digests were refused, can stand in
+// for it.
+func (s *Store) imageOf(images []Image, arg string) (img Image, ok bool, err error) {
+	d, kind, err := s.matchDigest(images, arg)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if img, ok := findImage(images, arg); ok {
+			return img, true, nil
+		}
+		return Image{}, false, err
+	case err != nil:
+		return Image{}, false, err
+	}
+	if kind != "manifest" {
+		return Image{}, false, nil
+	}
+	return s.imageByDigest(images, d), true, nil
 }
 
 // ImageNamed finds the image called name (as listed, or docker-style),

@@ -233,6 +233,16 @@ func (g *globals) open() (*store.Store, error) {
 	return store.Open(root)
 }
 
+// openToChange opens the store for a command that changes or removes
+// what is in it, making none where there is none.
+func (g *globals) openToChange() (*store.Store, error) {
+	root, err := g.rootDir()
+	if err != nil {
+		return nil, err
+	}
+	return store.OpenToChange(root)
+}
+
 // openForWriting opens the store for a command that writes, making one
 // in a missing or empty directory.
 func (g *globals) openForWriting() (*store.Store, error) {

@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	commands = append(commands, importCmd, imagesCmd, layersCmd, inspectCmd, rmCmd, verifyCmd, gcCmd)
+	commands = append(commands, importCmd, imagesCmd, layersCmd, inspectCmd, tagCmd, rmCmd, verifyCmd, gcCmd)
 }
 
 func platformFlag(cmd *cobra.Command, p *string) {
@@ -304,6 +304,55 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 	return cmd
 }
 
+func tagCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "tag SOURCE NAME...",
+		Short: "Give an image more names",
+		Long: `Give the image SOURCE (a name, or a manifest or index digest or a
+unique prefix of one) each NAME too, printing "NAME DIGEST" for each.
+A NAME is kept as given, as an OCI layout's ref name; a docker-style
+short name still finds a stored full one, as for every target.
+
+A NAME that already stands for another image is refused, since that
+image would be left without it and gc removes an image with no name;
+--force moves the name, as docker tag does.`,
+		Args:              cobra.MinimumNArgs(2),
+		ValidArgsFunction: completeTargets(g, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, name := range args[1:] {
+				if name == "" {
+					return usageError{cmd, errors.New("an image name may not be empty")}
+				}
+			}
+			s, err := g.openToChange()
+			if err != nil {
+				return err
+			}
+			img, err := s.ImageOf(args[0])
+			if err != nil {
+				return suggestName(s, args[0], err)
+			}
+			for _, name := range args[1:] {
+				add := s.AddName
+				if force {
+					add = s.Tag
+				}
+				if err := add(name, img.Manifest); err != nil {
+					if errors.Is(err, store.ErrNameTaken) {
+						err = fmt.Errorf("%w: give --force to move it", err)
+					}
+					return err
+				}
+				fmt.Printf("%s %s\n", output.Name(name), img.Manifest.Digest)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "move a NAME that stands for another image")
+	return cmd
+}
+
 func rmCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
@@ -318,7 +367,7 @@ view ends.`,
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openForWriting()
+			s, err := g.openToChange()
 			if err != nil {
 				return err
 			}
@@ -459,7 +508,7 @@ func gcCmd(g *globals) *cobra.Command {
 		Short: "Remove blobs, layers and objects no image and no live mount uses, and stale temp files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openForWriting()
+			s, err := g.openToChange()
 			if err != nil {
 				return err
 			}
