@@ -2,7 +2,10 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/sys/unix"
 )
 
 // debugImage is one image imported into a shared store, with its name,
@@ -389,4 +393,101 @@ func TestExportUnpacksToTheView(t *testing.T) {
 		}
 		requireSame(t, "export | tar vs mount", linkCounted(walkMount(t, root, "sample")), walk(t, dst))
 	})
+}
+
+// TestCatMatchesKernelOverlayfs reads every non-directory of each view
+// with layerfs cat, and checks it against kernel overlayfs over the same
+// layers, each path resolved by the kernel as in a chroot to the mount
+// (openat2 with RESOLVE_IN_ROOT): a path that opens a regular file there
+// must give its bytes, any other must be refused with exit 1. The cases
+// whose layers GNU tar cannot unpack on their own have no oracle here.
+func TestCatMatchesKernelOverlayfs(t *testing.T) {
+	root, imgs := debugStore(t, !testing.Short())
+	for _, d := range imgs {
+		if !d.tarCanExtract {
+			continue
+		}
+		t.Run(d.name, func(t *testing.T) {
+			mnt := overlayMount(t, unpackLayers(t, d.img.blobs))
+			rootDir, err := os.Open(mnt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rootDir.Close()
+			var readable, refused []string
+			var starts []int
+			var want bytes.Buffer
+			err = filepath.WalkDir(mnt, func(p string, e fs.DirEntry, err error) error {
+				if err != nil || e.IsDir() {
+					return err
+				}
+				rel, _ := filepath.Rel(mnt, p)
+				content, ok := readInRoot(t, rootDir, rel)
+				if ok {
+					readable = append(readable, "/"+rel)
+					starts = append(starts, want.Len())
+					want.Write(content)
+				} else {
+					refused = append(refused, rel)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ""
+			if len(readable) > 0 {
+				got = mustRun(t, root, append([]string{"cat", d.img.ref}, readable...)...)
+			}
+			if got != want.String() {
+				at := commonPrefix(got, want.String())
+				i := sort.SearchInts(starts, at+1) - 1
+				t.Errorf("layerfs cat of its %d regular files differs from kernel overlayfs at byte %d, in %s", len(readable), at, readable[max(i, 0)])
+			}
+			for _, p := range refused {
+				if r := run(t, root, "cat", d.img.ref, p); r.code != 1 || r.stdout != "" || !strings.HasPrefix(r.stderr, "layerfs: cat: ") {
+					t.Errorf("layerfs cat %s, which kernel overlayfs does not read as a regular file: exit %d, stdout %q, stderr %q", p, r.code, r.stdout, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+// readInRoot reads rel beneath root as a process chrooted to root would,
+// or reports that it is not a regular file there.
+func readInRoot(t *testing.T, root *os.File, rel string) ([]byte, bool) {
+	t.Helper()
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
+	fd, err := unix.Openat2(int(root.Fd()), rel, &how)
+	if err != nil {
+		return nil, false
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	unix.Close(fd)
+	if err != nil {
+		t.Fatalf("fstat %s: %v", rel, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, false
+	}
+	how.Flags = unix.O_RDONLY | unix.O_CLOEXEC
+	if fd, err = unix.Openat2(int(root.Fd()), rel, &how); err != nil {
+		t.Fatalf("open %s in the root of the overlay: %v", rel, err)
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	content, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return content, true
+}
+
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }

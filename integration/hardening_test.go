@@ -67,7 +67,7 @@ func TestRootMustBeAStore(t *testing.T) {
 			must(t, os.Mkdir(filepath.Join(dir, "blobs"), 0o755))
 		},
 	}
-	commands := [][]string{{"images"}, {"layers"}, {"inspect", "sample"}, {"verify"}, {"ls", "sample"}, {"gc"}, {"import", sample.layout}, {"rm", "sample"}, {"tag", "sample", "other"}}
+	commands := [][]string{{"images"}, {"layers"}, {"inspect", "sample"}, {"verify"}, {"ls", "sample"}, {"cat", "sample", "etc/hostname"}, {"gc"}, {"import", sample.layout}, {"rm", "sample"}, {"tag", "sample", "other"}}
 	for name, fill := range notStores {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), name)
@@ -108,7 +108,7 @@ func TestRootMustBeAStore(t *testing.T) {
 			for _, args := range [][]string{{"images"}, {"layers"}, {"verify"}, {"gc"}} {
 				mustRun(t, dir, args...)
 			}
-			for _, args := range [][]string{{"inspect", "sample"}, {"rm", "sample"}, {"tag", "sample", "other"}} {
+			for _, args := range [][]string{{"inspect", "sample"}, {"cat", "sample", "etc/hostname"}, {"rm", "sample"}, {"tag", "sample", "other"}} {
 				checkRefused(t, run(t, dir, args...), "not found")
 			}
 			if after := snapshot(t, dir); after != before {
@@ -153,7 +153,7 @@ func TestReadOnlyCommandsOnAStoreTheUserCannotWrite(t *testing.T) {
 	lowest := strings.Fields(strings.Split(mustRun(t, root, "layers"), "\n")[1])[0]
 	for _, args := range [][]string{
 		{"images"}, {"layers"}, {"inspect", "sample"}, {"verify"}, {"verify", "sample"},
-		{"ls", "-l", "-R", "sample"}, {"which", "sample", "/etc/hostname"}, {"diff", lowest, "sample"},
+		{"ls", "-l", "-R", "sample"}, {"cat", "sample", "/etc/hostname"}, {"which", "sample", "/etc/hostname"}, {"diff", lowest, "sample"},
 		{"export", "sample", "-o", filepath.Join(u.home, "sample.tar")},
 	} {
 		stdout, stderr, err := nobodyRun(args...)

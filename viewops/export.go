@@ -88,7 +88,7 @@ func (x *exporter) add(p string, _ view.Node, a view.Attr) error {
 		return err
 	}
 	if a.Type == view.TypeReg && a.Size > 0 {
-		return x.content(p, a)
+		return copyContent(x.tw, "export "+showPath(p), a, x.openObject)
 	}
 	return nil
 }
@@ -96,22 +96,6 @@ func (x *exporter) add(p string, _ view.Node, a view.Attr) error {
 func (x *exporter) header(h *tar.Header) error {
 	if err := x.tw.WriteHeader(h); err != nil {
 		return fmt.Errorf("export %s: %w", h.Name, err)
-	}
-	return nil
-}
-
-func (x *exporter) content(p string, a view.Attr) error {
-	f, err := x.openObject(a.Object)
-	if err != nil {
-		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
-	}
-	defer f.Close()
-	n, err := io.Copy(x.tw, io.LimitReader(f, a.Size+1))
-	if err != nil {
-		return fmt.Errorf("export %s: object %s: %w", showPath(p), a.Object, err)
-	}
-	if n != a.Size {
-		return fmt.Errorf("export %s: object %s holds %d bytes, the index says %d: %w", showPath(p), a.Object, n, a.Size, stack.ErrCorrupt)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package viewops answers questions about a view with no mount: what
 // changed between two views (Diff), a listing in the form of ls -l
-// (List), and the whole view as one tar stream (Export). Which layer
+// (List), one file's bytes (Cat), and the whole view as one tar stream
+// (Export). Which layer
 // provides a path is the view's own answer (stack.View.Which).
 package viewops
 

@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	commands = append(commands, whichCmd, diffCmd, lsCmd, exportCmd)
+	commands = append(commands, whichCmd, diffCmd, lsCmd, catCmd, exportCmd)
 }
 
 const stackHelp = `A TARGET is an image name, a manifest digest, or layer digests joined by
@@ -182,6 +182,39 @@ without -l, when it leads to a directory, as GNU ls does.
 	}
 	cmd.Flags().BoolVarP(&opt.Long, "long", "l", false, "long listing, as ls -ln")
 	cmd.Flags().BoolVarP(&opt.Recursive, "recursive", "R", false, "list subdirectories recursively")
+	return withViewPlatform(g, cmd)
+}
+
+func catCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "cat TARGET PATH...",
+		ValidArgsFunction: completeTargets(g, 1),
+		Short:             "Write files of a view to stdout, from the store, with no mount",
+		Long: `Write the bytes of each PATH of the view of TARGET to stdout, one after
+another, as cat would in a mount of the view. PATH resolves as in a
+mount of the view, chrooted to it: symlinks are followed inside it, an
+absolute target from the view's root. A directory, device or FIFO is
+refused; the first PATH that cannot be read ends the command, after
+the files before it were written.
+
+` + stackHelp,
+		Args:        cobra.MinimumNArgs(2),
+		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, v, err := openView(cmd.Context(), g, args[0])
+			if err != nil {
+				return err
+			}
+			defer v.Close()
+			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), os.Stdout}, 1<<20)
+			for _, p := range args[1:] {
+				if err := viewops.Cat(bw, v, p, s.OpenObject); err != nil {
+					return errors.Join(bw.Flush(), err)
+				}
+			}
+			return bw.Flush()
+		},
+	}
 	return withViewPlatform(g, cmd)
 }
 
