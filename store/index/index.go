@@ -13,7 +13,6 @@
 package index
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -118,67 +117,7 @@ type Info struct {
 	XattrEntries int64
 }
 
-// Node is an entry being assembled by a Builder, with its children.
-type Node struct {
-	Entry
-	Children map[string]*Node
-	inodeOf  *Node
-}
-
-// NewRoot returns the implied root directory of a layer.
-func NewRoot() *Node {
-	return &Node{Entry: Entry{Type: TypeDir, Flags: FlagImplied, Mode: 0o755}, Children: map[string]*Node{}}
-}
-
 var errCorrupt = errors.New("corrupt index")
-
-// Write serializes the tree under root into f, numbering the records.
-func Write(f io.Writer, root *Node, info Info) error {
-	var order []*Node
-	order = append(order, root)
-	for i := 0; i < len(order); i++ {
-		n := order[i]
-		if n.Type != TypeDir {
-			continue
-		}
-		names := make([]string, 0, len(n.Children))
-		for name := range n.Children {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		n.ChildStart, n.ChildCount = uint32(len(order)), uint32(len(names))
-		for _, name := range names {
-			c := n.Children[name]
-			c.Parent = uint32(i)
-			order = append(order, c)
-		}
-	}
-	number := make(map[*Node]uint32, len(order))
-	var strLen int64
-	info.XattrEntries = 0
-	for i, n := range order {
-		number[n] = uint32(i)
-		strLen += StringBytes(n.Entry)
-		if len(n.Xattrs) > 0 {
-			info.XattrEntries++
-		}
-	}
-	var spool bytes.Buffer
-	w, err := NewWriter(f, &spool, len(order), strLen, info)
-	if err != nil {
-		return err
-	}
-	for i, n := range order {
-		n.Inode = uint32(i)
-		if n.inodeOf != nil {
-			n.Inode = number[n.inodeOf]
-		}
-		if err := w.Add(n.Entry); err != nil {
-			return err
-		}
-	}
-	return w.Close()
-}
 
 // Writer writes an index one record at a time, in final order, so that a
 // layer of any size is written holding one record: the caller numbers the
@@ -347,9 +286,6 @@ func (f writerFunc) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
-// LinkTo makes n another name of the file target: the same inode.
-func (n *Node) LinkTo(target *Node) { n.inodeOf = target }
 
 func hexBytes(d digest.Digest) ([]byte, error) {
 	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
