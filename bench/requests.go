@@ -29,7 +29,7 @@ const (
 	// needNames lists every directory, stating nothing (ls -f): READDIR.
 	needNames need = iota
 	// needStat lists and stats every entry (find, a warm run aside): one
-	// READDIRPLUS per directory and per page of its entries.
+	// READDIRPLUS per directory and per 128 KiB of its entries.
 	needStat
 	// needContent also opens every non-empty file (tar, mkfs, rsync): an
 	// OPEN and a RELEASE each, reads passed through to the object; and
@@ -46,16 +46,18 @@ type shape struct {
 
 // entryBytes are the bytes of a READDIRPLUS and of a READDIR entry beside
 // its name: fuse_direntplus (entry_out 128 + dirent 24) and fuse_dirent,
-// names padded to 8.
+// names padded to 8. listingBytes is the most of a listing one reply
+// carries: the kernel asks for as much as the reader's getdents buffer
+// holds, up to its largest request (128 KiB, the mount's max_pages).
 const (
 	direntplusBytes = 152
 	direntBytes     = 24
-	pageBytes       = 4096
+	listingBytes    = 128 << 10
 )
 
 // minimum is the fewest requests per entry the kernel needs for a case
 // over a view of this shape, every answer cached for the mount's life.
-// Cold: a directory is read in pages of entries, and its end is one more
+// Cold: a directory is read in replies of up to listingBytes, and its end is one more
 // request, empty, since a reply cannot say it is the last. Warm: nothing
 // but what the kernel never caches: opens and xattr calls.
 func (s shape) minimum(k *counted) float64 {
@@ -75,7 +77,7 @@ func (s shape) minimum(k *counted) float64 {
 			per = direntBytes
 		}
 		avgName := s.nameBytes / s.entries
-		reqs += s.entries*(per+(avgName+7)/8*8)/pageBytes + 2*s.dirs
+		reqs += s.entries*(per+(avgName+7)/8*8)/listingBytes + 2*s.dirs
 		if k.need == needContent {
 			reqs += s.symlinks
 		}
@@ -276,7 +278,7 @@ func requestMarkdown(sb *strings.Builder, rows []requestRow) {
 	if len(rows) == 0 {
 		return
 	}
-	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: a READDIRPLUS per page of a directory's entries (READDIR for `ls -f`) and an empty one for its end, an OPEN and a RELEASE per non-empty file read (reads pass through), a READLINK per symlink, and, when the view has xattrs, the xattr calls the tool makes per entry (the kernel caches none for FUSE); warm, the opens and xattr calls only.\n\n")
+	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: a READDIRPLUS per 128 KiB of a directory's entries (READDIR for `ls -f`) and an empty one for its end, an OPEN and a RELEASE per non-empty file read (reads pass through), a READLINK per symlink, and, when the view has xattrs, the xattr calls the tool makes per entry (the kernel caches none for FUSE); warm, the opens and xattr calls only.\n\n")
 	sb.WriteString("| " + strings.Join(requestHeader, " | ") + " |\n")
 	sb.WriteString(strings.Repeat("| --- ", len(requestHeader)) + "|\n")
 	for _, r := range rows {

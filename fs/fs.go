@@ -31,6 +31,13 @@ const Timeout = 24 * time.Hour
 
 const blockSize = 4096
 
+// dirBlockSize is the st_blksize of a directory. glibc's opendir sizes
+// its getdents buffer by it (32 KiB at least, 1 MiB at most), and the
+// kernel asks the server for as much of a listing at once as that buffer
+// holds, up to the largest request (deviceMaxWrite): a directory of 100k
+// entries is listed in about 130 round trips instead of about 520.
+const dirBlockSize = 128 << 10
+
 // Tree is one view, ready to be served.
 type Tree struct {
 	view       view.View
@@ -308,6 +315,9 @@ func setAttr(fa *fuse.Attr, a view.Attr) {
 		Blksize: blockSize,
 	}
 	fa.Blocks = (fa.Size + blockSize - 1) / blockSize * (blockSize / 512)
+	if a.Type == view.TypeDir {
+		fa.Blksize = dirBlockSize
+	}
 	mt := uint64(a.Mtime)
 	fa.Mtime, fa.Mtimensec = mt, a.MtimeNs
 	fa.Atime, fa.Atimensec = mt, a.MtimeNs

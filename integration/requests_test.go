@@ -3,9 +3,12 @@ package integration
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,11 +23,20 @@ import (
 // first, which tells the kernel it need not ask again, no LOOKUP, no
 // GETATTR), and the same walk again costs nothing. Files open twice at
 // once read right, and a view without xattrs lists none and supports no
-// getxattr, which the kernel then answers itself.
+// getxattr, which the kernel then answers itself. A program that lists
+// through glibc (GNU ls) is given a big directory in replies as large as
+// the kernel takes.
 func TestWalksCostOnlyUnavoidableRequests(t *testing.T) {
 	requireRoot(t)
 	root := t.TempDir()
-	mustRun(t, root, "import", writeFaultLayout(t, faultImage("plain", 1, testimage.Gzip)))
+	img := faultImage("plain", 1, testimage.Gzip)
+	const wide = 4000
+	var files []testimage.Entry
+	for i := range wide {
+		files = append(files, testimage.File(fmt.Sprintf("wide/f%04d", i), ""))
+	}
+	img.Layers = append(img.Layers, testimage.Layer{Compression: testimage.Gzip, Entries: files})
+	mustRun(t, root, "import", writeFaultLayout(t, img))
 	stats := filepath.Join(t.TempDir(), "requests.json")
 	t.Setenv("LAYERFS_FUSE_STATS", stats)
 	mnt := t.TempDir()
@@ -82,6 +94,18 @@ func TestWalksCostOnlyUnavoidableRequests(t *testing.T) {
 	}
 
 	start := counts()
+	ls := exec.Command(testimage.RequireTool(t, "ls"), "-f", filepath.Join(mnt, "wide"))
+	if out, err := ls.Output(); err != nil || strings.Count(string(out), "\n") != wide+2 {
+		t.Fatalf("ls -f of %d entries: %d lines, %v", wide, strings.Count(string(out), "\n"), err)
+	}
+	// fuse_direntplus is 152 bytes beside a name padded to 8; the most one
+	// reply carries is the largest request, 128 KiB; the end is one more.
+	listing := (wide + 2) * (152 + 8)
+	if n, most := sub(counts(), start)["READDIRPLUS"], uint64((listing+128<<10-1)/(128<<10)+1); n > most {
+		t.Errorf("ls -f of %d entries: %d READDIRPLUS requests, want at most %d", wide, n, most)
+	}
+
+	start = counts()
 	entries, dirs := walk()
 	cold := sub(counts(), start)
 	t.Logf("cold walk of %d entries, %d directories: %v", entries, dirs, cold)
