@@ -105,6 +105,21 @@ const (
 	writing
 )
 
+// Close gives back the descriptor of the root that the store holds, so
+// that a program opening stores as it goes does not keep one per store
+// until the garbage collector finds it. Views opened from the store stay
+// readable, but the contents of their files are opened through the store
+// (OpenObject, OpenHandles): close it once nothing reads them.
+func (s *Store) Close() error {
+	if s.dir == nil {
+		return nil
+	}
+	if err := s.dir.Close(); err != nil {
+		return fmt.Errorf("store %s: %w", s.root, err)
+	}
+	return nil
+}
+
 func open(root string, mode openMode) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {

@@ -108,3 +108,44 @@ func TestManyWritersOfOneDigest(t *testing.T) {
 		t.Fatalf("%d blobs, want 1", len(entries))
 	}
 }
+
+// TestCloseReleasesRoot checks that Close gives back the descriptor of the
+// root, as the kernel lists a process's descriptors, and that a store
+// whose root does not exist yet closes too.
+func TestCloseReleasesRoot(t *testing.T) {
+	rootFds := func(root string) int {
+		t.Helper()
+		fds, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, fd := range fds {
+			if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && target == root {
+				n++
+			}
+		}
+		return n
+	}
+	root := t.TempDir()
+	s, err := OpenForWriting(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rootFds(root) == 0 {
+		t.Fatal("an open store holds no descriptor of its root")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := rootFds(root); n != 0 {
+		t.Errorf("%d descriptors of the root left open after Close", n)
+	}
+	missing, err := Open(root + "/missing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := missing.Close(); err != nil {
+		t.Errorf("Close of a store with no root yet: %v", err)
+	}
+}

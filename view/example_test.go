@@ -25,6 +25,7 @@ func ExampleNewFS() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer s.Close()
 	if _, err := archive.Import(context.Background(), s, "../testdata/sample", archive.Options{}); err != nil {
 		log.Fatal(err)
 	}
