@@ -158,7 +158,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 		return &file{File: o, info: info}, nil
 	}
 	// An empty file, a device or a FIFO: the view holds no bytes for it.
-	return &empty{info: info}, nil
+	return newEmpty(info), nil
 }
 
 // OpenContent opens the bytes of the file a describes, named name, as
@@ -167,7 +167,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	info := &fileInfo{name: path.Base(name), a: *a}
 	if a.Type != TypeReg || a.Object == "" {
-		return &empty{info: info}, nil
+		return newEmpty(info), nil
 	}
 	o, err := f.openObject(a.Source, *a)
 	if err != nil {
@@ -309,11 +309,19 @@ type file struct {
 
 func (f *file) Stat() (fs.FileInfo, error) { return f.info, nil }
 
-// empty is an open file the view holds no bytes for.
-type empty struct{ info *fileInfo }
+// empty is an open file the view holds no bytes for. It seeks and reads
+// at offsets as a file with content does (an *os.File), so that a reader
+// such as http.FS, which seeks to learn a file's size, takes both alike.
+type empty struct {
+	*io.SectionReader
+	info *fileInfo
+}
+
+func newEmpty(info *fileInfo) *empty {
+	return &empty{SectionReader: io.NewSectionReader(nil, 0, 0), info: info}
+}
 
 func (e *empty) Stat() (fs.FileInfo, error) { return e.info, nil }
-func (e *empty) Read([]byte) (int, error)   { return 0, io.EOF }
 func (e *empty) Close() error               { return nil }
 
 // dir is an open directory; ReadDir goes through its listing once.

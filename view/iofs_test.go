@@ -1,8 +1,12 @@
 package view_test
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"path"
 	"reflect"
 	"testing"
@@ -181,4 +185,32 @@ func testFS(t *testing.T, fsys *view.FS) map[string]view.Attr {
 		}
 	}
 	return got
+}
+
+// TestHTTPServesEveryFile serves the sizes rule case, an empty file and
+// a large one, through net/http's io/fs adapter, which seeks each file to
+// learn its size: every regular file must come back whole.
+func TestHTTPServesEveryFile(t *testing.T) {
+	s, v := teststore.OpenImage(t, teststore.RuleCase(t, "sizes").Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	srv := httptest.NewServer(http.FileServer(http.FS(fsys)))
+	defer srv.Close()
+	for _, name := range []string{"empty", "large"} {
+		want, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get(srv.URL + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(got, want) {
+			t.Errorf("%s: %s, %d bytes; want 200 OK, %d bytes", name, resp.Status, len(got), len(want))
+		}
+	}
 }
