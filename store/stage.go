@@ -168,8 +168,9 @@ func syncPath(p string) error {
 // checkDigest refuses a digest that is malformed or not sha256, the only
 // algorithm the store names files by.
 func checkDigest(d digest.Digest) error {
-	if alg := d.Algorithm(); alg != digest.SHA256 && strings.Contains(string(d), ":") {
-		return fmt.Errorf("%s digests are not supported (only sha256)", alg)
+	// Algorithm panics on a digest without a colon, which Validate refuses.
+	if strings.Contains(string(d), ":") && d.Algorithm() != digest.SHA256 {
+		return fmt.Errorf("%s digests are not supported (only sha256)", d.Algorithm())
 	}
 	return d.Validate()
 }

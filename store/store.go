@@ -289,14 +289,22 @@ func (s *Store) IndexPath(d digest.Digest) string {
 	return filepath.Join(s.layerDir(d), "index")
 }
 
-// HasBlob reports whether blob d is in the store.
+// HasBlob reports whether blob d is in the store; a malformed digest
+// names none.
 func (s *Store) HasBlob(d digest.Digest) bool {
+	if d.Validate() != nil {
+		return false
+	}
 	_, err := os.Stat(s.BlobPath(d))
 	return err == nil
 }
 
-// Extracted reports whether layer d has a finished index.
+// Extracted reports whether layer d has a finished index; a malformed
+// digest names none.
 func (s *Store) Extracted(d digest.Digest) bool {
+	if d.Validate() != nil {
+		return false
+	}
 	_, err := os.Stat(s.IndexPath(d))
 	return err == nil
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -147,5 +148,25 @@ func TestCloseReleasesRoot(t *testing.T) {
 	}
 	if err := missing.Close(); err != nil {
 		t.Errorf("Close of a store with no root yet: %v", err)
+	}
+}
+
+// TestMalformedDigest checks that a digest a program passes in unchecked
+// is refused by the calls that take one, not a panic.
+func TestMalformedDigest(t *testing.T) {
+	s := newStore(t)
+	for _, d := range []digest.Digest{"", "xx", "sha256:a", "sha256:../../etc", digest.Digest("sha512:" + strings.Repeat("0", 128))} {
+		t.Run(string(d), func(t *testing.T) {
+			if v, err := s.OpenView([]digest.Digest{d}, view.Merged); err == nil {
+				v.Close()
+				t.Error("OpenView took it")
+			}
+			if s.HasBlob(d) || s.Extracted(d) {
+				t.Error("the store says it has it")
+			}
+			if err := s.PutBlob(ocispec.Descriptor{Digest: d, Size: 1}, strings.NewReader("x")); err == nil {
+				t.Error("PutBlob took it")
+			}
+		})
 	}
 }

@@ -17,6 +17,9 @@ import (
 
 // OpenLayer opens the index of an extracted layer.
 func (s *Store) OpenLayer(d digest.Digest) (stack.Layer, error) {
+	if err := checkDigest(d); err != nil {
+		return stack.Layer{}, fmt.Errorf("layer %q: %w", d, err)
+	}
 	r, err := s.openIndex(d, false)
 	if err != nil {
 		if os.IsNotExist(err) {
