@@ -60,6 +60,9 @@ type resolvedLink struct {
 // those beneath resolve what it only implies or links to (rule O). The
 // view owns the layers: Close closes them.
 func New(layers []Layer, kind view.Kind) (*View, error) {
+	if kind != view.Merged && kind != view.Single && kind != view.Overlay {
+		return nil, fmt.Errorf("unknown view %s", kind)
+	}
 	if (kind == view.Single && len(layers) != 1) || (kind == view.Overlay && len(layers) == 0) {
 		return nil, fmt.Errorf("a %s view takes one layer, not %d", kind, len(layers))
 	}

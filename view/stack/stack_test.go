@@ -36,3 +36,14 @@ func TestHasXattrs(t *testing.T) {
 		}
 	}
 }
+
+// TestNewRefusesUnknownKind: a Kind that is none of view's would show
+// the highest layer as no rule says, so it is refused.
+func TestNewRefusesUnknownKind(t *testing.T) {
+	_, merged := teststore.OpenImage(t, []testimage.Layer{{Entries: []testimage.Entry{testimage.File("a", "a\n")}}})
+	for _, kind := range []view.Kind{-1, view.Overlay + 1} {
+		if _, err := stack.New(merged.Layers, kind); err == nil {
+			t.Errorf("New took %s", kind)
+		}
+	}
+}
