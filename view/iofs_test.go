@@ -214,3 +214,18 @@ func TestHTTPServesEveryFile(t *testing.T) {
 		}
 	}
 }
+
+// TestClosedView: a view read after Close says so, where reading its
+// unmapped indexes ended the process; it is not damage.
+func TestClosedView(t *testing.T) {
+	s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	v.Close()
+	_, readErr := fs.ReadFile(fsys, "etc/hostname")
+	_, listErr := fsys.ReadDir(".")
+	for _, err := range []error{readErr, listErr} {
+		if !errors.Is(err, fs.ErrClosed) || errors.Is(err, stack.ErrCorrupt) {
+			t.Errorf("%v, want an error wrapping fs.ErrClosed, not damage", err)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strings"
@@ -414,14 +415,24 @@ func (r *Reader) parse(verify bool) error {
 	return nil
 }
 
-// Close unmaps the index.
+// Close unmaps the index. A read after it finds no records, an error
+// that wraps fs.ErrClosed, where the unmapped pages would be a fault
+// that no recover catches; a read while it runs is still a race.
 func (r *Reader) Close() error {
 	if !r.mmapped || r.data == nil {
 		return nil
 	}
 	err := unix.Munmap(r.data)
-	r.data = nil
+	r.data, r.recs, r.strs, r.count = nil, nil, nil, 0
 	return err
+}
+
+// missing is the error about record i, beyond the index's records.
+func (r *Reader) missing(i uint32) error {
+	if r.mmapped && r.data == nil {
+		return fmt.Errorf("layer index: %w", fs.ErrClosed)
+	}
+	return fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
 }
 
 // Info returns the layer facts of the header.
@@ -452,7 +463,7 @@ func (r *Reader) strBytes(off, n uint32) ([]byte, error) {
 // comparison of Lookup's binary search.
 func (r *Reader) Name(i uint32) ([]byte, error) {
 	if i >= r.count {
-		return nil, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
+		return nil, r.missing(i)
 	}
 	return r.strBytes(recName.get(r.rec(i)))
 }
@@ -469,7 +480,7 @@ func (r *Reader) TypeOf(i uint32) (Type, uint8) {
 // Entry decodes record i, checking every reference it holds.
 func (r *Reader) Entry(i uint32) (Entry, error) {
 	if i >= r.count {
-		return Entry{}, fmt.Errorf("%w: record %d of %d", errCorrupt, i, r.count)
+		return Entry{}, r.missing(i)
 	}
 	r.noteDecoded()
 	rec := r.rec(i)
@@ -587,7 +598,7 @@ type childRange struct{ start, count uint32 }
 
 func (r *Reader) dirRange(dir uint32) (childRange, error) {
 	if dir >= r.count {
-		return childRange{}, fmt.Errorf("%w: record %d of %d", errCorrupt, dir, r.count)
+		return childRange{}, r.missing(dir)
 	}
 	rec := r.rec(dir)
 	if Type(recType.get(rec)) != TypeDir {

@@ -7,6 +7,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"path"
 	"slices"
 	"strings"
@@ -90,7 +91,18 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// Close closes every layer's index.
+// indexError is the view's error for err, from reading an index: reading
+// a closed one is the caller's mistake and says so; anything else is
+// damage.
+func indexError(err error) error {
+	if errors.Is(err, fs.ErrClosed) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrCorrupt, err)
+}
+
+// Close closes every layer's index; reading the view after it is an
+// error that wraps fs.ErrClosed.
 func (v *View) Close() {
 	for _, l := range v.Layers {
 		l.Index.Close()
@@ -191,7 +203,7 @@ func (v *View) dirs(n Node) ([]whiteout.Dir, []*layerDir) {
 func firstErr(ls []*layerDir) error {
 	for _, l := range ls {
 		if l.err != nil {
-			return fmt.Errorf("%w: %v", ErrCorrupt, l.err)
+			return indexError(l.err)
 		}
 	}
 	return nil
@@ -223,7 +235,7 @@ func (v *View) lookup(dir Node, name string) (Node, bool, error) {
 		top := dir.Top()
 		rec, ok, err := v.Layers[top.Layer].Index.Lookup(top.Rec, name)
 		if err != nil {
-			return nil, false, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return nil, false, indexError(err)
 		}
 		if !ok {
 			return nil, false, nil
@@ -279,14 +291,14 @@ func (v *View) listLayer(top Ref) ([]view.Child, error) {
 	r := v.Layers[top.Layer].Index
 	start, count, err := r.Children(top.Rec)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return nil, indexError(err)
 	}
 	out := make([]view.Child, 0, count)
 	renamed := false
 	for i := start; i < start+count; i++ {
 		name, err := r.Name(i)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return nil, indexError(err)
 		}
 		c := v.child(string(name), Ref{Layer: top.Layer, Rec: i})
 		if v.kind != view.Single && whiteout.IsMarker(c.Name) {
@@ -296,7 +308,7 @@ func (v *View) listLayer(top Ref) ([]view.Child, error) {
 			}
 			// Overlay format: .wh.X is the device X, unless X is there too.
 			if _, real, err := r.Lookup(top.Rec, hidden); err != nil {
-				return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+				return nil, indexError(err)
 			} else if real {
 				continue
 			}
@@ -339,7 +351,7 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 	if top.Rec != index.Root {
 		p, err := v.Layers[top.Layer].Index.Path(top.Rec)
 		if err != nil {
-			return e, top, fmt.Errorf("%w: %v", ErrCorrupt, err)
+			return e, top, indexError(err)
 		}
 		below := v.below(top.Layer)
 		if bn, ok, err := below.Resolve(p); err != nil {
@@ -360,7 +372,7 @@ func (v *View) entry(n Node) (index.Entry, Ref, error) {
 func (v *View) record(ref Ref) (index.Entry, error) {
 	e, err := v.Layers[ref.Layer].Index.Entry(ref.Rec)
 	if err != nil {
-		return e, fmt.Errorf("%w: layer %s: %v", ErrCorrupt, v.Layers[ref.Layer].Digest, err)
+		return e, indexError(fmt.Errorf("layer %s: %w", v.Layers[ref.Layer].Digest, err))
 	}
 	return e, nil
 }
