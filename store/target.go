@@ -86,6 +86,13 @@ func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 	var t Target
 	for _, arg := range targets {
 		d, kind, err := s.matchDigest(images, arg)
+		if errors.Is(err, ErrNotFound) {
+			// An image's name gets here only among several targets (a
+			// lone one was taken above), which it cannot be one of.
+			if _, named := findImage(images, arg); named {
+				kind, err = "manifest", nil
+			}
+		}
 		if err != nil {
 			return Target{}, err
 		}

@@ -2,6 +2,7 @@ package archive
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -114,6 +115,28 @@ func TestImportSample(t *testing.T) {
 	walk(v.Root(), "")
 	if want := umociPaths(t, "../../testdata/sample", "sample"); !slices.Equal(paths, want) {
 		t.Errorf("the view shows\n%s\numoci unpacks\n%s", strings.Join(paths, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestResolveImageInStack: an image among several targets, by name or
+// by digest, is refused as an image, never as a name the store lacks.
+func TestResolveImageInStack(t *testing.T) {
+	s, _ := newStore(t)
+	if _, err := Import(context.Background(), s, "../../testdata/sample", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Resolve([]string{"sample"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := img.Layers[0].Digest.String()
+	for _, image := range []string{"sample", img.Manifest.Digest.String()} {
+		for _, targets := range [][]string{{image, layer}, {layer, image}} {
+			_, err := s.Resolve(targets)
+			if err == nil || errors.Is(err, store.ErrNotFound) || !strings.Contains(err.Error(), "is an image") {
+				t.Errorf("Resolve(%q): %v, want it refused as an image", targets, err)
+			}
+		}
 	}
 }
 
