@@ -202,8 +202,8 @@ func (h *Handles) Open(layer int, rec uint32, object digest.Digest, size int64) 
 	return os.NewFile(uintptr(fd), h.s.ObjectPath(object))
 }
 
-// OpenObject opens the object of a, the regular file whose top record is
-// r: by its handle where it has one, else by name.
+// OpenObject opens the object of a, a regular file of which r is a
+// record: by r's handle where it has one, else by name.
 func (h *Handles) OpenObject(r view.Ref, a view.Attr) (*os.File, error) {
 	if f := h.Open(r.Layer, r.Rec, a.Object, a.Size); f != nil {
 		return f, nil

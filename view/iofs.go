@@ -28,8 +28,9 @@ var (
 	_ fs.ReadLinkFS = (*FS)(nil)
 )
 
-// ObjectOpener opens the content of a, the regular file whose top record
-// is r.
+// ObjectOpener opens the content of a, a regular file of the view. r is
+// one of the file's records, for an opener that finds content by record
+// (store.Handles) rather than by a.Object alone.
 type ObjectOpener func(r Ref, a Attr) (*os.File, error)
 
 // ByName is the ObjectOpener that knows objects by their digests alone.
@@ -142,23 +143,15 @@ func (f *FS) Open(name string) (fs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &fileInfo{name: path.Base(name), a: a}
-	switch {
-	case a.Type == TypeDir:
-		children, err := f.v.List(n)
-		if err != nil {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-		}
-		return &dir{fsys: f, info: info, path: name, node: n, children: children}, nil
-	case a.Type == TypeReg && a.Object != "":
-		o, err := f.openObject(n.Top(), a)
-		if err != nil {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-		}
-		return &file{File: o, info: info}, nil
+	if a.Type != TypeDir {
+		return f.OpenContent(name, &a)
 	}
-	// An empty file, a device or a FIFO: the view holds no bytes for it.
-	return newEmpty(info), nil
+	children, err := f.v.List(n)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	info := &fileInfo{name: path.Base(name), a: a}
+	return &dir{fsys: f, info: info, path: name, node: n, children: children}, nil
 }
 
 // OpenContent opens the bytes of the file a describes, named name, as
@@ -167,6 +160,8 @@ func (f *FS) Open(name string) (fs.File, error) {
 func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	info := &fileInfo{name: path.Base(name), a: *a}
 	if a.Type != TypeReg || a.Object == "" {
+		// An empty file, a device or a FIFO: the view holds no bytes
+		// for it.
 		return newEmpty(info), nil
 	}
 	o, err := f.openObject(a.Source, *a)
