@@ -16,7 +16,8 @@ import (
 // DirFS is a directory on the host as a source for Build and BuildMeta:
 // every attribute as lstat and the xattr calls give it, without following
 // symlinks. With objects set, each regular file's content is hashed into
-// Meta.Object, which BuildMeta needs.
+// the Object of its *view.Attr (FileInfo.Sys), which BuildMeta names in
+// the file's redirect.
 func DirFS(dir string, objects bool) fs.FS {
 	return &dirFS{root: dir, objects: objects}
 }
