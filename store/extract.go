@@ -55,7 +55,7 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 		return nil
 	}
 	var in io.ReadCloser
-	var blob *Staged
+	var blob *stagedFile
 	// written hands the blob's bytes to blob (layer.Behind).
 	var written *layer.BehindWriter
 	if haveBlob {
@@ -130,7 +130,7 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 //
 // The index is the commit point: a layer is extracted exactly when its
 // index exists, and by then everything it names is durable.
-func (s *Store) commit(x *layer.Extraction, desc ocispec.Descriptor, diffID digest.Digest, blob *Staged) error {
+func (s *Store) commit(x *layer.Extraction, desc ocispec.Descriptor, diffID digest.Digest, blob *stagedFile) error {
 	// The index is written first, so the one syncfs makes it durable with
 	// the objects and its own fsync at commit costs nothing.
 	w, err := s.stage("index")

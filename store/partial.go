@@ -18,11 +18,11 @@ var ErrHaveBlob = errors.New("blob already in the store")
 
 // Partial is a blob being fetched into tmp/partial-<hex>, a name that
 // outlives the process, so that a fetch killed at any moment resumes from
-// the bytes already there. It is a Staged file whose hash is re-computed
-// over those bytes when it is reopened, and it commits like one: size
-// checked before digest, fsync, rename into blobs/.
+// the bytes already there. Its hash is re-computed over those bytes when
+// it is reopened, and it commits as every staged file does: size checked
+// before digest, fsync, rename into blobs/.
 type Partial struct {
-	*Staged
+	*stagedFile
 	store  *Store
 	desc   ocispec.Descriptor
 	unlock func()
@@ -52,7 +52,7 @@ func (s *Store) Partial(desc ocispec.Descriptor) (*Partial, error) {
 		unlock()
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
-	p := &Partial{Staged: &Staged{f: f, hash: sha256.New()}, store: s, desc: desc, unlock: unlock}
+	p := &Partial{stagedFile: &stagedFile{f: f, hash: sha256.New()}, store: s, desc: desc, unlock: unlock}
 	n, err := io.Copy(p.hash, f)
 	if err != nil {
 		p.Close()
@@ -87,7 +87,7 @@ func (p *Partial) Reset() error {
 // blob that does not match is removed: nothing of it is kept.
 func (p *Partial) Commit() error {
 	defer p.unlock()
-	if err := p.Staged.Commit(p.store.BlobPath(p.desc.Digest), p.desc.Size, p.desc.Digest); err != nil {
+	if err := p.stagedFile.Commit(p.store.BlobPath(p.desc.Digest), p.desc.Size, p.desc.Digest); err != nil {
 		return fmt.Errorf("blob %s: %w", p.desc.Digest, err)
 	}
 	// Safe to remove only now: whoever locks it from here on, through
@@ -104,7 +104,7 @@ func (p *Partial) Close() {
 
 // Abort removes what was fetched.
 func (p *Partial) Abort() {
-	p.Staged.Abort()
+	p.stagedFile.Abort()
 	p.unlock()
 }
 

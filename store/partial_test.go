@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"reflect"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -98,5 +99,17 @@ func TestPartialLongerThanBlob(t *testing.T) {
 	p.Write([]byte("abc"))
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPartialCommitsOnlyVerified: a caller outside the store reaches the
+// store with a Partial's bytes only through its Commit, which checks them.
+// An exported field would hand out the staged file, whose own Commit
+// renames it to any path, checked against nothing when asked.
+func TestPartialCommitsOnlyVerified(t *testing.T) {
+	for f := range reflect.TypeFor[Partial]().Fields() {
+		if f.IsExported() {
+			t.Errorf("Partial exports field %s", f.Name)
+		}
 	}
 }

@@ -19,9 +19,9 @@ import (
 // their descriptor claims: a blob's, an object's, a layer's files'.
 var ErrMismatch = layer.ErrMismatch
 
-// Staged is a file being written under tmp/, hashed as it is written.
+// stagedFile is a file being written under tmp/, hashed as it is written.
 // Nothing is visible at its final name until Commit.
-type Staged struct {
+type stagedFile struct {
 	f    *os.File
 	hash hash.Hash
 	n    int64
@@ -30,12 +30,12 @@ type Staged struct {
 }
 
 // stage opens a new temp file under the store's tmp/.
-func (s *Store) stage(kind string) (*Staged, error) {
+func (s *Store) stage(kind string) (*stagedFile, error) {
 	f, err := os.CreateTemp(s.path(tmpDir), kind+"-*")
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", kind, err)
 	}
-	return &Staged{f: f, hash: sha256.New()}, nil
+	return &stagedFile{f: f, hash: sha256.New()}, nil
 }
 
 // stageDirect is stage for a layer's blob, whose bytes go to the disk
@@ -43,7 +43,7 @@ func (s *Store) stage(kind string) (*Staged, error) {
 // allows: an import reads a blob once and nothing reads it again soon,
 // and copying it into memory only for the kernel to write it back cost
 // an import's CPU as much as inflating it.
-func (s *Store) stageDirect(kind string) (*Staged, error) {
+func (s *Store) stageDirect(kind string) (*stagedFile, error) {
 	w, err := s.stage(kind)
 	if err != nil {
 		return nil, err
@@ -59,7 +59,7 @@ const directAlign = 4096
 
 // setDirect turns O_DIRECT on or off; where the file system refuses it,
 // writes go through the page cache, as they would anyway.
-func (w *Staged) setDirect(on bool) {
+func (w *stagedFile) setDirect(on bool) {
 	flags, err := unix.FcntlInt(w.f.Fd(), unix.F_GETFL, 0)
 	if err != nil {
 		w.direct = false
@@ -75,7 +75,7 @@ func (w *Staged) setDirect(on bool) {
 }
 
 // Write appends p, hashing it.
-func (w *Staged) Write(p []byte) (int, error) {
+func (w *stagedFile) Write(p []byte) (int, error) {
 	if w.direct && (len(p)%directAlign != 0 || uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign != 0) {
 		// The stream's tail, or memory the disk cannot take straight:
 		// the rest goes through the page cache.
@@ -95,22 +95,22 @@ func (w *Staged) Write(p []byte) (int, error) {
 }
 
 // Size is the number of bytes written.
-func (w *Staged) Size() int64 { return w.n }
+func (w *stagedFile) Size() int64 { return w.n }
 
 // Digest is the sha256 of what was written so far.
-func (w *Staged) Digest() digest.Digest {
+func (w *stagedFile) Digest() digest.Digest {
 	return digest.NewDigest(digest.SHA256, w.hash)
 }
 
 // Abort removes the temp file.
-func (w *Staged) Abort() {
+func (w *stagedFile) Abort() {
 	w.f.Close()
 	os.Remove(w.f.Name())
 }
 
 // check compares what was written with what was expected: size first, so
 // that a short or long stream is named as such rather than as a bad hash.
-func (w *Staged) check(size int64, want digest.Digest) error {
+func (w *stagedFile) check(size int64, want digest.Digest) error {
 	if size >= 0 && w.n != size {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrMismatch, w.n, size)
 	}
@@ -125,7 +125,7 @@ func (w *Staged) check(size int64, want digest.Digest) error {
 // rename, fsync the directory. The rename is the commit point: a crash
 // before it leaves only a temp file for gc, after it a complete file.
 // Two writers of one name both succeed, and one file remains.
-func (w *Staged) Commit(final string, size int64, want digest.Digest) error {
+func (w *stagedFile) Commit(final string, size int64, want digest.Digest) error {
 	if err := w.check(size, want); err != nil {
 		w.Abort()
 		return err
@@ -137,7 +137,7 @@ func (w *Staged) Commit(final string, size int64, want digest.Digest) error {
 	return w.rename(final, true)
 }
 
-func (w *Staged) rename(final string, syncDir bool) error {
+func (w *stagedFile) rename(final string, syncDir bool) error {
 	w.f.Close()
 	if err := os.MkdirAll(filepath.Dir(final), dirMode); err != nil {
 		os.Remove(w.f.Name())
