@@ -430,7 +430,9 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 	return s.writeFile(indexFile, data)
 }
 
-// Tag names manifest desc, replacing any image of the same name.
+// Tag names manifest desc, replacing any image of the same name. An
+// empty name lists desc unnamed, found by its digest and kept by gc, as
+// an import does with an image its source gives no name.
 func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
 	return s.tag(name, desc, true)
 }
