@@ -61,11 +61,14 @@ type resolvedLink struct {
 // those beneath resolve what it only implies or links to (rule O). The
 // view owns the layers: Close closes them.
 func New(layers []Layer, kind view.Kind) (*View, error) {
-	if kind != view.Merged && kind != view.Single && kind != view.Overlay {
+	switch {
+	case kind != view.Merged && kind != view.Single && kind != view.Overlay:
 		return nil, fmt.Errorf("unknown view %s", kind)
-	}
-	if (kind == view.Single && len(layers) != 1) || (kind == view.Overlay && len(layers) == 0) {
-		return nil, fmt.Errorf("a %s view takes one layer, not %d", kind, len(layers))
+	case len(layers) == 0:
+		// Its root would be no layer's record.
+		return nil, errors.New("a view takes at least one layer")
+	case kind == view.Single && len(layers) != 1:
+		return nil, fmt.Errorf("a single-layer view takes one layer, not %d", len(layers))
 	}
 	return &View{Layers: layers, kind: kind, links: &linkCache{m: map[Ref]resolvedLink{}}}, nil
 }

@@ -47,3 +47,13 @@ func TestNewRefusesUnknownKind(t *testing.T) {
 		}
 	}
 }
+
+// TestNewRefusesNoLayers: a view of no layers has no root to read, of
+// any kind.
+func TestNewRefusesNoLayers(t *testing.T) {
+	for _, kind := range []view.Kind{view.Merged, view.Single, view.Overlay} {
+		if _, err := stack.New(nil, kind); err == nil {
+			t.Errorf("New took no layers for a %s view", kind)
+		}
+	}
+}
