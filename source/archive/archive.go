@@ -1,3 +1,10 @@
+// Package archive imports images from files: OCI image layouts and
+// docker-archives (docker save), each a directory or a tar, plain or
+// compressed. A source is read as an io/fs.FS, never unpacked to disk;
+// its images are chosen (a ref name or tag, "@N", a platform of an image
+// index) and each goes into the store through store.StoreManifest, as a
+// pulled image does, so an import checks and extracts layers exactly as a
+// pull does.
 package archive
 
 import (

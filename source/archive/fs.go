@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/layerfs/layerfs/internal/output"
 	"io"
 	"io/fs"
 	"math"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/compression"
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 )
 
