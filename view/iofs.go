@@ -1,6 +1,7 @@
 package view
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -166,6 +167,10 @@ func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	}
 	o, err := f.openObject(a.Source, *a)
 	if err != nil {
+		// The file is in the view; its bytes are not to be had. A missing
+		// object must not read as fs.ErrNotExist, which walkers skip as a
+		// file gone meanwhile: it is EIO, as the mount answers.
+		err = fmt.Errorf("%w: object %s: %v", syscall.EIO, a.Object, err)
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
 	return &file{File: o, info: info}, nil

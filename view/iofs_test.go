@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path"
 	"reflect"
+	"syscall"
 	"testing"
 	"testing/fstest"
 
@@ -227,5 +229,25 @@ func TestClosedView(t *testing.T) {
 		if !errors.Is(err, fs.ErrClosed) || errors.Is(err, stack.ErrCorrupt) {
 			t.Errorf("%v, want an error wrapping fs.ErrClosed, not damage", err)
 		}
+	}
+}
+
+// TestMissingObject: a file whose object is gone from the store is still
+// in the view, as Stat says, so opening it is an I/O error, as the mount
+// answers, and never fs.ErrNotExist, which a walker would skip as a file
+// removed meanwhile.
+func TestMissingObject(t *testing.T) {
+	s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	info, err := fsys.Stat("etc/hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.ObjectPath(info.Sys().(*view.Attr).Object)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = fs.ReadFile(fsys, "etc/hostname")
+	if !errors.Is(err, syscall.EIO) || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadFile: %v, want EIO and not fs.ErrNotExist", err)
 	}
 }
