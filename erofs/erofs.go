@@ -81,12 +81,15 @@ func Build(out Output, src fs.FS, opts Options) (Result, error) {
 	if start != 0 {
 		return Result{}, fmt.Errorf("erofs: output must start at offset 0, not %d", start)
 	}
-	adapted := &sourceFS{src: rl, links: newLinkTable(), ahead: newPrefetcher(), regular: map[string]fs.FileInfo{}}
+	adapted := &sourceFS{src: rl, links: newLinkTable(), ahead: newPrefetcher(), regular: map[string]fs.FileInfo{}, subdirs: map[string]uint32{}}
 	defer adapted.ahead.stop()
 	buffered := newWriteBuffer(out)
 	w := goerofs.Create(buffered, goerofs.WithBuildTime(opts.BuildTime, 0))
 	if err := w.CopyFrom(adapted); err != nil {
 		return Result{}, fmt.Errorf("erofs: copy source: %w", err)
+	}
+	if err := adapted.setDirLinks(w); err != nil {
+		return Result{}, fmt.Errorf("erofs: %w", err)
 	}
 	if err := errors.Join(w.Close(), buffered.flush()); err != nil {
 		return Result{}, fmt.Errorf("erofs: write image: %w", err)

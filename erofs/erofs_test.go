@@ -98,6 +98,23 @@ func TestBuildHardlinksAreOneInode(t *testing.T) {
 	}
 }
 
+// TestDirectoryLinkCounts: a directory has 2 links and one per
+// subdirectory in either form, as mkfs.erofs gives; a walker that
+// trusts the count reads 2 as "no subdirectories here".
+func TestDirectoryLinkCounts(t *testing.T) {
+	src := sampleSource()
+	src["d/sub"] = &fstest.MapFile{Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}
+	src["d/sub2"] = &fstest.MapFile{Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}
+	for _, meta := range []bool{false, true} {
+		img, _, _ := buildAndRead(t, meta, src, "s")
+		for name, want := range map[string]int{".": 3, "d": 4, "d/sub": 2} {
+			if got := stat(t, img, name).Nlink; got != want {
+				t.Errorf("metadata-only %v: %s has %d links, want %d", meta, name, got, want)
+			}
+		}
+	}
+}
+
 func TestBuildIsReproducible(t *testing.T) {
 	_, one, r1 := buildAndRead(t, false, sampleSource(), "seed")
 	_, two, r2 := buildAndRead(t, false, sampleSource(), "seed")

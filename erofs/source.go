@@ -21,6 +21,9 @@ type sourceFS struct {
 	// regular holds what Info gave for each regular file go-erofs has not
 	// opened yet, so that Open needs no second lookup by path.
 	regular map[string]fs.FileInfo
+	// subdirs counts each listed directory's subdirectories: go-erofs
+	// gives every directory it copies 2 links, whatever it holds.
+	subdirs map[string]uint32
 }
 
 // Open defers opening a regular file until go-erofs reads it, or the
@@ -128,10 +131,26 @@ func (s *sourceFS) ReadDir(name string) ([]fs.DirEntry, error) {
 		return nil, err
 	}
 	out := make([]fs.DirEntry, len(entries))
+	var dirs uint32
 	for i, e := range entries {
 		out[i] = &dirEntry{DirEntry: e, fsys: s, path: path.Join(name, e.Name())}
+		if e.IsDir() {
+			dirs++
+		}
 	}
+	s.subdirs[name] = dirs
 	return out, nil
+}
+
+// setDirLinks gives each directory w holds 2 links and one per
+// subdirectory, as mkfs.erofs and the metadata-only writer do.
+func (s *sourceFS) setDirLinks(w *goerofs.Writer) error {
+	for name, dirs := range s.subdirs {
+		if err := w.SetNlink(name, 2+dirs); err != nil {
+			return fmt.Errorf("link count of %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 type dirEntry struct {
