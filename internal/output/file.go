@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,7 +33,7 @@ func Create(name string) (*File, error) {
 		if _, lerr := os.Lstat(name); lerr == nil {
 			return nil, fmt.Errorf("%s: a symlink to nothing: name an existing file, or a new name", name)
 		}
-		return createTemp(name, 0o644)
+		return createTemp(name)
 	}
 	if err != nil {
 		return nil, err
@@ -42,7 +44,16 @@ func Create(name string) (*File, error) {
 	}
 	switch mode := st.Mode(); {
 	case mode.IsRegular():
-		return createTemp(target, mode.Perm())
+		f, err := createTemp(target)
+		if err != nil {
+			return nil, err
+		}
+		// A file replaced keeps its mode.
+		if err := f.Chmod(mode.Perm()); err != nil {
+			f.Abort()
+			return nil, fmt.Errorf("%s: keep its mode: %w", name, err)
+		}
+		return f, nil
 	case mode.IsDir():
 		return nil, fmt.Errorf("%s: is a directory", name)
 	case mode&fs.ModeNamedPipe != 0, mode&fs.ModeCharDevice != 0:
@@ -78,8 +89,10 @@ func Kind(mode fs.FileMode) string {
 	return "special file"
 }
 
-func createTemp(name string, perm fs.FileMode) (*File, error) {
-	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
+// createTemp opens a temp file beside name, to be renamed to it, of mode
+// 0666 less the umask, as any file a tool creates.
+func createTemp(name string) (*File, error) {
+	f, err := openTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
 	if err != nil {
 		// Named as the user named it, not as the temp file beside it.
 		var pe *fs.PathError
@@ -88,14 +101,20 @@ func createTemp(name string, perm fs.FileMode) (*File, error) {
 		}
 		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
 	}
-	// CreateTemp's 0600 is for the temporary name; the output is no
-	// secret, and a file replaced keeps its mode.
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, err
-	}
 	return &File{File: f, final: name}, nil
+}
+
+// openTemp creates a new file of a random name starting with prefix in
+// dir, of mode 0666 less the umask (os.CreateTemp's is 0600, which only
+// a chmod could widen, and the umask cannot be read without changing it).
+func openTemp(dir, prefix string) (*os.File, error) {
+	for {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err
+		}
+	}
 }
 
 // Commit closes the output and renames it into place.
