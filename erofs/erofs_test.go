@@ -255,6 +255,28 @@ func TestBuildRefuses(t *testing.T) {
 	}
 }
 
+// failingOpen is a source whose file fails to open, as a view's does
+// when its object is gone.
+type failingOpen struct{ fstest.MapFS }
+
+func (f failingOpen) Open(name string) (fs.File, error) {
+	if name == "d/nested" {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	return f.MapFS.Open(name)
+}
+
+func (f failingOpen) ReadLink(name string) (string, error) { return f.MapFS.ReadLink(name) }
+
+// TestBuildNamesAFileThatFailsOnce: the source's error already names the
+// file, as an fs.FS's errors do.
+func TestBuildNamesAFileThatFailsOnce(t *testing.T) {
+	_, err := Build(&discard{}, failingOpen{sampleSource()}, Options{})
+	if err == nil || !errors.Is(err, fs.ErrNotExist) || strings.Count(err.Error(), "open d/nested") != 1 {
+		t.Errorf("error %v; want one naming the open of d/nested once", err)
+	}
+}
+
 func TestObjectPath(t *testing.T) {
 	hexDigest := strings.Repeat("ab", 32)
 	if p, err := ObjectPath("sha256:" + hexDigest); err != nil || p != "/sha256/ab/"+hexDigest {

@@ -89,7 +89,8 @@ func (l *lazyFile) Read(p []byte) (int, error) {
 	if l.f == nil {
 		f, err := l.ahead.take(l)
 		if err != nil {
-			return 0, fmt.Errorf("open %s: %w", l.name, err)
+			// The source's error names the file, as an fs.FS's do.
+			return 0, err
 		}
 		l.f = f
 	}
