@@ -152,8 +152,9 @@ func RefuseTerminal(f *os.File, name string) error {
 // CreateSeekable is Create for output written with seeks, such as a disk
 // image: only a regular file, or a new name, takes it.
 func CreateSeekable(name string) (*File, error) {
-	// Checked before Create, which would wait in the open of a FIFO.
-	if st, err := os.Stat(name); err == nil && !st.Mode().IsRegular() {
+	// Checked before Create, which would wait in the open of a FIFO
+	// and write into a character device; Create refuses the rest.
+	if st, err := os.Stat(name); err == nil && st.Mode()&(fs.ModeNamedPipe|fs.ModeCharDevice) != 0 {
 		return nil, fmt.Errorf("%s: a %s, and the output is written with seeks: name a regular file or a new name", name, Kind(st.Mode()))
 	}
 	return Create(name)

@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -42,6 +43,26 @@ func TestCreateModes(t *testing.T) {
 		}
 		if st, err := os.Stat(c.name); err != nil || st.Mode().Perm() != c.want {
 			t.Errorf("%s under umask %03o: %v, %v; want mode %v", filepath.Base(c.name), c.umask, st.Mode(), err, c.want)
+		}
+	}
+}
+
+// TestCreateSeekableRefuses: a FIFO or a character device is refused
+// for output written with seeks; what no output takes is refused as
+// Create refuses it, for what it is.
+func TestCreateSeekableRefuses(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		fifo:        "a FIFO, and the output is written with seeks",
+		"/dev/null": "a character device, and the output is written with seeks",
+		dir:         dir + ": is a directory",
+	} {
+		if _, err := CreateSeekable(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v; want %q", name, err, want)
 		}
 	}
 }
