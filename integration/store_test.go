@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"archive/tar"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -166,6 +169,58 @@ func TestGCAfterRm(t *testing.T) {
 	got := walkMount(t, root, "two")
 	if got["shared"].SHA256 == "" {
 		t.Fatalf("image two lost its file: %v", got)
+	}
+}
+
+// TestGCWhileExporting removes an image and runs gc while an export of
+// it waits for its reader between two files: rm is not refused, gc keeps
+// what the export has still to read, the export ends whole, and the next
+// gc frees the image.
+func TestGCWhileExporting(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "layout")
+	// Past the export's buffer and the pipe's: the export waits in it.
+	big := strings.Repeat("big bytes\n", 1<<20)
+	if _, err := testimage.WriteLayout(dir, testimage.Image{Name: "img", Layers: []testimage.Layer{{Entries: []testimage.Entry{
+		testimage.File("a-big", big), testimage.File("b-after", "read after gc\n"),
+	}}}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, root, "import", dir)
+	cmd := exec.Command(layerfsBin(t), "--root", root, "export", "img")
+	stdout, err := cmd.StdoutPipe()
+	must(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	must(t, cmd.Start())
+	head := make([]byte, 4096)
+	if _, err := io.ReadFull(stdout, head); err != nil {
+		t.Fatalf("export's first bytes: %v", err)
+	}
+	mustRun(t, root, "rm", "img")
+	mustRun(t, root, "gc")
+	rest, err := io.ReadAll(stdout)
+	must(t, err)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("export with rm and gc meanwhile: %v\n%s", err, stderr.String())
+	}
+	tr := tar.NewReader(io.MultiReader(bytes.NewReader(head), bytes.NewReader(rest)))
+	files := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+		body, err := io.ReadAll(tr)
+		must(t, err)
+		files[h.Name] = string(body)
+	}
+	if files["a-big"] != big || files["b-after"] != "read after gc\n" {
+		t.Errorf("export with gc meanwhile: a-big %d bytes, b-after %q; want both whole", len(files["a-big"]), files["b-after"])
+	}
+	if out := mustRun(t, root, "gc"); !strings.Contains(out, "2 objects") {
+		t.Errorf("gc after the export: %q; want the image's 2 objects freed", out)
 	}
 }
 

@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// leasesDir holds one file per live view (a mount or a virtio-fs server)
-// naming what it serves. They live in the store, not in a user's runtime
+// leasesDir holds one file per live view (a mount, a virtio-fs server, or
+// a build or export reading one) naming what it serves. They live in the store, not in a user's runtime
 // directory, so that gc finds every view of the store whoever runs it.
 const leasesDir = "leases"
 
@@ -38,6 +38,11 @@ type Lease struct {
 	Source string `json:"source,omitempty"`
 	// Meta is the key of the metadata-only image a kernel mount uses.
 	Meta string `json:"meta,omitempty"`
+	// Reads is set for a command that reads the view through once
+	// (build, export), View naming where it writes: gc keeps what it
+	// reads, but rm is not refused for it, since nothing serves the view
+	// once the command ends.
+	Reads bool `json:"reads,omitempty"`
 }
 
 func (l Lease) live(mounts []procstat.Mount) bool {
@@ -56,10 +61,22 @@ func (l Lease) live(mounts []procstat.Mount) bool {
 // called or the process ends. It is taken while writers are admitted, so
 // a gc that starts after it sees it, and one already running has finished.
 func (s *Store) Lease(t Target, view string) (release func(), err error) {
+	return s.lease(t, view, false)
+}
+
+// LeaseReading records that this process reads t through once, writing
+// it to out, until release is called or the process ends: a gc meanwhile
+// keeps what it has still to read, even if the image is removed.
+func (s *Store) LeaseReading(t Target, out string) (release func(), err error) {
+	return s.lease(t, out, true)
+}
+
+func (s *Store) lease(t Target, view string, reads bool) (release func(), err error) {
 	l, err := s.newLease(t, view)
 	if err != nil {
 		return nil, err
 	}
+	l.Reads = reads
 	return s.writeLease(t, l, fmt.Sprintf("%d-%d.json", l.PID, l.Start))
 }
 
@@ -154,7 +171,8 @@ func (s *Store) Leases() (live []Lease, stale []string, err error) {
 	return live, stale, nil
 }
 
-// ViewsOf returns the live views serving image manifest.
+// ViewsOf returns the live views serving image manifest, leaving out
+// commands that only read it through.
 func (s *Store) ViewsOf(manifest digest.Digest) ([]Lease, error) {
 	live, _, err := s.Leases()
 	if err != nil {
@@ -162,7 +180,7 @@ func (s *Store) ViewsOf(manifest digest.Digest) ([]Lease, error) {
 	}
 	var out []Lease
 	for _, l := range live {
-		if l.Manifest == manifest {
+		if l.Manifest == manifest && !l.Reads {
 			out = append(out, l)
 		}
 	}

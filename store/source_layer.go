@@ -111,7 +111,7 @@ func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
 		}
 		var where []string
 		for _, l := range live {
-			if slices.Contains(l.Layers, d) {
+			if slices.Contains(l.Layers, d) && !l.Reads {
 				where = append(where, fmt.Sprintf("%s (pid %d)", l.View, l.PID))
 			}
 		}

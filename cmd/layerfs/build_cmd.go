@@ -59,12 +59,12 @@ on stderr.
 			if err != nil {
 				return fmt.Errorf("build to %s: %w", name, err)
 			}
-			s, v, err := openView(cmd.Context(), g, args[0])
+			s, v, closeView, err := openLeasedView(cmd.Context(), g, args[0], "build", name)
 			if err != nil {
 				w.Abort()
 				return err
 			}
-			defer v.Close()
+			defer closeView()
 			var seed []string
 			var layers []digest.Digest
 			for _, l := range v.Layers {

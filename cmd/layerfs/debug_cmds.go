@@ -27,22 +27,44 @@ commas, lowest first; one layer digest is that layer as built.`
 // openView opens the view one TARGET argument names, extracting any
 // layer not yet extracted.
 func openView(ctx context.Context, g *globals, arg string) (*store.Store, *stack.View, error) {
+	s, _, v, err := openTarget(ctx, g, arg)
+	return s, v, err
+}
+
+func openTarget(ctx context.Context, g *globals, arg string) (*store.Store, store.Target, *stack.View, error) {
 	s, err := g.open()
 	if err != nil {
-		return nil, nil, err
+		return nil, store.Target{}, nil, err
 	}
 	t, err := resolveView(g, s, strings.Split(arg, ","))
 	if err != nil {
-		return nil, nil, err
+		return nil, t, nil, err
 	}
 	if err := s.Prepare(ctx, t); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", t, err)
+		return nil, t, nil, fmt.Errorf("%s: %w", t, err)
 	}
 	v, err := s.OpenView(t.Digests(), viewKind(t, false))
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", t, err)
+		return nil, t, nil, fmt.Errorf("%s: %w", t, err)
 	}
-	return s, v, nil
+	return s, t, v, nil
+}
+
+// openLeasedView is openView for a command that reads the whole view
+// into out (build, export), leased so that a gc meanwhile keeps what it
+// has still to read; closeView releases the view and its lease.
+func openLeasedView(ctx context.Context, g *globals, arg, op, out string) (s *store.Store, v *stack.View, closeView func(), err error) {
+	s, t, v, err := openTarget(ctx, g, arg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	release, err := s.LeaseReading(t, out)
+	release, err = unleasedIfReadOnly(op, t, "reads", release, err)
+	if err != nil {
+		v.Close()
+		return nil, nil, nil, fmt.Errorf("%s %s: %w", op, t, err)
+	}
+	return s, v, func() { release(); v.Close() }, nil
 }
 
 // viewKind is the kind of view that t asks for: overlay asks for the
@@ -248,12 +270,12 @@ directory, socket or block device is refused before anything is read.
 			if err != nil {
 				return fmt.Errorf("export to %s: %w", to, err)
 			}
-			s, v, err := openView(cmd.Context(), g, args[0])
+			s, v, closeView, err := openLeasedView(cmd.Context(), g, args[0], "export", to)
 			if err != nil {
 				w.Abort()
 				return err
 			}
-			defer v.Close()
+			defer closeView()
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), w}, 1<<20)
 			if err := errors.Join(viewops.Export(bw, v, s.OpenObject), bw.Flush()); err != nil {
 				w.Abort()

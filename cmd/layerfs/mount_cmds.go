@@ -179,18 +179,24 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	handles := s.OpenHandles(t.Digests())
 	tree = layerfs.NewTree(v, handles.OpenObject)
 	release, err := s.Lease(t, servedAt)
-	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
-		// A store this user may read but not write: served all the same,
-		// but its owner's gc does not know of the view.
-		logrus.Warnf("%s %s: not leased, so gc may remove what it serves: %v", op, t, err)
-		release, err = func() {}, nil
-	}
+	release, err = unleasedIfReadOnly(op, t, "serves", release, err)
 	if err != nil {
 		handles.Close()
 		v.Close()
 		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
 	return tree, t, func() { release(); handles.Close(); v.Close() }, nil
+}
+
+// unleasedIfReadOnly lets a view of a store this user may read but not
+// write go on without its lease, with a warning: its owner's gc does not
+// know of the view. what is what the view does with the store's files.
+func unleasedIfReadOnly(op string, t store.Target, what string, release func(), err error) (func(), error) {
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		logrus.Warnf("%s %s: not leased, so gc may remove what it %s: %v", op, t, what, err)
+		return func() {}, nil
+	}
+	return release, err
 }
 
 // signalReady tells a waiting --daemon parent that the mount answers.
