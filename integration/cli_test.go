@@ -310,6 +310,9 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"pull", "--jobs", "-3", "x"}, 2, "--jobs -3"},
 		{[]string{"pull", "--jobs", "many", "x"}, 2, "invalid argument"},
 		{[]string{"import", "--platform", "linux", "../testdata/sample"}, 2, "want os/arch"},
+		{[]string{"ls", "--platform", "linux", "sample"}, 2, "want os/arch"},
+		{[]string{"build", "--platform", "amd64", "sample", "-o", "-"}, 2, "want os/arch"},
+		{[]string{"pull", "--platform", "a/b/c/d", "x"}, 2, "want os/arch"},
 		{[]string{"which", "sample", "/no/such/path"}, 3, "not in the view"},
 		{[]string{"rm", "no-such-image"}, 1, "not found"},
 	}

@@ -67,7 +67,7 @@ var commands []func(*globals) *cobra.Command
 
 type globals struct {
 	// viewPlatform is --platform of the commands that open a view.
-	viewPlatform string
+	viewPlatform store.Platform
 	root         string
 	logLevel     string
 }

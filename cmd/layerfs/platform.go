@@ -5,18 +5,40 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// platformValue is a --platform flag, read when it is given so that a
+// value that is no platform is a usage error of every command alike. Its
+// zero value is the host's platform.
+type platformValue struct {
+	p    *store.Platform
+	text string
+}
+
+func (v *platformValue) Set(s string) error {
+	p, err := store.ParsePlatform(s)
+	if err != nil {
+		return err
+	}
+	*v.p, v.text = p, s
+	return nil
+}
+
+func (v *platformValue) String() string { return v.text }
+func (v *platformValue) Type() string   { return "os/arch[/variant]" }
+
+// platformFlag gives cmd a --platform into p, saying what it chooses.
+func platformFlag(cmd *cobra.Command, p *store.Platform, usage string) {
+	cmd.Flags().Var(&platformValue{p: p}, "platform", usage)
+	cmd.RegisterFlagCompletionFunc("platform", completePlatforms)
+}
+
 // withViewPlatform gives a command that opens a view the --platform that
 // chooses among the platforms of an image index.
 func withViewPlatform(g *globals, cmd *cobra.Command) *cobra.Command {
-	cmd.Flags().StringVar(&g.viewPlatform, "platform", "", "os/arch[/variant] of an image index to show (default: this host's)")
+	platformFlag(cmd, &g.viewPlatform, "of an image index, the platform to show (default: this host's)")
 	return cmd
 }
 
 // resolveView resolves targets on the platform --platform asked for.
 func resolveView(g *globals, s *store.Store, targets []string) (store.Target, error) {
-	p, err := parsePlatform(g.viewPlatform)
-	if err != nil {
-		return store.Target{}, err
-	}
-	return resolveOn(s, targets, p)
+	return resolveOn(s, targets, g.viewPlatform)
 }

@@ -18,10 +18,11 @@ func init() {
 
 func pullCmd(g *globals) *cobra.Command {
 	var (
-		platform, config string
-		mirrors          []string
-		insecure, quiet  bool
-		jobs             int
+		platform        store.Platform
+		config          string
+		mirrors         []string
+		insecure, quiet bool
+		jobs            int
 	)
 	cmd := &cobra.Command{
 		Use:   "pull REF...",
@@ -41,10 +42,6 @@ extracted.`,
 			if jobs < 1 {
 				return usageError{cmd, fmt.Errorf("--jobs %d: want at least 1", jobs)}
 			}
-			p, err := parsePlatform(platform)
-			if err != nil {
-				return usageError{cmd, err}
-			}
 			cfg, err := registriesConfig(cmd.Flags().Changed("registries-config"), config)
 			if err != nil {
 				return err
@@ -56,7 +53,7 @@ extracted.`,
 			prog := newProgress(quiet)
 			ctx := store.WithExtractObserver(cmd.Context(), prog)
 			puller, err := registry.New(s, registry.Options{
-				Platform: p, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
+				Platform: platform, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
 			})
 			if err != nil {
 				return err
@@ -80,7 +77,7 @@ extracted.`,
 			return errors.Join(errs...)
 		},
 	}
-	platformFlag(cmd, &platform)
+	platformFlag(cmd, &platform, "of an image index, the platform to take (default: this host's)")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP and unverified TLS (loopback registries get plain HTTP anyway)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "one log line per layer instead of progress bars")
 	cmd.Flags().IntVarP(&jobs, "jobs", "j", registry.DefaultJobs, "layers to download at once")

@@ -21,20 +21,7 @@ func init() {
 	commands = append(commands, importCmd, imagesCmd, layersCmd, inspectCmd, tagCmd, rmCmd, verifyCmd, gcCmd)
 }
 
-func platformFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVar(p, "platform", "", "os/arch[/variant] to take from an image index (default: this host's)")
-	cmd.RegisterFlagCompletionFunc("platform", completePlatforms)
-}
-
-func parsePlatform(s string) (store.Platform, error) {
-	if s == "" {
-		return store.HostPlatform(), nil
-	}
-	return store.ParsePlatform(s)
-}
-
 func importCmd(g *globals) *cobra.Command {
-	var platform string
 	var opts archive.Options
 	var layer, quiet bool
 	cmd := &cobra.Command{
@@ -61,13 +48,6 @@ staged, and exits 130.`,
 		Args:        cobra.MinimumNArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if platform != "" {
-				p, err := store.ParsePlatform(platform)
-				if err != nil {
-					return usageError{cmd, err}
-				}
-				opts.Platform = p
-			}
 			s, err := g.openForWriting()
 			if err != nil {
 				return err
@@ -104,7 +84,7 @@ staged, and exits 130.`,
 			return nil
 		},
 	}
-	platformFlag(cmd, &platform)
+	platformFlag(cmd, &opts.Platform, "of an image index, the platform to take (default: this host's)")
 	cmd.Flags().BoolVar(&opts.AllPlatforms, "all-platforms", false, "import every platform of an image index")
 	cmd.Flags().BoolVar(&layer, "layer", false, "import each PATH as a bare layer tar (plain, gzip or zstd)")
 	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
