@@ -173,54 +173,65 @@ func TestGCAfterRm(t *testing.T) {
 }
 
 // TestGCWhileExporting removes an image and runs gc while an export of
-// it waits for its reader between two files: rm is not refused, gc keeps
-// what the export has still to read, the export ends whole, and the next
-// gc frees the image.
+// it, or a cat of its files, waits for its reader between two files: rm
+// is not refused, gc keeps what the command has still to read, the
+// command ends whole, and the next gc frees the image.
 func TestGCWhileExporting(t *testing.T) {
 	root := t.TempDir()
 	dir := filepath.Join(t.TempDir(), "layout")
-	// Past the export's buffer and the pipe's: the export waits in it.
+	// Past the command's buffer and the pipe's: it waits in it.
 	big := strings.Repeat("big bytes\n", 1<<20)
 	if _, err := testimage.WriteLayout(dir, testimage.Image{Name: "img", Layers: []testimage.Layer{{Entries: []testimage.Entry{
 		testimage.File("a-big", big), testimage.File("b-after", "read after gc\n"),
 	}}}}); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, root, "import", dir)
-	cmd := exec.Command(layerfsBin(t), "--root", root, "export", "img")
-	stdout, err := cmd.StdoutPipe()
-	must(t, err)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	must(t, cmd.Start())
-	head := make([]byte, 4096)
-	if _, err := io.ReadFull(stdout, head); err != nil {
-		t.Fatalf("export's first bytes: %v", err)
-	}
-	mustRun(t, root, "rm", "img")
-	mustRun(t, root, "gc")
-	rest, err := io.ReadAll(stdout)
-	must(t, err)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("export with rm and gc meanwhile: %v\n%s", err, stderr.String())
-	}
-	tr := tar.NewReader(io.MultiReader(bytes.NewReader(head), bytes.NewReader(rest)))
-	files := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
+	untar := func(out []byte) string {
+		tr := tar.NewReader(bytes.NewReader(out))
+		files := map[string]string{}
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			must(t, err)
+			body, err := io.ReadAll(tr)
+			must(t, err)
+			files[h.Name] = string(body)
 		}
-		must(t, err)
-		body, err := io.ReadAll(tr)
-		must(t, err)
-		files[h.Name] = string(body)
+		return files["a-big"] + files["b-after"]
 	}
-	if files["a-big"] != big || files["b-after"] != "read after gc\n" {
-		t.Errorf("export with gc meanwhile: a-big %d bytes, b-after %q; want both whole", len(files["a-big"]), files["b-after"])
-	}
-	if out := mustRun(t, root, "gc"); !strings.Contains(out, "2 objects") {
-		t.Errorf("gc after the export: %q; want the image's 2 objects freed", out)
+	for _, c := range []struct {
+		args     []string
+		contents func([]byte) string
+	}{
+		{[]string{"export", "img"}, untar},
+		{[]string{"cat", "img", "a-big", "b-after"}, func(out []byte) string { return string(out) }},
+	} {
+		mustRun(t, root, "import", dir)
+		cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, c.args...)...)
+		stdout, err := cmd.StdoutPipe()
+		must(t, err)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		must(t, cmd.Start())
+		head := make([]byte, 4096)
+		if _, err := io.ReadFull(stdout, head); err != nil {
+			t.Fatalf("%s's first bytes: %v", c.args[0], err)
+		}
+		mustRun(t, root, "rm", "img")
+		mustRun(t, root, "gc")
+		rest, err := io.ReadAll(stdout)
+		must(t, err)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%s with rm and gc meanwhile: %v\n%s", c.args[0], err, stderr.String())
+		}
+		if got := c.contents(append(head, rest...)); got != big+"read after gc\n" {
+			t.Errorf("%s with gc meanwhile: %d bytes of a-big and b-after; want both whole", c.args[0], len(got))
+		}
+		if out := mustRun(t, root, "gc"); !strings.Contains(out, "2 objects") {
+			t.Errorf("gc after the %s: %q; want the image's 2 objects freed", c.args[0], out)
+		}
 	}
 }
 

@@ -50,8 +50,8 @@ func openTarget(ctx context.Context, g *globals, arg string) (*store.Store, stor
 	return s, t, v, nil
 }
 
-// openLeasedView is openView for a command that reads the whole view
-// into out (build, export), leased so that a gc meanwhile keeps what it
+// openLeasedView is openView for a command that reads the view's
+// contents into out (build, export, cat), leased so that a gc meanwhile keeps what it
 // has still to read; closeView releases the view and its lease.
 func openLeasedView(ctx context.Context, g *globals, arg, op, out string) (s *store.Store, v *stack.View, closeView func(), err error) {
 	s, t, v, err := openTarget(ctx, g, arg)
@@ -223,11 +223,11 @@ the files before it were written.
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, v, err := openView(cmd.Context(), g, args[0])
+			s, v, closeView, err := openLeasedView(cmd.Context(), g, args[0], "cat", "stdout")
 			if err != nil {
 				return err
 			}
-			defer v.Close()
+			defer closeView()
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), os.Stdout}, 1<<20)
 			for _, p := range args[1:] {
 				if err := viewops.Cat(bw, v, p, s.OpenObject); err != nil {
