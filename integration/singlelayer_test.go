@@ -213,7 +213,8 @@ func singleLayerWant(ms map[string]member, got oracle.Tree) oracle.Tree {
 			e.Type, e.Size = oracle.TypeReg, src.size
 			groups[key] = append(groups[key], p)
 		case 'l':
-			e.Type, e.Size, e.Link = oracle.TypeSymlink, int64(len(src.link)), src.link
+			// A symlink's mode is 0777 on Linux, whatever tar lists.
+			e.Type, e.Size, e.Link, e.Mode = oracle.TypeSymlink, int64(len(src.link)), src.link, 0o777
 			groups[p] = []string{p}
 		case 'c', 'b':
 			e.Type, e.DevMajor, e.DevMinor = oracle.TypeChar, src.major, src.minor

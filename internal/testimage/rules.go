@@ -205,6 +205,14 @@ func RuleCases() []RuleCase {
 				Symlink("home/user/link", "../user").WithOwner(1000, 1000),
 			},
 		)},
+		RuleCase{Name: "symlink-modes", Rule: "attributes", Layers: layers(
+			[]Entry{
+				File("t", "t\n"),
+				Symlink("none", "t").WithMode(0),
+				Symlink("private", "t").WithMode(0o700),
+				Symlink("setuid", "t").WithMode(0o4755),
+			},
+		)},
 		RuleCase{Name: "mtime-nanoseconds", Rule: "attributes", Layers: layers(
 			[]Entry{
 				Dir("d", 0o755).WithModTime(time.Date(2021, time.March, 4, 5, 6, 7, 123456789, time.UTC)),

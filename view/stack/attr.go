@@ -43,6 +43,11 @@ func (v *View) Attr(n Node) (view.Attr, error) {
 	if e.Type == index.TypeChar || e.Type == index.TypeBlock {
 		a.Major, a.Minor = e.Major, e.Minor
 	}
+	if e.Type == index.TypeSymlink {
+		// Linux gives every symlink 0777 and no call changes it, so no
+		// unpacked layer shows the mode a tar header gives one.
+		a.Mode = 0o777
+	}
 	xs := e.Xattrs
 	if v.kind == view.Overlay {
 		if xs, err = v.overlayXattrs(n, e); err != nil {
