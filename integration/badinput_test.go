@@ -293,16 +293,20 @@ func TestUnusableRoot(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// An empty directory is an empty store to a read-only command, which
-	// creates nothing; anything that is not a directory is not a store.
+	// An empty directory is an empty store to a read-only command, and to
+	// gc, which finds nothing to free there; neither creates anything.
+	// Anything that is not a directory is not a store.
 	if r := run(t, ro, "images", "-q"); r.code != 0 || r.stdout != "" {
 		t.Errorf("images on the empty read-only root: exit %d, %q %q; want 0 and nothing", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, ro, "gc"); r.code != 0 || !strings.HasPrefix(r.stdout, "removed 0 blobs, 0 layers, 0 objects") {
+		t.Errorf("gc on the empty read-only root: exit %d, %q %q; want 0 and nothing removed", r.code, r.stdout, r.stderr)
 	}
 	for _, c := range []struct {
 		root, want string
 		args       [][]string
 	}{
-		{ro, "read-only file system", [][]string{{"import", "../testdata/sample"}, {"gc"}}},
+		{ro, "read-only file system", [][]string{{"import", "../testdata/sample"}}},
 		{file, "is not a layerfs store", [][]string{{"import", "../testdata/sample"}, {"images"}, {"gc"}}},
 	} {
 		for _, args := range c.args {
@@ -314,6 +318,10 @@ func TestUnusableRoot(t *testing.T) {
 	}
 
 	full := tmpfsDir(t, 2<<20)
+	// An import makes the store even when its source is missing.
+	if r := run(t, full, "import", filepath.Join(t.TempDir(), "missing")); r.code != 1 {
+		t.Fatalf("import of a missing layout: exit %d, %q", r.code, r.stderr)
+	}
 	mustRun(t, full, "gc")
 	base := storeFiles(t, full)
 	big := writeFaultLayout(t, faultImage("too-big", 7, testimage.Gzip))
