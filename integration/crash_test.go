@@ -1,7 +1,12 @@
 package integration
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -190,4 +195,72 @@ func TestCrashPull(t *testing.T) {
 		mustRun(t, root, "gc")
 	})
 	t.Logf("pull: %d kills survived (%d runs finished before their kill)", killed, finished)
+}
+
+// TestCrashOutput kills `export -o` at random points over a file of the
+// user's, and `build -o` over a new name. After every kill the
+// directory holds exactly what it held before, or, when the kill came
+// after the rename, the complete output a clean run writes: nothing
+// beside the target, and never a part of the output under its name.
+func TestCrashOutput(t *testing.T) {
+	requireRoot(t)
+	root, _ := importedDebian(t)
+	ref := debianImage(t).Ref
+	const mine = "the user's own file\n"
+	for _, c := range []struct {
+		name, file string
+		existing   bool
+	}{
+		{"export", "rootfs.tar", true},
+		{"build", "rootfs.erofs", false},
+	} {
+		t.Run(fmt.Sprintf("%s/existing=%v", c.name, c.existing), func(t *testing.T) {
+			dir := t.TempDir()
+			target := filepath.Join(dir, c.file)
+			args := []string{c.name, ref, "-o", target}
+			timed(t, root, args...) // the first run reads the store cold
+			took := timed(t, root, args...)
+			clean, err := os.ReadFile(target)
+			must(t, err)
+			reset := func() {
+				must(t, os.Remove(target))
+				if c.existing {
+					must(t, os.WriteFile(target, []byte(mine), 0o644))
+				}
+			}
+			reset()
+			killed, finished := killUntil(t, 10, took, func(delay time.Duration) bool {
+				landed := killAt(t, root, delay, args...)
+				if !landed {
+					reset()
+				}
+				return landed
+			}, func(int) {
+				es, err := os.ReadDir(dir)
+				must(t, err)
+				var names []string
+				for _, e := range es {
+					names = append(names, e.Name())
+				}
+				b, err := os.ReadFile(target)
+				switch {
+				case len(names) > 1 || len(names) == 1 && names[0] != c.file:
+					t.Fatalf("a killed %s left %q in the directory of its -o", c.name, names)
+				case errors.Is(err, fs.ErrNotExist) && !c.existing:
+				case err != nil:
+					t.Fatal(err)
+				case c.existing && string(b) == mine:
+				case bytes.Equal(b, clean):
+				default:
+					t.Fatalf("a killed %s left %d bytes under its -o name, neither what was there nor its whole output (%d bytes)", c.name, len(b), len(clean))
+				}
+				if _, err := os.Lstat(target); err == nil {
+					reset()
+				} else if c.existing {
+					t.Fatalf("a killed %s removed the user's file: %v", c.name, err)
+				}
+			})
+			t.Logf("%s: %d kills (%d runs finished before their kill), a run takes %v", c.name, killed, finished, took)
+		})
+	}
 }

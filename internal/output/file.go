@@ -13,17 +13,21 @@ import (
 )
 
 // File is a file a command writes its output to (export -o). A regular
-// file, or a new one, is written beside its name and renamed into place
-// by Commit, so a failed command leaves no truncated file under that
-// name. A character device or a FIFO is written into, never replaced. A
-// symlink is followed, as docker does, and its target treated so; the
-// link itself is left alone. A directory, a socket, a block device or a
-// terminal is refused before any work starts.
+// file, or a new one, is written as a file with no name in the same
+// directory, given a name only by Commit and renamed into place, so a
+// command that fails, or is killed, leaves no truncated file under that
+// name and nothing beside it. A character device or a FIFO is written
+// into, never replaced. A symlink is followed, as docker does, and its
+// target treated so; the link itself is left alone. A directory, a
+// socket, a block device or a terminal is refused before any work starts.
 type File struct {
 	*os.File
-	// final is the name the temp file is renamed to; empty when the
-	// output is written in place.
+	// final is the name the output is renamed to; empty when it is
+	// written in place.
 	final string
+	// named is the temp file's name where the directory's file system
+	// cannot make a file with no name (O_TMPFILE); a kill leaves it.
+	named string
 }
 
 // Create checks name and opens the output for it.
@@ -89,10 +93,18 @@ func Kind(mode fs.FileMode) string {
 	return "special file"
 }
 
-// createTemp opens a temp file beside name, to be renamed to it, of mode
-// 0666 less the umask, as any file a tool creates.
+// createTemp opens a file with no name in name's directory, to be named
+// name by Commit, of mode 0666 less the umask, as any file a tool creates.
 func createTemp(name string) (*File, error) {
-	f, err := openTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
+	dir := filepath.Dir(name)
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o666)
+	if err == nil {
+		return &File{File: os.NewFile(uintptr(fd), name), final: name}, nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) {
+		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
+	}
+	f, err := openTemp(name)
 	if err != nil {
 		// Named as the user named it, not as the temp file beside it.
 		var pe *fs.PathError
@@ -101,42 +113,72 @@ func createTemp(name string) (*File, error) {
 		}
 		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
 	}
-	return &File{File: f, final: name}, nil
+	return &File{File: f, final: name, named: f.Name()}, nil
 }
 
-// openTemp creates a new file of a random name starting with prefix in
-// dir, of mode 0666 less the umask (os.CreateTemp's is 0600, which only
-// a chmod could widen, and the umask cannot be read without changing it).
-func openTemp(dir, prefix string) (*os.File, error) {
+// tempName is a name for a temp file beside name: hidden, saying whose
+// it is, and random.
+func tempName(name string) string {
+	return filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+".tmp-"+strconv.FormatUint(uint64(rand.Uint32()), 10))
+}
+
+// openTemp creates a new file of a temp name beside name, of mode 0666
+// less the umask (os.CreateTemp's is 0600, which only a chmod could
+// widen, and the umask cannot be read without changing it).
+func openTemp(name string) (*os.File, error) {
 	for {
-		name := filepath.Join(dir, prefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
-		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		f, err := os.OpenFile(tempName(name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
 		if !errors.Is(err, fs.ErrExist) {
 			return f, err
 		}
 	}
 }
 
-// Commit closes the output and renames it into place.
+// Commit names the output and renames it into place, then closes it.
 func (f *File) Commit() error {
-	err := f.Close()
 	if f.final == "" {
-		return err
+		return f.Close()
+	}
+	tmp := f.named
+	var err error
+	if tmp == "" {
+		tmp, err = f.link()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), f.final)
+		err = os.Rename(tmp, f.final)
 	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err != nil && tmp != "" {
+		os.Remove(tmp)
 	}
 	return err
+}
+
+// link gives the file with no name a temp name beside its final one,
+// through /proc, as linking the descriptor itself (AT_EMPTY_PATH) takes
+// a capability. Linking straight to the final name would fail on a file
+// there, which the rename replaces.
+func (f *File) link() (string, error) {
+	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	for {
+		tmp := tempName(f.final)
+		err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
+		if err == nil {
+			return tmp, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", fmt.Errorf("%s: name the output: %w", f.final, err)
+		}
+	}
 }
 
 // Abort closes the output and removes what was written beside its name.
 func (f *File) Abort() {
 	f.Close()
-	if f.final != "" {
-		os.Remove(f.Name())
+	if f.named != "" {
+		os.Remove(f.named)
 	}
 }
 
