@@ -110,7 +110,10 @@ func TestLsMatchesGNULs(t *testing.T) {
 	mnt := mountDaemon(t, root, d.img.ref)
 	// lib is a symlink to usr/lib, usr/bin/ls one to a file: GNU ls
 	// follows the first only when asked with a slash or without -l.
-	for _, p := range []string{"/", "etc", "/usr/bin/", "usr/bin/passwd", "lib", "lib/", "/lib/", "lib/libc.so.6", "/usr/bin/ls", "usr/bin/sh/"} {
+	// "." and ".." after a file, and a slash after one, are ENOTDIR;
+	// lib/.. is usr, where the link leads, not the root.
+	for _, p := range []string{"/", "etc", "/usr/bin/", "usr/bin/passwd", "lib", "lib/", "/lib/", "lib/libc.so.6", "/usr/bin/ls", "usr/bin/sh/",
+		"etc/hostname/", "etc/hostname/.", "etc/hostname/..", "lib/..", "/lib/../bin", "usr/bin/ls/", "usr/bin/ls/."} {
 		for _, long := range []bool{true, false} {
 			args := []string{"ls"}
 			gnuArgs := []string{"-A"}
@@ -450,6 +453,39 @@ func TestCatMatchesKernelOverlayfs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCatResolvesPathsAsTheKernel gives cat paths that a lexical clean
+// would read wrongly: "." or ".." after a file, a trailing slash after a
+// file, ".." after a symlinked directory (lib -> usr/lib, so lib/.. is
+// usr). Kernel overlayfs over the sample's layers, each path resolved
+// in its root, says which open a regular file, and with what bytes; the
+// others must fail with exit 1, the message naming the path as given.
+func TestCatResolvesPathsAsTheKernel(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := sampleImage(t)
+	importInto(t, root, img)
+	mnt := overlayMount(t, unpackLayers(t, img.blobs))
+	rootDir, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootDir.Close()
+	for _, p := range []string{
+		"etc/hostname", "etc/hostname/", "/etc/hostname/.", "etc/hostname/..", "etc/hostname/../passwd",
+		"lib/../bin/busybox", "/lib/../../etc/hostname", "lib/libc.so.6/", "usr/bin/ls/", "usr/bin/ls/.",
+		"/etc/./hostname", "etc//hostname", "/../etc/hostname",
+	} {
+		want, ok := readInRoot(t, rootDir, strings.TrimPrefix(p, "/"))
+		r := run(t, root, "cat", img.ref, p)
+		switch {
+		case ok && (r.code != 0 || r.stdout != string(want)):
+			t.Errorf("layerfs cat sample %s: exit %d, stdout %q, stderr %q; kernel overlayfs reads %q", p, r.code, r.stdout, r.stderr, want)
+		case !ok && (r.code != 1 || r.stdout != "" || !strings.HasPrefix(r.stderr, "layerfs: cat: /"+strings.TrimPrefix(p, "/")+": ")):
+			t.Errorf("layerfs cat sample %s, which kernel overlayfs does not read as a regular file: exit %d, stdout %q, stderr %q", p, r.code, r.stdout, r.stderr)
+		}
 	}
 }
 

@@ -73,9 +73,15 @@ type Resolved struct {
 // resolves a path in a mount of v, chrooted to it: a symlink on the way
 // is followed inside the view, an absolute target from the view's root,
 // and ".." of the root is the root. followLast follows a symlink at the
-// end too. A missing entry is fs.ErrNotExist; a non-directory on the
-// way, syscall.ENOTDIR; more than 40 symlinks, syscall.ELOOP.
+// end too, as does a trailing slash, which asks for a directory. A
+// missing entry is fs.ErrNotExist; a non-directory on the way ("." and
+// ".." included) or before a trailing slash, syscall.ENOTDIR; more than
+// 40 symlinks, syscall.ELOOP.
 func ResolvePath(v View, p string, followLast bool) (Resolved, error) {
+	// The kernel takes "file/" as "file/.": a directory is asked for,
+	// so a symlink at the end is followed and a file is ENOTDIR.
+	dirOnly := strings.HasSuffix(p, "/")
+	followLast = followLast || dirOnly
 	root := v.Root()
 	rootAttr, err := v.Attr(root)
 	if err != nil {
@@ -91,6 +97,12 @@ func ResolvePath(v View, p string, followLast bool) (Resolved, error) {
 	for len(todo) > 0 {
 		c := todo[0]
 		todo = todo[1:]
+		// "." and ".." are names looked up in a directory like any
+		// other: after a file they are ENOTDIR, never dropped as a
+		// lexical clean would drop them.
+		if a.Type != TypeDir {
+			return Resolved{}, syscall.ENOTDIR
+		}
 		switch c {
 		case ".":
 			continue
@@ -103,9 +115,6 @@ func ResolvePath(v View, p string, followLast bool) (Resolved, error) {
 				return Resolved{}, err
 			}
 			continue
-		}
-		if a.Type != TypeDir {
-			return Resolved{}, syscall.ENOTDIR
 		}
 		cn, ok, err := v.Lookup(n, c)
 		if err != nil {
@@ -130,6 +139,9 @@ func ResolvePath(v View, p string, followLast bool) (Resolved, error) {
 		}
 		dirs, names = append(dirs, cn), append(names, c)
 		n, a = cn, ca
+	}
+	if dirOnly && a.Type != TypeDir {
+		return Resolved{}, syscall.ENOTDIR
 	}
 	return Resolved{Node: n, Attr: a, Path: strings.Join(names, "/")}, nil
 }

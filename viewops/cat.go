@@ -20,7 +20,7 @@ func Cat(w io.Writer, v *stack.View, p string, openObject func(digest.Digest) (*
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}
-	shown := showPath(stack.CleanPath(p))
+	shown := givenPath(p)
 	switch r.Attr.Type {
 	case view.TypeReg:
 	case view.TypeDir:

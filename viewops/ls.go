@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/layerfs/layerfs/view"
@@ -37,7 +36,8 @@ const TimeLayout = "2006-01-02 15:04"
 func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 	bw := bufio.NewWriter(w)
 	// As GNU ls takes a path it is given: a symlink at its end is
-	// followed when the path ends in a slash, or, with no -l, when it
+	// followed when the path ends in a slash (which resolve answers with
+	// ENOTDIR unless it leads to a directory), or, with no -l, when it
 	// leads to a directory; otherwise it is listed itself.
 	dirOnly := strings.HasSuffix(p, "/")
 	r, err := resolve(v, p, true)
@@ -48,9 +48,6 @@ func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 		return fmt.Errorf("ls: %w", err)
 	}
 	if r.Attr.Type != view.TypeDir {
-		if dirOnly {
-			return fmt.Errorf("ls: %s: %w", showPath(stack.CleanPath(p)), syscall.ENOTDIR)
-		}
 		writeEntries(bw, []lsEntry{{p, r.Attr}}, opt.Long)
 		return bw.Flush()
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/view"
@@ -27,10 +28,10 @@ func join(dir, name string) string {
 func resolve(v *stack.View, p string, followLast bool) (view.Resolved, error) {
 	r, err := view.ResolvePath(v, p, followLast)
 	if errors.Is(err, fs.ErrNotExist) {
-		return r, fmt.Errorf("%s: %w in the view", showPath(stack.CleanPath(p)), stack.ErrNotFound)
+		return r, fmt.Errorf("%s: %w in the view", givenPath(p), stack.ErrNotFound)
 	}
 	if err != nil {
-		return r, fmt.Errorf("%s: %w", showPath(stack.CleanPath(p)), err)
+		return r, fmt.Errorf("%s: %w", givenPath(p), err)
 	}
 	return r, nil
 }
@@ -51,6 +52,13 @@ func lookup(v *stack.View, dir view.Node, p, name string) (view.Node, error) {
 // it holds a newline, tab, backslash or other control character.
 func showPath(p string) string {
 	return output.Name("/" + p)
+}
+
+// givenPath prints p as it was given, for the errors of resolving it:
+// cleaning it would name another path, since ".." after a symlink climbs
+// from where the link leads ("/bin/.." is "/usr" where bin -> usr/bin).
+func givenPath(p string) string {
+	return showPath(strings.TrimPrefix(p, "/"))
 }
 
 // WalkFunc is called for every path Walk visits, p as CleanPath gives it.
