@@ -247,6 +247,32 @@ func TestMergedViewMatchesOracle(t *testing.T) {
 	})
 }
 
+// TestMountTakesCommaJoinedStack mounts a stack of the sample's layers
+// given as ls, diff, export and build take it, digests joined by commas,
+// and as mount's own separate arguments, each a short prefix: both equal
+// kernel overlayfs over those layers.
+func TestMountTakesCommaJoinedStack(t *testing.T) {
+	requireRoot(t)
+	img := sampleImage(t)
+	if len(img.layers) < 3 {
+		t.Fatalf("the sample has %d layers; the test needs 3", len(img.layers))
+	}
+	root := t.TempDir()
+	importInto(t, root, img)
+	var short []string
+	for _, d := range img.layers {
+		short = append(short, d.String()[:len("sha256:")+12])
+	}
+	want := oracleTree(t, img.blobs)
+	for _, args := range [][]string{
+		{strings.Join(short, ",")},
+		{strings.Join(short[:2], ","), strings.Join(short[2:], ",")},
+		short,
+	} {
+		requireSame(t, "layerfs mount "+strings.Join(args, " "), want, walkMount(t, root, args...))
+	}
+}
+
 // TestListingsShowDotEntries compares what `ls -a` lists, "." and ".."
 // included, which Walk leaves out, in directories of the sample.
 func TestListingsShowDotEntries(t *testing.T) {

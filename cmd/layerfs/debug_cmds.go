@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
@@ -36,7 +35,7 @@ func openTarget(ctx context.Context, g *globals, arg string) (*store.Store, stor
 	if err != nil {
 		return nil, store.Target{}, nil, err
 	}
-	t, err := resolveView(g, s, strings.Split(arg, ","))
+	t, err := resolveView(g, s, []string{arg})
 	if err != nil {
 		return nil, t, nil, err
 	}

@@ -54,7 +54,8 @@ func mountCmd(g *globals) *cobra.Command {
 		Long: `Mount an image (merged view) or one layer (as built) read-only.
 
 TARGET is an image name, a manifest digest, or layer digests (lowest
-first); a unique digest prefix of 12 or more hex digits is enough. One
+first, as arguments of their own or joined by commas, as the other
+commands take them); a unique digest prefix of 12 or more hex digits is enough. One
 layer digest shows that layer as built, whiteout markers as files.
 MOUNTPOINT is resolved first, as mount(8) does: through a symlink, the
 directory it names is mounted and listed.

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
+	"strings"
 )
 
 // platformValue is a --platform flag, read when it is given so that a
@@ -39,6 +40,13 @@ func withViewPlatform(g *globals, cmd *cobra.Command) *cobra.Command {
 }
 
 // resolveView resolves targets on the platform --platform asked for.
+// Each may be layer digests joined by commas, the one form of a stack
+// that commands taking a single TARGET have, so that mount and serve
+// take the stack ls, diff, export and build take, as well as their own.
 func resolveView(g *globals, s *store.Store, targets []string) (store.Target, error) {
-	return resolveOn(s, targets, g.viewPlatform)
+	var split []string
+	for _, t := range targets {
+		split = append(split, strings.Split(t, ",")...)
+	}
+	return resolveOn(s, split, g.viewPlatform)
 }

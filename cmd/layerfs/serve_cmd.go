@@ -35,7 +35,8 @@ func serveCmd(g *globals) *cobra.Command {
 		Short: "Serve an image (merged view) or one layer to a VM over virtio-fs",
 		Long: `Serve an image (merged view) or one layer to a VM over virtio-fs.
 
-The command listens on the vhost-user socket SOCKET and serves TARGET,
+The command listens on the vhost-user socket SOCKET and serves TARGET
+(layer digests, lowest first, may be given apart or joined by commas),
 read-only, with the same rules and attributes as layerfs mount, to one
 guest at a time, until SIGINT or SIGTERM; then it removes the socket.
 The tag is qemu's to give the guest (vhost-user-fs-pci,tag=TAG); --tag
