@@ -212,6 +212,33 @@ func TestCLIListings(t *testing.T) {
 		}
 	})
 
+	// With a TARGET, layers lists its layers in the order skopeo reads
+	// from the layout, lowest first, not in the store's order; a stack
+	// in the order given.
+	t.Run("layers of a target", func(t *testing.T) {
+		var inspected struct{ Layers []string }
+		if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "oci:../testdata/sample:sample"), &inspected); err != nil {
+			t.Fatal(err)
+		}
+		want := strings.Join(inspected.Layers, "\n") + "\n"
+		for _, target := range []string{"sample", desc.Digest.String()[:len("sha256:")+12]} {
+			if got := mustRun(t, root, "layers", "-q", "--no-trunc", target); got != want {
+				t.Errorf("layers -q --no-trunc %s:\n%swant skopeo's order:\n%s", target, got, want)
+			}
+		}
+		last, first := inspected.Layers[len(inspected.Layers)-1], inspected.Layers[0]
+		if got := mustRun(t, root, "layers", "-q", "--no-trunc", last+","+first); got != last+"\n"+first+"\n" {
+			t.Errorf("layers of the stack %s,%s: %q", last, first, got)
+		}
+		rows := tableRows(t, mustRun(t, root, "layers", "sample"), "DIGEST", "MEDIA-TYPE", "COMPRESSED", "EXTRACTED", "ENTRIES", "IMAGES")
+		if len(rows) != len(inspected.Layers) || rows[0][0] != strings.TrimPrefix(first, "sha256:")[:12] {
+			t.Errorf("layers sample: rows %q, want the %d layers from %s", rows, len(inspected.Layers), first)
+		}
+		if r := run(t, root, "layers", "sampel"); r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, `did you mean "sample"?`) {
+			t.Errorf("layers sampel: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		}
+	})
+
 	t.Run("mounts", func(t *testing.T) {
 		mnt := mountDaemon(t, root, "sample")
 		var got []struct {

@@ -180,13 +180,19 @@ func created(t *time.Time) string {
 func layersCmd(g *globals) *cobra.Command {
 	var o output.Options
 	cmd := &cobra.Command{
-		Use:   "layers",
+		Use:   "layers [TARGET]",
 		Short: "List layers: digest, media type, compressed and extracted size, entries, images using it",
 		Long: `List layers: digest, media type, COMPRESSED (the blob's size),
 EXTRACTED (the bytes of the regular files' contents the layer holds, before
 sharing objects with other layers; "-" when not extracted), ENTRIES (tar
-entries) and the images that use it.`,
-		Args: cobra.NoArgs,
+entries) and the images that use it.
+
+With TARGET, only its layers, lowest first, in the order its manifest
+gives them (dive's order; docker history lists them highest first).
+
+` + stackHelp,
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completeTargets(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -195,6 +201,13 @@ entries) and the images that use it.`,
 			layers, err := s.Layers()
 			if err != nil {
 				return err
+			}
+			if len(args) == 1 {
+				t, err := resolveView(g, s, args)
+				if err != nil {
+					return err
+				}
+				layers = layersOf(layers, t)
 			}
 			extracted := func(l store.LayerInfo, v string) string {
 				if !l.Extracted {
@@ -222,7 +235,21 @@ entries) and the images that use it.`,
 		},
 	}
 	listFlags(cmd, &o, "layer digests", "{{.Digest}} {{.Entries}}")
-	return cmd
+	return withViewPlatform(g, cmd)
+}
+
+// layersOf picks the facts of t's layers out of all, in t's order,
+// lowest first.
+func layersOf(all []store.LayerInfo, t store.Target) []store.LayerInfo {
+	out := []store.LayerInfo{}
+	for _, d := range t.Digests() {
+		for _, l := range all {
+			if l.Digest == d {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
 }
 
 // inspected is what inspect prints of one target.
@@ -259,20 +286,13 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 				if err != nil {
 					return err
 				}
-				one := inspected{Name: t.Name, Layers: []store.LayerInfo{}}
+				one := inspected{Name: t.Name, Layers: layersOf(all, t)}
 				if t.Manifest.Digest != "" {
 					m, c, err := s.ImageLayers(t.Manifest.Digest)
 					if err != nil {
 						return err
 					}
 					one.Manifest, one.Config, one.Digest = &m, &c, t.Manifest.Digest.String()
-				}
-				for _, d := range t.Digests() {
-					for _, l := range all {
-						if l.Digest == d {
-							one.Layers = append(one.Layers, l)
-						}
-					}
 				}
 				out = append(out, one)
 			}
