@@ -272,18 +272,31 @@ func TestCLIListings(t *testing.T) {
 			t.Errorf("mounts table row %q", row)
 		}
 		// A stack of layers is one field too: its digests joined by
-		// commas, a target that mounts the same view again.
+		// commas, shortened as images and layers shorten them unless
+		// --no-trunc, a target that mounts the same view again: kernel
+		// overlayfs over those layers.
 		layers := strings.Fields(mustRun(t, root, "layers", "-q", "--no-trunc"))
 		stackMnt := mountDaemon(t, root, layers[0], layers[1])
-		row = nil
-		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
-			if r[0] == stackMnt {
-				row = r
+		stackRow := func(args ...string) []string {
+			for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, append([]string{"mounts"}, args...)...), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
+				if r[0] == stackMnt {
+					return r
+				}
 			}
+			return nil
 		}
-		if want := layers[0] + "," + layers[1]; row == nil || row[1] != want {
-			t.Errorf("mounts table row %q, want target %s", row, want)
+		if want := layers[0] + "," + layers[1]; stackRow("--no-trunc") == nil || stackRow("--no-trunc")[1] != want {
+			t.Errorf("mounts --no-trunc row %q, want target %s", stackRow("--no-trunc"), want)
 		}
+		row = stackRow()
+		if want := strings.TrimPrefix(layers[0], "sha256:")[:12] + "," + strings.TrimPrefix(layers[1], "sha256:")[:12]; row == nil || row[1] != want {
+			t.Fatalf("mounts table row %q, want target %s", row, want)
+		}
+		var blobs []string
+		for _, d := range layers[:2] {
+			blobs = append(blobs, testimage.BlobPath("../testdata/sample", digest.Digest(d)))
+		}
+		requireSame(t, "layerfs mount "+row[1], oracleTree(t, blobs), walkMount(t, root, row[1]))
 		if out := mustRunWithin(t, time.Minute, root, "mounts", "-q"); !strings.Contains("\n"+out, "\n"+mnt+"\n") {
 			t.Errorf("mounts -q does not list %s:\n%s", mnt, out)
 		}

@@ -20,6 +20,7 @@ import (
 	layerfs "github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
+	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
@@ -365,7 +366,7 @@ user did not start are unknown.`,
 				ID: func(m layerfs.MountInfo) string { return output.Name(m.Mountpoint) },
 				Columns: []output.Column[layerfs.MountInfo]{
 					{Header: "MOUNTPOINT", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Mountpoint) }},
-					{Header: "TARGET", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Target) }},
+					{Header: "TARGET", Cell: func(m layerfs.MountInfo) string { return targetCell(m.Target, o.NoTrunc) }},
 					{Header: "PID", Cell: func(m layerfs.MountInfo) string {
 						if m.PID <= 0 {
 							return ""
@@ -380,6 +381,22 @@ user did not start are unknown.`,
 	}
 	listFlags(cmd, &o, "mountpoints", "{{.Mountpoint}} {{.PID}}")
 	return cmd
+}
+
+// targetCell is a mount's target as the table shows it: a manifest
+// digest, or layer digests joined by commas, shortened as images and
+// layers shorten digests unless noTrunc, still a target that mounts the
+// same view; an image name as it is.
+func targetCell(target string, noTrunc bool) string {
+	parts := strings.Split(target, ",")
+	for i, p := range parts {
+		d, err := digest.Parse(p)
+		if err != nil {
+			return output.Name(target)
+		}
+		parts[i] = output.Digest(d, noTrunc)
+	}
+	return strings.Join(parts, ",")
 }
 
 // absPath is p made absolute, for records that outlive the working
