@@ -376,6 +376,18 @@ func TestExportUnpacksToTheView(t *testing.T) {
 			}
 		})
 	}
+	// One layer digest is exported merged over nothing, as its help
+	// says: its whiteout markers, which ls and mount of that layer show
+	// as files, are not in the tar, which kernel overlayfs over that
+	// layer alone shows.
+	t.Run("one layer", func(t *testing.T) {
+		img := imgs[0].img
+		for i, l := range img.layers {
+			file := filepath.Join(t.TempDir(), "layer.tar")
+			mustRun(t, root, "export", l.String(), "-o", file)
+			requireSame(t, "export of layer "+l.String()+" unpacked vs overlayfs", oracleTree(t, img.blobs[i:i+1]), walk(t, untar(t, file)))
+		}
+	})
 	t.Run("stdout", func(t *testing.T) {
 		dst := t.TempDir()
 		export := exec.Command(layerfsBin(t), "--root", root, "export", "sample")

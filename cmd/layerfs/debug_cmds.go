@@ -257,7 +257,11 @@ beside its name and renamed into place once whole; a FIFO or character
 device is written into, never replaced; a symlink is followed; a
 directory, socket or block device is refused before anything is read.
 
-` + stackHelp,
+A TARGET is an image name, a manifest digest, or layer digests joined by
+commas, lowest first. One layer digest is that layer merged over
+nothing, not the layer as built: its whiteout markers, which ls, cat and
+mount show as files, are left out, since whatever reads the tar would
+apply them.`,
 		Args:        cobra.ExactArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
