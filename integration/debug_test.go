@@ -294,6 +294,36 @@ var oracleType = map[string]oracle.Type{
 	"char": oracle.TypeChar, "block": oracle.TypeBlock, "fifo": oracle.TypeFIFO,
 }
 
+// TestWhichRefusesWhatTheKernelRefuses asks which about paths that end
+// in a slash, "." or "..", which it must answer as shown (exit 0) exactly
+// when kernel overlayfs over the sample's layers resolves them in its
+// root, and as not shown (exit 3) otherwise: "FILE/" is no directory.
+func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := sampleImage(t)
+	importInto(t, root, img)
+	rootDir, err := os.Open(overlayMount(t, unpackLayers(t, img.blobs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootDir.Close()
+	for _, p := range []string{
+		"etc/", "/etc/.", "etc/..", "lib/", "usr/bin/", "etc/hostname", "etc/hostname/", "/etc/hostname/.",
+		"etc/hostname/..", "usr/bin/ls/", "usr/bin/ls/.", "etc/nothere/",
+	} {
+		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
+		fd, kernelErr := unix.Openat2(int(rootDir.Fd()), strings.TrimPrefix(p, "/"), &how)
+		if kernelErr == nil {
+			unix.Close(fd)
+		}
+		r := run(t, root, "which", img.ref, p)
+		if kernelErr == nil && r.code != 0 || kernelErr != nil && (r.code != 3 || !strings.Contains(r.stderr, "is not in the view")) {
+			t.Errorf("layerfs which sample %s: exit %d, stderr %q; kernel overlayfs resolves it with error %v", p, r.code, r.stderr, kernelErr)
+		}
+	}
+}
+
 // checkHider checks one "hides" line of layer which against the mounts
 // of single layers.
 func checkHider(t *testing.T, p, line string, layer map[string]oracle.Tree) {

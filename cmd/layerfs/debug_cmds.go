@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"syscall"
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
@@ -92,7 +94,9 @@ with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
 in DIGEST"). A path the view does not show exits 3, saying on stderr
 what removed it; its hidden entries are still listed on stdout. A path
 no layer has, under a symlinked directory (/bin/ls where /bin is
-usr/bin), is answered for the path the mount shows there. Paths
+usr/bin), is answered for the path the mount shows there. A path that
+asks for a directory where the view has none ("FILE/", "FILE/." or
+"FILE/..") is not shown either, as the kernel refuses it. Paths
 with a newline, tab, backslash or other control character are printed
 Go-quoted.
 
@@ -104,6 +108,14 @@ Go-quoted.
 				return err
 			}
 			defer v.Close()
+			// Which answers for the path cleaned, where "FILE/.." is the
+			// directory holding FILE; the kernel looks "." and ".." and a
+			// trailing slash up in FILE and finds it is no directory.
+			if asksForDir(args[1]) {
+				if _, err := view.ResolvePath(v, args[1], false); errors.Is(err, syscall.ENOTDIR) {
+					return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: not a directory", output.Name(args[1]))}
+				}
+			}
 			pr, err := v.Which(args[1])
 			if err != nil {
 				return err
@@ -131,6 +143,12 @@ Go-quoted.
 			return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: %s removed it", shown, pr.Hidden[0].By)}
 		},
 	})
+}
+
+// asksForDir tells whether p ends in a slash, "." or "..": a path that
+// names a directory whatever its last name is.
+func asksForDir(p string) bool {
+	return strings.HasSuffix(p, "/") || p == "." || p == ".." || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")
 }
 
 func diffCmd(g *globals) *cobra.Command {
