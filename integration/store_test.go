@@ -362,3 +362,35 @@ func TestTag(t *testing.T) {
 	}
 	check("after the refusals", map[string]string{"two": two.String(), "alias": two.String(), "docker.io/library/web:latest": one.String()})
 }
+
+// TestTagTakesTheNamesUmociTakes gives the sample names that umoci tag
+// takes or refuses in a copy of its layout (umoci holds names to the OCI
+// ref name grammar): layerfs tag must take the same ones, and refuse the
+// others as a usage error (exit 2) naming the name, storing nothing. A
+// name it takes is one field of the images table.
+func TestTagTakesTheNamesUmociTakes(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := sampleImage(t)
+	importInto(t, root, img)
+	layout := copyTree(t, img.layout)
+	for _, name := range []string{
+		"alias", "Mixed:Case", "a--b", "host:5000/team/app:v1", "a_b", "a.b+c",
+		"bad name", "tab\tname", "a---b", "a/-x", "x-", "a//b", "a/", "a__b", "a..b", "a~b", "é",
+	} {
+		umoci := exec.Command(testimage.RequireTool(t, "umoci"), "tag", "--image", layout+":"+img.ref, name)
+		umociErr := umoci.Run()
+		r := run(t, root, "tag", img.ref, name)
+		switch {
+		case umociErr == nil && r.code != 0:
+			t.Errorf("layerfs tag sample %q: exit %d, stderr %q; umoci tag takes it", name, r.code, r.stderr)
+		case umociErr != nil && (r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, "not an OCI ref name")):
+			t.Errorf("layerfs tag sample %q: exit %d, stdout %q, stderr %q; umoci tag refuses it (%v)", name, r.code, r.stdout, r.stderr, umociErr)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(mustRun(t, root, "images")), "\n") {
+		if f := strings.Fields(line); len(f) != 6 {
+			t.Errorf("images row %q has %d fields, want 6", line, len(f))
+		}
+	}
+}

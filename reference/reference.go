@@ -20,6 +20,10 @@ const (
 var (
 	repoComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
 	tagPattern    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	// refName is the grammar the OCI image spec gives the
+	// org.opencontainers.image.ref.name annotation, which umoci and
+	// skopeo hold a layout's names to.
+	refName = regexp.MustCompile(`^[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*$`)
 )
 
 // Reference is an image reference split the way docker reads one.
@@ -111,6 +115,16 @@ func isHex(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// CheckRefName refuses a name that is not an OCI ref name: a name with
+// a space would make two fields of one in every table, and one other
+// tools cannot write to a layout's index would not survive a copy.
+func CheckRefName(name string) error {
+	if !refName.MatchString(name) {
+		return fmt.Errorf("image name %q is not an OCI ref name: letters and digits, joined by one of - . _ : @ + or --, in components separated by /", name)
+	}
+	return nil
 }
 
 // CheckName refuses a name that a target would read as a digest: one

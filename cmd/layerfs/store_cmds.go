@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/output"
+	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/source/archive"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
@@ -311,7 +312,9 @@ func tagCmd(g *globals) *cobra.Command {
 		Short: "Give an image more names",
 		Long: `Give the image SOURCE (a name, or a manifest or index digest or a
 unique prefix of one) each NAME too, printing "NAME DIGEST" for each.
-A NAME is kept as given, as an OCI layout's ref name; a docker-style
+A NAME is kept as given, as an OCI layout's ref name, and must be one
+as the OCI image spec and umoci have it (letters and digits joined by
+one of - . _ : @ + or --, in components separated by /); a docker-style
 short name still finds a stored full one, as for every target.
 
 A NAME that already stands for another image is refused, since that
@@ -323,6 +326,9 @@ image would be left without it and gc removes an image with no name;
 			for _, name := range args[1:] {
 				if name == "" {
 					return usageError{cmd, errors.New("an image name may not be empty")}
+				}
+				if err := reference.CheckRefName(name); err != nil {
+					return usageError{cmd, err}
 				}
 			}
 			s, err := g.openToChange()
