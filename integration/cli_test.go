@@ -1048,3 +1048,25 @@ func TestDemo(t *testing.T) {
 		t.Errorf("demo left %d entries in its temp directory (%v)", len(entries), err)
 	}
 }
+
+// TestNotFoundInAnEmptyStoreSaysWhere looks an image up in a directory
+// that holds no store, as a mistyped --root or the other user's default
+// store gives: the error names that directory, where a store with images
+// answers with the nearest name instead.
+func TestNotFoundInAnEmptyStoreSaysWhere(t *testing.T) {
+	requireRoot(t)
+	empty := filepath.Join(t.TempDir(), "typo")
+	for _, args := range [][]string{{"ls", "sample"}, {"cat", "sample", "/etc/hostname"}, {"inspect", "sample"}, {"rm", "sample"}} {
+		r := run(t, empty, args...)
+		if want := "the store at " + empty + " holds no images"; r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, want) {
+			t.Errorf("layerfs --root %s %q: exit %d, stdout %q, stderr %q; want exit 1 and %q", empty, args, r.code, r.stdout, r.stderr, want)
+		}
+	}
+	if _, err := os.Stat(empty); !os.IsNotExist(err) {
+		t.Errorf("the lookups made %s: %v", empty, err)
+	}
+	root := sampleStore(t)
+	if r := run(t, root, "ls", "sampel"); r.code != 1 || strings.Contains(r.stderr, "holds no images") || !strings.Contains(r.stderr, `did you mean "sample"?`) {
+		t.Errorf("layerfs ls sampel in the sample's store: exit %d, stderr %q", r.code, r.stderr)
+	}
+}

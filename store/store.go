@@ -85,6 +85,9 @@ var ErrNotStore = errors.New("is not a layerfs store")
 // or empty directory reads as an empty store.
 func Open(root string) (*Store, error) { return open(root, reading) }
 
+// Root is the directory the store was opened at, for messages.
+func (s *Store) Root() string { return s.root }
+
 // OpenForWriting opens the store at root for a command that writes,
 // making a store of a missing or empty directory. Any other directory
 // that is not a store is refused.

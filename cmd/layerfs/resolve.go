@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	layerfs "github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
 )
@@ -26,7 +27,10 @@ func resolveOn(s *store.Store, targets []string, p store.Platform) (store.Target
 }
 
 // suggestName adds to err, the store's not-found for arg, the image
-// name arg is a typo of, if there is one.
+// name arg is a typo of, if there is one; or, when the store holds no
+// image at all, where it is: a --root or $LAYERFS_ROOT mistyped, or the
+// other user's store (root's /var/lib/layerfs against one's own), reads
+// as an empty store.
 func suggestName(s *store.Store, arg string, err error) error {
 	if !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -34,6 +38,9 @@ func suggestName(s *store.Store, arg string, err error) error {
 	images, lerr := s.Images()
 	if lerr != nil {
 		return err
+	}
+	if len(images) == 0 {
+		return fmt.Errorf("%w; the store at %s holds no images", err, output.Name(s.Root()))
 	}
 	var names []string
 	for _, img := range images {
