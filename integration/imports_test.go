@@ -398,6 +398,28 @@ func TestImportSeveralPlatformsUnderOneName(t *testing.T) {
 	requireView(t, root, layerBlobs(t, layout, descs[0]), "--platform", "linux/amd64", "multi")
 	requireView(t, root, layerBlobs(t, layout, descs[1]), "--platform", "linux/arm64", "multi")
 	requireView(t, root, layerBlobs(t, layout, descs[1]), "--platform", "linux/arm64/v8", "multi")
+	// inspect and layers choose the platform as the views do, each
+	// giving the manifest the layout holds for it.
+	for i, platform := range []string{"linux/amd64", "linux/arm64"} {
+		m, _, err := testimage.ReadImage(layout, descs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want strings.Builder
+		for _, l := range m.Layers {
+			want.WriteString(l.Digest.String() + "\n")
+		}
+		if got := mustRun(t, root, "layers", "-q", "--no-trunc", "--platform", platform, "multi"); got != want.String() {
+			t.Errorf("layers --platform %s multi:\n%swant the layout's manifest's:\n%s", platform, got, want.String())
+		}
+		var inspected []struct{ ManifestDigest string }
+		if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", "--platform", platform, "multi")), &inspected); err != nil {
+			t.Fatal(err)
+		}
+		if len(inspected) != 1 || inspected[0].ManifestDigest != descs[i].Digest.String() {
+			t.Errorf("inspect --platform %s multi: %+v, want manifest %s", platform, inspected, descs[i].Digest)
+		}
+	}
 	if r := run(t, root, "ls", "--platform", "linux/arm/v7", "multi"); r.code == 0 || !strings.Contains(r.stderr, "no platform linux/arm/v7 (has linux/amd64, linux/arm64/v8)") {
 		t.Errorf("ls of a missing platform: exit %d, %q", r.code, r.stderr)
 	}

@@ -283,7 +283,7 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 			}
 			out := make([]inspected, 0, len(args))
 			for _, arg := range args {
-				t, err := resolve(s, strings.Split(arg, ","))
+				t, err := resolveView(g, s, []string{arg})
 				if err != nil {
 					return err
 				}
@@ -302,7 +302,7 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 			return enc.Encode(out)
 		},
 	}
-	return cmd
+	return withViewPlatform(g, cmd)
 }
 
 func tagCmd(g *globals) *cobra.Command {
