@@ -913,6 +913,24 @@ func TestCLIProgressAndSummaries(t *testing.T) {
 		}
 	})
 
+	// Counts are plain integers, as the help gives them, however many:
+	// a script reads the line with one pattern.
+	t.Run("verify counts", func(t *testing.T) {
+		var entries []testimage.Entry
+		for i := range 1200 {
+			entries = append(entries, testimage.File(fmt.Sprintf("f%d", i), fmt.Sprintf("file %d\n", i)))
+		}
+		root := t.TempDir()
+		mustRun(t, root, "import", writeFaultLayout(t, testimage.Image{Name: "many", Layers: []testimage.Layer{{Entries: entries}}}))
+		objects, _ := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*"))
+		if len(objects) < 1000 {
+			t.Fatalf("%d objects, want 1000 or more", len(objects))
+		}
+		if out, want := mustRun(t, root, "verify"), fmt.Sprintf("ok: 3 blobs, %d objects, 1 indexes\n", len(objects)); out != want {
+			t.Errorf("verify: %q, want %q", out, want)
+		}
+	})
+
 	t.Run("serve says where", func(t *testing.T) {
 		root := sampleStore(t)
 		sock := filepath.Join(t.TempDir(), "fs.sock")

@@ -438,7 +438,7 @@ stderr, then the images it affects, and the exit code is 1.`,
 				fmt.Fprintf(os.Stderr, "layerfs: verify: %s\n", p)
 			}
 			if len(problems) == 0 {
-				fmt.Printf("ok: %s blobs, %s objects, %s indexes\n", thousands(checked.Blobs), thousands(checked.Objects), thousands(checked.Indexes))
+				fmt.Printf("ok: %d blobs, %d objects, %d indexes\n", checked.Blobs, checked.Objects, checked.Indexes)
 				return nil
 			}
 			affected, err := affectedImages(s, problems)
@@ -451,15 +451,6 @@ stderr, then the images it affects, and the exit code is 1.`,
 			return exitError{code: exitFailure}
 		},
 	}
-}
-
-// thousands prints n with commas between groups of three digits.
-func thousands(n int) string {
-	s := fmt.Sprint(n)
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
 }
 
 // affectedImages names the images that use a blob, layer or object of
