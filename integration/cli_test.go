@@ -931,6 +931,29 @@ func TestCLIProgressAndSummaries(t *testing.T) {
 		}
 	})
 
+	// A stack of layers is one TARGET, digests joined by commas, as
+	// every other command takes it: its layers' blobs, indexes and the
+	// objects their links/ directories hold.
+	t.Run("verify a stack", func(t *testing.T) {
+		root := sampleStore(t)
+		objects := map[string]bool{}
+		var stack []string
+		for _, l := range m.Layers {
+			links, err := os.ReadDir(filepath.Join(root, "layers", "sha256", l.Digest.Encoded(), "links"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range links {
+				objects[e.Name()] = true
+			}
+			stack = append(stack, l.Digest.Encoded()[:12])
+		}
+		want := fmt.Sprintf("ok: %d blobs, %d objects, %d indexes\n", len(m.Layers), len(objects), len(m.Layers))
+		if out := mustRun(t, root, "verify", strings.Join(stack, ",")); out != want {
+			t.Errorf("verify %s: %q, want %q", strings.Join(stack, ","), out, want)
+		}
+	})
+
 	t.Run("serve says where", func(t *testing.T) {
 		root := sampleStore(t)
 		sock := filepath.Join(t.TempDir(), "fs.sock")

@@ -415,7 +415,9 @@ func verifyCmd(g *globals) *cobra.Command {
 		Long: `Re-hash blobs and objects and check layer indexes, of TARGETs or of
 every image. A store that verifies prints one line: "ok: N
 blobs, N objects, N indexes" on stdout. Otherwise every problem is a line on
-stderr, then the images it affects, and the exit code is 1.`,
+stderr, then the images it affects, and the exit code is 1.
+
+` + stackHelp,
 		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
@@ -424,7 +426,7 @@ stderr, then the images it affects, and the exit code is 1.`,
 			}
 			var targets []store.Target
 			for _, a := range args {
-				t, err := resolve(s, []string{a})
+				t, err := resolve(s, strings.Split(a, ","))
 				if err != nil {
 					return err
 				}
