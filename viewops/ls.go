@@ -18,6 +18,9 @@ type ListOptions struct {
 	Long bool
 	// Recursive lists every directory beneath, as ls -R.
 	Recursive bool
+	// Directory lists a directory itself, not its entries, as ls -d:
+	// how its own mode, owner and mtime are seen.
+	Directory bool
 }
 
 // TimeLayout is the format of the time column of a long listing, in UTC:
@@ -32,22 +35,23 @@ const TimeLayout = "2006-01-02 15:04"
 // disk blocks. The link counts, sizes and types are those a mount of the
 // view shows. Recursive heads each directory with "path:" and goes down
 // into every subdirectory after listing it, as ls -R; p names them as
-// given, so "." heads "./etc" and "/" heads "/etc".
+// given, so "." heads "./etc" and "/" heads "/etc". Directory writes
+// the line of p itself, a directory too, and nothing beneath it.
 func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 	bw := bufio.NewWriter(w)
 	// As GNU ls takes a path it is given: a symlink at its end is
 	// followed when the path ends in a slash (which resolve answers with
-	// ENOTDIR unless it leads to a directory), or, with no -l, when it
-	// leads to a directory; otherwise it is listed itself.
+	// ENOTDIR unless it leads to a directory), or, with neither -l nor
+	// -d, when it leads to a directory; otherwise it is listed itself.
 	dirOnly := strings.HasSuffix(p, "/")
 	r, err := resolve(v, p, true)
-	if !dirOnly && (opt.Long || err != nil || r.Attr.Type != view.TypeDir) {
+	if !dirOnly && (opt.Long || opt.Directory || err != nil || r.Attr.Type != view.TypeDir) {
 		r, err = resolve(v, p, false)
 	}
 	if err != nil {
 		return fmt.Errorf("ls: %w", err)
 	}
-	if r.Attr.Type != view.TypeDir {
+	if r.Attr.Type != view.TypeDir || opt.Directory {
 		writeEntries(bw, []lsEntry{{p, r.Attr}}, opt.Long)
 		return bw.Flush()
 	}

@@ -193,16 +193,17 @@ compared by digest, so nothing but the indexes is read.
 func lsCmd(g *globals) *cobra.Command {
 	var opt viewops.ListOptions
 	cmd := &cobra.Command{
-		Use:               "ls [-l] [-R] TARGET [PATH]",
+		Use:               "ls [-l] [-R|-d] TARGET [PATH]",
 		ValidArgsFunction: completeTargets(g, 1),
 		Short:             "List a directory of a view from the index, with no mount",
 		Long: `List directory PATH (default the root) of the view of TARGET as GNU
 ls -A does to a pipe (LC_ALL=C): dot files included, sorted by byte
 order. -l writes ls -ln lines, times in UTC as --time-style='+%Y-%m-%d
 %H:%M', with no "total" line; -R lists every directory beneath, each
-headed "PATH:". PATH resolves as in a mount of the view: symlinks on the
-way are followed inside it, and one at its end when PATH ends in "/" or,
-without -l, when it leads to a directory, as GNU ls does.
+headed "PATH:"; -d lists PATH itself, a directory too, not its entries.
+PATH resolves as in a mount of the view: symlinks on the way are
+followed inside it, and one at its end when PATH ends in "/" or,
+without -l or -d, when it leads to a directory, as GNU ls does.
 
 ` + stackHelp,
 		Args: cobra.RangeArgs(1, 2),
@@ -221,6 +222,7 @@ without -l, when it leads to a directory, as GNU ls does.
 	}
 	cmd.Flags().BoolVarP(&opt.Long, "long", "l", false, "long listing, as ls -ln")
 	cmd.Flags().BoolVarP(&opt.Recursive, "recursive", "R", false, "list subdirectories recursively")
+	cmd.Flags().BoolVarP(&opt.Directory, "directory", "d", false, "list a directory itself, not its entries, as ls -d")
 	return withViewPlatform(g, cmd)
 }
 
