@@ -119,7 +119,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"inspect", "sample", "no-such-image"}, "not found"},
 		{[]string{"rm"}, "requires at least 1 arg"},
 		{[]string{"rm", "no-such-image"}, "not found"},
-		{[]string{"rm", "sha256:f300a35215b6"}, "was not imported on its own (import --layer); rm the images that use it"},
+		{[]string{"rm", "sha256:f300a35215b6"}, "was not imported on its own (import --layer) but as a layer of sample; rm the images that use it"},
 		{[]string{"rm", "sampel"}, `did you mean "sample"?`},
 		{[]string{"serve", "sample"}, "serve needs --virtiofs SOCKET"},
 		{[]string{"import", "--layer", empty}, "a directory, not a layer tar file"},

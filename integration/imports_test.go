@@ -534,10 +534,14 @@ func TestImportBareLayer(t *testing.T) {
 	}
 	requireVerifies(t, root)
 
-	// A layer of an image is removed with its image, not by digest.
+	// A layer of an image is removed with its image, not by digest: the
+	// refusal names the image the layout names, and comes first, also
+	// while a mount serves the layer.
 	mustRun(t, root, "import", layout)
-	if r := run(t, root, "rm", out); r.code != 1 || !strings.Contains(r.stderr, "was not imported on its own") {
-		t.Errorf("rm of an image's layer: exit %d, %q; want 1", r.code, r.stderr)
+	mountDaemon(t, root, out)
+	want := "was not imported on its own (import --layer) but as a layer of " + descs[0].Annotations[ocispec.AnnotationRefName] + "; rm the images that use it"
+	if r := run(t, root, "rm", out); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("rm of an image's layer while mounted: exit %d, %q; want 1 and %q", r.code, r.stderr, want)
 	}
 }
 

@@ -104,6 +104,16 @@ func (s *Store) bareLayers() ([]ocispec.Descriptor, error) {
 // gc then frees it once no image and no live view uses it. A layer a live
 // view serves is refused unless force, as rm of an image is.
 func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
+	// Whether d is a bare layer comes first: a layer of images is refused
+	// as that, naming them, whether a view serves it or not, so that
+	// unmounting it is never asked for in vain.
+	bare, err := s.bareLayers()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(bare, func(b ocispec.Descriptor) bool { return b.Digest == d }) {
+		return s.notBare(d)
+	}
 	if !force {
 		live, _, err := s.Leases()
 		if err != nil {
@@ -128,11 +138,30 @@ func (s *Store) RemoveBareLayer(d digest.Digest, force bool) error {
 			}
 		}
 		if len(kept) == len(idx.Manifests) {
-			return fmt.Errorf("%w as a bare layer: %s was not imported on its own (import --layer); rm the images that use it", ErrNotFound, d)
+			return fmt.Errorf("%w as a bare layer: %s, which another rm removed meanwhile", ErrNotFound, d)
 		}
 		idx.Manifests = kept
 		return nil
 	})
+}
+
+// notBare is the refusal to remove layer d as a bare layer when it is
+// none, naming the images it is a layer of.
+func (s *Store) notBare(d digest.Digest) error {
+	layers, err := s.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		if l.Digest == d && len(l.Images) > 0 {
+			names := make([]string, len(l.Images))
+			for i, n := range l.Images {
+				names[i] = output.Name(n)
+			}
+			return fmt.Errorf("%w as a bare layer: %s was not imported on its own (import --layer) but as a layer of %s; rm the images that use it", ErrNotFound, d, strings.Join(names, ", "))
+		}
+	}
+	return fmt.Errorf("%w as a bare layer: %s was not imported on its own (import --layer)", ErrNotFound, d)
 }
 
 // limitedBlob reads at most one byte more than a blob's declared size, so
