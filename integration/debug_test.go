@@ -304,9 +304,12 @@ var oracleType = map[string]oracle.Type{
 }
 
 // TestWhichRefusesWhatTheKernelRefuses asks which about paths that end
-// in a slash, "." or "..", which it must answer as shown (exit 0) exactly
-// when kernel overlayfs over the sample's layers resolves them in its
-// root, and as not shown (exit 3) otherwise: "FILE/" is no directory.
+// in a slash, "." or "..", or hold "..", which it must answer as shown
+// (exit 0) exactly when kernel overlayfs over the sample's layers
+// resolves them in its root, and as not shown (exit 3) otherwise:
+// "FILE/" is no directory, and ".." climbs from where a symlink leads
+// (lib -> usr/lib, so lib/.. is usr). A path it shows is answered as the
+// path the kernel resolved it to is.
 func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 	requireRoot(t)
 	root := t.TempDir()
@@ -320,15 +323,32 @@ func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 	for _, p := range []string{
 		"etc/", "/etc/.", "etc/..", "lib/", "usr/bin/", "etc/hostname", "etc/hostname/", "/etc/hostname/.",
 		"etc/hostname/..", "usr/bin/ls/", "usr/bin/ls/.", "etc/nothere/",
+		"lib/../bin/busybox", "/lib/../../etc/hostname", "lib/../etc/hostname", "lib/..", "etc/../lib", "etc/nothere/../hostname",
 	} {
-		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
+		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
+		if strings.HasSuffix(p, "/") {
+			how.Flags &^= unix.O_NOFOLLOW
+		}
 		fd, kernelErr := unix.Openat2(int(rootDir.Fd()), strings.TrimPrefix(p, "/"), &how)
+		var resolved string
 		if kernelErr == nil {
+			target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
 			unix.Close(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resolved, err = filepath.Rel(rootDir.Name(), target); err != nil {
+				t.Fatal(err)
+			}
 		}
 		r := run(t, root, "which", img.ref, p)
-		if kernelErr == nil && r.code != 0 || kernelErr != nil && (r.code != 3 || !strings.Contains(r.stderr, "is not in the view")) {
+		switch {
+		case kernelErr == nil && r.code != 0, kernelErr != nil && (r.code != 3 || !strings.Contains(r.stderr, "is not in the view")):
 			t.Errorf("layerfs which sample %s: exit %d, stderr %q; kernel overlayfs resolves it with error %v", p, r.code, r.stderr, kernelErr)
+		case kernelErr == nil:
+			if want := mustRun(t, root, "which", img.ref, "/"+resolved); r.stdout != want {
+				t.Errorf("layerfs which sample %s:\n%swhere the kernel resolves it to /%s, which says:\n%s", p, r.stdout, resolved, want)
+			}
 		}
 	}
 }

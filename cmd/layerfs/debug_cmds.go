@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -94,9 +97,10 @@ with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
 in DIGEST"). A path the view does not show exits 3, saying on stderr
 what removed it; its hidden entries are still listed on stdout. A path
 no layer has, under a symlinked directory (/bin/ls where /bin is
-usr/bin), is answered for the path the mount shows there. A path that
-asks for a directory where the view has none ("FILE/", "FILE/." or
-"FILE/..") is not shown either, as the kernel refuses it. Paths
+usr/bin), is answered for the path the mount shows there. ".." climbs
+from where a symlink leads, as in the mount ("/bin/.." is "/usr"), and
+a path that asks for a directory where the view has none ("FILE/",
+"FILE/." or "FILE/..") is not shown, as the kernel refuses it. Paths
 with a newline, tab, backslash or other control character are printed
 Go-quoted.
 
@@ -108,15 +112,16 @@ Go-quoted.
 				return err
 			}
 			defer v.Close()
-			// Which answers for the path cleaned, where "FILE/.." is the
-			// directory holding FILE; the kernel looks "." and ".." and a
-			// trailing slash up in FILE and finds it is no directory.
-			if asksForDir(args[1]) {
-				if _, err := view.ResolvePath(v, args[1], false); errors.Is(err, syscall.ENOTDIR) {
-					return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: not a directory", output.Name(args[1]))}
-				}
+			p, err := whichPath(v, args[1])
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: a directory on its way is missing", output.Name(args[1]))}
+			case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ELOOP):
+				return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: %v", output.Name(args[1]), err)}
+			case err != nil:
+				return err
 			}
-			pr, err := v.Which(args[1])
+			pr, err := v.Which(p)
 			if err != nil {
 				return err
 			}
@@ -145,10 +150,30 @@ Go-quoted.
 	})
 }
 
-// asksForDir tells whether p ends in a slash, "." or "..": a path that
-// names a directory whatever its last name is.
-func asksForDir(p string) bool {
-	return strings.HasSuffix(p, "/") || p == "." || p == ".." || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")
+// whichPath is the path which asks Which about for p. Which cleans a
+// path, but the kernel looks "." and ".." up where the path has led so
+// far: ".." climbs from where a symlink leads ("/bin/../etc" is
+// "/usr/etc" where bin -> usr/bin), and after a file it is ENOTDIR, as a
+// trailing slash is. So a path that asks for a directory is resolved as
+// the kernel resolves it, and so is the directory of a path holding
+// "..", whose last name is then asked about as Which asks, to tell what
+// hid it. A path that asks for a directory the view does not show is
+// left to Which too, unless ".." made it another path.
+func whichPath(v *stack.View, p string) (string, error) {
+	dotDot := slices.Contains(strings.Split(p, "/"), "..")
+	switch {
+	case strings.HasSuffix(p, "/") || p == "." || p == ".." || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/.."):
+		r, err := view.ResolvePath(v, p, true)
+		if errors.Is(err, fs.ErrNotExist) && !dotDot {
+			return p, nil
+		}
+		return r.Path, err
+	case dotDot:
+		dir, name := path.Split(p)
+		r, err := view.ResolvePath(v, dir, true)
+		return path.Join(r.Path, name), err
+	}
+	return p, nil
 }
 
 func diffCmd(g *globals) *cobra.Command {
