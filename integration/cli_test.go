@@ -1111,3 +1111,45 @@ func TestNotFoundInAnEmptyStoreSaysWhere(t *testing.T) {
 		t.Errorf("layerfs ls sampel in the sample's store: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+// TestInspectFormat prints the sample through inspect --format templates,
+// as docker inspect --format does, and checks each line against the
+// sample layout's own manifest and config; the JSON stays the default,
+// and a template that names no field is a usage error naming them.
+func TestInspectFormat(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	desc, m, c := sampleLayout(t)
+	var layers []string
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	for format, want := range map[string]string{
+		"{{.Name}} {{.Digest}} {{len .Layers}}":   fmt.Sprintf("sample %s %d\n", desc.Digest, len(m.Layers)),
+		"{{.Config.OS}}/{{.Config.Architecture}}": c.OS + "/" + c.Architecture + "\n",
+		"{{range .Layers}}{{.Digest}} {{end}}":    strings.Join(layers, " ") + " \n",
+		"{{range .Manifest.Layers}}{{.Size}} {{end}}": func() string {
+			var b strings.Builder
+			for _, l := range m.Layers {
+				fmt.Fprintf(&b, "%d ", l.Size)
+			}
+			return b.String() + "\n"
+		}(),
+	} {
+		if got := mustRun(t, root, "inspect", "--format", format, "sample"); got != want {
+			t.Errorf("inspect --format %q: %q, want %q", format, got, want)
+		}
+	}
+	if got := mustRun(t, root, "inspect", "--format", "{{.Digest}}", "sample", desc.Digest.String()); got != desc.Digest.String()+"\n"+desc.Digest.String()+"\n" {
+		t.Errorf("inspect --format of two targets: %q", got)
+	}
+	var objects []map[string]any
+	if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", "sample")), &objects); err != nil || len(objects) != 1 {
+		t.Errorf("inspect without --format is no JSON array of one object: %v", err)
+	}
+	for _, bad := range []string{"{{.Nope}}", "{{.Name", "table", ""} {
+		if r := run(t, root, "inspect", "--format", bad, "sample"); r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, "--format") {
+			t.Errorf("inspect --format %q: exit %d, stdout %q, stderr %q; want exit 2 and nothing on stdout", bad, r.code, r.stdout, r.stderr)
+		}
+	}
+}

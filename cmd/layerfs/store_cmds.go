@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -263,16 +262,25 @@ type inspected struct {
 }
 
 func inspectCmd(g *globals) *cobra.Command {
+	var format string
 	cmd := &cobra.Command{
 		Use:   "inspect TARGET...",
 		Short: "Print each image's or layer stack's manifest, config and layer facts, as a JSON array",
 		Long: `Print, as a JSON array with one object per TARGET, each image's or
 layer stack's manifest, config and layer facts, as docker inspect does.
+--format TEMPLATE prints a Go template of each object instead, a line
+each, as docker inspect --format does: its fields are .Name, .Digest
+(the manifest's), .Manifest, .Config (the image config, whose own
+.Config holds .Env, .Entrypoint, .Cmd...) and .Layers, e.g.
+'{{.Config.Config.Env}}' or '{{range .Layers}}{{.Digest}} {{end}}'.
 
 ` + stackHelp,
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if format == "table" || format == "" {
+				return usageError{cmd, errors.New("--format: inspect prints json or a Go template, not a table")}
+			}
 			s, err := g.open()
 			if err != nil {
 				return err
@@ -297,11 +305,11 @@ layer stack's manifest, config and layer facts, as docker inspect does.
 				}
 				out = append(out, one)
 			}
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(out)
+			return output.Write(os.Stdout, output.Options{Format: format}, output.List[inspected]{}, out)
 		},
 	}
+	cmd.Flags().StringVar(&format, "format", "json", `"json", or a Go template applied to each TARGET's object, e.g. '{{.Digest}} {{len .Layers}}'`)
+	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return withViewPlatform(g, cmd)
 }
 
