@@ -33,8 +33,8 @@ layerfs mount of TARGET shows. The same view gives the same bytes in any
 store and at any time: the build time is 0 and the UUID is derived from
 the view's layer digests.
 
-FILE must be a regular file or a new name: it is written beside its name
-and renamed into place once whole. An EROFS image is written with seeks,
+FILE must be a regular file or a new name: it is written in its
+directory with no name, named and renamed into place once whole. An EROFS image is written with seeks,
 so "-o -" builds it in an unnamed file in $TMPDIR and then streams it to
 stdout, unless stdout is a terminal; a FIFO or a device is refused as
 FILE. --json prints the image's digest and size on stdout; -v says them

@@ -297,8 +297,9 @@ xattrs as SCHILY.xattr records, and no whiteout markers.
 "tar --xattrs --xattrs-include='*' --numeric-owner -xpf -" unpacks it to
 exactly the merged view.
 
-A terminal is refused, as stdout or FILE. A regular FILE is written
-beside its name and renamed into place once whole; a FIFO or character
+A terminal is refused, as stdout or FILE. A regular FILE is written in
+its directory with no name, named and renamed into place once whole, so
+a killed export leaves nothing; a FIFO or character
 device is written into, never replaced; a symlink is followed; a
 directory, socket or block device is refused before anything is read.
 

@@ -1,9 +1,10 @@
 package main
 
 import (
+	"strings"
+
 	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
-	"strings"
 )
 
 // platformValue is a --platform flag, read when it is given so that a
