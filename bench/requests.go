@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -21,8 +22,8 @@ import (
 // counts under (fs.StatsEnv; the bench runs the binary, not the package).
 const statsEnv = "LAYERFS_FUSE_STATS"
 
-// need is what a case asks of the view beyond listing it, which sets the
-// fewest requests a kernel can do with.
+// need is how a case lists the view, which sets the fewest listing
+// requests a kernel can do with.
 type need int
 
 const (
@@ -31,17 +32,68 @@ const (
 	// needStat lists and stats every entry (find, a warm run aside): one
 	// READDIRPLUS per directory and per 128 KiB of its entries.
 	needStat
-	// needContent also opens every non-empty file (tar, mkfs, rsync): an
-	// OPEN and a RELEASE each, reads passed through to the object; and
-	// reads every symlink once: a READLINK each.
+	// needContent also reads every symlink once (tar, mkfs, rsync): a
+	// READLINK each. What else it asks is its tool's calls.
 	needContent
 )
 
 // shape is what a merged view holds, as kernel overlayfs shows it.
 type shape struct {
-	entries, dirs, files, symlinks int // files: non-empty regular files
-	nameBytes                      int
-	xattrs                         bool // whether any entry has an xattr
+	entries, dirs, symlinks int
+	nameBytes               int
+	// nonEmptyNames are the names of non-empty regular files, each of a
+	// hardlinked file's names; files are the regular files, empty ones
+	// too, each once whatever its names.
+	nonEmptyNames, files int
+	// further are the names of regular files beyond each one's first.
+	further int
+	// xattrNames are the xattrs of every entry, counted for each of a
+	// file's names; firstXattrNames and firstWithXattrs, for its first
+	// name only. caps and firstCaps count security.capability alone: the
+	// kernel answers a getxattr of it itself, from the two it asks the
+	// file system (size, then value), to convert the capability.
+	xattrNames, firstXattrNames, firstWithXattrs int
+	caps, firstCaps                              int
+}
+
+// xattrs tells whether any entry has an xattr: a view without any answers
+// the first GETXATTR with ENOSYS, after which the kernel asks no more.
+func (s shape) xattrs() bool { return s.xattrNames > 0 }
+
+// getxattrs is what a tool's lgetxattr of each of names xattrs, caps of
+// them security.capability, costs, called times each: nothing in a view
+// without xattrs.
+func (s shape) getxattrs(names, caps, times int) int {
+	if !s.xattrs() {
+		return 0
+	}
+	return times * (names + caps)
+}
+
+// The requests a tool's own calls cost on every run, cold or warm: the
+// kernel caches no open and no xattr answer for FUSE, so each open of a
+// file is an OPEN and a RELEASE, and each xattr call a round trip. Each
+// is what strace shows the tool calling on kernel overlayfs.
+
+// tarCalls: GNU tar opens every name of a non-empty regular file, a
+// hardlink's too; without --xattrs it asks for none.
+func tarCalls(s shape) int { return 2 * s.nonEmptyNames }
+
+// mkfsCalls: mkfs.ext4 -d opens each regular file once, empty ones too;
+// for every entry but a file's further names it calls llistxattr with no
+// buffer, and once more with one when there are xattrs, then lgetxattr
+// for each one's size and again for its value.
+func mkfsCalls(s shape) int {
+	return 2*s.files + s.entries - s.further + s.firstWithXattrs + s.getxattrs(s.firstXattrNames, s.firstCaps, 2)
+}
+
+// rsyncCalls: the sender of rsync -aHAX opens each regular file once,
+// empty ones too; for every name it calls getxattr of
+// system.posix_acl_access (not of a symlink) and, for a directory, of
+// system.posix_acl_default, llistxattr once, and lgetxattr twice for each
+// xattr.
+func rsyncCalls(s shape) int {
+	return 2*s.files + s.entries + s.getxattrs(s.entries-s.symlinks+s.dirs, 0, 1) + s.getxattrs(s.xattrNames, s.caps, 2)
 }
 
 // entryBytes are the bytes of a READDIRPLUS and of a READDIR entry beside
@@ -59,17 +111,14 @@ const (
 // over a view of this shape, every answer cached for the mount's life.
 // Cold: a directory is read in replies of up to listingBytes, and its end is one more
 // request, empty, since a reply cannot say it is the last. Warm: nothing
-// but what the kernel never caches: opens and xattr calls.
+// but what the kernel never caches: the tool's opens and xattr calls.
 func (s shape) minimum(k *counted) float64 {
 	if s.entries == 0 {
 		return 0
 	}
 	reqs := 0
-	if k.need == needContent {
-		reqs += 2 * s.files
-	}
-	if s.xattrs {
-		reqs += k.xattrCalls * s.entries
+	if k.calls != nil {
+		reqs += k.calls(s)
 	}
 	if !k.warm {
 		per := direntplusBytes
@@ -99,15 +148,20 @@ func (b *bench) shapeOf(img *image) (shape, error) {
 		return shape{}, err
 	}
 	var s shape
+	seen := map[uint64]bool{}
 	err = filepath.WalkDir(mp, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == mp {
 			return err
 		}
 		s.entries++
 		s.nameBytes += len(d.Name())
-		if n, err := unix.Llistxattr(p, nil); err == nil && n > 0 {
-			s.xattrs = true
+		names, caps, err := xattrCount(p)
+		if err != nil {
+			return err
 		}
+		s.xattrNames += names
+		s.caps += caps
+		first := true
 		switch {
 		case d.IsDir():
 			s.dirs++
@@ -119,8 +173,21 @@ func (b *bench) shapeOf(img *image) (shape, error) {
 				return err
 			}
 			if info.Size() > 0 {
-				s.files++
+				s.nonEmptyNames++
 			}
+			ino := info.Sys().(*syscall.Stat_t).Ino
+			first = !seen[ino]
+			seen[ino] = true
+			if first {
+				s.files++
+			} else {
+				s.further++
+			}
+		}
+		if first && names > 0 {
+			s.firstXattrNames += names
+			s.firstCaps += caps
+			s.firstWithXattrs++
 		}
 		return nil
 	})
@@ -151,11 +218,10 @@ type counted struct {
 	need need
 	warm bool
 	body func(dir string) error
-	// xattrCalls are the xattr calls the tool makes per entry (listxattr,
-	// and getxattr of the POSIX ACL names for rsync -A), which the kernel
-	// caches none of for FUSE: a round trip each, unless the view has no
-	// xattrs at all and the server says so once.
-	xattrCalls int
+	// calls are the requests the tool's own opens and xattr calls cost
+	// over a view of a shape (tarCalls, mkfsCalls, rsyncCalls); nil for
+	// a tool that only lists.
+	calls func(shape) int
 }
 
 // countRequests runs c's body once on a layerfs mount whose server counts
@@ -236,6 +302,27 @@ func readCounts(path string, wait time.Duration) (map[string]uint64, error) {
 	}
 }
 
+// xattrCount counts the xattrs of the entry at p, and which of them are
+// security.capability.
+func xattrCount(p string) (names, caps int, err error) {
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil || size == 0 {
+		return 0, 0, err
+	}
+	buf := make([]byte, size)
+	size, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return 0, 0, fmt.Errorf("list xattrs of %s: %w", p, err)
+	}
+	for _, name := range strings.Split(strings.TrimSuffix(string(buf[:size]), "\x00"), "\x00") {
+		names++
+		if name == "security.capability" {
+			caps++
+		}
+	}
+	return names, caps, nil
+}
+
 func (r requestRow) total() uint64 {
 	var t uint64
 	for _, v := range r.counts {
@@ -278,7 +365,7 @@ func requestMarkdown(sb *strings.Builder, rows []requestRow) {
 	if len(rows) == 0 {
 		return
 	}
-	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: a READDIRPLUS per 128 KiB of a directory's entries (READDIR for `ls -f`) and an empty one for its end, an OPEN and a RELEASE per non-empty file read (reads pass through), a READLINK per symlink, and, when the view has xattrs, the xattr calls the tool makes per entry (the kernel caches none for FUSE); warm, the opens and xattr calls only.\n\n")
+	sb.WriteString("\nFUSE requests the layerfs server answered in one run, per entry of the view. The minimum is what a kernel that caches every answer for the mount's life needs: a READDIRPLUS per 128 KiB of a directory's entries (READDIR for `ls -f`) and an empty one for its end, a READLINK per symlink, and what the kernel caches none of for FUSE: an OPEN and a RELEASE per open of a file by the tool (reads pass through) and each of its xattr calls (a getxattr only when the view has xattrs), counted from the tool's system calls as strace shows them; warm, the opens and xattr calls only.\n\n")
 	sb.WriteString("| " + strings.Join(requestHeader, " | ") + " |\n")
 	sb.WriteString(strings.Repeat("| --- ", len(requestHeader)) + "|\n")
 	for _, r := range rows {
