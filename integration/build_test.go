@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -110,4 +113,63 @@ func TestBuildGuestDisk(t *testing.T) {
 
 	res := runGuest(t, k, guestSpec{disk: guestDisk{image: image, fsType: "erofs"}, writes: guestWrites, timeout: 5 * time.Minute})
 	checkGuestSees(t, res, root, testimage.SampleName)
+}
+
+// TestBuildToBlockDevice writes the sample's image to a loop device, as
+// to a disk: the device starts with the bytes build -o FILE writes,
+// fsck.erofs passes it and the kernel mounts the device showing what the
+// layerfs mount shows. A device too small for the image is refused with
+// not one of its bytes changed, and so is a device in use: the kernel
+// holds it mounted.
+func TestBuildToBlockDevice(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "fsck.erofs")
+	root := sampleStore(t)
+	image := filepath.Join(t.TempDir(), "sample.erofs")
+	mustRun(t, root, "build", "sample", "-o", image)
+	want, err := os.ReadFile(image)
+	must(t, err)
+
+	disk := loopDevice(t, 16<<20)
+	if r := run(t, root, "build", "sample", "-o", disk); r.code != 0 || r.stdout != "" {
+		t.Fatalf("build -o %s: exit %d, stdout %q, stderr %q", disk, r.code, r.stdout, r.stderr)
+	}
+	got := make([]byte, len(want))
+	f, err := os.Open(disk)
+	must(t, err)
+	_, err = io.ReadFull(f, got)
+	f.Close()
+	must(t, err)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s does not start with the image build -o FILE writes", disk)
+	}
+	testimage.RunTool(t, "fsck.erofs", disk)
+	mnt := mountErofs(t, disk)
+	requireSame(t, "the kernel's mount of the block device", walkMount(t, root, "sample"), walk(t, mnt))
+	checkRefused(t, run(t, root, "build", "sample", "-o", disk), "in use")
+
+	small := loopDevice(t, int64(len(want))/2&^511)
+	before, err := os.ReadFile(small)
+	must(t, err)
+	checkRefused(t, run(t, root, "build", "sample", "-o", small), "more than the block device's")
+	after, err := os.ReadFile(small)
+	must(t, err)
+	if !bytes.Equal(before, after) {
+		t.Errorf("a refused build changed %s", small)
+	}
+}
+
+// loopDevice attaches a loop device to a new file of size bytes, every
+// byte 0xa5, detached when the test ends.
+func loopDevice(t *testing.T, size int64) string {
+	t.Helper()
+	backing := filepath.Join(t.TempDir(), "disk")
+	must(t, os.WriteFile(backing, bytes.Repeat([]byte{0xa5}, int(size)), 0o600))
+	dev := strings.TrimSpace(string(testimage.RunTool(t, "losetup", "--find", "--show", backing)))
+	t.Cleanup(func() {
+		if o, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v\n%s", dev, err, o)
+		}
+	})
+	return dev
 }
