@@ -95,34 +95,52 @@ func TestPullMatchesOracle(t *testing.T) {
 }
 
 // TestPullPlatform pushes a two-platform index with skopeo --all and
-// pulls each platform from it.
+// pulls each platform of it into one store: the name refers to the index,
+// whose digest is the one skopeo inspect gives, and the second pull adds
+// its platform under the same name, as import does.
 func TestPullPlatform(t *testing.T) {
 	reg := startRegistry(t, registryOptions{})
 	layout := filepath.Join(t.TempDir(), "layout")
 	files := func(arch string) []testimage.Layer {
 		return []testimage.Layer{{Entries: []testimage.Entry{testimage.File("arch", arch+"\n")}}}
 	}
-	idxDesc, err := testimage.WriteIndexImage(layout, "multi",
+	if _, err := testimage.WriteIndexImage(layout, "multi",
 		testimage.Image{Arch: "amd64", Layers: files("amd64")},
-		testimage.Image{Arch: "arm64", Variant: "v8", Layers: files("arm64")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	push(t, layout, "multi", reg.host+"/layerfs/multi:v1", "--all")
-	var idx ocispec.Index
-	data, err := os.ReadFile(testimage.BlobPath(layout, idxDesc.Digest))
-	if err == nil {
-		err = json.Unmarshal(data, &idx)
-	}
-	if err != nil {
+		testimage.Image{Arch: "arm64", Variant: "v8", Layers: files("arm64")}); err != nil {
 		t.Fatal(err)
 	}
 	ref := reg.host + "/layerfs/multi:v1"
+	push(t, layout, "multi", ref, "--all")
+	var inspected struct{ Digest digest.Digest }
+	if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "--tls-verify=false", "docker://"+ref), &inspected); err != nil {
+		t.Fatal(err)
+	}
+
 	root := t.TempDir()
-	pulledAs(t, mustRun(t, root, "pull", "--platform", "linux/arm64", ref), ref, idx.Manifests[1].Digest)
-	other := t.TempDir()
-	pulledAs(t, mustRun(t, other, "pull", "--platform", "linux/amd64", ref), ref, idx.Manifests[0].Digest)
-	r := run(t, other, "pull", "--platform", "linux/s390x", ref)
+	pulledAs(t, mustRun(t, root, "pull", "--platform", "linux/arm64", ref), ref, inspected.Digest)
+	platforms := func(root string) string {
+		return strings.TrimSpace(mustRun(t, root, "images", "--format", "{{.Platform}}"))
+	}
+	if got := platforms(root); got != "linux/arm64/v8" {
+		t.Errorf("after pulling linux/arm64, images shows platforms %q", got)
+	}
+	pulledAs(t, mustRun(t, root, "pull", "--platform", "linux/amd64", ref), ref, inspected.Digest)
+	if got := platforms(root); got != "linux/amd64,linux/arm64/v8" {
+		t.Errorf("after pulling linux/amd64 too, images shows platforms %q", got)
+	}
+	for _, arch := range []string{"amd64", "arm64"} {
+		if got := mustRun(t, root, "cat", "--platform", "linux/"+arch, ref, "/arch"); got != arch+"\n" {
+			t.Errorf("cat --platform linux/%s /arch: %q", arch, got)
+		}
+	}
+	checkStore(t, root, "after pulling two platforms")
+
+	all := t.TempDir()
+	pulledAs(t, mustRun(t, all, "pull", "--all-platforms", ref), ref, inspected.Digest)
+	if got := platforms(all); got != "linux/amd64,linux/arm64/v8" {
+		t.Errorf("after pull --all-platforms, images shows platforms %q", got)
+	}
+	r := run(t, t.TempDir(), "pull", "--platform", "linux/s390x", ref)
 	if r.code == 0 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, "linux/s390x") {
 		t.Errorf("pull of a platform the index lacks: exit %d, %q", r.code, r.stderr)
 	}

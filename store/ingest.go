@@ -90,6 +90,33 @@ func (s *Store) StoreImage(ctx context.Context, name string, desc ocispec.Descri
 	return s.Tag(name, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
 }
 
+// Blob is a manifest or index with its bytes.
+type Blob struct {
+	ocispec.Descriptor
+	Data []byte
+}
+
+// StoreIndex stores the image manifests chosen of index top (each with its
+// config and layers), then top and the indexes it nests, and last names
+// top: the name refers to the index, and the platforms stored are those
+// whose manifests the store holds.
+func (s *Store) StoreIndex(ctx context.Context, name string, top Blob, nested, manifests []Blob, src Source) error {
+	if err := reference.CheckName(name); err != nil {
+		return err
+	}
+	for _, m := range manifests {
+		if err := s.StoreManifest(ctx, m.Descriptor, m.Data, src); err != nil {
+			return fmt.Errorf("platform %s: %w", PlatformNames([]ocispec.Descriptor{m.Descriptor}), err)
+		}
+	}
+	for _, b := range append([]Blob{top}, nested...) {
+		if err := s.PutBlob(b.Descriptor, bytes.NewReader(b.Data)); err != nil {
+			return err
+		}
+	}
+	return s.Tag(name, ocispec.Descriptor{MediaType: top.MediaType, Digest: top.Digest, Size: top.Size})
+}
+
 // StoreManifest stores an image's config, layers and manifest, unnamed.
 func (s *Store) StoreManifest(ctx context.Context, desc ocispec.Descriptor, mdata []byte, src Source) error {
 	m, err := ParseManifest(mdata)

@@ -22,6 +22,7 @@ func pullCmd(g *globals) *cobra.Command {
 		config          string
 		mirrors         []string
 		insecure, quiet bool
+		allPlatforms    bool
 		jobs            int
 	)
 	cmd := &cobra.Command{
@@ -29,7 +30,10 @@ func pullCmd(g *globals) *cobra.Command {
 		Short: "Pull images from OCI registries, verified and resumable",
 		Long: `Pull images from OCI registries into the store. REF is read as docker
 reads it (debian is docker.io/library/debian:latest) and the image is listed
-under that full form. Loopback registries are reached over plain HTTP;
+under that full form. Of an image index, the host's platform is pulled
+(--platform chooses another, --all-platforms every one); the name then
+refers to the index, as import names one, and pulling another platform
+later adds it under the same name. Loopback registries are reached over plain HTTP;
 credentials come from docker's config.json and its credential helpers.
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
@@ -53,7 +57,7 @@ extracted.`,
 			prog := newProgress(quiet)
 			ctx := store.WithExtractObserver(cmd.Context(), prog)
 			puller, err := registry.New(s, registry.Options{
-				Platform: platform, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
+				Platform: platform, AllPlatforms: allPlatforms, Insecure: insecure, Mirrors: mirrors, Config: cfg, Jobs: jobs, Progress: prog,
 			})
 			if err != nil {
 				return err
@@ -78,6 +82,8 @@ extracted.`,
 		},
 	}
 	platformFlag(cmd, &platform, "of an image index, the platform to take (default: this host's)")
+	cmd.Flags().BoolVar(&allPlatforms, "all-platforms", false, "pull every platform of an image index")
+	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP and unverified TLS (loopback registries get plain HTTP anyway)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "one log line per layer instead of progress bars")
 	cmd.Flags().IntVarP(&jobs, "jobs", "j", registry.DefaultJobs, "layers to download at once")

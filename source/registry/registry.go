@@ -31,6 +31,8 @@ const DefaultJobs = 3
 // Options tune a Puller.
 type Options struct {
 	Platform store.Platform
+	// AllPlatforms takes every platform of an image index.
+	AllPlatforms bool
 	// Insecure allows plain HTTP and unverified TLS for every registry;
 	// loopback registries get plain HTTP without it.
 	Insecure bool
@@ -80,7 +82,10 @@ func New(s *store.Store, opts Options) (*Puller, error) {
 
 // Pull stores the image ref names and lists it under the reference's full
 // docker form (debian is docker.io/library/debian:latest), as import does
-// with a docker-archive's tags.
+// with a docker-archive's tags. Of an image index, the platform asked for
+// (or every one) is stored and the name refers to the index, as import
+// names an index: the digest is the one the registry has under the tag,
+// and pulling another platform later adds it under the same name.
 func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 	r, err := reference.Parse(ref)
 	if err != nil {
@@ -95,40 +100,54 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	defer release()
-	repo, desc, mdata, err := p.resolve(ctx, r)
+	res, err := p.resolve(ctx, r)
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	src := &registrySource{p: p, name: name, repo: repo, downloads: make(chan struct{}, p.opts.Jobs)}
-	if err := p.store.StoreImage(ctx, name, desc, mdata, src); err != nil {
+	src := &registrySource{p: p, name: name, repo: res.repo, downloads: make(chan struct{}, p.opts.Jobs)}
+	if res.manifests == nil {
+		err = p.store.StoreImage(ctx, name, res.top.Descriptor, res.top.Data, src)
+	} else {
+		err = p.store.StoreIndex(ctx, name, res.top, res.indexes, res.manifests, src)
+	}
+	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	return store.Imported{Name: name, Manifest: desc.Digest}, nil
+	return store.Imported{Name: name, Manifest: res.top.Digest}, nil
 }
 
-// resolve finds the manifest of the reference's platform, at the first
-// mirror that has it, else at the registry, and returns the repository
-// that answered.
-func (p *Puller) resolve(ctx context.Context, r reference.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
+// resolved is what a reference names at a registry: a manifest, or an
+// index with the manifests chosen of it.
+type resolved struct {
+	repo *remote.Repository
+	top  store.Blob
+	// indexes are those top nests, and manifests the image manifests
+	// chosen of it, when top is an index.
+	indexes, manifests []store.Blob
+}
+
+// resolve finds what the reference names, at the first mirror that has
+// it, else at the registry, and returns the repository that answered.
+func (p *Puller) resolve(ctx context.Context, r reference.Reference) (resolved, error) {
 	hosts := append(append([]string{}, p.opts.Mirrors...), p.opts.Config.Mirrors[r.Domain]...)
 	for _, mirror := range hosts {
-		repo, desc, mdata, err := p.resolveAt(ctx, mirror, r)
+		res, err := p.resolveAt(ctx, mirror, r)
 		if err == nil {
 			logrus.WithFields(logrus.Fields{"mirror": mirror, "image": r}).Info("pulling through mirror")
-			return repo, desc, mdata, nil
+			return res, nil
 		}
 		if ctx.Err() != nil {
-			return nil, desc, nil, ctx.Err()
+			return resolved{}, ctx.Err()
 		}
 		logrus.WithFields(logrus.Fields{"mirror": mirror, "error": err}).Warn("mirror failed; trying the next")
 	}
 	return p.resolveAt(ctx, r.Domain, r)
 }
 
-func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Reference) (*remote.Repository, ocispec.Descriptor, []byte, error) {
+func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Reference) (resolved, error) {
 	repo, err := p.client.repository(ctx, host, r.Path)
 	if err != nil {
-		return nil, ocispec.Descriptor{}, nil, err
+		return resolved{}, err
 	}
 	tag := r.Tag
 	if r.Digest != "" {
@@ -136,36 +155,49 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Referen
 	}
 	desc, data, err := fetchManifest(ctx, repo, tag)
 	if err != nil {
-		return nil, desc, nil, describe(ctx, repo, host, r, err)
+		return resolved{}, describe(ctx, repo, host, r, err)
 	}
 	if r.Digest != "" && desc.Digest.String() != r.Digest {
-		return nil, desc, nil, fmt.Errorf("registry %s: %w: manifest digest %s", host, store.ErrMismatch, desc.Digest)
+		return resolved{}, fmt.Errorf("registry %s: %w: manifest digest %s", host, store.ErrMismatch, desc.Digest)
 	}
-	if store.IsIndex(desc.MediaType) {
-		top, topData := desc, data
-		read := func(d ocispec.Descriptor) ([]byte, error) {
-			if d.Digest == top.Digest {
-				return topData, nil
-			}
-			_, data, err := fetchManifest(ctx, repo, d.Digest.String())
-			return data, err
+	res := resolved{repo: repo, top: store.Blob{Descriptor: desc, Data: data}}
+	if store.IsManifest(desc.MediaType) {
+		return res, nil
+	}
+	if !store.IsIndex(desc.MediaType) {
+		return resolved{}, fmt.Errorf("manifest %s: unsupported media type %q", desc.Digest, desc.MediaType)
+	}
+	read := func(d ocispec.Descriptor) ([]byte, error) {
+		if d.Digest == desc.Digest {
+			return data, nil
 		}
-		chosen, _, err := store.SelectManifests(top, read, p.opts.Platform, false)
+		_, data, err := fetchManifest(ctx, repo, d.Digest.String())
+		if err == nil {
+			res.indexes = append(res.indexes, store.Blob{Descriptor: d, Data: data})
+		}
+		return data, err
+	}
+	chosen, _, err := store.SelectManifests(desc, read, p.opts.Platform, p.opts.AllPlatforms)
+	if err != nil {
+		return resolved{}, err
+	}
+	if len(chosen) == 0 {
+		return resolved{}, fmt.Errorf("index %s lists no image", desc.Digest)
+	}
+	for _, next := range chosen {
+		mdesc, mdata, err := fetchManifest(ctx, repo, next.Digest.String())
 		if err != nil {
-			return nil, desc, nil, err
+			return resolved{}, fmt.Errorf("manifest %s: %w", next.Digest, describe(ctx, repo, host, r, err))
 		}
-		next := chosen[0]
-		if desc, data, err = fetchManifest(ctx, repo, next.Digest.String()); err != nil {
-			return nil, desc, nil, fmt.Errorf("manifest %s: %w", next.Digest, describe(ctx, repo, host, r, err))
+		if mdesc.Digest != next.Digest {
+			return resolved{}, fmt.Errorf("manifest %s: %w: digest %s", next.Digest, store.ErrMismatch, mdesc.Digest)
 		}
-		if desc.Digest != next.Digest {
-			return nil, desc, nil, fmt.Errorf("manifest %s: %w: digest %s", next.Digest, store.ErrMismatch, desc.Digest)
+		if !store.IsManifest(mdesc.MediaType) {
+			return resolved{}, fmt.Errorf("manifest %s: unsupported media type %q", mdesc.Digest, mdesc.MediaType)
 		}
+		res.manifests = append(res.manifests, store.Blob{Descriptor: next, Data: mdata})
 	}
-	if !store.IsManifest(desc.MediaType) {
-		return nil, desc, nil, fmt.Errorf("manifest %s: unsupported media type %q", desc.Digest, desc.MediaType)
-	}
-	return repo, desc, data, nil
+	return res, nil
 }
 
 // fetchManifest reads a manifest by tag or digest. Its descriptor is made
