@@ -30,7 +30,8 @@ func resolveOn(s *store.Store, targets []string, p store.Platform) (store.Target
 // name arg is a typo of, if there is one; or, when the store holds no
 // image at all, where it is: a --root or $LAYERFS_ROOT mistyped, or the
 // other user's store (root's /var/lib/layerfs against one's own), reads
-// as an empty store.
+// as an empty store. A name arg already is (whose not-found is of a
+// platform) is no typo, and suggesting it back is no help.
 func suggestName(s *store.Store, arg string, err error) error {
 	if !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -67,6 +68,9 @@ func nearest(arg string, names []string) string {
 			d = min(d, editDistance(arg, short), editDistance(arg, repo))
 		} else {
 			d = min(d, editDistance(arg, short))
+		}
+		if d == 0 {
+			return ""
 		}
 		if d <= max(2, len(arg)/3) && (bestDist < 0 || d < bestDist) {
 			best, bestDist = n, d
