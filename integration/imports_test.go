@@ -248,6 +248,60 @@ func TestImportArchiveRef(t *testing.T) {
 	requireRefused(t, root, `no image "example/c:1" in manifest.json (has docker.io/example/a:1, docker.io/example/b:1)`, archive+":example/c:1")
 }
 
+// TestSkopeoTransportArguments imports and pulls by the arguments skopeo
+// takes (oci:DIR:REF, oci-archive:, docker-archive:, docker://), each
+// image by the digest skopeo inspect gives for the same argument, and
+// refuses an argument of the other command's kind, naming that command.
+func TestSkopeoTransportArguments(t *testing.T) {
+	requireRoot(t)
+	a, b := twoImages()
+	layout, descs := layoutWith(t, a, b)
+	dir := t.TempDir()
+	reg := startRegistry(t, registryOptions{})
+	copyTo := func(dest string) {
+		testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+layout+":a", dest)
+	}
+	ociArchive := "oci-archive:" + filepath.Join(dir, "a-oci.tar") + ":a"
+	dockerArchive := "docker-archive:" + filepath.Join(dir, "a-docker.tar") + ":example/a:1"
+	remote := "docker://" + reg.host + "/layerfs/a:1"
+	for _, dest := range []string{ociArchive, dockerArchive, remote} {
+		copyTo(dest)
+	}
+	inspect := func(arg string) digest.Digest {
+		var out struct{ Digest digest.Digest }
+		if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "--tls-verify=false", arg), &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.Digest
+	}
+	for _, c := range []struct {
+		cmd, arg, name string
+		digest         digest.Digest // "" where skopeo makes a manifest of its own
+	}{
+		{"import", "oci:" + layout + ":a", "a", inspect("oci:" + layout + ":a")},
+		{"import", ociArchive, "a", inspect(ociArchive)},
+		{"import", dockerArchive, "docker.io/example/a:1", ""},
+		{"pull", remote, reg.host + "/layerfs/a:1", inspect(remote)},
+	} {
+		t.Run(c.cmd+" "+strings.SplitN(c.arg, ":", 2)[0], func(t *testing.T) {
+			root := t.TempDir()
+			out := mustRun(t, root, c.cmd, c.arg)
+			if got := importedNames(out); !slices.Equal(got, []string{c.name}) {
+				t.Fatalf("%s %s printed %q, want the name %s", c.cmd, c.arg, out, c.name)
+			}
+			if c.digest != "" {
+				pulledAs(t, out, c.name, c.digest)
+			}
+			requireView(t, root, layerBlobs(t, layout, descs[0]), c.name)
+		})
+	}
+	root := t.TempDir()
+	requireRefused(t, root, "layerfs pull", remote)
+	if r := run(t, root, "pull", "oci:"+layout+":a"); r.code != 1 || !strings.Contains(r.stderr, "layerfs import") {
+		t.Errorf("pull of a layout: exit %d, stderr %q; want exit 1 naming layerfs import", r.code, r.stderr)
+	}
+}
+
 // packArtifacts writes, with oras-go, an OCI 1.1 artifact tagged
 // "artifact" and a signature-like referrer of subject into layout dir.
 func packArtifacts(t *testing.T, dir string, subject ocispec.Descriptor) (artifact, referrer ocispec.Descriptor) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/layerfs/layerfs/internal/output"
+	"github.com/layerfs/layerfs/source/archive"
 	"github.com/layerfs/layerfs/source/registry"
 	"github.com/layerfs/layerfs/store"
 	"github.com/spf13/cobra"
@@ -29,8 +30,8 @@ func pullCmd(g *globals) *cobra.Command {
 		Use:   "pull REF...",
 		Short: "Pull images from OCI registries, verified and resumable",
 		Long: `Pull images from OCI registries into the store. REF is read as docker
-reads it (debian is docker.io/library/debian:latest) and the image is listed
-under that full form. Of an image index, the host's platform is pulled
+reads it (debian is docker.io/library/debian:latest), with or without
+skopeo's docker:// before it, and the image is listed under that full form. Of an image index, the host's platform is pulled
 (--platform chooses another, --all-platforms every one); the name then
 refers to the index, as import names one, and pulling another platform
 later adds it under the same name. Loopback registries are reached over plain HTTP;
@@ -64,6 +65,10 @@ extracted.`,
 			}
 			var errs []error
 			for _, ref := range args {
+				if archive.HasTransport(ref) {
+					errs = append(errs, fmt.Errorf("pull %s: a layout or archive, not a registry's image: import it, with layerfs import", ref))
+					continue
+				}
 				img, err := puller.Pull(ctx, ref)
 				prog.wait()
 				if err != nil {

@@ -33,8 +33,9 @@ docker-archives, plain or gzip, zstd, xz or bzip2 compressed, printing
 
 PATH:REF imports only the image REF names: an OCI layout's ref name, a
 docker-archive's tag, or @N for an archive's Nth image (from 0), as
-skopeo's oci:PATH:REF and docker-archive:PATH:REF. A PATH that exists as
-given is never split at a colon.
+skopeo's oci:PATH:REF and docker-archive:PATH:REF, which are taken as
+skopeo writes them too (oci:, oci-archive: or docker-archive: before
+PATH). A PATH that exists as given is never split at a colon.
 
 Of an image index, the host's platform is imported (--platform chooses
 another, --all-platforms every one); the name then refers to the index

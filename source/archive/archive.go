@@ -50,23 +50,52 @@ type Result struct {
 	Skipped []store.Skipped
 }
 
+// fileTransports are the prefixes skopeo and podman put before a layout
+// or archive (oci:DIR:REF, docker-archive:FILE:REF); import takes an
+// argument written for them as they take it.
+var fileTransports = []string{"oci:", "oci-archive:", "docker-archive:"}
+
 // SplitRef splits skopeo's PATH:REF form. An argument that exists as
 // a path is that path, whatever colons it holds; otherwise it splits at
 // the first colon whose left side exists, so a REF may hold colons
-// (host:5000/repo:tag) and so may a PATH.
+// (host:5000/repo:tag) and so may a PATH. Failing both, a leading
+// transport of skopeo's (oci:, oci-archive:, docker-archive:) is dropped
+// and the rest split the same way.
 func SplitRef(arg string) (src, ref string) {
+	if src, ref, ok := splitExisting(arg); ok {
+		return src, ref
+	}
+	for _, t := range fileTransports {
+		if rest, ok := strings.CutPrefix(arg, t); ok {
+			if src, ref, ok := splitExisting(rest); ok {
+				return src, ref
+			}
+		}
+	}
+	return arg, ""
+}
+
+// HasTransport reports an argument written for one of skopeo's layout or
+// archive transports, which names no registry image.
+func HasTransport(arg string) bool {
+	return slices.ContainsFunc(fileTransports, func(t string) bool { return strings.HasPrefix(arg, t) })
+}
+
+// splitExisting is SplitRef without transports: ok is false when no
+// path it could name exists.
+func splitExisting(arg string) (src, ref string, ok bool) {
 	if _, err := os.Lstat(arg); err == nil {
-		return arg, ""
+		return arg, "", true
 	}
 	for i := 0; i < len(arg); i++ {
 		if arg[i] != ':' {
 			continue
 		}
 		if _, err := os.Lstat(arg[:i]); err == nil {
-			return arg[:i], arg[i+1:]
+			return arg[:i], arg[i+1:], true
 		}
 	}
-	return arg, ""
+	return "", "", false
 }
 
 // Import stores the images of an OCI image layout (a directory or a tar)
@@ -81,6 +110,9 @@ func Import(ctx context.Context, s *store.Store, src string, opts Options) (Resu
 	defer release()
 	fsys, closer, err := openSource(src)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(src, "docker://") {
+			return Result{}, fmt.Errorf("import %s: %w: a registry's image is pulled, with layerfs pull", src, err)
+		}
 		return Result{}, fmt.Errorf("import %s: %w", src, err)
 	}
 	defer closer.Close()

@@ -29,6 +29,11 @@ func TestSplitRef(t *testing.T) {
 		{colons, colons, ""},
 		{colons + ":v1", colons, "v1"},
 		{dir + "/missing:v1", dir + "/missing:v1", ""},
+		// skopeo's transports, as its users write them.
+		{"oci:" + dir + ":v1", dir, "v1"},
+		{"oci-archive:" + colons, colons, ""},
+		{"docker-archive:" + dir + ":example/a:1", dir, "example/a:1"},
+		{"oci:" + dir + "/missing", "oci:" + dir + "/missing", ""},
 	} {
 		if src, ref := SplitRef(c.arg); src != c.src || ref != c.ref {
 			t.Errorf("SplitRef(%q) = %q, %q; want %q, %q", c.arg, src, ref, c.src, c.ref)
