@@ -124,6 +124,19 @@ func TestPullPlatform(t *testing.T) {
 	if got := platforms(root); got != "linux/arm64/v8" {
 		t.Errorf("after pulling linux/arm64, images shows platforms %q", got)
 	}
+	// Another host's image is inspected by its platform, as it is
+	// mounted; the manifest is the one the registry's index lists.
+	var idx ocispec.Index
+	if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref), &idx); err != nil {
+		t.Fatal(err)
+	}
+	var shown []struct{ ManifestDigest digest.Digest }
+	if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", "--platform", "linux/arm64", ref)), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if len(shown) != 1 || shown[0].ManifestDigest != idx.Manifests[1].Digest {
+		t.Errorf("inspect --platform linux/arm64 shows %v, want the manifest %s", shown, idx.Manifests[1].Digest)
+	}
 	pulledAs(t, mustRun(t, root, "pull", "--platform", "linux/amd64", ref), ref, inspected.Digest)
 	if got := platforms(root); got != "linux/amd64,linux/arm64/v8" {
 		t.Errorf("after pulling linux/amd64 too, images shows platforms %q", got)

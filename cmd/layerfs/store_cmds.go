@@ -274,6 +274,8 @@ each, as docker inspect --format does: its fields are .Name, .Digest
 (the manifest's), .Manifest, .Config (the image config, whose own
 .Config holds .Env, .Entrypoint, .Cmd...) and .Layers, e.g.
 '{{.Config.Config.Env}}' or '{{range .Layers}}{{.Digest}} {{end}}'.
+Of an image index, the manifest is that of the platform --platform
+names (default: this host's).
 
 ` + stackHelp,
 		Args:              cobra.MinimumNArgs(1),
