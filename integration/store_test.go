@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -169,6 +171,53 @@ func TestGCAfterRm(t *testing.T) {
 	got := walkMount(t, root, "two")
 	if got["shared"].SHA256 == "" {
 		t.Fatalf("image two lost its file: %v", got)
+	}
+}
+
+// TestRmByDigest removes an unnamed image (<none>, from a layout without
+// ref names) by a digest prefix, as docker rmi removes an image by ID,
+// and an image of two names only with --force; gc then frees their blobs,
+// and skopeo still reads the image left as the OCI layout it is.
+func TestRmByDigest(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "layout")
+	descs, err := testimage.WriteLayout(dir,
+		testimage.Image{Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("unnamed", "no ref name")}}}},
+		testimage.Image{Name: "kept", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("kept", "kept")}}}},
+		testimage.Image{Name: "two", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("two", "two names")}}}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRun(t, root, "import", dir); !strings.Contains(got, "<none> "+descs[0].Digest.String()) {
+		t.Fatalf("import printed %q, want the unnamed image", got)
+	}
+	mustRun(t, root, "tag", "two", "other")
+	if got := mustRun(t, root, "rm", descs[0].Digest.Encoded()[:12]); got != descs[0].Digest.String()+"\n" {
+		t.Errorf("rm of the unnamed image by digest printed %q", got)
+	}
+	two := descs[2].Digest.String()
+	if r := run(t, root, "rm", two); r.code != 1 || !strings.Contains(r.stderr, "several names (other, two)") {
+		t.Errorf("rm of a digest two names share: exit %d, %q", r.code, r.stderr)
+	}
+	if got := mustRun(t, root, "rm", "--force", two); got != "other\ntwo\n" {
+		t.Errorf("rm --force of a digest printed %q, want both names", got)
+	}
+	mustRun(t, root, "gc")
+	for _, d := range []ocispec.Descriptor{descs[0], descs[2]} {
+		m, _, err := testimage.ReadImage(dir, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range append([]ocispec.Descriptor{d, m.Config}, m.Layers...) {
+			if _, err := os.Stat(testimage.BlobPath(root, b.Digest)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("blob %s of a removed image is still in the store after gc (%v)", b.Digest, err)
+			}
+		}
+	}
+	var inspected struct{ Digest digest.Digest }
+	if err := json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "oci:"+root+":kept"), &inspected); err != nil || inspected.Digest != descs[1].Digest {
+		t.Errorf("skopeo inspect of the image left: %v, %v; want %s", inspected.Digest, err, descs[1].Digest)
 	}
 }
 

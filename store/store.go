@@ -511,6 +511,24 @@ func (s *Store) Untag(name string) error {
 	})
 }
 
+// UntagDigest removes the image whose manifest or index is d under every
+// name it has, and unnamed.
+func (s *Store) UntagDigest(d digest.Digest) error {
+	return s.updateIndex(func(idx *ocispec.Index) error {
+		kept := idx.Manifests[:0]
+		for _, m := range idx.Manifests {
+			if m.Digest != d || !(IsManifest(m.MediaType) || IsIndex(m.MediaType)) {
+				kept = append(kept, m)
+			}
+		}
+		if len(kept) == len(idx.Manifests) {
+			return fmt.Errorf("image %s: %w", d, ErrNotFound)
+		}
+		idx.Manifests = kept
+		return nil
+	})
+}
+
 // lock takes a flock on a file in the root; how is LOCK_SH or LOCK_EX.
 func (s *Store) lock(name string, how int) (func(), error) {
 	f, err := s.openBeneath(name, os.O_RDWR|os.O_CREATE, fileMode)

@@ -373,10 +373,13 @@ image would be left without it and gc removes an image with no name;
 func rmCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Remove images by name, or bare layers by digest (gc frees what nothing uses any more)",
-		Long: `Remove images by name, or layers imported with import --layer by
-digest (gc frees what nothing uses any more).
+		Use:   "rm NAME|DIGEST...",
+		Short: "Remove images by name or digest, or bare layers by digest (gc frees what nothing uses any more)",
+		Long: `Remove images by name or by manifest or index digest (or a unique
+prefix of one), or layers imported with import --layer by digest (gc
+frees what nothing uses any more). A digest removes the image under its
+name, or unnamed (<none>); one that several names share is refused
+unless --force, which removes it under every name, as docker rmi does.
 
 An image a live mount or virtio-fs server serves is refused unless
 --force; with it, the view keeps working, and gc frees its data once the
@@ -398,6 +401,15 @@ view ends.`,
 						fmt.Println(t.Layers[0].Digest)
 						continue
 					}
+					if removed, ok, err := removeByDigest(s, name, force); ok {
+						if err != nil {
+							return err
+						}
+						for _, r := range removed {
+							fmt.Println(output.Name(r))
+						}
+						continue
+					}
 				}
 				if err != nil {
 					return suggestName(s, name, err)
@@ -417,6 +429,45 @@ view ends.`,
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image even while a mount serves it")
 	return cmd
+}
+
+// removeByDigest removes the image whose manifest or index digest arg
+// gives, printing its names, or its digest when it has none. ok is false
+// when arg is no image's digest.
+func removeByDigest(s *store.Store, arg string, force bool) (removed []string, ok bool, err error) {
+	img, err := s.ImageOf(arg)
+	if err != nil {
+		return nil, false, nil
+	}
+	images, err := s.Images()
+	if err != nil {
+		return nil, true, err
+	}
+	var entries []store.Image
+	for _, other := range images {
+		if other.Manifest.Digest == img.Manifest.Digest {
+			entries = append(entries, other)
+			removed = append(removed, nameOrDigest(other))
+		}
+	}
+	switch {
+	case len(entries) == 0:
+		return nil, true, fmt.Errorf("%s is the manifest of one platform of an image index: rm the index", arg)
+	case len(entries) > 1 && !force:
+		return nil, true, fmt.Errorf("image %s has several names (%s): rm them by name, or rm --force to remove every one", img.Manifest.Digest, strings.Join(removed, ", "))
+	case !force:
+		if err := s.CheckNotServed(entries[0]); err != nil {
+			return nil, true, err
+		}
+	}
+	return removed, true, s.UntagDigest(img.Manifest.Digest)
+}
+
+func nameOrDigest(img store.Image) string {
+	if img.Name == "" {
+		return img.Manifest.Digest.String()
+	}
+	return img.Name
 }
 
 func verifyCmd(g *globals) *cobra.Command {
