@@ -157,6 +157,15 @@ func TestPullPlatform(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, "linux/s390x") {
 		t.Errorf("pull of a platform the index lacks: exit %d, %q", r.code, r.stderr)
 	}
+
+	// skopeo copies the amd64 image alone: a lone manifest is pulled
+	// whatever the platform, with a warning, as import gives one.
+	single := reg.host + "/layerfs/single:v1"
+	push(t, layout, "multi", single, "--override-arch", "amd64")
+	r = run(t, t.TempDir(), "pull", "--platform", "linux/arm64", single)
+	if warning := "image " + single + " is for linux/amd64, not linux/arm64"; r.code != 0 || !strings.Contains(r.stderr, warning) {
+		t.Errorf("pull --platform linux/arm64 of an amd64 image: exit %d, stderr %q; want 0 and %q", r.code, r.stderr, warning)
+	}
 }
 
 // TestPullThroughProxyRegistry puts a second registry, in proxy mode, in

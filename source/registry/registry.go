@@ -109,6 +109,12 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 	src := &registrySource{p: p, name: name, repo: res.repo, downloads: make(chan struct{}, p.opts.Jobs)}
 	if res.manifests == nil {
 		err = p.store.StoreImage(ctx, name, res.top.Descriptor, res.top.Data, src)
+		if err == nil {
+			// A lone manifest has no platform to choose; as import and
+			// podman do, it is pulled, with a warning when it is for
+			// another one than asked.
+			p.store.WarnOtherPlatform(name, res.top.Descriptor, p.opts.Platform)
+		}
 	} else {
 		err = p.store.StoreIndex(ctx, name, res.top, res.indexes, res.manifests, src)
 	}
