@@ -401,6 +401,7 @@ func TestTag(t *testing.T) {
 		{[]string{"tag", "tow", "x"}, 1, `did you mean "two"?`},
 		{[]string{"tag", m.Layers[0].Digest.String(), "x"}, 1, "is a layer, not an image"},
 		{[]string{"tag", "two", ""}, 2, "may not be empty"},
+		{[]string{"tag", "two", "my image"}, 2, `image name "my image" is not an OCI ref name`},
 		{[]string{"tag", "two", "sha256:0123456789ab"}, 1, "reads as a digest"},
 		{[]string{"tag", "two"}, 2, "requires at least 2 arg"},
 	} {
@@ -408,6 +409,10 @@ func TestTag(t *testing.T) {
 		if r.code != c.code || r.stdout != "" || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("layerfs %q: exit %d, stdout %q, stderr %q; want exit %d and %q", c.args, r.code, r.stdout, r.stderr, c.code, c.want)
 		}
+	}
+	// skopeo refuses the name with whitespace as an OCI ref name too.
+	if out, err := exec.Command(testimage.RequireTool(t, "skopeo"), "--insecure-policy", "copy", "--quiet", "oci:"+dir+":two", "oci:"+t.TempDir()+":my image").CombinedOutput(); err == nil || !strings.Contains(string(out), "Invalid image my image") {
+		t.Errorf("skopeo took %q as a ref name, which tag refuses (%v): %s", "my image", err, out)
 	}
 	check("after the refusals", map[string]string{"two": two.String(), "alias": two.String(), "docker.io/library/web:latest": one.String()})
 }
