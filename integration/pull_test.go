@@ -249,6 +249,9 @@ func TestPullFaults(t *testing.T) {
 		if r.code == 0 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, bad.String()) || !strings.Contains(r.stderr, "does not match") {
 			t.Fatalf("pull of a wrong blob: exit %d, stderr %q; want a refusal naming %s and the layer", r.code, r.stderr, ref)
 		}
+		if n := strings.Count(r.stderr, "does not match"); n != 1 {
+			t.Errorf("pull of a wrong blob said so %d times, want once:\n%s", n, r.stderr)
+		}
 		if _, err := os.Stat(filepath.Join(root, "blobs/sha256", bad.Encoded())); !os.IsNotExist(err) {
 			t.Errorf("the wrong blob is in the store: %v", err)
 		}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -201,15 +199,12 @@ func (l *layerProgress) Done(err error) {
 	if !l.p.quiet || l.ref == "" {
 		return
 	}
-	fields := logrus.Fields{"image": l.ref, "layer": l.desc.Digest, "size": l.desc.Size}
-	if errors.Is(err, context.Canceled) {
-		// Interrupted: the command says so once, for every layer.
-		return
-	}
 	if err != nil {
-		l.p.log.WithFields(fields).WithError(err).Error("layer failed")
+		// The command's error names every layer that failed, and an
+		// interrupt is said once, for every layer.
 		return
 	}
+	fields := logrus.Fields{"image": l.ref, "layer": l.desc.Digest, "size": l.desc.Size}
 	if st := l.status.Load(); st == "in store" {
 		l.p.log.WithFields(fields).Info("layer already in the store")
 		return
