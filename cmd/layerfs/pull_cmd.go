@@ -31,10 +31,11 @@ func pullCmd(g *globals) *cobra.Command {
 		Short: "Pull images from OCI registries, verified and resumable",
 		Long: `Pull images from OCI registries into the store. REF is read as docker
 reads it (debian is docker.io/library/debian:latest), with or without
-skopeo's docker:// before it, and the image is listed under that full form. Of an image index, the host's platform is pulled
-(--platform chooses another, --all-platforms every one); the name then
-refers to the index, as import names one, and pulling another platform
-later adds it under the same name. Loopback registries are reached over plain HTTP;
+skopeo's docker:// before it, and the image is listed under that full
+form. Of an image index, the host's platform is pulled (--platform
+chooses another, --all-platforms every one); the name then refers to the
+index, as import names one, and pulling another platform later adds it
+under the same name. Loopback registries are reached over plain HTTP;
 credentials come from docker's config.json and its credential helpers.
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
