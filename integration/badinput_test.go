@@ -106,7 +106,6 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"import", file}, "not a tar archive"},
 		{[]string{"import", empty}, "neither an OCI image layout"},
 		{[]string{"import", "--platform", "linux", "../testdata/sample"}, "want os/arch"},
-		{[]string{"images", "extra"}, "unknown command"},
 		{[]string{"layers", "extra"}, "not found"},
 		{[]string{"layers", "sample", "extra"}, "accepts at most 1 arg"},
 		{[]string{"mounts", "extra"}, "unknown command"},

@@ -245,6 +245,20 @@ func TestImportArchiveRef(t *testing.T) {
 		t.Errorf("import of a path with colons imported %v, want a and b", got)
 	}
 	requireRefused(t, root, `no image "c" in index.json (has a, b)`, layout+":c")
+
+	// images takes names as docker images does: a repository without a
+	// tag lists every tag of it.
+	both := t.TempDir()
+	mustRun(t, both, "import", archive)
+	for filter, want := range map[string]string{
+		"example/a":             "docker.io/example/a:1\n",
+		"docker.io/example/b:1": "docker.io/example/b:1\n",
+		"example/a:2":           "",
+	} {
+		if got := mustRun(t, both, "images", "--format", "{{.Name}}", filter); got != want {
+			t.Errorf("images %s: %q, want %q", filter, got, want)
+		}
+	}
 	requireRefused(t, root, `no image "example/c:1" in manifest.json (has docker.io/example/a:1, docker.io/example/b:1)`, archive+":example/c:1")
 }
 

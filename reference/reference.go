@@ -99,6 +99,26 @@ func Normalize(s string) string {
 	return r.String()
 }
 
+// Matches reports whether the stored name is one that filter names, as
+// docker images REPOSITORY[:TAG] reads its argument: the name as given or
+// in full docker form, or, when filter gives no tag nor digest, any tag of
+// that repository ("debian" matches docker.io/library/debian:12).
+func Matches(name, filter string) bool {
+	if name == filter || name == Normalize(filter) {
+		return true
+	}
+	last := filter[strings.LastIndex(filter, "/")+1:]
+	if strings.ContainsAny(last, ":@") {
+		return false
+	}
+	f, err := Parse(filter)
+	if err != nil {
+		return false
+	}
+	n, err := Parse(name)
+	return err == nil && n.Domain == f.Domain && n.Path == f.Path
+}
+
 // MinDigestPrefix is the shortest digest prefix a target may use.
 const MinDigestPrefix = 12
 

@@ -23,4 +23,27 @@ func TestParseReference(t *testing.T) {
 	}
 }
 
+func TestMatches(t *testing.T) {
+	for _, c := range []struct {
+		name, filter string
+		want         bool
+	}{
+		{"docker.io/library/debian:12", "debian", true},
+		{"docker.io/library/debian:12", "debian:12", true},
+		{"docker.io/library/debian:12", "debian:11", false},
+		{"docker.io/library/debian:12", "docker.io/library/debian", true},
+		{"docker.io/library/debian-slim:12", "debian", false},
+		{"localhost:5000/team/app:v1", "localhost:5000/team/app", true},
+		{"localhost:5000/team/app@sha256:" + h64, "localhost:5000/team/app", true},
+		{"localhost:5000/team/app:v1", "team/app", false},
+		{"v1", "v1", true},
+		{"v1", "v2", false},
+		{"my layout name", "my layout name", true},
+	} {
+		if got := Matches(c.name, c.filter); got != c.want {
+			t.Errorf("Matches(%q, %q) = %v, want %v", c.name, c.filter, got, c.want)
+		}
+	}
+}
+
 const h64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

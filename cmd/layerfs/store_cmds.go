@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -125,13 +126,17 @@ type imageItem struct {
 func imagesCmd(g *globals) *cobra.Command {
 	var o output.Options
 	cmd := &cobra.Command{
-		Use:   "images",
+		Use:   "images [NAME...]",
 		Short: "List images: name, manifest digest, platform, created, layers, size",
 		Long: `List images: name, manifest digest, platform and creation time (from
 the config), number of layers, and SIZE: the config and the compressed
 layers as the manifest gives them, what a pull downloads. A layer shared
-by several images counts in each.`,
-		Args: cobra.NoArgs,
+by several images counts in each.
+
+Given NAMEs, only the images they name, as docker images REPOSITORY[:TAG]
+reads them: a name as listed or docker-style (debian is
+docker.io/library/debian:latest), and a repository without a tag names
+every tag of it.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.open()
 			if err != nil {
@@ -143,6 +148,9 @@ by several images counts in each.`,
 			}
 			items := make([]imageItem, 0, len(images))
 			for _, img := range images {
+				if len(args) > 0 && !slices.ContainsFunc(args, func(f string) bool { return reference.Matches(img.Name, f) }) {
+					continue
+				}
 				layers, size, err := s.ImageSize(img)
 				if err != nil {
 					return fmt.Errorf("image %s: %w", output.Name(nameOrNone(img.Name)), err)
