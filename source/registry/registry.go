@@ -83,12 +83,12 @@ func New(s *store.Store, opts Options) (*Puller, error) {
 
 // Pull stores the image ref names and lists it under the reference's full
 // docker form (debian is docker.io/library/debian:latest), as import does
-// with a docker-archive's tags; skopeo's docker:// before it is dropped. Of an image index, the platform asked for
-// (or every one) is stored and the name refers to the index, as import
-// names an index: the digest is the one the registry has under the tag,
-// and pulling another platform later adds it under the same name.
+// with a docker-archive's tags; skopeo's docker:// before it is dropped.
+// Of an image index, the platform asked for (or every one) is stored and
+// the name refers to the index, as import names an index: the digest is
+// the one the registry has under the tag, and pulling another platform
+// later adds it under the same name.
 func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
-	// skopeo's and podman's docker:// names the same image.
 	r, err := reference.Parse(strings.TrimPrefix(ref, "docker://"))
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
