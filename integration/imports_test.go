@@ -316,6 +316,45 @@ func TestSkopeoTransportArguments(t *testing.T) {
 	}
 }
 
+// TestImportTruncatedArchive cuts a skopeo-written docker-archive, plain
+// and gzipped, inside its layer: the import fails naming the member GNU
+// tar was reading when it met the end, and leaves the store as it was.
+func TestImportTruncatedArchive(t *testing.T) {
+	img := randomImage(t, "big", 1<<20)
+	archive := filepath.Join(t.TempDir(), "big.tar")
+	testimage.RunTool(t, "skopeo", "copy", "-q", "oci:"+img.layout+":"+img.ref, "docker-archive:"+archive+":example/big:1")
+	for _, tool := range []string{"", "gzip"} {
+		t.Run("compression="+tool, func(t *testing.T) {
+			src := archive
+			if tool != "" {
+				src = compressed(t, archive, tool)
+			}
+			data, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut := filepath.Join(t.TempDir(), filepath.Base(src))
+			if err := os.WriteFile(cut, data[:len(data)*6/10], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			listed, err := exec.Command("tar", "-tf", cut).Output()
+			if err == nil {
+				t.Fatalf("GNU tar read the cut archive whole:\n%s", listed)
+			}
+			names := strings.Fields(string(listed))
+			if len(names) == 0 {
+				t.Fatal("GNU tar listed no member of the cut archive")
+			}
+			root := t.TempDir()
+			want := fmt.Sprintf("truncated: the archive ends inside member %q", names[len(names)-1])
+			requireRefused(t, root, want, cut)
+			if tmp := tmpFiles(t, root); len(tmp) != 0 {
+				t.Errorf("a refused import left %v in tmp/", tmp)
+			}
+		})
+	}
+}
+
 // packArtifacts writes, with oras-go, an OCI 1.1 artifact tagged
 // "artifact" and a signature-like referrer of subject into layout dir.
 func packArtifacts(t *testing.T, dir string, subject ocispec.Descriptor) (artifact, referrer ocispec.Descriptor) {

@@ -150,17 +150,26 @@ func indexStream(f *os.File, compressed bool) (*tarFS, error) {
 	defer done()
 	t := &tarFS{f: f, compressed: compressed, members: map[string]*tarMember{}}
 	cached := 0
+	// last is the member read before, and lastOff where its bytes start.
+	var last *tar.Header
+	var lastOff int64
 	for ordinal := 0; ; ordinal++ {
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			break
 		}
-		if err != nil {
-			if len(t.members) == 0 {
-				return nil, fmt.Errorf("not a tar archive: %w", err)
-			}
+		switch {
+		case err == nil:
+		case ordinal == 0:
+			return nil, fmt.Errorf("not a tar archive: %w", err)
+		case errors.Is(err, io.ErrUnexpectedEOF) && cr.n < lastOff+last.Size:
+			return nil, truncated(last, cr.n-lastOff, err)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, fmt.Errorf("truncated: the archive ends after member %q: %w", last.Name, err)
+		default:
 			return nil, err
 		}
+		last, lastOff = hdr, cr.n
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeSymlink, tar.TypeLink:
 		default:
@@ -177,7 +186,11 @@ func indexStream(f *os.File, compressed bool) (*tarFS, error) {
 		m := &tarMember{name: name, typeflag: hdr.Typeflag, linkname: hdr.Linkname, ordinal: ordinal,
 			off: cr.n, size: hdr.Size, mode: hdr.FileInfo().Mode(), mtime: hdr.ModTime}
 		if compressed && hdr.Typeflag == tar.TypeReg && hdr.Size <= store.MaxMetadataSize && cached+int(hdr.Size) <= maxCachedMembers {
-			if m.data, err = io.ReadAll(tr); err != nil {
+			m.data, err = io.ReadAll(tr)
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, truncated(hdr, int64(len(m.data)), err)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("member %q: %w", hdr.Name, err)
 			}
 			cached += len(m.data)
@@ -185,6 +198,13 @@ func indexStream(f *os.File, compressed bool) (*tarFS, error) {
 		t.members[name] = m
 	}
 	return t, nil
+}
+
+// truncated says that an archive cut short ends inside member hdr, after
+// read of its bytes: a copy cut short most often ends in a layer, and GNU
+// tar says no more than "Unexpected EOF".
+func truncated(hdr *tar.Header, read int64, err error) error {
+	return fmt.Errorf("truncated: the archive ends inside member %q, after %d of its %d bytes: %w", hdr.Name, read, hdr.Size, err)
 }
 
 // resolve follows name through the archive's links to a regular member.
