@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -353,6 +354,44 @@ func TestImportTruncatedArchive(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestImportLayerListedTwice imports an image listing one layer twice,
+// whose view is kernel overlayfs's over the layers as listed; with that
+// layer's blob swapped for another's, the import is refused as skopeo
+// refuses to copy it, naming the layer once, and stores nothing of it.
+func TestImportLayerListedTwice(t *testing.T) {
+	requireRoot(t)
+	a := testimage.Layer{Entries: []testimage.Entry{testimage.File("a", "first\n")}}
+	b := testimage.Layer{Entries: []testimage.Entry{testimage.File("a", "second\n"), testimage.File("b", "b\n")}}
+	layout, descs := layoutWith(t, testimage.Image{Name: "twice", Layers: []testimage.Layer{a, b, a}})
+	blobs := layerBlobs(t, layout, descs[0])
+	if blobs[0] != blobs[2] {
+		t.Fatalf("the layer listed twice has two blobs: %v", blobs)
+	}
+	root := t.TempDir()
+	mustRun(t, root, "import", layout)
+	requireView(t, root, blobs, "twice")
+
+	other, err := os.ReadFile(blobs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blobs[0], other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("skopeo", "--insecure-policy", "copy", "oci:"+layout+":twice", "oci:"+t.TempDir()+":x").CombinedOutput(); err == nil || !strings.Contains(string(out), "Digest did not match") {
+		t.Errorf("skopeo copied the image with a wrong blob (%v): %s", err, out)
+	}
+	bad, bad0 := t.TempDir(), filepath.Base(blobs[0])
+	r := run(t, bad, "import", layout)
+	if r.code != 1 || strings.Count(r.stderr, "layer sha256:"+bad0) != 1 {
+		t.Errorf("import with a wrong blob listed twice: exit %d, stderr %q; want exit 1 and the layer named once", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(bad, "layers", "sha256", bad0, "index")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the wrong layer is in the store (%v)", err)
+	}
+	requireVerifies(t, bad)
 }
 
 // packArtifacts writes, with oras-go, an OCI 1.1 artifact tagged

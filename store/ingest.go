@@ -150,7 +150,14 @@ func (s *Store) storeLayers(ctx context.Context, layers []ocispec.Descriptor, di
 	extractions := make(chan struct{}, runtime.GOMAXPROCS(0))
 	errs := make([]error, len(layers))
 	var wg sync.WaitGroup
+	seen := map[digest.Digest]bool{}
 	for i, l := range layers {
+		// A layer an image lists twice is stored once, and a bad one is
+		// reported once.
+		if seen[l.Digest] {
+			continue
+		}
+		seen[l.Digest] = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
