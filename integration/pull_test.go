@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -315,6 +316,70 @@ func TestPullResumesAfterKill(t *testing.T) {
 		t.Error("the second pull made no Range request")
 	}
 	checkStore(t, root, "after a resumed pull")
+}
+
+// TestPullInterruptedAfterDownload interrupts a pull once a layer's blob
+// is in the store but before the layer is extracted: layers lists it,
+// not extracted, at the blob's size, and the next pull extracts it
+// without fetching a byte of it from the registry.
+func TestPullInterruptedAfterDownload(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	proxy := startFaultProxy(t, reg.host)
+	// Many entries make the extraction outlast the download by far.
+	entries := []testimage.Entry{testimage.Dir("d", 0o755)}
+	for i := range 20000 {
+		entries = append(entries, testimage.File(fmt.Sprintf("d/f%05d", i), fmt.Sprint(i)))
+	}
+	img := writeImage(t, testimage.Image{Name: "many", Layers: []testimage.Layer{{Compression: testimage.Gzip, Entries: entries}}})
+	push(t, img.layout, img.ref, reg.host+"/layerfs/many:v1")
+	ref := proxy.host + "/layerfs/many:v1"
+	layer := img.layers[0]
+
+	var root string
+	for attempt := 0; ; attempt++ {
+		root = t.TempDir()
+		cmd := exec.Command(layerfsBin(t), "--root", root, "pull", "--quiet", ref)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		blob := filepath.Join(root, "blobs", "sha256", layer.Encoded())
+		deadline := time.Now().Add(30 * time.Second)
+		for _, err := os.Stat(blob); err != nil && time.Now().Before(deadline); _, err = os.Stat(blob) {
+			time.Sleep(2 * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		if _, err := os.Stat(filepath.Join(root, "layers", "sha256", layer.Encoded(), "index")); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if attempt == 4 {
+			t.Skip("the layer was extracted before every interrupt")
+		}
+	}
+	st, err := os.Stat(filepath.Join(root, "blobs", "sha256", layer.Encoded()))
+	if err != nil {
+		t.Fatalf("the downloaded blob is not in the store: %v", err)
+	}
+	var layers []struct {
+		Digest         digest.Digest
+		CompressedSize int64
+		Extracted      bool
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, root, "layers", "--format", "json")), &layers); err != nil {
+		t.Fatal(err)
+	}
+	if len(layers) != 1 || layers[0].Digest != layer || layers[0].Extracted || layers[0].CompressedSize != st.Size() {
+		t.Errorf("layers after the interrupt: %+v; want %s alone, not extracted, %d bytes", layers, layer, st.Size())
+	}
+	proxy.setFaults(nil) // counts requests afresh
+	pulledAs(t, mustRun(t, root, "pull", "--quiet", ref), ref, manifestOf(t, img.layout, img.ref).Digest)
+	proxy.mu.Lock()
+	asked := proxy.seen["/v2/layerfs/many/blobs/"+layer.String()]
+	proxy.mu.Unlock()
+	if asked != 0 {
+		t.Errorf("the second pull asked the registry for the layer's blob %d times, want none", asked)
+	}
+	checkStore(t, root, "after the second pull")
 }
 
 // TestPullErrors checks that each failure names the reference and what

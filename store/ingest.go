@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -198,6 +199,13 @@ func (s *Store) storeLayer(ctx context.Context, l ocispec.Descriptor, diffID dig
 		prog.Fetched()
 		return extract()
 	}()
+	if err != nil && ctx.Err() != nil && s.HasBlob(l.Digest) {
+		// Interrupted after the download: the blob is whole, and a
+		// directory of its own, left empty, has layers list it as not
+		// extracted yet, for the next pull to extract and gc to free.
+		// An extraction that failed otherwise left none.
+		_ = os.MkdirAll(s.layerDir(l.Digest), dirMode)
+	}
 	prog.Done(err)
 	return err
 }
