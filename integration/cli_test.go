@@ -343,7 +343,7 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"inspect", "othr"}, 1, `did you mean "other"?`},
 		{[]string{"imags"}, 2, "unknown command \"imags\" for \"layerfs\"\n\nDid you mean this?\n\timages\n"},
 		{[]string{"inspect"}, 2, "Usage: layerfs inspect TARGET... [flags]"},
-		{[]string{"layers", "extra"}, 2, "Usage: layerfs layers [flags]"},
+		{[]string{"layers", "sample", "extra"}, 2, "Usage: layerfs layers [TARGET] [flags]"},
 		{[]string{"which", "sample"}, 2, "Usage: layerfs which TARGET PATH"},
 		{[]string{"images", "--no-such-flag"}, 2, "unknown flag"},
 		{[]string{"pull", "--jobs", "0", "x"}, 2, "--jobs 0"},
