@@ -15,10 +15,29 @@ import (
 // mount from any other, as "fuse.layerfs" does for a FUSE mount.
 const KernelSourcePrefix = "layerfs:"
 
+// KernelSource is the source a kernel mount of target has in
+// /proc/mounts (MountSource).
+func KernelSource(target string) string {
+	return MountSource(KernelSourcePrefix + target)
+}
+
+// MountSource is source as a mount is given it: the kernel takes a
+// source of at most 255 bytes through fsconfig, so a longer one, a stack
+// of more than three layers given by digest, is cut short there, ending
+// in "...". FUSE mounts are cut alike, so that both kinds list a stack
+// the same way.
+func MountSource(source string) string {
+	const limit = 255
+	if len(source) > limit {
+		source = source[:limit-len("...")] + "..."
+	}
+	return source
+}
+
 // KernelOptions lift a kernel mount's safe defaults.
 type KernelOptions struct {
-	// Target names what is mounted; /proc/mounts shows it after
-	// KernelSourcePrefix.
+	// Target names what is mounted; /proc/mounts shows it in the
+	// mount's source (KernelSource).
 	Target    string
 	Dev, Suid bool
 }
@@ -57,7 +76,7 @@ func MountKernel(meta, data *os.File, mountpoint string, o KernelOptions) error 
 	}
 	defer unix.Close(lower)
 	overlay, err := newMount("overlay", attrs, func(fd int) error {
-		for _, kv := range [][2]string{{"source", KernelSourcePrefix + o.Target}, {"metacopy", "on"}, {"redirect_dir", "on"}} {
+		for _, kv := range [][2]string{{"source", KernelSource(o.Target)}, {"metacopy", "on"}, {"redirect_dir", "on"}} {
 			if err := unix.FsconfigSetString(fd, kv[0], kv[1]); err != nil {
 				return fmt.Errorf("%s=%s: %w", kv[0], kv[1], err)
 			}

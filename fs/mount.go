@@ -95,7 +95,7 @@ type Served interface {
 // enforced. It returns once the kernel answers on the mount.
 func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 	opts := tree.mountOptions()
-	opts.FsName = o.Source
+	opts.FsName = MountSource(o.Source)
 	opts.Name = FSType
 	opts.AllowOther = o.AllowOther
 	opts.Debug = o.Debug

@@ -270,6 +270,42 @@ func TestKernelMountLifecycle(t *testing.T) {
 	}
 }
 
+// TestMountLongStackSource: a stack of four layers given by digest is
+// longer than the 255 bytes the kernel takes as a mount source; both
+// kinds of mount of it work, show the stack's view, and are listed by
+// the stack's first layers, cut short with "...".
+func TestMountLongStackSource(t *testing.T) {
+	requireRoot(t)
+	var layers []testimage.Layer
+	for i := range 4 {
+		layers = append(layers, testimage.Layer{Entries: []testimage.Entry{testimage.File(fmt.Sprintf("f%d", i), strings.Repeat("x", 1000+i))}})
+	}
+	img := writeImage(t, testimage.Image{Name: "four", Layers: layers})
+	root := t.TempDir()
+	importInto(t, root, img)
+	var digests []string
+	for _, l := range img.layers {
+		digests = append(digests, l.String())
+	}
+	stack := strings.Join(digests, ",")
+	want := walkMount(t, root, stack)
+	kernel := kernelMount(t, root, stack)
+	requireSame(t, "mount --kernel of a stack of four digests", want, walk(t, kernel))
+	fuse := mountDaemon(t, root, stack)
+	out := mustRun(t, root, "mounts", "--no-trunc")
+	for _, mnt := range []string{kernel, fuse} {
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, mnt) {
+				line = l
+			}
+		}
+		if !strings.Contains(line, digests[0]+","+digests[1]+","+digests[2]) || !strings.Contains(line, "...") {
+			t.Errorf("layerfs mounts lists %s as %q, want the stack cut short:\n%s", mnt, line, out)
+		}
+	}
+}
+
 // TestKernelMountRefused: mount --kernel without root, with flags only
 // FUSE mounts take, or at a mountpoint that is not one says why and
 // where to go, exits 1, and mounts and writes nothing.

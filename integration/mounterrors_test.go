@@ -25,6 +25,8 @@ func mountedAt(t testing.TB, dir string) bool {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	// A kernel mount of many layers has a line of tens of KiB.
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
 	for sc.Scan() {
 		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == dir {
 			return true

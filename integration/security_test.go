@@ -75,6 +75,8 @@ func mountOptions(t *testing.T, mnt string) (mountOpts, superOpts []string) {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	// A kernel mount of many layers has a line of tens of KiB.
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
 	for sc.Scan() {
 		before, after, ok := strings.Cut(sc.Text(), " - ")
 		left, right := strings.Fields(before), strings.Fields(after)

@@ -63,7 +63,7 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
 	defer data.Close()
-	release, err := s.LeaseKernel(t, mountpoint, layerfs.KernelSourcePrefix+t.String(), rec.Key())
+	release, err := s.LeaseKernel(t, mountpoint, layerfs.KernelSource(t.String()), rec.Key())
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
