@@ -42,6 +42,11 @@ type KernelOptions struct {
 	Dev, Suid bool
 }
 
+// MaxKernelLayers is the most distinct layers a kernel mount's view can
+// have: each is a data-only layer of its own (store.LinkPath), and
+// overlayfs stacks at most 500 layers, the EROFS image one of them.
+const MaxKernelLayers = 499
+
 // ErrKernelMount is wrapped by every error of the kernel refusing a
 // kernel mount (no EROFS file mounts, no overlayfs data-only layers, no
 // new mount API, no privilege).
@@ -49,16 +54,17 @@ var ErrKernelMount = errors.New("the kernel cannot make this mount")
 
 // MountKernel mounts the metadata-only EROFS image meta read-only, then
 // overlayfs at mountpoint with that mount as its lower layer and data,
-// the directory the image's redirects are paths beneath, as its data-only
-// layer, read-only, nosuid and nodev unless asked. The
+// the directories the image's redirects are paths beneath, as its
+// data-only layers, searched in that order; read-only, nosuid and nodev
+// unless asked. The
 // EROFS mount is never attached anywhere: it is made with fsmount and
 // handed to overlayfs as a descriptor, so the overlayfs mount holds it
 // and it goes when that is unmounted, leaving no mountpoint behind. Both
-// the image and the data directory are given as descriptors, so no
+// the image and the data directories are given as descriptors, so no
 // path is resolved again after the caller opened them. Nothing stays
 // mounted when it fails. The caller checks the mountpoint first
 // (CheckMountpointDir).
-func MountKernel(meta, data *os.File, mountpoint string, o KernelOptions) error {
+func MountKernel(meta *os.File, data []*os.File, mountpoint string, o KernelOptions) error {
 	attrs := unix.MOUNT_ATTR_RDONLY
 	if !o.Suid {
 		attrs |= unix.MOUNT_ATTR_NOSUID
@@ -84,13 +90,15 @@ func MountKernel(meta, data *os.File, mountpoint string, o KernelOptions) error 
 		if err := unix.FsconfigSetFd(fd, "lowerdir+", lower); err != nil {
 			return fmt.Errorf("lowerdir+ (the EROFS mount): %w", err)
 		}
-		if err := unix.FsconfigSetFd(fd, "datadir+", int(data.Fd())); err != nil {
-			return fmt.Errorf("datadir+ %s: %w", data.Name(), err)
+		for _, d := range data {
+			if err := unix.FsconfigSetFd(fd, "datadir+", int(d.Fd())); err != nil {
+				return fmt.Errorf("datadir+ %s: %w", d.Name(), err)
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("mount overlayfs over %s and %s: %w", meta.Name(), data.Name(), err)
+		return fmt.Errorf("mount overlayfs over %s and %d data-only layers: %w", meta.Name(), len(data), err)
 	}
 	defer unix.Close(overlay)
 	if err := unix.MoveMount(overlay, "", unix.AT_FDCWD, mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/layerfs/layerfs/erofs"
+	layerfs "github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
@@ -117,7 +118,7 @@ func TestKernelMountHostile(t *testing.T) {
 	other := writeImage(t, testimage.Image{Name: "other", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("secret", secret)}}}})
 	// Where the kernel mount's data-only layer has the other image's
 	// secret, and where the store's objects directory has it.
-	secretPath := store.LinkPath(other.layers[0], digest.FromString(secret))
+	secretPath := store.LinkPath(digest.FromString(secret))
 	secretObject, err := erofs.ObjectPath(digest.FromString(secret).String())
 	must(t, err)
 	hostile := writeImage(t, testimage.Image{Name: "hostile", Layers: []testimage.Layer{
@@ -349,5 +350,52 @@ func TestKernelMountRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(u.home, "store", "meta")); !os.IsNotExist(err) {
 		t.Errorf("a refused mount --kernel wrote to the store: %v", err)
+	}
+}
+
+// TestKernelMountLayerLimit: each layer of a kernel mount's view is a
+// data-only layer of its own, so a view of fs.MaxKernelLayers layers
+// mounts and shows what its FUSE mount shows, file contents included
+// (each file is read through its layer's links), and a view of one more
+// is refused before anything is built, pointing to the FUSE mount.
+func TestKernelMountLayerLimit(t *testing.T) {
+	requireRoot(t)
+	var layers []testimage.Layer
+	for i := range layerfs.MaxKernelLayers + 1 {
+		// Past the inline limit, so each file has a redirect.
+		body := strings.Repeat(fmt.Sprintf("layer %d\n", i), 200)
+		layers = append(layers, testimage.Layer{Entries: []testimage.Entry{testimage.File(fmt.Sprintf("f%03d", i), body)}})
+	}
+	img := writeImage(t, testimage.Image{Name: "many", Layers: layers})
+	root := t.TempDir()
+	importInto(t, root, img)
+	stack := make([]string, layerfs.MaxKernelLayers)
+	for i := range stack {
+		stack[i] = img.layers[i].String()
+	}
+	below := strings.Join(stack, ",")
+	mnt := kernelMount(t, root, below)
+	requireSame(t, "mount --kernel of the most layers it takes", walkMount(t, root, below), walk(t, mnt))
+	// The kernel takes a mount source of at most 255 bytes: the stack's
+	// name is cut short there, and the mount is still listed as a kernel
+	// mount of it.
+	if out := mustRun(t, root, "mounts", "--no-trunc"); !strings.Contains(out, mnt) || !strings.Contains(out, stack[0]+","+stack[1]+",") || !strings.Contains(out, "...") {
+		t.Errorf("layerfs mounts does not list the kernel mount of %d layers at %s by its first layers:\n%s", len(stack), mnt, out)
+	}
+	for _, i := range []int{0, layerfs.MaxKernelLayers / 2, layerfs.MaxKernelLayers - 1} {
+		name := fmt.Sprintf("f%03d", i)
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || string(got) != strings.Repeat(fmt.Sprintf("layer %d\n", i), 200) {
+			t.Errorf("%s through mount --kernel: %d bytes, %v", name, len(got), err)
+		}
+	}
+
+	over := t.TempDir()
+	r := run(t, root, "mount", "--kernel", img.ref, over)
+	checkRefused(t, r, fmt.Sprintf("has %d layers, more than the %d", layerfs.MaxKernelLayers+1, layerfs.MaxKernelLayers))
+	if !strings.Contains(r.stderr, "mount without --kernel") {
+		t.Errorf("the refusal does not point to the FUSE mount: %q", r.stderr)
+	}
+	if mountedAt(t, over) || len(metaFiles(t, root)) != 2 {
+		t.Errorf("a refused mount --kernel mounted %s or wrote meta files: %q", over, metaFiles(t, root))
 	}
 }

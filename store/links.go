@@ -89,16 +89,37 @@ func (s *Store) linkLayer(d digest.Digest) error {
 	return syncPath(s.layerDir(d))
 }
 
-// LinkPath is where a kernel mount's data-only layer, the directory
-// OpenLayersDir opens, has object o of layer d.
-func LinkPath(d, o digest.Digest) string {
-	return "/" + d.Encoded() + "/" + linksDir + "/" + o.Encoded()
+// LinkPath is the redirect of object o in a kernel mount: its name in
+// each links directory OpenLinks opens, which the mount takes as its
+// data-only layers. overlayfs looks the path up in them in turn; any
+// layer's link to o holds o's bytes. A redirect this short, instead of
+// one naming the layer too, keeps each file's inode in the metadata
+// image about 70 bytes smaller, and a cold walk reads that image whole.
+func LinkPath(o digest.Digest) string {
+	return "/" + o.Encoded()
 }
 
-// OpenLayersDir opens layers/sha256, which a kernel mount takes as its
-// data-only layer: the meta images' redirects are LinkPaths beneath it.
-func (s *Store) OpenLayersDir() (*os.File, error) {
-	return s.openBeneath(layersDir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+// OpenLinks opens the links directory of each of layers, once each, in
+// the order given: the data-only layers of a kernel mount, where the
+// meta image's redirects (LinkPath) are looked up.
+func (s *Store) OpenLinks(layers []digest.Digest) ([]*os.File, error) {
+	var dirs []*os.File
+	seen := map[digest.Digest]bool{}
+	for _, d := range layers {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		f, err := s.openBeneath(filepath.Join(layersDir, d.Encoded(), linksDir), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			for _, f := range dirs {
+				f.Close()
+			}
+			return nil, fmt.Errorf("layer %s: links of its objects: %w", d, err)
+		}
+		dirs = append(dirs, f)
+	}
+	return dirs, nil
 }
 
 // checkLinks finds what is wrong with layer d's links directory, if it

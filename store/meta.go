@@ -26,7 +26,7 @@ const metaDir = "meta"
 // is part of every image's key, so that a layerfs whose writer changed
 // never mounts an image of the old one; gc removes images of other
 // formats.
-const metaFormat = 5
+const metaFormat = 6
 
 // MetaImage is the record of one cached metadata-only image: the view it
 // shows and the image's own digest and size.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/layerfs/layerfs/erofs"
 	layerfs "github.com/layerfs/layerfs/fs"
@@ -47,6 +48,9 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 	if err != nil {
 		return err
 	}
+	if n := len(slices.Compact(slices.Sorted(slices.Values(t.Digests())))); n > layerfs.MaxKernelLayers {
+		return fmt.Errorf("mount --kernel %s: the view has %d layers, more than the %d overlayfs stacks; %s", t, n, layerfs.MaxKernelLayers, fuseHint)
+	}
 	if err := s.Prepare(ctx, t); err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
@@ -58,11 +62,15 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
 	defer meta.Close()
-	data, err := s.OpenLayersDir()
+	data, err := s.OpenLinks(t.Digests())
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
-	defer data.Close()
+	defer func() {
+		for _, d := range data {
+			d.Close()
+		}
+	}()
 	release, err := s.LeaseKernel(t, mountpoint, layerfs.KernelSource(t.String()), rec.Key())
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
@@ -97,9 +105,9 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	}
 	defer v.Close()
 	layers := t.Digests()
-	// Each file's bytes are read through a link of the layer whose record
-	// holds them (store.LinkPath).
-	redirect := func(a *view.Attr) string { return store.LinkPath(layers[a.Source.Layer], a.Object) }
+	// Each file's bytes are read through a link in the links directory
+	// of one of the view's layers (store.LinkPath).
+	redirect := func(a *view.Attr) string { return store.LinkPath(a.Object) }
 	// The small files the image holds are read by handle: a cold lookup
 	// by name reads a block of one of objects/'s large directories.
 	handles := s.OpenHandles(layers)
