@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -448,4 +449,45 @@ func dockerConfig(t *testing.T, config any) {
 
 func basicAuth(user, password string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+}
+
+// TestPullLogTimes: with --quiet, each layer's log line says how long it
+// waited for a download slot apart from how long it took once it had
+// one: with one slot, a layer waits for the download before it.
+func TestPullLogTimes(t *testing.T) {
+	reg := startRegistry(t, registryOptions{})
+	img := randomImage(t, "times", 8<<20, 8<<20, 8<<20)
+	ref := reg.host + "/layerfs/times:1"
+	push(t, img.layout, img.ref, ref)
+	r := run(t, t.TempDir(), "pull", "--quiet", "--jobs", "1", ref)
+	if r.code != 0 {
+		t.Fatalf("pull: exit %d: %s", r.code, r.stderr)
+	}
+	field := func(line, name string) time.Duration {
+		m := regexp.MustCompile(` ` + name + `=(\S+)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("no %s= in %q", name, line)
+		}
+		d, err := time.ParseDuration(m[1])
+		if err != nil {
+			t.Fatalf("%s= in %q: %v", name, line, err)
+		}
+		return d
+	}
+	var lines int
+	var waited time.Duration
+	for _, line := range strings.Split(r.stderr, "\n") {
+		if !strings.Contains(line, `msg="layer pulled"`) {
+			continue
+		}
+		lines++
+		w, took := field(line, "waited"), field(line, "took")
+		if w < 0 || took <= 0 {
+			t.Errorf("waited %v, took %v in %q", w, took, line)
+		}
+		waited += w
+	}
+	if lines != len(img.layers) || waited == 0 {
+		t.Errorf("%d layer lines, waiting %v in all, want %d lines and some wait with one slot:\n%s", lines, waited, len(img.layers), r.stderr)
+	}
 }

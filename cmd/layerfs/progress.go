@@ -127,12 +127,15 @@ func shortDigest(hex string) string { return hex[:min(12, len(hex))] }
 // layerProgress follows one layer, as registry.LayerProgress while it is
 // fetched and as store.ExtractMeter while it is extracted.
 type layerProgress struct {
-	p          *progress
-	ref        string
-	desc       ocispec.Descriptor
-	bar        *mpb.Bar
-	status     atomic.Value
-	start      time.Time
+	p      *progress
+	ref    string
+	desc   ocispec.Descriptor
+	bar    *mpb.Bar
+	status atomic.Value
+	start  time.Time
+	// fetching is when the download began (UnixNano), after any wait
+	// for a download slot: the first Set.
+	fetching   atomic.Int64
 	bytes      atomic.Int64
 	resume     atomic.Int64
 	extracting atomic.Bool
@@ -148,6 +151,7 @@ func (l *layerProgress) statusLine() string {
 }
 
 func (l *layerProgress) Set(have int64) {
+	l.fetching.CompareAndSwap(0, time.Now().UnixNano())
 	l.bytes.Store(have)
 	l.resume.Store(have)
 	if have > 0 {
@@ -211,6 +215,13 @@ func (l *layerProgress) Done(err error) {
 	}
 	fields["fetched"] = l.bytes.Load() - l.resume.Load()
 	fields["resumed"] = l.resume.Load()
-	fields["took"] = time.Since(l.start).Round(time.Millisecond)
+	// took is the download and extraction; waited the time the layer
+	// waited for one of --jobs download slots before it.
+	began := l.start
+	if ns := l.fetching.Load(); ns != 0 {
+		began = time.Unix(0, ns)
+	}
+	fields["waited"] = began.Sub(l.start).Round(time.Millisecond)
+	fields["took"] = time.Since(began).Round(time.Millisecond)
 	l.p.log.WithFields(fields).Info("layer pulled")
 }
