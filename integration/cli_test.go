@@ -1147,6 +1147,14 @@ func TestInspectFormat(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", "sample")), &objects); err != nil || len(objects) != 1 {
 		t.Errorf("inspect without --format is no JSON array of one object: %v", err)
 	}
+	// Every name of the image, whichever target named it, as docker
+	// inspect's RepoTags.
+	mustRun(t, root, "tag", "sample", "again")
+	for _, target := range []string{"sample", "again", desc.Digest.String()} {
+		if got := mustRun(t, root, "inspect", "--format", "{{.Names}}", target); got != "[again sample]\n" {
+			t.Errorf("inspect --format {{.Names}} %s: %q, want both names", target, got)
+		}
+	}
 	for _, bad := range []string{"{{.Nope}}", "{{.Name", "table", ""} {
 		if r := run(t, root, "inspect", "--format", bad, "sample"); r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, "--format") {
 			t.Errorf("inspect --format %q: exit %d, stdout %q, stderr %q; want exit 2 and nothing on stdout", bad, r.code, r.stdout, r.stderr)

@@ -555,6 +555,11 @@ func TestImportSeveralPlatformsUnderOneName(t *testing.T) {
 		for _, l := range m.Layers {
 			want.WriteString(l.Digest.String() + "\n")
 		}
+		// The platform's manifest, given by digest, is the index's: it
+		// has the index's name.
+		if got := mustRun(t, root, "inspect", "--format", "{{.Names}}", descs[i].Digest.String()); got != "[multi]\n" {
+			t.Errorf("inspect --format {{.Names}} of the %s manifest: %q, want [multi]", platform, got)
+		}
 		if got := mustRun(t, root, "layers", "-q", "--no-trunc", "--platform", platform, "multi"); got != want.String() {
 			t.Errorf("layers --platform %s multi:\n%swant the layout's manifest's:\n%s", platform, got, want.String())
 		}

@@ -241,6 +241,37 @@ func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes [
 	return manifests, indexes, err
 }
 
+// NamesOf lists, sorted, the names of the images that are manifest d
+// or an index that holds it, as docker inspect lists an image's tags.
+func (s *Store) NamesOf(d digest.Digest) ([]string, error) {
+	images, err := s.Images()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, img := range images {
+		if img.Name == "" {
+			continue
+		}
+		if img.Manifest.Digest == d {
+			names = append(names, img.Name)
+			continue
+		}
+		if !IsIndex(img.Manifest.MediaType) {
+			continue
+		}
+		manifests, _, err := s.imageParts(img)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.Name, err)
+		}
+		if slices.ContainsFunc(manifests, func(m ocispec.Descriptor) bool { return m.Digest == d }) {
+			names = append(names, img.Name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
 // PlatformNames lists the platforms of manifests, for messages.
 func PlatformNames(manifests []ocispec.Descriptor) string {
 	var names []string

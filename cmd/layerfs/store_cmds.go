@@ -263,7 +263,9 @@ func layersOf(all []store.LayerInfo, t store.Target) []store.LayerInfo {
 
 // inspected is what inspect prints of one target.
 type inspected struct {
-	Name     string            `json:"name,omitempty"`
+	Name string `json:"name,omitempty"`
+	// Names are every name of the image, whichever TARGET gave it.
+	Names    []string          `json:"names,omitempty"`
 	Manifest *ocispec.Manifest `json:"manifest,omitempty"`
 	Digest   string            `json:"manifestDigest,omitempty"`
 	Config   *ocispec.Image    `json:"config,omitempty"`
@@ -278,8 +280,9 @@ func inspectCmd(g *globals) *cobra.Command {
 		Long: `Print, as a JSON array with one object per TARGET, each image's or
 layer stack's manifest, config and layer facts, as docker inspect does.
 --format TEMPLATE prints a Go template of each object instead, a line
-each, as docker inspect --format does: its fields are .Name, .Digest
-(the manifest's), .Manifest, .Config (the image config, whose own
+each, as docker inspect --format does: its fields are .Name, .Names
+(every name of the image, as docker's RepoTags), .Digest (the
+manifest's), .Manifest, .Config (the image config, whose own
 .Config holds .Env, .Entrypoint, .Cmd...) and .Layers, e.g.
 '{{.Config.Config.Env}}' or '{{range .Layers}}{{.Digest}} {{end}}'.
 Of an image index, the manifest is that of the platform --platform
@@ -313,6 +316,9 @@ names (default: this host's).
 						return err
 					}
 					one.Manifest, one.Config, one.Digest = &m, &c, t.Manifest.Digest.String()
+					if one.Names, err = s.NamesOf(t.Manifest.Digest); err != nil {
+						return err
+					}
 				}
 				out = append(out, one)
 			}
