@@ -261,16 +261,27 @@ func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 		if err := s.objectsOf(d, func(o digest.Digest) { objects[o] = true }); err != nil {
 			add("layer", d.String(), err)
 		}
-		if err := s.checkLinks(d); err != nil {
-			// Links are names, made again from the index: a damaged
-			// directory goes, and the next kernel mount makes it anew.
-			if rerr := s.removeBeneath(s.rel(filepath.Join(s.layerDir(d), linksDir))); rerr != nil {
-				err = errors.Join(err, rerr)
-			} else {
-				err = fmt.Errorf("%w; removed, the next mount --kernel over the layer links its objects again", err)
-			}
-			add("layer", d.String(), fmt.Errorf("links: %w", err))
+		broken, problems, err := s.checkLinks(d)
+		if problems == nil && err == nil {
+			continue
 		}
+		// Links are names, made again from the objects. In place where
+		// the index is readable, so a kernel mount over the layer reads
+		// the right bytes again; else the directory goes, and the next
+		// kernel mount makes it anew.
+		if err == nil {
+			if err = s.relink(d, broken); err == nil {
+				add("layer", d.String(), fmt.Errorf("links: %w; linked again", problems))
+				continue
+			}
+		}
+		err = errors.Join(problems, err)
+		if rerr := s.removeBeneath(s.rel(filepath.Join(s.layerDir(d), linksDir))); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else {
+			err = fmt.Errorf("%w; removed, the next mount --kernel over the layer links its objects again", err)
+		}
+		add("layer", d.String(), fmt.Errorf("links: %w", err))
 	}
 	for o := range objects {
 		if err := s.hashFile(objectRel(o), o); err != nil {

@@ -124,26 +124,67 @@ func (s *Store) OpenLinks(layers []digest.Digest) ([]*os.File, error) {
 
 // checkLinks finds what is wrong with layer d's links directory, if it
 // has one: an object of the layer with no link, or a link that is not
-// the store's object and does not hold the object's bytes either.
-func (s *Store) checkLinks(d digest.Digest) error {
+// the store's object and does not hold the object's bytes either. Those
+// objects are broken, each with its problem in problems; err is a failure
+// to read the layer's index.
+func (s *Store) checkLinks(d digest.Digest) (broken []digest.Digest, problems, err error) {
 	dir := filepath.Join(s.layerDir(d), linksDir)
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return nil, nil, nil
 	}
-	var problems []error
-	err := s.objectsOf(d, func(o digest.Digest) {
+	var found []error
+	err = s.objectsOf(d, func(o digest.Digest) {
 		link := filepath.Join(dir, o.Encoded())
 		li, err := os.Lstat(link)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("object %s: %w", o, err))
+			broken, found = append(broken, o), append(found, fmt.Errorf("object %s: %w", o, err))
 			return
 		}
 		if oi, err := os.Lstat(s.ObjectPath(o)); err == nil && os.SameFile(li, oi) {
 			return
 		}
 		if err := s.hashFile(s.rel(link), o); err != nil {
-			problems = append(problems, fmt.Errorf("link of object %s: %w", o, err))
+			broken, found = append(broken, o), append(found, fmt.Errorf("link of object %s: %w", o, err))
 		}
 	})
-	return errors.Join(err, errors.Join(problems...))
+	return broken, errors.Join(found...), err
+}
+
+// relink links each of layer d's broken objects again, in place: a new
+// link replaces the name by a rename, so that a kernel mount, which
+// holds the links directory itself as a data-only layer, reads each
+// object's bytes from its next open of the file on.
+func (s *Store) relink(d digest.Digest, broken []digest.Digest) error {
+	links, err := s.openBeneath(filepath.Join(layersDir, d.Encoded(), linksDir), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer links.Close()
+	for _, o := range broken {
+		if err := s.relinkOne(int(links.Fd()), o); err != nil {
+			return fmt.Errorf("link object %s again: %w", o, err)
+		}
+	}
+	return links.Sync()
+}
+
+func (s *Store) relinkOne(links int, o digest.Digest) error {
+	rel := objectRel(o)
+	dir, err := s.openBeneath(filepath.Dir(rel), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	tmp := "." + o.Encoded() + ".relink"
+	if err := removeAt(links, tmp); err != nil {
+		return err
+	}
+	if err := unix.Linkat(int(dir.Fd()), filepath.Base(rel), links, tmp, 0); err != nil {
+		return err
+	}
+	if err := unix.Renameat(links, tmp, links, o.Encoded()); err != nil {
+		unix.Unlinkat(links, tmp, 0)
+		return err
+	}
+	return nil
 }

@@ -56,8 +56,8 @@ func requireLinks(t *testing.T, s *Store, d digest.Digest) {
 
 // An import links each layer's objects into its links directory; a layer
 // without one (extracted before links existed) gets it from
-// EnsureLinks; verify finds a link that is not the object, removes the
-// directory, and EnsureLinks makes it again.
+// EnsureLinks; verify finds a link that is not the object, or none, and
+// links the object again in place.
 func TestLinks(t *testing.T) {
 	s, target := newSampleStore(t)
 	layers := target.Digests()
@@ -85,14 +85,16 @@ func TestLinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(problems) != 1 || problems[0].ID != d.String() || !strings.Contains(problems[0].Err.Error(), "links") {
-		t.Fatalf("verify of a damaged link found %v, want one problem of layer %s's links", problems, d)
+	if len(problems) != 1 || problems[0].ID != d.String() || !strings.Contains(problems[0].Err.Error(), "links") || !strings.Contains(problems[0].Err.Error(), "linked again") {
+		t.Fatalf("verify of a damaged link found %v, want one problem of layer %s's links, linked again", problems, d)
 	}
-	if _, err := os.Lstat(filepath.Join(s.layerDir(d), linksDir)); !os.IsNotExist(err) {
-		t.Errorf("verify left the damaged links directory: %v", err)
-	}
-	if err := s.EnsureLinks(layers); err != nil {
+	// In place: the directory a kernel mount holds is the one repaired.
+	requireLinks(t, s, d)
+	if err := os.Remove(victim); err != nil {
 		t.Fatal(err)
+	}
+	if _, problems, err := s.Verify([]Target{target}); err != nil || len(problems) != 1 || !strings.Contains(problems[0].Err.Error(), "linked again") {
+		t.Fatalf("verify of a missing link: %v %v, want it linked again", problems, err)
 	}
 	requireLinks(t, s, d)
 	if _, problems, err := s.Verify([]Target{target}); err != nil || len(problems) != 0 {
