@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -168,5 +169,21 @@ func TestMalformedDigest(t *testing.T) {
 				t.Error("PutBlob took it")
 			}
 		})
+	}
+}
+
+// TestMissingIsErrNotExist checks that what the store lacks fails as a
+// missing file does anywhere in Go, and as the store's own not found.
+func TestMissingIsErrNotExist(t *testing.T) {
+	s, _ := newSampleStore(t)
+	absent := digest.FromString("absent")
+	for what, err := range map[string]error{
+		"an unknown name":    func() error { _, err := s.Resolve([]string{"no-such-image"}); return err }(),
+		"an unknown digest":  func() error { _, err := s.Resolve([]string{absent.String()}); return err }(),
+		"a layer not stored": func() error { _, err := s.OpenLayer(absent); return err }(),
+	} {
+		if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: %v, want fs.ErrNotExist and ErrNotFound", what, err)
+		}
 	}
 }

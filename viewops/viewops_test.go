@@ -1,6 +1,9 @@
 package viewops
 
 import (
+	"errors"
+	"io"
+	"io/fs"
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
@@ -34,6 +37,25 @@ func TestWalkOrder(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i] {
 			t.Fatalf("walk gave %q, want %q", got, want)
+		}
+	}
+}
+
+// TestMissingPath checks that a path the view lacks fails as a missing
+// file does anywhere in Go, and as the view's own not found.
+func TestMissingPath(t *testing.T) {
+	v := sampleView(t)
+	for _, op := range []struct {
+		name string
+		run  func() error
+	}{
+		{"Cat", func() error { return Cat(io.Discard, v, "no/such", nil) }},
+		{"List", func() error { return List(io.Discard, v, "no-such", ListOptions{}) }},
+		{"Walk", func() error { return Walk(v, "no-such", func(string, view.Node, view.Attr) error { return nil }) }},
+	} {
+		err := op.run()
+		if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, stack.ErrNotFound) {
+			t.Errorf("%s of a missing path: %v, want fs.ErrNotExist and stack.ErrNotFound", op.name, err)
 		}
 	}
 }

@@ -90,9 +90,17 @@ func (v *View) single() bool { return v.kind != view.Merged }
 var (
 	// ErrCorrupt is wrapped by errors about indexes that cannot be read.
 	ErrCorrupt = errors.New("damaged layer index")
-	// ErrNotFound is wrapped by errors about a path the view lacks.
-	ErrNotFound = errors.New("not found")
+	// ErrNotFound is wrapped by errors about a path the view lacks, and
+	// by the store's about names and digests it lacks. It is also
+	// fs.ErrNotExist, as any io/fs file system's missing file is.
+	ErrNotFound error = notFound{}
 )
+
+type notFound struct{}
+
+func (notFound) Error() string { return "not found" }
+
+func (notFound) Is(target error) bool { return target == fs.ErrNotExist }
 
 // indexError is the view's error for err, from reading an index: reading
 // a closed one is the caller's mistake and says so; anything else is
