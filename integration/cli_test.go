@@ -201,6 +201,9 @@ func TestCLIListings(t *testing.T) {
 		if out := mustRun(t, root, "layers", "--format", "{{.Digest}} {{.Entries}}"); strings.Count(out, "\n") != len(m.Layers) {
 			t.Errorf("template: %q", out)
 		}
+		if out := mustRun(t, root, "layers", "--format", `{{join .Images "+"}}`); out != strings.Repeat("sample\n", len(m.Layers)) {
+			t.Errorf("template with join: %q", out)
+		}
 		// A template that names no field of the items, or does not
 		// parse, is a bad flag value: exit 2, the fields named, and
 		// nothing on stdout.

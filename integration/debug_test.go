@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -150,31 +151,62 @@ func TestLsMatchesGNULs(t *testing.T) {
 	}
 }
 
+// diffChange is one line of layerfs diff, as --format json prints it.
+type diffChange struct {
+	Kind    string   `json:"kind"`
+	Path    string   `json:"path"`
+	Changed []string `json:"changed"`
+}
+
 // mountDiff is the reference for layerfs diff: two mounts compared entry
-// by entry, in the attributes layerfs diff compares.
-func mountDiff(a, b oracle.Tree) string {
-	var lines []string
+// by entry, in the attributes layerfs diff compares, sorted by path.
+func mountDiff(a, b oracle.Tree) []diffChange {
+	var out []diffChange
 	for p, ea := range a {
 		eb, ok := b[p]
-		switch {
-		case !ok:
-			lines = append(lines, "D "+p)
-		case ea.Type != eb.Type || ea.Mode != eb.Mode || ea.UID != eb.UID || ea.GID != eb.GID ||
-			ea.Size != eb.Size || ea.Mtime != eb.Mtime || ea.SHA256 != eb.SHA256 || ea.Link != eb.Link ||
-			ea.DevMajor != eb.DevMajor || ea.DevMinor != eb.DevMinor || fmt.Sprint(ea.Xattrs) != fmt.Sprint(eb.Xattrs):
-			lines = append(lines, "M "+p)
+		if !ok {
+			out = append(out, diffChange{Kind: "D", Path: p})
+			continue
+		}
+		var changed []string
+		for _, f := range []struct {
+			name    string
+			differs bool
+		}{
+			{"type", ea.Type != eb.Type},
+			{"mode", ea.Mode != eb.Mode},
+			{"owner", ea.UID != eb.UID || ea.GID != eb.GID},
+			{"size", ea.Size != eb.Size},
+			{"mtime", ea.Mtime != eb.Mtime},
+			{"content", ea.SHA256 != eb.SHA256},
+			{"link", ea.Link != eb.Link},
+			{"device", ea.DevMajor != eb.DevMajor || ea.DevMinor != eb.DevMinor},
+			{"xattrs", fmt.Sprint(ea.Xattrs) != fmt.Sprint(eb.Xattrs)},
+		} {
+			if f.differs {
+				changed = append(changed, f.name)
+			}
+		}
+		if changed != nil {
+			out = append(out, diffChange{Kind: "M", Path: p, Changed: changed})
 		}
 	}
 	for p := range b {
 		if _, ok := a[p]; !ok {
-			lines = append(lines, "A "+p)
+			out = append(out, diffChange{Kind: "A", Path: p})
 		}
 	}
-	sort.Slice(lines, func(i, j int) bool { return lines[i][2:] < lines[j][2:] })
-	if len(lines) == 0 {
-		return ""
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// diffText is changes as layerfs diff prints them by default.
+func diffText(changes []diffChange) string {
+	var b strings.Builder
+	for _, c := range changes {
+		fmt.Fprintf(&b, "%s %s\n", c.Kind, c.Path)
 	}
-	return strings.Join(lines, "\n") + "\n"
+	return b.String()
 }
 
 // TestDiffMatchesMounts compares layerfs diff with two mounts compared
@@ -194,9 +226,15 @@ func TestDiffMatchesMounts(t *testing.T) {
 	check := func(a, b string) {
 		t.Helper()
 		want := mountDiff(tree(a), tree(b))
-		got := mustRun(t, root, "diff", a, b)
-		if got != want {
-			t.Errorf("layerfs diff %s %s:\n%s\nmounts compared:\n%s", a, b, got, want)
+		if got := mustRun(t, root, "diff", a, b); got != diffText(want) {
+			t.Errorf("layerfs diff %s %s:\n%s\nmounts compared:\n%s", a, b, got, diffText(want))
+		}
+		var got []diffChange
+		if err := json.Unmarshal([]byte(mustRun(t, root, "diff", "--format", "json", a, b)), &got); err != nil {
+			t.Fatalf("layerfs diff --format json %s %s: %v", a, b, err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("layerfs diff --format json %s %s:\n%v\nmounts compared:\n%v", a, b, got, want)
 		}
 	}
 	for i, d := range imgs {
@@ -212,6 +250,9 @@ func TestDiffMatchesMounts(t *testing.T) {
 	}
 	if got := mustRun(t, root, "diff", "sample", "sample"); got != "" {
 		t.Errorf("an image against itself: %q", got)
+	}
+	if got := mustRun(t, root, "diff", "--format", "json", "sample", "sample"); got != "[]\n" {
+		t.Errorf("an image against itself, as JSON: %q", got)
 	}
 }
 

@@ -23,7 +23,15 @@ type Change struct {
 	Kind byte
 	// Path is as CleanPath gives it: "" is the root.
 	Path string
+	// Changed names what differs in a modified path, in the order of
+	// Attributes.
+	Changed []string
 }
+
+// Attributes are what Diff compares, as Change.Changed names them:
+// owner is the uid or gid, content the bytes' digest, device the
+// device numbers.
+var Attributes = []string{"type", "mode", "owner", "size", "mtime", "content", "link", "device", "xattrs"}
 
 func (c Change) String() string {
 	p := c.Path
@@ -89,8 +97,8 @@ func (d *differ) pair(p string, na, nb view.Node) error {
 	if err != nil {
 		return fmt.Errorf("diff %s: %w", showPath(p), err)
 	}
-	if !sameAttrs(ea, eb) {
-		d.out = append(d.out, Change{Modified, p})
+	if changed := changedAttrs(ea, eb); changed != nil {
+		d.out = append(d.out, Change{Kind: Modified, Path: p, Changed: changed})
 	}
 	dirA, dirB := ea.Type == view.TypeDir, eb.Type == view.TypeDir
 	switch {
@@ -164,16 +172,32 @@ func (d *differ) subtree(v *stack.View, p string, n view.Node, kind byte) error 
 
 func (d *differ) record(kind byte) WalkFunc {
 	return func(q string, _ view.Node, _ view.Attr) error {
-		d.out = append(d.out, Change{kind, q})
+		d.out = append(d.out, Change{Kind: kind, Path: q})
 		return nil
 	}
 }
 
-func sameAttrs(a, b view.Attr) bool {
-	return a.Type == b.Type && a.Mode == b.Mode && a.UID == b.UID && a.GID == b.GID &&
-		a.Size == b.Size && a.Mtime == b.Mtime && a.MtimeNs == b.MtimeNs &&
-		a.Object == b.Object && a.Link == b.Link && a.Major == b.Major && a.Minor == b.Minor &&
-		sameXattrs(a.Xattrs, b.Xattrs)
+// changedAttrs names the Attributes that differ from a to b; nil when
+// none does.
+func changedAttrs(a, b view.Attr) []string {
+	differs := []bool{
+		a.Type != b.Type,
+		a.Mode != b.Mode,
+		a.UID != b.UID || a.GID != b.GID,
+		a.Size != b.Size,
+		a.Mtime != b.Mtime || a.MtimeNs != b.MtimeNs,
+		a.Object != b.Object,
+		a.Link != b.Link,
+		a.Major != b.Major || a.Minor != b.Minor,
+		!sameXattrs(a.Xattrs, b.Xattrs),
+	}
+	var changed []string
+	for i, d := range differs {
+		if d {
+			changed = append(changed, Attributes[i])
+		}
+	}
+	return changed
 }
 
 func sameXattrs(a, b []view.Xattr) bool {

@@ -3,7 +3,9 @@ package viewops
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/layerfs/layerfs/internal/teststore"
 	"github.com/layerfs/layerfs/view/stack"
 )
@@ -68,18 +70,46 @@ func TestDiffRules(t *testing.T) {
 }
 
 // TestDiffEveryAttribute changes one attribute at a time between two
-// images that share nothing, so nothing is skipped as shared.
+// images that share nothing, so nothing is skipped as shared, and checks
+// what each modified path says changed.
 func TestDiffEveryAttribute(t *testing.T) {
-	c := teststore.RuleCase(t, "xattrs")
-	_, a := teststore.OpenImage(t, c.Layers)
-	changed := teststore.RuleCase(t, "xattrs")
-	e := changed.Layers[0].Entries
-	e[0] = e[0].WithXattr("user.comment", "another")
-	e[1].Body = []byte("B\n")
-	e[2] = e[2].WithMode(0o750)
-	e[3] = e[3].WithOwner(1, 1)
-	_, b := teststore.OpenImage(t, changed.Layers)
-	if got, want := diffLines(t, a, b), "M binary\nM dir\nM ping\nM plain"; got != want {
-		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	when := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+	file := func(name, body string) testimage.Entry { return testimage.File(name, body).WithModTime(when) }
+	tests := []struct {
+		before, after testimage.Entry
+		changed       string
+	}{
+		{file("body", "b\n"), file("body", "c\n"), "content"},
+		{file("longer", "b\n"), file("longer", "bb\n"), "size content"},
+		{file("mode", "m\n"), file("mode", "m\n").WithMode(0o4755), "mode"},
+		{file("gid", "g\n"), file("gid", "g\n").WithOwner(0, 1), "owner"},
+		{file("ns", "n\n"), file("ns", "n\n").WithModTime(when.Add(1)), "mtime"},
+		{file("xattr", "x\n").WithXattr("user.a", "1"), file("xattr", "x\n").WithXattr("user.a", "2"), "xattrs"},
+		{testimage.Symlink("link", "abc").WithModTime(when), testimage.Symlink("link", "abd").WithModTime(when), "link"},
+		{testimage.CharDev("dev", 1, 3).WithModTime(when), testimage.CharDev("dev", 1, 5).WithModTime(when), "device"},
+		{testimage.Fifo("type").WithModTime(when), testimage.CharDev("type", 0, 1).WithModTime(when).WithMode(0o644), "type device"},
+		{file("same", "s\n"), file("same", "s\n"), ""},
+	}
+	var before, after []testimage.Entry
+	for _, tt := range tests {
+		before, after = append(before, tt.before), append(after, tt.after)
+	}
+	_, a := teststore.OpenImage(t, []testimage.Layer{{Entries: before}})
+	_, b := teststore.OpenImage(t, []testimage.Layer{{Entries: after}})
+	changes, err := Diff(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range changes {
+		if c.Kind != Modified {
+			t.Errorf("%s: %c, want M", c.Path, c.Kind)
+		}
+		got[c.Path] = strings.Join(c.Changed, " ")
+	}
+	for _, tt := range tests {
+		if got[tt.before.Name] != tt.changed {
+			t.Errorf("%s: changed %q, want %q", tt.before.Name, got[tt.before.Name], tt.changed)
+		}
 	}
 }

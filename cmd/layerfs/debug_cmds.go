@@ -176,8 +176,20 @@ func whichPath(v *stack.View, p string) (string, error) {
 	return p, nil
 }
 
+// diffItem is one changed path as diff --format json prints it and
+// templates see it.
+type diffItem struct {
+	// Kind is "A", "D" or "M".
+	Kind string `json:"kind"`
+	// Path is without a leading slash, "." for the root.
+	Path string `json:"path"`
+	// Changed names what differs in a modified path.
+	Changed []string `json:"changed,omitempty"`
+}
+
 func diffCmd(g *globals) *cobra.Command {
-	return withViewPlatform(g, &cobra.Command{
+	var format string
+	cmd := withViewPlatform(g, &cobra.Command{
 		Use:               "diff A B",
 		ValidArgsFunction: completeTargets(g, 2),
 		Short:             "List what changed from view A to view B, from the indexes alone",
@@ -188,6 +200,13 @@ space, and the path without a leading slash ("." for the root). The
 children of an added or deleted directory are listed too. A path with a
 newline, tab, backslash or other control character is printed Go-quoted. Contents are
 compared by digest, so nothing but the indexes is read.
+
+--format json prints the changes as a JSON array of objects with "kind",
+"path" (as is, without a leading slash) and, for a modified path,
+"changed": which of ` + strings.Join(viewops.Attributes, ", ") + `
+differ (owner is the uid or gid, content the bytes, device the device
+numbers). A Go template is applied to each change, e.g.
+'{{.Kind}} {{.Path}} {{join .Changed ","}}'.
 
 ` + stackHelp,
 		Args: cobra.ExactArgs(2),
@@ -207,12 +226,28 @@ compared by digest, so nothing but the indexes is read.
 				return err
 			}
 			w := bufio.NewWriter(os.Stdout)
+			if format != "text" && format != "table" {
+				items := make([]diffItem, len(changes))
+				for i, c := range changes {
+					items[i] = diffItem{Kind: string(c.Kind), Path: c.Path, Changed: c.Changed}
+					if c.Path == "" {
+						items[i].Path = "."
+					}
+				}
+				if err := output.Write(w, output.Options{Format: format}, output.List[diffItem]{}, items); err != nil {
+					return err
+				}
+				return w.Flush()
+			}
 			for _, c := range changes {
 				fmt.Fprintln(w, c)
 			}
 			return w.Flush()
 		},
 	})
+	cmd.Flags().StringVar(&format, "format", "text", `"text" (or "table", as the lists name it), "json", or a Go template applied to each change, e.g. '{{.Kind}} {{.Path}}'`)
+	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
 }
 
 func lsCmd(g *globals) *cobra.Command {

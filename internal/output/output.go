@@ -125,13 +125,14 @@ func fieldNames[T any]() []string {
 }
 
 // parseTemplate reads a --format template; {{json .}} prints a value as
-// JSON, as in docker's templates.
+// JSON and {{join .List ","}} a list of strings, as in docker's templates.
 func parseTemplate(format string) (*template.Template, error) {
 	return template.New("format").Funcs(template.FuncMap{
 		"json": func(v any) (string, error) {
 			b, err := json.Marshal(v)
 			return string(b), err
 		},
+		"join": strings.Join,
 	}).Parse(format)
 }
 
