@@ -156,6 +156,7 @@ type diffChange struct {
 	Kind    string   `json:"kind"`
 	Path    string   `json:"path"`
 	Changed []string `json:"changed"`
+	Layer   string   `json:"layer"`
 }
 
 // mountDiff is the reference for layerfs diff: two mounts compared entry
@@ -232,6 +233,18 @@ func TestDiffMatchesMounts(t *testing.T) {
 		var got []diffChange
 		if err := json.Unmarshal([]byte(mustRun(t, root, "diff", "--format", "json", a, b)), &got); err != nil {
 			t.Fatalf("layerfs diff --format json %s %s: %v", a, b, err)
+		}
+		// The layer each change names holds the path, as its own mount
+		// shows it, with the type the view shows.
+		for i, c := range got {
+			view := b
+			if c.Kind == "D" {
+				view = a
+			}
+			if e, ok := tree(c.Layer)[c.Path]; !ok || e.Type != tree(view)[c.Path].Type {
+				t.Errorf("layerfs diff %s %s: %s %s: layer %s has %+v (present: %v), the view shows %+v", a, b, c.Kind, c.Path, c.Layer, e, ok, tree(view)[c.Path])
+			}
+			got[i].Layer = ""
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("layerfs diff --format json %s %s:\n%v\nmounts compared:\n%v", a, b, got, want)

@@ -9,6 +9,7 @@ import (
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/view/stack"
+	"github.com/opencontainers/go-digest"
 )
 
 // Change kinds.
@@ -26,6 +27,9 @@ type Change struct {
 	// Changed names what differs in a modified path, in the order of
 	// Attributes.
 	Changed []string
+	// Layer is the layer whose entry the path is, as which names it: of
+	// view b for an added or modified path, of view a for a deleted one.
+	Layer digest.Digest
 }
 
 // Attributes are what Diff compares, as Change.Changed names them:
@@ -98,7 +102,7 @@ func (d *differ) pair(p string, na, nb view.Node) error {
 		return fmt.Errorf("diff %s: %w", showPath(p), err)
 	}
 	if changed := changedAttrs(ea, eb); changed != nil {
-		d.out = append(d.out, Change{Kind: Modified, Path: p, Changed: changed})
+		d.out = append(d.out, Change{Kind: Modified, Path: p, Changed: changed, Layer: layerOf(d.b, nb)})
 	}
 	dirA, dirB := ea.Type == view.TypeDir, eb.Type == view.TypeDir
 	switch {
@@ -162,19 +166,24 @@ func (d *differ) one(v *stack.View, dir string, n view.Node, name string, kind b
 	if err != nil {
 		return fmt.Errorf("diff: %w", err)
 	}
-	return walkFrom(v, p, cn, d.record(kind))
+	return walkFrom(v, p, cn, d.record(v, kind))
 }
 
 // subtree records everything beneath directory p of one side.
 func (d *differ) subtree(v *stack.View, p string, n view.Node, kind byte) error {
-	return walkDir(v, p, n, d.record(kind))
+	return walkDir(v, p, n, d.record(v, kind))
 }
 
-func (d *differ) record(kind byte) WalkFunc {
-	return func(q string, _ view.Node, _ view.Attr) error {
-		d.out = append(d.out, Change{Kind: kind, Path: q})
+// record adds each path walked in v as a change of kind.
+func (d *differ) record(v *stack.View, kind byte) WalkFunc {
+	return func(q string, n view.Node, _ view.Attr) error {
+		d.out = append(d.out, Change{Kind: kind, Path: q, Layer: layerOf(v, n)})
 		return nil
 	}
+}
+
+func layerOf(v *stack.View, n view.Node) digest.Digest {
+	return v.Layers[n.Top().Layer].Digest
 }
 
 // changedAttrs names the Attributes that differ from a to b; nil when

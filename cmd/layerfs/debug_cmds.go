@@ -18,6 +18,7 @@ import (
 	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/view/stack"
 	"github.com/layerfs/layerfs/viewops"
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 )
 
@@ -185,6 +186,9 @@ type diffItem struct {
 	Path string `json:"path"`
 	// Changed names what differs in a modified path.
 	Changed []string `json:"changed,omitempty"`
+	// Layer is the layer whose entry the path is: of B when added or
+	// modified, of A when deleted.
+	Layer digest.Digest `json:"layer"`
 }
 
 func diffCmd(g *globals) *cobra.Command {
@@ -205,7 +209,9 @@ compared by digest, so nothing but the indexes is read.
 "path" (as is, without a leading slash) and, for a modified path,
 "changed": which of ` + strings.Join(viewops.Attributes, ", ") + `
 differ (owner is the uid or gid, content the bytes, device the device
-numbers). A Go template is applied to each change, e.g.
+numbers), and "layer": the layer whose entry the path is, as which names
+it, of B for an added or modified path and of A for a deleted one. A Go
+template is applied to each change, e.g.
 '{{.Kind}} {{.Path}} {{join .Changed ","}}'.
 
 ` + stackHelp,
@@ -229,7 +235,7 @@ numbers). A Go template is applied to each change, e.g.
 			if format != "text" && format != "table" {
 				items := make([]diffItem, len(changes))
 				for i, c := range changes {
-					items[i] = diffItem{Kind: string(c.Kind), Path: c.Path, Changed: c.Changed}
+					items[i] = diffItem{Kind: string(c.Kind), Path: c.Path, Changed: c.Changed, Layer: c.Layer}
 					if c.Path == "" {
 						items[i].Path = "."
 					}
