@@ -43,14 +43,29 @@ func (r row) result() string {
 }
 
 func (r row) cells() []string {
-	refName, refValue, ratio := "-", "-", "-"
+	refName, refValue, ratio, spread := "-", "-", "-", "-"
 	if r.ratio {
-		refName, refValue, ratio = r.ref, figure(r.refValue, r.c.unit), fmt.Sprintf("%.2f", r.value)
+		refName, refValue, ratio, spread = r.ref, figure(r.refValue, r.c.unit), fmt.Sprintf("%.2f", r.value), r.runRatios()
 	}
-	return []string{r.c.name, r.c.title, figure(r.layerfs, r.c.unit), refName, refValue, ratio, r.target.String(), r.result()}
+	return []string{r.c.name, r.c.title, figure(r.layerfs, r.c.unit), refName, refValue, ratio, spread, r.target.String(), r.result()}
 }
 
-var header = []string{"case", "what", "layerfs", "reference", "reference median", "ratio", "target", "result"}
+// runRatios is the lowest and the highest ratio of one run of layerfs to
+// the run of the reference taken beside it: how far a single run's
+// ratio strays from the ratio of the medians.
+func (r row) runRatios() string {
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for i := range min(len(r.samples), len(r.refSamples)) {
+		x := r.samples[i] / r.refSamples[i]
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	if lo > hi {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f-%.2f", lo, hi)
+}
+
+var header = []string{"case", "what", "layerfs", "reference", "reference median", "ratio", "run ratios", "target", "result"}
 
 func figure(v float64, unit string) string {
 	switch {
@@ -114,7 +129,7 @@ func (r *report) writeMarkdown(path string) error {
 	for _, x := range r.rows {
 		sb.WriteString("| " + strings.Join(x.cells(), " | ") + " |\n")
 	}
-	sb.WriteString("\nRatios are layerfs over the reference: lower is better for times and sizes, higher for throughput.\n")
+	sb.WriteString("\nRatios are layerfs over the reference: lower is better for times and sizes, higher for throughput. The ratio is of the medians; run ratios are the lowest and highest of each run of layerfs over the run of the reference beside it, which shows the machine's spread.\n")
 	requestMarkdown(&sb, r.requests)
 	if r.profile != "" {
 		fmt.Fprintf(&sb, "\nServer profiles of the case furthest from its target: `%s-cpu.pprof`, `%s-heap.pprof`.\n", r.profile, r.profile)
