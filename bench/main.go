@@ -92,17 +92,28 @@ func mainErr(bin, out, cache, sel string, runs int, quick bool) error {
 			if err != nil {
 				return err
 			}
+			for _, r := range rs {
+				if r.ref == kernelOverlay.name {
+					rr.gap = r.layerfs - r.refValue
+				}
+			}
 			requests = append(requests, rr)
 		}
 	}
 	if len(rows) == 0 {
 		return fmt.Errorf("-cases %q matches no case", sel)
 	}
+	var rt roundTrip
+	if len(requests) > 0 {
+		if rt, err = b.measureRoundTrip(b.corpus.debian); err != nil {
+			return err
+		}
+	}
 	prof, err := b.profileWorst(picked, rows)
 	if err != nil {
 		return err
 	}
-	r := &report{rows: rows, date: time.Now().UTC(), machine: machine(), runs: runs, profile: prof, took: time.Since(start), requests: requests}
+	r := &report{rows: rows, date: time.Now().UTC(), machine: machine(), runs: runs, profile: prof, took: time.Since(start), requests: requests, rt: rt}
 	r.table(os.Stdout)
 	return r.write(out)
 }

@@ -87,6 +87,7 @@ type report struct {
 	profile  string
 	took     time.Duration
 	requests []requestRow
+	rt       roundTrip
 }
 
 func (r *report) summary() string {
@@ -108,7 +109,7 @@ func (r *report) table(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w, r.summary())
-	requestTable(w, r.requests)
+	requestTable(w, r.requests, r.rt)
 }
 
 func (r *report) write(dir string) error {
@@ -130,7 +131,7 @@ func (r *report) writeMarkdown(path string) error {
 		sb.WriteString("| " + strings.Join(x.cells(), " | ") + " |\n")
 	}
 	sb.WriteString("\nRatios are layerfs over the reference: lower is better for times and sizes, higher for throughput. The ratio is of the medians; run ratios are the lowest and highest of each run of layerfs over the run of the reference beside it, which shows the machine's spread.\n")
-	requestMarkdown(&sb, r.requests)
+	requestMarkdown(&sb, r.requests, r.rt)
 	if r.profile != "" {
 		fmt.Fprintf(&sb, "\nServer profiles of the case furthest from its target: `%s-cpu.pprof`, `%s-heap.pprof`.\n", r.profile, r.profile)
 	}
