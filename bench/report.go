@@ -69,7 +69,7 @@ var header = []string{"case", "what", "layerfs", "reference", "reference median"
 
 func figure(v float64, unit string) string {
 	switch {
-	case unit == "s" && v < 1:
+	case unit == "s" && math.Abs(v) < 1:
 		return fmt.Sprintf("%.1f ms", v*1000)
 	case unit == "s":
 		return fmt.Sprintf("%.2f s", v)
