@@ -1,5 +1,6 @@
 # make demo: build, import the sample image, mount it, show it, unmount.
-# make test: install what the tests need (apt-get, as root), then run them all.
+# make test: install what the tests need (apt-get, as root), then run them all,
+# and the packages' own tests again under the race detector.
 # make install: build, then install to $(DESTDIR)$(PREFIX)/bin.
 GO ?= go
 BIN := bin/layerfs
@@ -11,9 +12,9 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Tests that mount for real fail, rather than skip, when they cannot run.
 export LAYERFS_INTEGRATION ?= 1
-TEST_PACKAGES := fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin qemu-system-x86 linux-image-amd64 busybox-static xz-utils
+TEST_PACKAGES := fuse3 fuse-overlayfs umoci skopeo docker-registry debootstrap e2fsprogs erofs-utils attr rsync zstd libcap2-bin qemu-system-x86 linux-image-amd64 busybox-static xz-utils gcc libc6-dev
 
-.PHONY: build install demo test deps lint unit bench fuzz soak clean
+.PHONY: build install demo test deps lint race bench fuzz soak clean
 
 # Static, without cgo: no libc mapped into every server (2 MB of its RSS).
 build:
@@ -35,6 +36,13 @@ lint:
 
 test: deps build lint
 	$(GO) test -count=1 -timeout 75m ./...
+	$(MAKE) race
+
+# make race: the packages' own tests again under the race detector, which
+# needs cgo (gcc). The integration suite is left out: it drives the binary,
+# which is built without cgo.
+race:
+	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /integration)
 
 clean:
 	rm -rf bin
