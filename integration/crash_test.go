@@ -18,10 +18,12 @@ import (
 )
 
 // killAt starts layerfs with args and SIGKILLs it after delay. It reports
-// whether the kill landed, that is, the command was still running.
-func killAt(t *testing.T, root string, delay time.Duration, args ...string) bool {
+// whether the kill landed, that is, the command was still running, and
+// how long the command ran.
+func killAt(t *testing.T, root string, delay time.Duration, args ...string) (landed bool, ran time.Duration) {
 	t.Helper()
 	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
+	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -32,13 +34,14 @@ func killAt(t *testing.T, root string, delay time.Duration, args ...string) bool
 		if err != nil {
 			t.Fatalf("layerfs %s failed before the kill: %v", strings.Join(args, " "), err)
 		}
-		return false
+		return false, time.Since(start)
 	case <-time.After(delay):
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	err := <-done
+	// The command may have ended between the timer and the signal.
 	ee, ok := err.(*exec.ExitError)
-	return ok && ee.Sys().(syscall.WaitStatus).Signaled()
+	return ok && ee.Sys().(syscall.WaitStatus).Signaled(), time.Since(start)
 }
 
 // timed runs layerfs to completion and returns how long it took.
@@ -53,20 +56,26 @@ func timed(t *testing.T, root string, args ...string) time.Duration {
 // killUntil kills the command at random points of its run until it has
 // killed it n times, calling after once after every kill that landed. It
 // returns the number of kills that landed and of runs that finished first.
-func killUntil(t *testing.T, n int, d time.Duration, run func(delay time.Duration) bool, after func(kill int)) (killed, finished int) {
+// d is a first measure of one run; a run that finishes before its kill
+// measures it again, and the shortest measure wins, so that one slow
+// measure (a cold cache, a busy machine) cannot push most kills past the
+// command's end.
+func killUntil(t *testing.T, n int, d time.Duration, run func(delay time.Duration) (landed bool, ran time.Duration), after func(kill int)) (killed, finished int) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 6))
 	for killed < n && killed+finished < 4*n {
 		// Uniform over the whole run, and a little past its usual end.
 		delay := time.Duration(rng.Int64N(int64(d) * 11 / 10))
-		if run(delay) {
+		landed, ran := run(delay)
+		if landed {
 			killed++
 			after(killed)
-		} else {
-			finished++
+			continue
 		}
+		finished++
+		d = min(d, ran)
 	}
 	if killed < n {
-		t.Fatalf("only %d of %d kills landed while the command ran", killed, n)
+		t.Fatalf("only %d of %d kills landed while the command ran (%d runs finished first; the shortest took %v)", killed, n, finished, d)
 	}
 	return killed, finished
 }
@@ -97,16 +106,16 @@ func TestCrashImport(t *testing.T) {
 	}
 	root := tmpfsDir(t, 256<<20)
 	var turn int
-	killed, finished := killUntil(t, 32, sources[0].took, func(delay time.Duration) bool {
+	killed, finished := killUntil(t, 32, sources[0].took, func(delay time.Duration) (bool, time.Duration) {
 		turn++
 		src := sources[turn%2]
 		// Both sources take about as long; scale to the one run.
-		landed := killAt(t, root, delay*src.took/sources[0].took, "import", src.path)
+		landed, ran := killAt(t, root, delay*src.took/sources[0].took, "import", src.path)
 		if !landed {
 			mustRun(t, root, "rm", src.name)
 			mustRun(t, root, "gc")
 		}
-		return landed
+		return landed, ran * sources[0].took / src.took
 	}, func(kill int) {
 		src := sources[turn%2]
 		checkStore(t, root, "after kill")
@@ -146,12 +155,12 @@ func TestCrashGC(t *testing.T) {
 	mustRun(t, root, "gc")
 	took := time.Since(start)
 	prepare()
-	killed, finished := killUntil(t, 30, took, func(delay time.Duration) bool {
-		landed := killAt(t, root, delay, "gc")
+	killed, finished := killUntil(t, 30, took, func(delay time.Duration) (bool, time.Duration) {
+		landed, ran := killAt(t, root, delay, "gc")
 		if !landed {
 			prepare()
 		}
-		return landed
+		return landed, ran
 	}, func(int) {
 		checkStore(t, root, "after a killed gc")
 		mustRun(t, root, "gc")
@@ -178,13 +187,13 @@ func TestCrashPull(t *testing.T) {
 	t.Logf("clean pull: %v, %d files, %d bytes", took, len(want), totalSize(want))
 
 	root := tmpfsDir(t, 256<<20)
-	killed, finished := killUntil(t, 30, took, func(delay time.Duration) bool {
-		landed := killAt(t, root, delay, "pull", "--quiet", ref)
+	killed, finished := killUntil(t, 30, took, func(delay time.Duration) (bool, time.Duration) {
+		landed, ran := killAt(t, root, delay, "pull", "--quiet", ref)
 		if !landed {
 			mustRun(t, root, "rm", ref)
 			mustRun(t, root, "gc")
 		}
-		return landed
+		return landed, ran
 	}, func(int) {
 		checkStore(t, root, "after kill")
 		mustRun(t, root, "pull", "--quiet", ref)
@@ -229,12 +238,12 @@ func TestCrashOutput(t *testing.T) {
 				}
 			}
 			reset()
-			killed, finished := killUntil(t, 10, took, func(delay time.Duration) bool {
-				landed := killAt(t, root, delay, args...)
+			killed, finished := killUntil(t, 10, took, func(delay time.Duration) (bool, time.Duration) {
+				landed, ran := killAt(t, root, delay, args...)
 				if !landed {
 					reset()
 				}
-				return landed
+				return landed, ran
 			}, func(int) {
 				es, err := os.ReadDir(dir)
 				must(t, err)
