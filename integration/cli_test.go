@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -643,14 +642,15 @@ func TestCLIExportOutput(t *testing.T) {
 }
 
 // interruptAt starts layerfs with args, sends SIGINT after delay, and
-// returns what it did; landed says the signal came while it ran, early
-// that it came before the Go runtime had started main, and so killed it
-// the default way, before it could do anything.
-func interruptAt(t *testing.T, root string, delay time.Duration, args ...string) (r result, landed, early bool) {
+// returns what it did and how long it ran; landed says the signal came
+// while it ran, early that it came before the Go runtime had started main,
+// and so killed it the default way, before it could do anything.
+func interruptAt(t *testing.T, root string, delay time.Duration, args ...string) (r result, landed, early bool, ran time.Duration) {
 	t.Helper()
 	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -669,12 +669,13 @@ func interruptAt(t *testing.T, root string, delay time.Duration, args ...string)
 			t.Fatalf("layerfs %s still runs 30s after SIGINT", strings.Join(args, " "))
 		}
 	}
+	ran = time.Since(start)
 	r = result{stdout: out.String(), stderr: errb.String()}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		r.code = ee.ExitCode()
 		if ws := ee.Sys().(syscall.WaitStatus); ws.Signaled() && ws.Signal() == syscall.SIGINT && r.stderr == "" {
-			return r, false, true
+			return r, false, true, ran
 		}
 	} else if err != nil {
 		t.Fatal(err)
@@ -682,7 +683,7 @@ func interruptAt(t *testing.T, root string, delay time.Duration, args ...string)
 	if landed && r.code == 0 {
 		landed = false // it had finished by the time the signal came
 	}
-	return r, landed, false
+	return r, landed, false, ran
 }
 
 // tmpFiles lists the store's tmp/.
@@ -728,11 +729,11 @@ func checkNoHalfLayers(t *testing.T, root string) {
 // that takes about took; check runs after every interrupt that landed,
 // and reset after every run, so that each starts from the same store.
 func interruptRepeatedly(t *testing.T, root string, n int, took time.Duration, args []string, check func(r result), reset func()) {
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+	w := newKillWindow(took)
 	landed, finished, early := 0, 0, 0
 	for landed < n && landed+finished+early < 8*n {
-		delay := time.Duration(rng.Int64N(int64(took)))
-		r, ok, before := interruptAt(t, root, delay, args...)
+		delay := w.point()
+		r, ok, before, ran := interruptAt(t, root, delay, args...)
 		switch {
 		case before:
 			early++
@@ -742,6 +743,7 @@ func interruptRepeatedly(t *testing.T, root string, n int, took time.Duration, a
 				t.Fatalf("layerfs %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
 			}
 			finished++
+			w.ended(ran)
 		default:
 			landed++
 			if r.code != 130 || !strings.HasSuffix(r.stderr, "layerfs: interrupted\n") || strings.Contains(r.stderr, "level=error") {

@@ -53,29 +53,45 @@ func timed(t *testing.T, root string, args ...string) time.Duration {
 	return time.Since(start)
 }
 
+// killWindow draws the random points at which a test stops a command.
+// It starts from one measure of a whole run; every run that ends before
+// its signal measures it again, and the shortest measure wins, so that one
+// slow measure (a cold cache, writeback, a busy machine) cannot push most
+// signals past the command's end.
+type killWindow struct {
+	rng *rand.Rand
+	run time.Duration
+}
+
+func newKillWindow(run time.Duration) *killWindow {
+	return &killWindow{rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 6)), run: run}
+}
+
+// point is uniform over the whole run, and a little past its usual end.
+func (w *killWindow) point() time.Duration {
+	return time.Duration(w.rng.Int64N(int64(w.run) * 11 / 10))
+}
+
+// ended records a run that finished before its signal.
+func (w *killWindow) ended(ran time.Duration) { w.run = min(w.run, ran) }
+
 // killUntil kills the command at random points of its run until it has
 // killed it n times, calling after once after every kill that landed. It
 // returns the number of kills that landed and of runs that finished first.
-// d is a first measure of one run; a run that finishes before its kill
-// measures it again, and the shortest measure wins, so that one slow
-// measure (a cold cache, a busy machine) cannot push most kills past the
-// command's end.
 func killUntil(t *testing.T, n int, d time.Duration, run func(delay time.Duration) (landed bool, ran time.Duration), after func(kill int)) (killed, finished int) {
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 6))
+	w := newKillWindow(d)
 	for killed < n && killed+finished < 4*n {
-		// Uniform over the whole run, and a little past its usual end.
-		delay := time.Duration(rng.Int64N(int64(d) * 11 / 10))
-		landed, ran := run(delay)
+		landed, ran := run(w.point())
 		if landed {
 			killed++
 			after(killed)
 			continue
 		}
 		finished++
-		d = min(d, ran)
+		w.ended(ran)
 	}
 	if killed < n {
-		t.Fatalf("only %d of %d kills landed while the command ran (%d runs finished first; the shortest took %v)", killed, n, finished, d)
+		t.Fatalf("only %d of %d kills landed while the command ran (%d runs finished first, the shortest in %v)", killed, n, finished, w.run)
 	}
 	return killed, finished
 }
