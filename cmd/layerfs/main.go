@@ -139,7 +139,7 @@ func rootCommand() *cobra.Command {
 	g := &globals{}
 	cmd := &cobra.Command{
 		Use:           "layerfs",
-		Short:         "Serve OCI image layers and images as read-only FUSE mounts",
+		Short:         "Keep OCI image layers in a content-addressed store and serve them read-only: FUSE and kernel (EROFS) mounts, EROFS disks, tar",
 		Version:       versionLine(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
