@@ -44,8 +44,10 @@ type readAhead struct {
 	// coldRead is when an open last found its object ready or read it
 	// from disk: while a cold walk reads files.
 	coldRead time.Time
-	queue    []view.Ref
-	workers  int
+	// now is the clock coldRead is read from and compared with.
+	now     func() time.Time
+	queue   []view.Ref
+	workers int
 	// ready are objects opened ahead and not yet taken, oldest first.
 	ready  []prefetched
 	closed bool
@@ -91,7 +93,7 @@ const (
 )
 
 func newReadAhead(v view.View, openObject view.ObjectOpener) *readAhead {
-	return &readAhead{view: v, openObject: openObject}
+	return &readAhead{view: v, openObject: openObject, now: time.Now}
 }
 
 // listed keeps the regular files of directory dir, whose listing the
@@ -117,7 +119,7 @@ func (ra *readAhead) listed(dir uint64, children []view.Child) {
 	l := &listing{dir: dir, files: files}
 	ra.listings = append(ra.listings, l)
 	ra.files += len(files)
-	if time.Since(ra.coldRead) < coldWalk {
+	if ra.now().Sub(ra.coldRead) < coldWalk {
 		// A walk that reads files lists a directory just before it
 		// opens them: its first open would otherwise wait on the disk,
 		// once in every directory.
@@ -180,7 +182,7 @@ func (ra *readAhead) advance(r view.Ref, foreseen bool) {
 		l.size = min(2*l.size, aheadMax)
 	}
 	l.next = i + 1
-	ra.coldRead = time.Now()
+	ra.coldRead = ra.now()
 	if l.end < l.next+l.size/2 {
 		ra.queueAhead(l)
 	}
