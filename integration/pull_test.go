@@ -354,7 +354,7 @@ func TestPullInterruptedAfterDownload(t *testing.T) {
 			break
 		}
 		if attempt == 4 {
-			t.Skip("the layer was extracted before every interrupt")
+			t.Fatal("the layer was extracted before each of 5 interrupts sent as its blob appeared: the blob no longer lands in the store well before the extraction ends")
 		}
 	}
 	st, err := os.Stat(filepath.Join(root, "blobs", "sha256", layer.Encoded()))
