@@ -126,12 +126,13 @@ func TestCrashImport(t *testing.T) {
 		turn++
 		src := sources[turn%2]
 		// Both sources take about as long; scale to the one run.
-		landed, ran := killAt(t, root, delay*src.took/sources[0].took, "import", src.path)
+		scale := float64(src.took) / float64(sources[0].took)
+		landed, ran := killAt(t, root, time.Duration(float64(delay)*scale), "import", src.path)
 		if !landed {
 			mustRun(t, root, "rm", src.name)
 			mustRun(t, root, "gc")
 		}
-		return landed, ran * sources[0].took / src.took
+		return landed, time.Duration(float64(ran) / scale)
 	}, func(kill int) {
 		src := sources[turn%2]
 		checkStore(t, root, "after kill")
