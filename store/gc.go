@@ -207,7 +207,7 @@ func diskUsage(p string) int64 {
 
 // Problem is one thing verify found wrong.
 type Problem struct {
-	What string // "blob", "object", "layer", "image"
+	What string // "blob", "object", "layer", "meta image"
 	ID   string
 	Err  error
 }
@@ -221,10 +221,13 @@ type Verified struct {
 	Metas int
 }
 
-// Verify re-hashes the blobs and objects of t's layers (of every image
-// when t is nil) and checks their indexes, and the cached images of
-// mount --kernel of those views (every one when t is nil); it returns
-// what it checked and every problem found.
+// Verify re-hashes the blobs and objects of targets' layers (of every
+// image when targets is nil) and checks their indexes, their links
+// directories and the cached images of mount --kernel of those views
+// (every one when targets is nil); it returns what it checked and every
+// problem found. Links are the one thing it repairs (repairLinks): they
+// are names, made again from the objects, and a kernel mount reads
+// through them.
 func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 	var problems []Problem
 	add := func(what, id string, err error) { problems = append(problems, Problem{what, id, err}) }
@@ -265,23 +268,7 @@ func (s *Store) Verify(targets []Target) (Verified, []Problem, error) {
 		if problems == nil && err == nil {
 			continue
 		}
-		// Links are names, made again from the objects. In place where
-		// the index is readable, so a kernel mount over the layer reads
-		// the right bytes again; else the directory goes, and the next
-		// kernel mount makes it anew.
-		if err == nil {
-			if err = s.relink(d, broken); err == nil {
-				add("layer", d.String(), fmt.Errorf("links: %w; linked again", problems))
-				continue
-			}
-		}
-		err = errors.Join(problems, err)
-		if rerr := s.removeBeneath(s.rel(filepath.Join(s.layerDir(d), linksDir))); rerr != nil {
-			err = errors.Join(err, rerr)
-		} else {
-			err = fmt.Errorf("%w; removed, the next mount --kernel over the layer links its objects again", err)
-		}
-		add("layer", d.String(), fmt.Errorf("links: %w", err))
+		add("layer", d.String(), fmt.Errorf("links: %w", s.repairLinks(d, broken, problems, err)))
 	}
 	for o := range objects {
 		if err := s.hashFile(objectRel(o), o); err != nil {
@@ -314,4 +301,34 @@ func (s *Store) hashFile(rel string, want digest.Digest) error {
 		return ErrMismatch
 	}
 	return nil
+}
+
+// repairLinks makes layer d's links right again, where checkLinks found
+// broken ones (problems) or could not read the layer's index (indexErr):
+// in place where the index is readable, so a kernel mount over the layer
+// reads the right bytes again; else the directory goes, and the next
+// kernel mount makes it anew. It returns what was wrong and what was
+// done. It holds the writer's lock, as linkLayer does, so that gc does
+// not remove the layer beneath it; a store the user cannot write is left
+// as it is, the problem reported.
+func (s *Store) repairLinks(d digest.Digest, broken []digest.Digest, problems, indexErr error) error {
+	release, err := s.Writing()
+	if err != nil {
+		return errors.Join(problems, indexErr, fmt.Errorf("not repaired: %w", err))
+	}
+	defer release()
+	if !s.Extracted(d) {
+		return fmt.Errorf("%w; the layer was removed meanwhile", errors.Join(problems, indexErr))
+	}
+	err = indexErr
+	if err == nil {
+		if err = s.relink(d, broken); err == nil {
+			return fmt.Errorf("%w; linked again", problems)
+		}
+	}
+	err = errors.Join(problems, err)
+	if rerr := s.removeBeneath(s.rel(filepath.Join(s.layerDir(d), linksDir))); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return fmt.Errorf("%w; removed, the next mount --kernel over the layer links its objects again", err)
 }

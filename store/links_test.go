@@ -1,12 +1,16 @@
 package store
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // linkNames lists layer d's links directory, failing when it has none.
@@ -100,4 +104,34 @@ func TestLinks(t *testing.T) {
 	if _, problems, err := s.Verify([]Target{target}); err != nil || len(problems) != 0 {
 		t.Errorf("verify after links were made again: %v %v", problems, err)
 	}
+
+	// A repair is a write: it waits for a gc that holds the store.
+	if err := os.Remove(victim); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.lock(gcLock, unix.LOCK_EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verified := make(chan []Problem)
+	go func() {
+		_, problems, err := s.Verify([]Target{target})
+		if err != nil {
+			problems = append(problems, Problem{What: "verify", Err: err})
+		}
+		verified <- problems
+	}()
+	select {
+	case problems := <-verified:
+		t.Fatalf("verify repaired links while gc held the store: %v", problems)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := os.Lstat(victim); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("link relinked while gc held the store: %v", err)
+	}
+	unlock()
+	if problems := <-verified; len(problems) != 1 || !strings.Contains(problems[0].Err.Error(), "linked again") {
+		t.Fatalf("verify after gc let go: %v, want the link made again", problems)
+	}
+	requireLinks(t, s, d)
 }

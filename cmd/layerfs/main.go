@@ -224,7 +224,10 @@ func (g *globals) rootDir() (string, error) {
 	return filepath.Join(home, ".local", "share", "layerfs"), nil
 }
 
-// open opens the store for reading: nothing is created or changed.
+// open opens the store for a command that reads it. It makes no store
+// where there is none; what such a command adds to one (a lease, what
+// can be made again from the store's own content) is added under the
+// writer's lock.
 func (g *globals) open() (*store.Store, error) {
 	root, err := g.rootDir()
 	if err != nil {

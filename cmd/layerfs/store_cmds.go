@@ -493,6 +493,10 @@ every image. A store that verifies prints one line: "ok: N
 blobs, N objects, N indexes" on stdout. Otherwise every problem is a line on
 stderr, then the images it affects, and the exit code is 1.
 
+A layer's links (the names mount --kernel reads its objects through) are
+the one thing verify repairs: a broken link is made again from its object,
+and said so in the problem's line.
+
 ` + stackHelp,
 		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
