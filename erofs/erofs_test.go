@@ -277,6 +277,39 @@ func TestBuildNamesAFileThatFailsOnce(t *testing.T) {
 	}
 }
 
+// resized is a source whose file d/nested reads as data, whatever size
+// its listing gives: an object cut short or grown in a store.
+type resized struct {
+	fstest.MapFS
+	data string
+}
+
+func (r resized) Open(name string) (fs.File, error) {
+	if name == "d/nested" {
+		return fstest.MapFS{name: {Data: []byte(r.data)}}.Open(name)
+	}
+	return r.MapFS.Open(name)
+}
+
+func (r resized) ReadLink(name string) (string, error) { return r.MapFS.ReadLink(name) }
+
+// TestBuildRefusesAFileOfAnotherSize: the bytes a file reads are its
+// content only when there are as many as its size says. A 100-byte file
+// is kept inline, a 5000-byte one in blocks: go-erofs pads the one and
+// stops at the size of the other.
+func TestBuildRefusesAFileOfAnotherSize(t *testing.T) {
+	for _, size := range []int{100, 5000} {
+		for _, data := range []string{strings.Repeat("x", size-1), strings.Repeat("x", size+1)} {
+			src := sampleSource()
+			src["d/nested"].Data = []byte(strings.Repeat("x", size))
+			_, err := Build(&discard{}, resized{src, data}, Options{})
+			if !errors.Is(err, view.ErrDamagedObject) || !strings.Contains(err.Error(), "d/nested") {
+				t.Errorf("a %d-byte file that reads %d bytes: error %v, want one naming d/nested, a damaged object", size, len(data), err)
+			}
+		}
+	}
+}
+
 func TestObjectPath(t *testing.T) {
 	hexDigest := strings.Repeat("ab", 32)
 	if p, err := ObjectPath("sha256:" + hexDigest); err != nil || p != "/sha256/ab/"+hexDigest {

@@ -58,6 +58,7 @@ type lazyFile struct {
 	// index is the file's place in the prefetcher's order.
 	index int
 	f     fs.File
+	read  int64
 	done  bool
 
 	// Guarded by ahead.mu: state and what the prefetcher opened.
@@ -95,6 +96,22 @@ func (l *lazyFile) Read(p []byte) (int, error) {
 		l.f = f
 	}
 	n, err := l.f.Read(p)
+	l.read += int64(n)
+	// go-erofs pads a file that ends early with zeros where it keeps the
+	// bytes inline, and reads no further than the size of one that goes
+	// on, so the end is read here: either would be an image with other
+	// bytes than the file's.
+	size := l.info.Size()
+	if l.read == size && err == nil {
+		var more [1]byte
+		var m int
+		m, err = io.ReadFull(l.f, more[:])
+		l.read += int64(m)
+	}
+	if l.read > size || (err == io.EOF && l.read < size) {
+		l.Close()
+		return n, fmt.Errorf("%s: its size is %d, but %d bytes were read: %w", l.name, size, l.read, view.ErrDamagedObject)
+	}
 	if err == io.EOF {
 		l.done = true
 		if cerr := l.Close(); cerr != nil {

@@ -140,3 +140,48 @@ func TestLayerOpensBesideADamagedImage(t *testing.T) {
 		t.Errorf("ls of a layer beside a damaged image: exit %d, stdout %q, stderr %q; want the listing and a warning naming the image", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestShortObject cuts one file's object short in the store: every
+// reader of the view refuses that file, naming its object, where it would
+// otherwise give the file's size with fewer bytes (a read past them ends
+// early, and build pads an EROFS file with zeros), and an -o file is left
+// as it was.
+func TestShortObject(t *testing.T) {
+	requireRoot(t)
+	var entries []testimage.Entry
+	body := func(p string) string { return strings.Repeat("content of "+p+"\n", 5) }
+	for i := range 20 {
+		p := fmt.Sprintf("d/f%02d", i)
+		entries = append(entries, testimage.File(p, body(p)))
+	}
+	img := testimage.Image{Name: "short", Layers: []testimage.Layer{{Entries: entries}}}
+	root := t.TempDir()
+	mustRun(t, root, "import", writeFaultLayout(t, img))
+	victim := body("d/f07")
+	must(t, os.Truncate(objectPath(root, victim), 3))
+	named := func(stderr string) bool {
+		return strings.Contains(stderr, digestHex(victim)) && strings.Contains(stderr, "damaged object")
+	}
+
+	for _, cmd := range [][]string{{"build", "short", "-o"}, {"export", "short", "-o"}} {
+		out := filepath.Join(t.TempDir(), "out")
+		must(t, os.WriteFile(out, []byte("kept\n"), 0o644))
+		r := run(t, root, append(cmd, out)...)
+		if b, err := os.ReadFile(out); r.code != 1 || !named(r.stderr) || err != nil || string(b) != "kept\n" {
+			t.Errorf("%s over a short object: exit %d, stderr %q, -o file %q (%v); want exit 1 naming the damaged object, the file as it was", cmd[0], r.code, r.stderr, b, err)
+		}
+	}
+	if r := run(t, root, "cat", "short", "/d/f07"); r.code != 1 || !named(r.stderr) {
+		t.Errorf("cat of a short object: exit %d, stderr %q; want exit 1 naming the damaged object", r.code, r.stderr)
+	}
+
+	mnt := t.TempDir()
+	srv := serveLogged(t, root, mnt, "short")
+	if _, err := os.ReadFile(filepath.Join(mnt, "d/f07")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read of a file whose object is short: %v, want EIO", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "d/f08")); err != nil || string(b) != body("d/f08") {
+		t.Errorf("read of an intact file beside it: %q, %v", b, err)
+	}
+	waitFor(t, "the server logs the damaged object", func() bool { return named(srv.Log()) })
+}

@@ -203,12 +203,28 @@ func (h *Handles) Open(layer int, rec uint32, object digest.Digest, size int64) 
 }
 
 // OpenObject opens the object of a, a regular file of which r is a
-// record: by r's handle where it has one, else by name.
+// record: by r's handle where it has one, else by name. An object of
+// another size than a's is refused: every reader of a view (a mount
+// passing the object to the kernel, build, export) would otherwise give
+// the file's size with fewer bytes or more.
 func (h *Handles) OpenObject(r view.Ref, a view.Attr) (*os.File, error) {
 	if f := h.Open(r.Layer, r.Rec, a.Object, a.Size); f != nil {
 		return f, nil
 	}
-	return h.s.OpenObject(a.Object)
+	f, err := h.s.OpenObject(a.Object)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	if st.Size() != a.Size {
+		f.Close()
+		return nil, fmt.Errorf("holds %d bytes where the index says %d: %w (\"layerfs verify\" re-hashes every object)", st.Size(), a.Size, view.ErrDamagedObject)
+	}
+	return f, nil
 }
 
 // Close unmaps the handles files.

@@ -7,6 +7,7 @@
 package view
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -122,6 +123,12 @@ type Child struct {
 	// for a directory, whose node Lookup finds.
 	Top Ref
 }
+
+// ErrDamagedObject is wrapped by errors about a file whose object does
+// not hold as many bytes as the file's record says: the object was cut
+// short or replaced in the store. Serving it would show the file with
+// other bytes, or zeros, than the image has.
+var ErrDamagedObject = errors.New("damaged object")
 
 // View is what every consumer reads a view through.
 type View interface {

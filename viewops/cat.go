@@ -48,7 +48,7 @@ func copyContent(w io.Writer, op string, a view.Attr, openObject func(digest.Dig
 		return fmt.Errorf("%s: object %s: %w", op, a.Object, err)
 	}
 	if n != a.Size {
-		return fmt.Errorf("%s: object %s holds %d bytes, the index says %d: %w", op, a.Object, n, a.Size, stack.ErrCorrupt)
+		return fmt.Errorf("%s: object %s holds %d bytes where the index says %d: %w (\"layerfs verify\" re-hashes every object)", op, a.Object, n, a.Size, view.ErrDamagedObject)
 	}
 	return nil
 }
