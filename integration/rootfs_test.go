@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/oracle"
@@ -124,14 +125,23 @@ func checkRootfs(t *testing.T, root string, img layoutImage) {
 	// mkfs.ext4 gives the root directory attributes of its own.
 	requireSame(t, "ext4 from the mount", wholeSeconds(view), got, oracle.IgnoreRootAttrs())
 
+	erofs := filepath.Join(dir, "root.erofs")
 	if name := longestName(view); len(name) >= 255 {
 		// mkfs.erofs 1.5 (bookworm) fails on a name of 255 bytes with
-		// "Could not format the device: No such file or directory".
-		t.Logf("not building erofs: mkfs.erofs 1.5 cannot take the %d-byte name of %s", len(name), name)
-		return
+		// "Could not format the device: No such file or directory". Any
+		// other outcome is checked: another failure, or a version that
+		// takes the name and must then build the same tree.
+		out, err := exec.Command(testimage.RequireTool(t, "mkfs.erofs"), "--quiet", erofs, mnt).CombinedOutput()
+		if err != nil && strings.Contains(string(out), "Could not format the device") {
+			t.Logf("no erofs disk: this mkfs.erofs cannot take the %d-byte name of %s", len(name), name)
+			return
+		}
+		if err != nil {
+			t.Fatalf("mkfs.erofs: %v\n%s", err, out)
+		}
+	} else {
+		testimage.RunTool(t, "mkfs.erofs", "--quiet", erofs, mnt)
 	}
-	erofs := filepath.Join(dir, "root.erofs")
-	testimage.RunTool(t, "mkfs.erofs", "--quiet", erofs, mnt)
 	testimage.RunTool(t, "fsck.erofs", erofs)
 	got = withoutLinks(walk(t, loopMount(t, erofs, "-t", "erofs")), bad)
 	requireSame(t, "erofs from the mount", view, got)
