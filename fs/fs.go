@@ -481,13 +481,7 @@ func (s *server) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st
 			// its own.
 			continue
 		}
-		// Anything but a directory is its top record alone; a merged
-		// directory is looked up for the records beneath.
-		c := d.listing[off-2]
-		child, ok, err := view.Node{c.Top}, true, error(nil)
-		if c.Type == view.TypeDir {
-			child, ok, err = s.tree.view.Lookup(n, c.Name)
-		}
+		child, ok, err := view.ChildNode(s.tree.view, n, d.listing[off-2])
 		if err == nil && ok {
 			err = s.entry(child, d.ino, eo)
 		}

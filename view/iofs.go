@@ -293,18 +293,12 @@ func (e *dirEntry) IsDir() bool       { return e.c.Type == TypeDir }
 func (e *dirEntry) Type() fs.FileMode { return fileMode(e.c.Type, 0).Type() }
 
 func (e *dirEntry) Info() (fs.FileInfo, error) {
-	// Anything but a directory is its top record alone (view.Child.Top);
-	// only a merged directory is looked up for the records beneath.
-	n := Node{e.c.Top}
-	if e.c.Type == TypeDir {
-		found, ok, err := e.fsys.v.Lookup(e.dir, e.c.Name)
-		if err == nil && !ok {
-			err = fs.ErrNotExist
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
-		}
-		n = found
+	n, ok, err := ChildNode(e.fsys.v, e.dir, e.c)
+	if err == nil && !ok {
+		err = fs.ErrNotExist
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: path.Join(e.dirPath, e.c.Name), Err: err}
 	}
 	a, err := e.fsys.v.Attr(n)
 	if err != nil {

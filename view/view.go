@@ -124,6 +124,16 @@ type Child struct {
 	Top Ref
 }
 
+// ChildNode is the node of c, a child of directory dir as List gives it:
+// anything but a directory is its top record alone; only a merged
+// directory is looked up, for the records beneath.
+func ChildNode(v View, dir Node, c Child) (Node, bool, error) {
+	if c.Type != TypeDir {
+		return Node{c.Top}, true, nil
+	}
+	return v.Lookup(dir, c.Name)
+}
+
 // ErrDamagedObject is wrapped by errors about a file whose object does
 // not hold as many bytes as the file's record says: the object was cut
 // short or replaced in the store. Serving it would show the file with
