@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
@@ -108,9 +109,10 @@ func (d *dirFS) lstat(p string) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
-		return nil, &fs.PathError{Op: "lstat", Path: p, Err: err}
+	// One lstat for the mode and the rest, so that they are of one file.
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil, fmt.Errorf("lstat %s: no stat_t", p)
 	}
 	m := &view.Attr{
 		UID: st.Uid, GID: st.Gid,
@@ -153,7 +155,9 @@ func listXattrs(p string) ([]view.Xattr, error) {
 }
 
 func hashFile(p string) (digest.Digest, error) {
-	f, err := os.Open(p)
+	// Hashed as the regular file lstat saw, never what a symlink put in
+	// its place since would name.
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", err
 	}
