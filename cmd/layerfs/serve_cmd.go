@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	layerfs "github.com/layerfs/layerfs/fs"
@@ -85,9 +86,12 @@ func runServe(ctx context.Context, g *globals, f serveFlags, targets []string) e
 	}
 	// Where it listens and how to start a guest on it are the command's
 	// output to a person, at every log level but error.
+	// The socket's path is given whole, for a qemu started elsewhere, and
+	// with its commas doubled, as qemu reads a comma in an option's value.
 	if logrus.GetLevel() >= logrus.WarnLevel {
-		fmt.Fprintf(os.Stderr, "layerfs: serving %s over virtio-fs on %s\n", t, f.virtiofs)
-		fmt.Fprintf(os.Stderr, "layerfs: qemu arguments: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s\n", f.virtiofs, f.tag)
+		socket := absPath(f.virtiofs)
+		fmt.Fprintf(os.Stderr, "layerfs: serving %s over virtio-fs on %s\n", t, socket)
+		fmt.Fprintf(os.Stderr, "layerfs: qemu arguments: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s\n", strings.ReplaceAll(socket, ",", ",,"), strings.ReplaceAll(f.tag, ",", ",,"))
 	}
 	s := <-sig
 	logrus.WithField("signal", s).Info("stopping")
