@@ -450,6 +450,10 @@ func TestImportLayoutWithArtifacts(t *testing.T) {
 	if n := strings.Count(r.stderr, "skipped "); n != 2 {
 		t.Errorf("%d skipped lines, want 2: %s", n, r.stderr)
 	}
+	// Said to a person, as progress is: --log-level error silences it.
+	if r := run(t, t.TempDir(), "--log-level", "error", "import", layout); r.code != 0 || r.stderr != "" {
+		t.Errorf("import --log-level error: exit %d, stderr %q; want 0 and nothing", r.code, r.stderr)
+	}
 	requireVerifies(t, root)
 	requireView(t, root, layerBlobs(t, layout, descs[0]), "a")
 	requireRefused(t, root, "no image to import", layout+":artifact")

@@ -43,6 +43,15 @@ func newProgress(quiet bool) *progress {
 	return p
 }
 
+// tell writes a line of what a command says to a person on stderr:
+// its output there, not a diagnostic, so only --log-level error silences
+// it, as it does the progress bars.
+func tell(format string, args ...any) {
+	if logrus.GetLevel() >= logrus.WarnLevel {
+		fmt.Fprintf(os.Stderr, format+"\n", args...)
+	}
+}
+
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil

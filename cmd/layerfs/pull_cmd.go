@@ -104,7 +104,7 @@ func reportPartial(s *store.Store) {
 	if err != nil || files == 0 {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "layerfs: kept %s of partial downloads (%d blobs) to resume from; \"layerfs gc\" frees them\n", output.Size(bytes), files)
+	tell("layerfs: kept %s of partial downloads (%d blobs) to resume from; \"layerfs gc\" frees them", output.Size(bytes), files)
 }
 
 func defaultRegistriesConfig() string {

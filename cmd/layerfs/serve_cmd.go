@@ -84,15 +84,11 @@ func runServe(ctx context.Context, g *globals, f serveFlags, targets []string) e
 	if err := layerfs.ServeVirtiofs(tree, f.virtiofs, f.debug); err != nil {
 		return fmt.Errorf("serve %s: %w", t, err)
 	}
-	// Where it listens and how to start a guest on it are the command's
-	// output to a person, at every log level but error.
 	// The socket's path is given whole, for a qemu started elsewhere, and
 	// with its commas doubled, as qemu reads a comma in an option's value.
-	if logrus.GetLevel() >= logrus.WarnLevel {
-		socket := absPath(f.virtiofs)
-		fmt.Fprintf(os.Stderr, "layerfs: serving %s over virtio-fs on %s\n", t, socket)
-		fmt.Fprintf(os.Stderr, "layerfs: qemu arguments: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s\n", strings.ReplaceAll(socket, ",", ",,"), strings.ReplaceAll(f.tag, ",", ",,"))
-	}
+	socket := absPath(f.virtiofs)
+	tell("layerfs: serving %s over virtio-fs on %s", t, socket)
+	tell("layerfs: qemu arguments: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=layerfs,path=%s -device vhost-user-fs-pci,chardev=layerfs,tag=%s", strings.ReplaceAll(socket, ",", ",,"), strings.ReplaceAll(f.tag, ",", ",,"))
 	s := <-sig
 	logrus.WithField("signal", s).Info("stopping")
 	return layerfs.RemoveSocket(f.virtiofs)

@@ -74,7 +74,7 @@ staged, and exits 130.`,
 				res, err := archive.Import(ctx, s, src, opts)
 				prog.wait()
 				for _, skipped := range res.Skipped {
-					fmt.Fprintf(os.Stderr, "skipped %s (%s)\n", skipped.Digest, skipped.What)
+					tell("skipped %s (%s)", skipped.Digest, skipped.What)
 				}
 				for _, img := range res.Images {
 					fmt.Printf("%s %s\n", output.Name(nameOrNone(img.Name)), img.Manifest)
