@@ -137,6 +137,13 @@ func open(root string, mode openMode) (*Store, error) {
 			return nil, fmt.Errorf("store %s: %w", abs, err)
 		}
 	}
+	// A root given as a symlink (a store moved to another disk) is
+	// resolved once, here, as a mountpoint is: every path the store
+	// names later is beneath the directory checked below, whatever
+	// becomes of the symlink.
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs, s.root = real, real
+	}
 	dir, err := os.OpenFile(abs, os.O_RDONLY|unix.O_DIRECTORY, 0)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

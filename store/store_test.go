@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -185,5 +186,47 @@ func TestMissingIsErrNotExist(t *testing.T) {
 		if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, ErrNotFound) {
 			t.Errorf("%s: %v, want fs.ErrNotExist and ErrNotFound", what, err)
 		}
+	}
+}
+
+// TestSymlinkedRoot: a root given as a symlink is the directory it names
+// when the store opens, and stays that directory when the symlink is
+// pointed elsewhere.
+func TestSymlinkedRoot(t *testing.T) {
+	dir := t.TempDir()
+	real, moved, link := filepath.Join(dir, "real"), filepath.Join(dir, "moved"), filepath.Join(dir, "link")
+	for _, d := range []string{real, moved} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("real", link); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenForWriting(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Root() != real {
+		t.Errorf("root %s, want %s", s.Root(), real)
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("moved", link); err != nil {
+		t.Fatal(err)
+	}
+	blob := ocispec.Descriptor{Digest: digest.FromString("blob\n"), Size: 5}
+	if err := s.PutBlob(blob, strings.NewReader("blob\n")); err != nil {
+		t.Fatal(err)
+	}
+	if p := s.BlobPath(blob.Digest); !strings.HasPrefix(p, real+"/") {
+		t.Errorf("blob at %s, want beneath %s", p, real)
+	} else if _, err := os.Stat(p); err != nil {
+		t.Error(err)
+	}
+	if ents, err := os.ReadDir(moved); err != nil || len(ents) != 0 {
+		t.Errorf("the symlink's new directory holds %d entries (%v), want none", len(ents), err)
 	}
 }
