@@ -231,6 +231,7 @@ func TestImportArchiveRef(t *testing.T) {
 		{archive + ":example/b:1", "docker.io/example/b:1", descs[1]},
 		{archive + ":@0", "docker.io/example/a:1", descs[0]},
 		{layout + ":b", "b", descs[1]},
+		{layout + ":@1", "b", descs[1]},
 		{colons + ":a", "a", descs[0]},
 	} {
 		t.Run(filepath.Base(c.arg), func(t *testing.T) {
@@ -246,6 +247,7 @@ func TestImportArchiveRef(t *testing.T) {
 		t.Errorf("import of a path with colons imported %v, want a and b", got)
 	}
 	requireRefused(t, root, `no image "c" in index.json (has a, b)`, layout+":c")
+	requireRefused(t, root, "no entry @2 in index.json (it lists 2, from @0)", layout+":@2")
 
 	// images takes names as docker images does: a repository without a
 	// tag lists every tag of it.

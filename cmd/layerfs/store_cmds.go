@@ -33,7 +33,7 @@ docker-archives, plain or gzip, zstd, xz or bzip2 compressed, printing
 "NAME DIGEST" for each image stored.
 
 PATH:REF imports only the image REF names: an OCI layout's ref name, a
-docker-archive's tag, or @N for an archive's Nth image (from 0), as
+docker-archive's tag, or @N for the Nth image of either (from 0), as
 skopeo's oci:PATH:REF and docker-archive:PATH:REF, which are taken as
 skopeo writes them too (oci:, oci-archive: or docker-archive: before
 PATH). A PATH that exists as given is never split at a colon.

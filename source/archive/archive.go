@@ -36,7 +36,8 @@ var errNoImage = errors.New("no image to import")
 // Options chooses what an import takes.
 type Options struct {
 	// Ref, when set, takes only the image it names: an OCI layout's ref
-	// name, a docker-archive's tag, or "@N" for an archive's Nth image.
+	// name, a docker-archive's tag, or "@N" for the Nth entry of either
+	// (of index.json or manifest.json, from 0).
 	Ref string
 	// Platform is the one taken from image indexes; zero is the host's.
 	Platform store.Platform
@@ -206,10 +207,18 @@ func refName(desc ocispec.Descriptor) string {
 }
 
 // selectRef picks the entry of index.json that ref names, as skopeo's
-// oci:DIR:REF does: by its ref name annotation (or containerd's name).
+// oci:DIR:REF does: by its ref name annotation (or containerd's name), or
+// @N for the Nth entry (from 0), which an entry without a name needs.
 func selectRef(entries []ocispec.Descriptor, ref string) ([]ocispec.Descriptor, error) {
 	if ref == "" {
 		return entries, nil
+	}
+	if n, ok := strings.CutPrefix(ref, "@"); ok {
+		i, err := strconv.Atoi(n)
+		if err != nil || i < 0 || i >= len(entries) {
+			return nil, fmt.Errorf("%w: no entry %s in index.json (it lists %d, from @0)", store.ErrNotFound, ref, len(entries))
+		}
+		return entries[i : i+1], nil
 	}
 	var names []string
 	for _, d := range entries {
