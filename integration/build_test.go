@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +56,7 @@ func TestBuildMatchesMount(t *testing.T) {
 }
 
 // TestBuildOutput checks what build writes to: a regular file only,
-// replaced whole, never a FIFO; stdout with -o -, the same bytes as a
+// replaced whole, keeping its owner and mode, never a FIFO; stdout with -o -, the same bytes as a
 // file, but never a terminal.
 func TestBuildOutput(t *testing.T) {
 	requireRoot(t)
@@ -68,9 +69,10 @@ func TestBuildOutput(t *testing.T) {
 	}
 	target := filepath.Join(t.TempDir(), "disk.erofs")
 	must(t, os.WriteFile(target, []byte("old"), 0o600))
+	must(t, os.Chown(target, 1234, 1234))
 	mustRun(t, root, "build", "sample", "-o", target)
-	if st, err := os.Stat(target); err != nil || st.Size() <= 3 || st.Mode().Perm() != 0o600 {
-		t.Errorf("the rebuilt image: %v %v; want a whole image keeping mode 0600", st, err)
+	if st, err := os.Stat(target); err != nil || st.Size() <= 3 || st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != 1234 || st.Sys().(*syscall.Stat_t).Gid != 1234 {
+		t.Errorf("the rebuilt image: %v %v; want a whole image keeping mode 0600 and owner 1234:1234", st, err)
 	}
 
 	streamed := filepath.Join(t.TempDir(), "streamed.erofs")

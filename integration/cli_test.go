@@ -493,7 +493,7 @@ func runOnTTY(t *testing.T, root string, stdoutTTY, stderrTTY bool, args ...stri
 }
 
 // TestCLIExportOutput exports to every kind of -o: a regular file is
-// replaced whole, a FIFO and a character device made here (standing in
+// replaced whole, keeping its owner, group and mode, a FIFO and a character device made here (standing in
 // for /dev/null) are written into and stay what they were, a symlink is
 // followed and stays, and a directory, a dangling symlink, a socket and
 // a terminal are refused with nothing changed.
@@ -538,6 +538,22 @@ func TestCLIExportOutput(t *testing.T) {
 		mustRun(t, root, "export", "sample", "-o", p("new.tar"))
 		if readFile("old.tar") != want || readFile("new.tar") != want || mode("old.tar") != 0o640 {
 			t.Errorf("old.tar (mode %v) or new.tar is not the export", mode("old.tar"))
+		}
+	})
+	t.Run("owner", func(t *testing.T) {
+		// Root replacing a user's file leaves it the user's; the rename
+		// replaces the name, so a hardlink keeps the old content.
+		must(t, os.WriteFile(p("users.tar"), []byte("old"), 0o600))
+		must(t, os.Chown(p("users.tar"), 1234, 1234))
+		must(t, os.Link(p("users.tar"), p("users-link.tar")))
+		mustRun(t, root, "export", "sample", "-o", p("users.tar"))
+		var st unix.Stat_t
+		must(t, unix.Stat(p("users.tar"), &st))
+		if st.Uid != 1234 || st.Gid != 1234 || st.Mode&0o7777 != 0o600 || readFile("users.tar") != want {
+			t.Errorf("users.tar replaced as root: %d:%d mode %04o, the export: %v; want 1234:1234 0600", st.Uid, st.Gid, st.Mode&0o7777, readFile("users.tar") == want)
+		}
+		if readFile("users-link.tar") != "old" {
+			t.Errorf("the old file's other name no longer has the old content")
 		}
 	})
 	t.Run("fifo", func(t *testing.T) {

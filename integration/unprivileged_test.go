@@ -321,3 +321,35 @@ func TestUnprivilegedUmountOfAnothersMount(t *testing.T) {
 		t.Errorf("root's mount after a user's refused umount: mounted %v, %v", mountedAt(t, mnt), err)
 	}
 }
+
+// TestUnprivilegedOutputFile has a user export and build over a file of
+// root's in the user's own directory: the user cannot give the file
+// replacing it root's owner, so each is refused with one line saying
+// why, and the file is left as it was, with nothing beside it.
+func TestUnprivilegedOutputFile(t *testing.T) {
+	u := asNobody(t)
+	u.layerfs("import", u.copyLayout(sampleImage(t), "layout").layout)
+	mine := u.mkdir("mine")
+	rootsFile := filepath.Join(mine, "roots.out")
+	must(t, os.WriteFile(rootsFile, []byte("old"), 0o666))
+	for _, c := range []struct {
+		file, expect string
+		uid          uint32
+	}{
+		{rootsFile, rootsFile + ": keep its owner and group (0:0) in the file that replaces it: operation not permitted (nothing replaced)", 0},
+	} {
+		for _, cmd := range []string{"export", "build"} {
+			t.Run(cmd+" "+filepath.Base(c.file), func(t *testing.T) {
+				u.t = t
+				checkRefused(t, u.run(cmd, "sample", "-o", c.file), c.expect)
+				uid := mustStat(t, c.file).Sys().(*syscall.Stat_t).Uid
+				if b, err := os.ReadFile(c.file); err != nil || string(b) != "old" || uid != c.uid {
+					t.Errorf("%s after the refusal: %d bytes, old content %v (%v), uid %d; want it as it was, of uid %d", c.file, len(b), string(b) == "old", err, uid, c.uid)
+				}
+				if es, err := os.ReadDir(filepath.Dir(c.file)); err != nil || len(es) != 1 {
+					t.Errorf("%s holds %d names (%v); want the file alone", filepath.Dir(c.file), len(es), err)
+				}
+			})
+		}
+	}
+}

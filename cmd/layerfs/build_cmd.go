@@ -37,7 +37,8 @@ store and at any time: the build time is 0 and the UUID is derived from
 the view's layer digests.
 
 FILE is a regular file or a new name: it is written in its directory
-with no name, named and renamed into place once whole. An EROFS image is
+with no name, named and renamed into place once whole, and a file
+replaced keeps its owner, group and mode. An EROFS image is
 written with seeks, so "-o -" builds it in an unnamed file in $TMPDIR
 and then streams it to stdout, unless stdout is a terminal. A block
 device (a disk, a partition, a logical volume) is written as mkfs.erofs

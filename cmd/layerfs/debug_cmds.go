@@ -340,9 +340,10 @@ exactly the merged view.
 
 A terminal is refused, as stdout or FILE. A regular FILE is written in
 its directory with no name, named and renamed into place once whole, so
-a killed export leaves nothing; a FIFO or character
-device is written into, never replaced; a symlink is followed; a
-directory, socket or block device is refused before anything is read.
+a killed export leaves nothing, and the file replaced keeps its owner,
+group and mode; a FIFO or character device is written into, never
+replaced; a symlink is followed; a directory, socket or block device is
+refused before anything is read.
 
 A TARGET is an image name, a manifest digest, or layer digests joined by
 commas, lowest first. One layer digest is that layer merged over

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,10 +17,13 @@ import (
 // file, or a new one, is written as a file with no name in the same
 // directory, given a name only by Commit and renamed into place, so a
 // command that fails, or is killed, leaves no truncated file under that
-// name and nothing beside it. A character device or a FIFO is written
-// into, never replaced. A symlink is followed, as docker does, and its
-// target treated so; the link itself is left alone. A directory, a
-// socket, a block device or a terminal is refused before any work starts.
+// name and nothing beside it. A file replaced keeps its owner, group and
+// mode; the rename replaces the name, not the file, so another hardlink
+// of it keeps the old content. A character device or a FIFO is
+// written into, never replaced. A symlink is followed, as docker does,
+// and its target treated so; the link itself is left alone. A directory,
+// a socket, a block device or a terminal is refused before any work
+// starts.
 type File struct {
 	*os.File
 	// final is the name the output is renamed to; empty when it is
@@ -52,7 +56,13 @@ func Create(name string) (*File, error) {
 		if err != nil {
 			return nil, err
 		}
-		// A file replaced keeps its mode.
+		// A file replaced keeps its owner, group and mode, as one
+		// rewritten in place would: root writing over a user's file
+		// must not leave it root's.
+		if err := f.keepOwner(name, st.Sys().(*syscall.Stat_t)); err != nil {
+			f.Abort()
+			return nil, err
+		}
 		if err := f.Chmod(mode.Perm()); err != nil {
 			f.Abort()
 			return nil, fmt.Errorf("%s: keep its mode: %w", name, err)
@@ -73,6 +83,32 @@ func Create(name string) (*File, error) {
 	default:
 		return nil, fmt.Errorf("%s: a %s is not a file to write to", name, Kind(mode))
 	}
+}
+
+// keepOwner gives the output old's owner and group where they are not
+// its own already: only root may give a file away, and a user may not
+// give it a group the user is not in, so a change is made only when
+// needed, and one that cannot be made fails Create before anything is
+// written.
+func (f *File) keepOwner(name string, old *syscall.Stat_t) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("%s: stat the output: %w", name, err)
+	}
+	uid, gid := -1, -1
+	if st.Uid != old.Uid {
+		uid = int(old.Uid)
+	}
+	if st.Gid != old.Gid {
+		gid = int(old.Gid)
+	}
+	if uid == -1 && gid == -1 {
+		return nil
+	}
+	if err := unix.Fchown(int(f.Fd()), uid, gid); err != nil {
+		return fmt.Errorf("%s: keep its owner and group (%d:%d) in the file that replaces it: %w (nothing replaced)", name, old.Uid, old.Gid, err)
+	}
+	return nil
 }
 
 // Kind names the type of a file that is not a regular one, for messages:

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/layerfs/layerfs/internal/testimage"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +45,36 @@ func TestCreateModes(t *testing.T) {
 		if st, err := os.Stat(c.name); err != nil || st.Mode().Perm() != c.want {
 			t.Errorf("%s under umask %03o: %v, %v; want mode %v", filepath.Base(c.name), c.umask, st.Mode(), err, c.want)
 		}
+	}
+}
+
+// TestCreateKeepsOwner: root replacing another user's file leaves it
+// that user's, of its group and mode.
+func TestCreateKeepsOwner(t *testing.T) {
+	testimage.RequireRoot(t, "a file of another user's")
+	name := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(name, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(name, 1234, 1234); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(name, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 1234 || st.Gid != 1234 || st.Mode&0o7777 != 0o600 {
+		t.Errorf("replaced: %d:%d mode %04o; want 1234:1234 0600", st.Uid, st.Gid, st.Mode&0o7777)
 	}
 }
 
