@@ -322,13 +322,21 @@ func TestUnprivilegedUmountOfAnothersMount(t *testing.T) {
 	}
 }
 
-// TestUnprivilegedOutputFile has a user export and build over a file of
-// root's in the user's own directory: the user cannot give the file
-// replacing it root's owner, so each is refused with one line saying
-// why, and the file is left as it was, with nothing beside it.
+// TestUnprivilegedOutputFile has a user export and build to files the
+// output cannot replace: one in a directory the user cannot write, where
+// the temp file it is written as cannot be made, and one of root's in
+// the user's own directory, whose owner the user cannot give the file
+// replacing it. Each is refused with one line saying why, and the file
+// is left as it was, with nothing beside it. A new name in the directory
+// the user cannot write is refused naming the directory too.
 func TestUnprivilegedOutputFile(t *testing.T) {
 	u := asNobody(t)
 	u.layerfs("import", u.copyLayout(sampleImage(t), "layout").layout)
+	locked := filepath.Join(u.home, "locked")
+	must(t, os.Mkdir(locked, 0o755))
+	usersFile := filepath.Join(locked, "users.out")
+	must(t, os.WriteFile(usersFile, []byte("old"), 0o644))
+	must(t, os.Chown(usersFile, nobody, nobody))
 	mine := u.mkdir("mine")
 	rootsFile := filepath.Join(mine, "roots.out")
 	must(t, os.WriteFile(rootsFile, []byte("old"), 0o666))
@@ -336,6 +344,7 @@ func TestUnprivilegedOutputFile(t *testing.T) {
 		file, expect string
 		uid          uint32
 	}{
+		{usersFile, usersFile + ": the output is written beside it in " + locked + " and renamed over it, and " + locked + " is not writable: permission denied", nobody},
 		{rootsFile, rootsFile + ": keep its owner and group (0:0) in the file that replaces it: operation not permitted (nothing replaced)", 0},
 	} {
 		for _, cmd := range []string{"export", "build"} {
@@ -352,4 +361,6 @@ func TestUnprivilegedOutputFile(t *testing.T) {
 			})
 		}
 	}
+	newFile := filepath.Join(locked, "new.out")
+	checkRefused(t, u.run("export", "sample", "-o", newFile), newFile+": the output is written in "+locked+" and renamed to it, and "+locked+" is not writable: permission denied")
 }

@@ -138,7 +138,7 @@ func createTemp(name string) (*File, error) {
 		return &File{File: os.NewFile(uintptr(fd), name), final: name}, nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) {
-		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
+		return nil, createError(name, err)
 	}
 	f, err := openTemp(name)
 	if err != nil {
@@ -147,9 +147,26 @@ func createTemp(name string) (*File, error) {
 		if errors.As(err, &pe) {
 			err = pe.Err
 		}
-		return nil, &fs.PathError{Op: "create", Path: name, Err: err}
+		return nil, createError(name, err)
 	}
 	return &File{File: f, final: name, named: f.Name()}, nil
+}
+
+// createError says why the output for name could not be created. A
+// directory that cannot be written to is named as the cause: the user
+// may well be able to write name itself, which is never opened.
+func createError(name string, err error) error {
+	if !errors.Is(err, fs.ErrPermission) && !errors.Is(err, unix.EROFS) {
+		return &fs.PathError{Op: "create", Path: name, Err: err}
+	}
+	dir := filepath.Dir(name)
+	if abs, aerr := filepath.Abs(dir); aerr == nil {
+		dir = abs
+	}
+	if _, serr := os.Lstat(name); serr != nil {
+		return fmt.Errorf("%s: the output is written in %s and renamed to it, and %s is not writable: %w", name, dir, dir, err)
+	}
+	return fmt.Errorf("%s: the output is written beside it in %s and renamed over it, and %s is not writable: %w", name, dir, dir, err)
 }
 
 // tempName is a name for a temp file beside name: hidden, saying whose
