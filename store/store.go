@@ -320,7 +320,7 @@ func (s *Store) Extracted(d digest.Digest) bool {
 }
 
 // PutBlob stages r as blob desc, verifying size and digest. A blob already
-// present is not written again; r is still drained so callers may chain it.
+// present is not written again.
 func (s *Store) PutBlob(desc ocispec.Descriptor, r io.Reader) error {
 	if err := checkDigest(desc.Digest); err != nil {
 		return fmt.Errorf("blob %q: %w", desc.Digest, err)
