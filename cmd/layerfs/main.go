@@ -1,5 +1,7 @@
 // Command layerfs keeps OCI image layers in a local content-addressed store
-// and serves a layer or a whole image as a read-only FUSE mount.
+// and serves a layer or a whole image read-only: as a FUSE mount, a kernel
+// mount (overlayfs over a metadata-only EROFS image), an EROFS disk image,
+// a tar export, or over virtio-fs.
 package main
 
 import (
