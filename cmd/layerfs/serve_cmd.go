@@ -76,7 +76,8 @@ func runServe(ctx context.Context, g *globals, f serveFlags, targets []string) e
 	}
 	defer closeView()
 	// go-fuse's vhost-user server logs every control message through the
-	// std log package; stdout is for what scripts parse.
+	// std log package, which would write them all to stderr whatever
+	// --log-level says: through logrus at debug level they obey it.
 	log.SetFlags(0)
 	log.SetOutput(stdLogWriter{})
 	sig := make(chan os.Signal, 1)
