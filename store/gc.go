@@ -59,10 +59,12 @@ func (s *Store) referenced() (blobs map[digest.Digest]bool, layers map[digest.Di
 }
 
 // GC removes every blob, layer index and object that neither an image
-// nor a live view's lease references, every temp file, and the leases of
-// views that are gone. It waits for writers to finish and keeps them out
-// while it runs, so it never removes what an import is writing. With
-// dryRun it removes nothing, and returns what it would free.
+// nor a live view's lease references, the meta images of mount --kernel
+// and their records that unusedMeta lists (Freed.Metas), every temp
+// file, and the leases of views that are gone. It waits for writers to
+// finish and keeps them out while it runs, so it never removes what an
+// import is writing. With dryRun it removes nothing, and returns what it
+// would free.
 func (s *Store) GC(dryRun bool) (Freed, error) {
 	var f Freed
 	if s.dir == nil {
