@@ -96,11 +96,12 @@ func rsyncCalls(s shape) int {
 	return 2*s.files + s.entries + s.getxattrs(s.entries-s.symlinks+s.dirs, 0, 1) + s.getxattrs(s.xattrNames, s.caps, 2)
 }
 
-// entryBytes are the bytes of a READDIRPLUS and of a READDIR entry beside
-// its name: fuse_direntplus (entry_out 128 + dirent 24) and fuse_dirent,
-// names padded to 8. listingBytes is the most of a listing one reply
-// carries: the kernel asks for as much as the reader's getdents buffer
-// holds, up to its largest request (128 KiB, the mount's max_pages).
+// direntplusBytes and direntBytes are the bytes of a READDIRPLUS and of a
+// READDIR entry beside its name: fuse_direntplus (entry_out 128 + dirent
+// 24) and fuse_dirent, names padded to 8. listingBytes is the most of a
+// listing one reply carries: the kernel asks for as much as the reader's
+// getdents buffer holds, up to its largest request (128 KiB, the mount's
+// max_pages).
 const (
 	direntplusBytes = 152
 	direntBytes     = 24

@@ -14,14 +14,14 @@ import (
 	"github.com/layerfs/layerfs/internal/procstat"
 )
 
-// soakTime is how long TestSoak reads: $LAYERFS_SOAK (make soak), else a
-// short run for CI.
 // rssKiB is the server's resident set in KiB.
 func rssKiB(pid int) (int64, error) {
 	b, err := procstat.RSS(pid)
 	return b >> 10, err
 }
 
+// soakTime is how long TestSoak reads: $LAYERFS_SOAK (make soak), else a
+// short run for CI.
 func soakTime(t *testing.T) time.Duration {
 	s := os.Getenv("LAYERFS_SOAK")
 	if s == "" {

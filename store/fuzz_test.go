@@ -19,8 +19,9 @@ import (
 )
 
 // The seed corpora under testdata/fuzz are generated from internal/testimage
-// by TestWriteFuzzSeeds with LAYERFS_WRITE_FUZZ_SEEDS=1; a crash the fuzzer
-// finds is added there by go test itself.
+// by TestFuzzSeedsAreCurrent with LAYERFS_WRITE_FUZZ_SEEDS=1; a crash the
+// fuzzer finds is added there by go test itself.
+
 // TestFuzzSeedsAreCurrent checks the committed seed corpora are what
 // internal/testimage's cases make today; LAYERFS_WRITE_FUZZ_SEEDS=1
 // rewrites them instead.

@@ -10,7 +10,7 @@ import (
 // input is read twice: as it is, and with its checksum recomputed so the
 // structure checks behind the checksum get the damage too. The seeds in
 // testdata/fuzz are indexes of internal/testimage's layers, written by
-// store's TestWriteFuzzSeeds.
+// store's TestFuzzSeedsAreCurrent with LAYERFS_WRITE_FUZZ_SEEDS=1.
 func FuzzIndex(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		exercise(t, data)
