@@ -20,8 +20,9 @@ const fuseHint = `mount without --kernel serves the same view over FUSE`
 
 // runKernelMount mounts targets at mountpoint as overlayfs over the
 // view's metadata-only EROFS image, built once and cached in the store,
-// and the store's objects (docs/erofs.md). No process stays behind: the
-// mount's lease in the store lives while the mount is there.
+// and each layer's links/ directory, hardlinks to its objects, as the
+// data-only layers (docs/erofs.md, docs/store.md). No process stays
+// behind: the mount's lease in the store lives while the mount is there.
 func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
 	switch {
 	case f.overlay:

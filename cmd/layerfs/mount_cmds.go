@@ -70,8 +70,10 @@ unmounted; SIGINT or SIGTERM unmounts it.
 
 --kernel (root) mounts the view in the kernel instead, and returns at
 once with no process left: overlayfs over a metadata-only EROFS image of
-the view, built once and cached in the store, and the store's objects.
-layerfs umount unmounts it like any other layerfs mount.`,
+the view, built once and cached in the store, with each layer's links/
+directory in the store (hardlinks to its objects) as the data-only
+layers the image's files point into. layerfs umount unmounts it like
+any other layerfs mount.`,
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -91,7 +93,7 @@ layerfs umount unmounts it like any other layerfs mount.`,
 	fl.BoolVar(&f.dev, "dev", false, "honour device nodes (default nodev)")
 	fl.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (default nosuid)")
 	fl.BoolVar(&f.debug, "fuse-debug", false, "log every FUSE request")
-	fl.BoolVar(&f.kernel, "kernel", false, "mount in the kernel (root): overlayfs over a metadata-only EROFS image of the view, cached in the store, and the store's objects")
+	fl.BoolVar(&f.kernel, "kernel", false, "mount in the kernel (root): overlayfs over a metadata-only EROFS image of the view, cached in the store, and each layer's links/ to its objects")
 	return withViewPlatform(g, cmd)
 }
 
