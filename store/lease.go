@@ -10,7 +10,6 @@ import (
 
 	"github.com/layerfs/layerfs/internal/procstat"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 )
 
 // leasesDir holds one file per live view (a mount, a virtio-fs server, or
@@ -156,14 +155,14 @@ func (s *Store) Leases() (live []Lease, stale []string, err error) {
 		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		p := filepath.Join(s.path(leasesDir), e.Name())
+		rel := filepath.Join(leasesDir, e.Name())
 		var l Lease
-		data, err := readLeaseFile(p)
+		data, err := s.readSmallFile(rel)
 		if err == nil {
 			err = json.Unmarshal(data, &l)
 		}
 		if err != nil || !l.live(mounts) {
-			stale = append(stale, p)
+			stale = append(stale, s.path(rel))
 			continue
 		}
 		live = append(live, l)
@@ -185,15 +184,6 @@ func (s *Store) ViewsOf(manifest digest.Digest) ([]Lease, error) {
 		}
 	}
 	return out, nil
-}
-
-func readLeaseFile(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return ReadMetadata(f)
 }
 
 // ErrInUse is wrapped by the refusal to remove an image a live view
