@@ -11,11 +11,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Everything the store opens, creates or removes is reached from the
-// root's descriptor with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: a symlink
-// inside the store, planted or not, is refused rather than followed, so
-// layerfs never reads, serves, locks or deletes a file outside the store
-// on behalf of whoever could write into it.
+// What the store reads (blobs, index.json, layer indexes and handles
+// files, objects, the links/ directories a kernel mount serves from, meta
+// images and their records, leases), the locks of gc, index.json and each
+// layer, and what gc removes are reached from the root's descriptor with
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: a symlink there, planted or not,
+// is refused rather than followed, so layerfs never reads, serves, locks
+// or deletes a file outside the store on behalf of whoever could write
+// into it. Writes go by full path (temp files under tmp/ and their renames
+// into place, a layer's directory and links/, leases, partial downloads,
+// and their removal when a write fails or a view ends), as do the
+// listings of the store's directories and stats such as HasBlob's and
+// Extracted's: a command that writes runs only on a store its own user
+// owns (checkTrusted).
 const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
 // errSymlink is wrapped by errors about a symlink found inside the store.
