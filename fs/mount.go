@@ -152,8 +152,7 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 		// go-fuse's own error then gives only fusermount3's wait status.
 		return nil, fmt.Errorf("mount %s: %s", mountpoint, said)
 	case err != nil:
-		// Trimmed, as go-fuse ends some of its errors with a newline.
-		return nil, fmt.Errorf("mount %s: %s", mountpoint, strings.TrimSpace(err.Error()))
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, trimmedError{err})
 	case said != "":
 		logrus.Warnf("mount %s: %s", mountpoint, said)
 	}
@@ -163,6 +162,13 @@ func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 	}
 	return srv, nil
 }
+
+// trimmedError is err without the newline go-fuse ends some of its errors
+// with, which would break layerfs's one-line error, still wrapping err.
+type trimmedError struct{ err error }
+
+func (e trimmedError) Error() string { return strings.TrimSpace(e.err.Error()) }
+func (e trimmedError) Unwrap() error { return e.err }
 
 // catchStderr runs mount with os.Stderr a pipe, and returns what was
 // written to it, on one line. go-fuse hands os.Stderr to fusermount3,
@@ -303,7 +309,7 @@ func unmount(abs string, lazy bool) error {
 		if strings.Contains(string(out), "busy") {
 			return ErrBusy
 		}
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("fusermount3 -u failed (%w): %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
