@@ -230,3 +230,28 @@ func TestSymlinkedRoot(t *testing.T) {
 		t.Errorf("the symlink's new directory holds %d entries (%v), want none", len(ents), err)
 	}
 }
+
+// TestImageLayersNamesTheBlob: a manifest or a config that does not
+// parse is named by its digest, so the message says which blob is bad.
+func TestImageLayersNamesTheBlob(t *testing.T) {
+	s := newStore(t)
+	put := func(data string) digest.Digest {
+		t.Helper()
+		d := digest.FromString(data)
+		if err := s.PutBlob(ocispec.Descriptor{Digest: d, Size: int64(len(data))}, strings.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	badManifest := put(`{"schemaVersion":1}`)
+	config := put(`{"rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("0", 64) + `"]}}`)
+	manifest := put(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + config.String() + `","size":1}}`)
+	for d, want := range map[digest.Digest]string{
+		badManifest: "blob " + badManifest.String() + ": manifest: schema version 1, want 2",
+		manifest:    "blob " + config.String() + ": config: 1 diff_ids for 0 layers",
+	} {
+		if _, _, err := s.ImageLayers(d); err == nil || err.Error() != want {
+			t.Errorf("ImageLayers(%s): %v; want %q", d, err, want)
+		}
+	}
+}

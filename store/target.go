@@ -179,14 +179,17 @@ func (s *Store) ImageLayers(manifest digest.Digest) (ocispec.Manifest, ocispec.I
 	}
 	m, err := ParseManifest(mdata)
 	if err != nil {
-		return m, ocispec.Image{}, err
+		return m, ocispec.Image{}, fmt.Errorf("blob %s: %w", manifest, err)
 	}
 	cdata, err := s.ReadBlob(m.Config.Digest)
 	if err != nil {
 		return m, ocispec.Image{}, err
 	}
 	c, err := ParseConfig(cdata, len(m.Layers))
-	return m, c, err
+	if err != nil {
+		return m, c, fmt.Errorf("blob %s: %w", m.Config.Digest, err)
+	}
+	return m, c, nil
 }
 
 // imageTarget is the view of img on platform p.
