@@ -56,8 +56,9 @@ func TestBuildMatchesMount(t *testing.T) {
 }
 
 // TestBuildOutput checks what build writes to: a regular file only,
-// replaced whole, keeping its owner and mode, never a FIFO; stdout with -o -, the same bytes as a
-// file, but never a terminal.
+// replaced whole, keeping its owner and mode, never a FIFO; stdout with
+// -o -, the same bytes as a file, but never a terminal, and a failed copy
+// to it is named as such.
 func TestBuildOutput(t *testing.T) {
 	requireRoot(t)
 	root := sampleStore(t)
@@ -100,6 +101,16 @@ func TestBuildOutput(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "stdout is a terminal") || shown != "" {
 		t.Errorf("build -o - to a terminal: exit %d, stderr %q, %d bytes shown; want refused", code, stderr, len(shown))
 	}
+	// A stdout that takes no bytes: the error says the copy of the
+	// finished image failed, and where to.
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	must(t, err)
+	defer full.Close()
+	cmd := exec.Command(layerfsBin(t), "--root", root, "build", "sample", "-o", "-")
+	var errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = full, &errb
+	commandWithin(t, cmd, commandDeadline)
+	checkRefused(t, result{code: cmd.ProcessState.ExitCode(), stderr: errb.String()}, "build to stdout: copy the image to /dev/stdout: write /dev/stdout: no space left on device")
 }
 
 // TestBuildGuestDisk boots a real guest with the sample's image from

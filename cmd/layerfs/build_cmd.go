@@ -184,7 +184,7 @@ func (k *imageSink) write(ctx context.Context, scratch *os.File, size int64) err
 		return fmt.Errorf("the image is %d bytes, more than the block device's %d: nothing was written to it", size, k.capacity)
 	}
 	if _, err := io.CopyBuffer(contextWriter{ctx, k.File}, io.NewSectionReader(scratch, 0, size), make([]byte, 1<<20)); err != nil {
-		return err
+		return fmt.Errorf("copy the image to %s: %w", k.Name(), err)
 	}
 	if k.device {
 		if err := k.Sync(); err != nil {
