@@ -495,8 +495,8 @@ func runOnTTY(t *testing.T, root string, stdoutTTY, stderrTTY bool, args ...stri
 // TestCLIExportOutput exports to every kind of -o: a regular file is
 // replaced whole, keeping its owner, group and mode, a FIFO and a character device made here (standing in
 // for /dev/null) are written into and stay what they were, a symlink is
-// followed and stays, and a directory, a dangling symlink, a socket and
-// a terminal are refused with nothing changed.
+// followed and stays, "-" is stdout, and a directory, a dangling
+// symlink, a socket and a terminal are refused with nothing changed.
 func TestCLIExportOutput(t *testing.T) {
 	requireRoot(t)
 	root := sampleStore(t)
@@ -644,11 +644,33 @@ func TestCLIExportOutput(t *testing.T) {
 	if r := run(t, root, "export", "sample", "-o", p("nodir/x.tar")); r.code != 1 || !strings.Contains(r.stderr, p("nodir/x.tar")+": no such file or directory") {
 		t.Errorf("export into a missing directory: exit %d, stderr %q", r.code, r.stderr)
 	}
+	t.Run("dash", func(t *testing.T) {
+		// -o - is stdout, as for build, not a file named "-" in the
+		// working directory.
+		cmd := exec.Command(layerfsBin(t), "--root", root, "export", "sample", "-o", "-")
+		cmd.Dir = dir
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil || out.String() != want {
+			t.Errorf("export -o -: %v, %d bytes on stdout, want the export's %d; stderr %q", err, out.Len(), len(want), errb.String())
+		}
+		if _, err := os.Lstat(p("-")); err == nil {
+			os.Remove(p("-"))
+			t.Error(`export -o - wrote a file named "-"`)
+		}
+	})
 	t.Run("terminal", func(t *testing.T) {
-		for to, args := range map[string][]string{"stdout": {"export", "sample"}, "/dev/stdout": {"export", "sample", "-o", "/dev/stdout"}} {
-			shown, stderr, code := runOnTTY(t, root, true, false, args...)
-			if code != 1 || !strings.Contains(stderr, "terminal") || !strings.Contains(stderr, "export to "+to+":") || shown != "" {
-				t.Errorf("%q to a terminal: exit %d, stderr %q, %d bytes shown; want refused, naming the output", args, code, stderr, len(shown))
+		for _, c := range []struct {
+			to   string
+			args []string
+		}{
+			{"stdout", []string{"export", "sample"}},
+			{"stdout", []string{"export", "sample", "-o", "-"}},
+			{"/dev/stdout", []string{"export", "sample", "-o", "/dev/stdout"}},
+		} {
+			shown, stderr, code := runOnTTY(t, root, true, false, c.args...)
+			if code != 1 || !strings.Contains(stderr, "terminal") || !strings.Contains(stderr, "export to "+c.to+":") || shown != "" {
+				t.Errorf("%q to a terminal: exit %d, stderr %q, %d bytes shown; want refused, naming the output", c.args, code, stderr, len(shown))
 			}
 		}
 	})

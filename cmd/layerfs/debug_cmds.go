@@ -328,7 +328,7 @@ the files before it were written.
 func exportCmd(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
-		Use:               "export TARGET [-o FILE]",
+		Use:               "export TARGET [-o FILE|-]",
 		ValidArgsFunction: completeTargets(g, 1),
 		Short:             "Write the merged view as one tar stream",
 		Long: `Write the merged view of TARGET as one PAX tar stream, to stdout or FILE:
@@ -338,12 +338,12 @@ xattrs as SCHILY.xattr records, and no whiteout markers.
 "tar --xattrs --xattrs-include='*' --numeric-owner -xpf -" unpacks it to
 exactly the merged view.
 
-A terminal is refused, as stdout or FILE. A regular FILE is written in
-its directory with no name, named and renamed into place once whole, so
-a killed export leaves nothing, and the file replaced keeps its owner,
-group and mode; a FIFO or character device is written into, never
-replaced; a symlink is followed; a directory, socket or block device is
-refused before anything is read.
+"-o -" is stdout, as for build. A terminal is refused, as stdout or
+FILE. A regular FILE is written in its directory with no name, named and
+renamed into place once whole, so a killed export leaves nothing, and
+the file replaced keeps its owner, group and mode; a FIFO or character
+device is written into, never replaced; a symlink is followed; a
+directory, socket or block device is refused before anything is read.
 
 A TARGET is an image name, a manifest digest, or layer digests joined by
 commas, lowest first. One layer digest is that layer merged over
@@ -353,6 +353,10 @@ apply them.`,
 		Args:        cobra.ExactArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "-" {
+				// As build -o - has it, and tar -f -.
+				out = ""
+			}
 			to := out
 			if to == "" {
 				to = "stdout"
@@ -378,7 +382,7 @@ apply them.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout (- is stdout)")
 	return withViewPlatform(g, cmd)
 }
 
