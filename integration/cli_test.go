@@ -348,6 +348,9 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"layers", "sample", "extra"}, 2, "Usage: layerfs layers [TARGET] [flags]"},
 		{[]string{"which", "sample"}, 2, "Usage: layerfs which TARGET PATH"},
 		{[]string{"images", "--no-such-flag"}, 2, "unknown flag"},
+		// An unset variable in a script: never the default store.
+		{[]string{"images", "--root", ""}, 2, "--root is empty"},
+		{[]string{"layers", "--root="}, 2, "--root is empty"},
 		{[]string{"pull", "--jobs", "0", "x"}, 2, "--jobs 0"},
 		{[]string{"pull", "--jobs", "-3", "x"}, 2, "--jobs -3"},
 		{[]string{"pull", "--jobs", "many", "x"}, 2, "invalid argument"},

@@ -157,6 +157,11 @@ func rootCommand() *cobra.Command {
 		},
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			// An unset variable in a script must not reach the default
+			// store, root's system one as root.
+			if cmd.Flags().Changed("root") && g.root == "" {
+				return usageError{cmd, errors.New("--root is empty: name the store directory, or leave --root out for the default")}
+			}
 			level, err := logrus.ParseLevel(g.logLevel)
 			if err != nil {
 				return usageError{cmd, fmt.Errorf("--log-level %q: want debug, info, warning or error", g.logLevel)}
