@@ -358,6 +358,13 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"ls", "--platform", "linux", "sample"}, 2, "want os/arch"},
 		{[]string{"build", "--platform", "amd64", "sample", "-o", "-"}, 2, "want os/arch"},
 		{[]string{"pull", "--platform", "a/b/c/d", "x"}, 2, "want os/arch"},
+		// Layouts and archives, written as paths or there on disk
+		// (this test's own source), are import's, not a registry's.
+		{[]string{"pull", "./sample"}, 1, "with layerfs import"},
+		{[]string{"pull", "../testdata/sample"}, 1, "with layerfs import"},
+		{[]string{"pull", "/no/such/sample"}, 1, "with layerfs import"},
+		{[]string{"pull", "cli_test.go"}, 1, "with layerfs import, or pull docker://cli_test.go"},
+		{[]string{"pull", "cli_test.go:v1"}, 1, "with layerfs import, or pull docker://cli_test.go:v1"},
 		{[]string{"which", "sample", "/no/such/path"}, 3, "not in the view"},
 		{[]string{"rm", "no-such-image"}, 1, "not found"},
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/source/archive"
@@ -32,10 +33,13 @@ func pullCmd(g *globals) *cobra.Command {
 		Long: `Pull images from OCI registries into the store. REF is read as docker
 reads it (debian is docker.io/library/debian:latest), with or without
 skopeo's docker:// before it, and the image is listed under that full
-form. Of an image index, the host's platform is pulled (--platform
-chooses another, --all-platforms every one); the name then refers to the
-index, as import names one, and pulling another platform later adds it
-under the same name. Loopback registries are reached over plain HTTP;
+form. A REF written as a path (/, ./ or ../ before it, or oci: and
+skopeo's other file transports), or one there on disk, is refused:
+layerfs import takes those; docker://REF is the registry's image
+whatever is on disk. Of an image index, the host's platform is pulled
+(--platform chooses another, --all-platforms every one); the name then
+refers to the index, as import names one, and pulling another platform
+later adds it under the same name. Loopback registries are reached over plain HTTP;
 credentials come from docker's config.json and its credential helpers.
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
@@ -66,8 +70,15 @@ extracted.`,
 			}
 			var errs []error
 			for _, ref := range args {
-				if archive.HasTransport(ref) {
+				// A registry would only answer these with a confusing
+				// error; skopeo's docker:// says a registry's, whatever
+				// is on disk.
+				switch {
+				case archive.WrittenAsFile(ref):
 					errs = append(errs, fmt.Errorf("pull %s: a layout or archive, not a registry's image: import it, with layerfs import", ref))
+					continue
+				case !strings.HasPrefix(ref, "docker://") && archive.OnDisk(ref):
+					errs = append(errs, fmt.Errorf("pull %s: names a file or directory here, not a registry's image: import it, with layerfs import, or pull docker://%s for the registry's", ref, ref))
 					continue
 				}
 				img, err := puller.Pull(ctx, ref)

@@ -76,10 +76,18 @@ func SplitRef(arg string) (src, ref string) {
 	return arg, ""
 }
 
-// HasTransport reports an argument written for one of skopeo's layout or
-// archive transports, which names no registry image.
-func HasTransport(arg string) bool {
-	return slices.ContainsFunc(fileTransports, func(t string) bool { return strings.HasPrefix(arg, t) })
+// WrittenAsFile reports an argument written as a layout or archive, which
+// names no registry image: after one of skopeo's layout or archive
+// transports, or as a path (/, ./ or ../ before it).
+func WrittenAsFile(arg string) bool {
+	return slices.ContainsFunc(append([]string{"/", "./", "../"}, fileTransports...), func(p string) bool { return strings.HasPrefix(arg, p) })
+}
+
+// OnDisk reports an argument Import reads as a path that exists, alone or
+// before :REF.
+func OnDisk(arg string) bool {
+	_, _, ok := splitExisting(arg)
+	return ok
 }
 
 // splitExisting is SplitRef without transports: ok is false when no
