@@ -402,7 +402,11 @@ func TestTag(t *testing.T) {
 		{[]string{"tag", m.Layers[0].Digest.String(), "x"}, 1, "is a layer, not an image"},
 		{[]string{"tag", "two", ""}, 2, "may not be empty"},
 		{[]string{"tag", "two", "my image"}, 2, `image name "my image" is not an OCI ref name`},
-		{[]string{"tag", "two", "sha256:0123456789ab"}, 1, "reads as a digest"},
+		{[]string{"tag", "two", "sha256:0123456789ab"}, 2, "reads as a digest"},
+		// Every name is checked before any is given.
+		{[]string{"tag", "two", "fine", "sha256:0123456789ab"}, 2, "reads as a digest"},
+		{[]string{"tag", "two", "fine", "0123456789abcdef"}, 2, "reads as a digest"},
+		{[]string{"tag", "two", "fine", "my image"}, 2, "is not an OCI ref name"},
 		{[]string{"tag", "two"}, 2, "requires at least 2 arg"},
 	} {
 		r := run(t, root, c.args...)

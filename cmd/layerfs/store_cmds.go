@@ -339,8 +339,11 @@ func tagCmd(g *globals) *cobra.Command {
 unique prefix of one) each NAME too, printing "NAME DIGEST" for each.
 A NAME is kept as given, as an OCI layout's ref name, and must be one
 as the OCI image spec and umoci have it (letters and digits joined by
-one of - . _ : @ + or --, in components separated by /); a docker-style
-short name still finds a stored full one, as for every target.
+one of - . _ : @ + or --, in components separated by /), and must not
+read as a digest (sha256:..., or 12 to 64 hex digits); a docker-style
+short name still finds a stored full one, as for every target. Every
+NAME is checked before any is given: one bad NAME is a usage error
+(exit 2), and no NAME is given.
 
 A NAME that already stands for another image is refused, since that
 image would be left without it and gc removes an image with no name;
@@ -348,11 +351,17 @@ image would be left without it and gc removes an image with no name;
 		Args:              cobra.MinimumNArgs(2),
 		ValidArgsFunction: completeTargets(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// Every NAME is checked before any is given, as the store
+			// would check it, so that a bad one leaves none applied.
 			for _, name := range args[1:] {
 				if name == "" {
 					return usageError{cmd, errors.New("an image name may not be empty")}
 				}
-				if err := reference.CheckRefName(name); err != nil {
+				err := reference.CheckRefName(name)
+				if err == nil {
+					err = reference.CheckName(name)
+				}
+				if err != nil {
 					return usageError{cmd, err}
 				}
 			}
