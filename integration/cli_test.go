@@ -1218,3 +1218,22 @@ func TestInspectFormat(t *testing.T) {
 		}
 	}
 }
+
+// TestRmCarriesOn removes several arguments, some of which fail: as
+// docker rmi, each is removed on its own, what was removed is printed,
+// every failure is reported, and the exit code is 1.
+func TestRmCarriesOn(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	mustRun(t, root, "tag", "sample", "a", "b")
+	r := run(t, root, "rm", "a", "nope", "b", "sampel")
+	if r.code != 1 || r.stdout != "a\nb\n" {
+		t.Errorf("rm a nope b sampel: exit %d, stdout %q; want exit 1 and a, b removed", r.code, r.stdout)
+	}
+	if !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, `"nope"`) || !strings.Contains(r.stderr, `did you mean "sample"?`) {
+		t.Errorf("stderr %q; want one error line naming nope and sampel", r.stderr)
+	}
+	if got := mustRun(t, root, "images", "--format", "{{.Name}}"); got != "sample\n" {
+		t.Errorf("images after rm: %q, want only sample", got)
+	}
+}

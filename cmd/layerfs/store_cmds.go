@@ -406,7 +406,11 @@ unless --force, which removes it under every name, as docker rmi does.
 
 An image a live mount or virtio-fs server serves is refused unless
 --force; with it, the view keeps working, and gc frees its data once the
-view ends.`,
+view ends.
+
+Each argument is removed on its own, as docker rmi does: what is removed
+is printed, every argument that fails is reported, and the others are
+still removed; the exit code is then 1.`,
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeTargets(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -414,44 +418,55 @@ view ends.`,
 			if err != nil {
 				return err
 			}
+			// Each argument on its own, as docker rmi: one that fails
+			// stops none of the others.
+			var errs []error
 			for _, name := range args {
-				img, err := s.ImageNamed(name)
-				if errors.Is(err, store.ErrNotFound) {
-					if t, terr := s.Resolve([]string{name}); terr == nil && t.Single {
-						if err := s.RemoveBareLayer(t.Layers[0].Digest, force); err != nil {
-							return err
-						}
-						fmt.Println(t.Layers[0].Digest)
-						continue
-					}
-					if removed, ok, err := removeByDigest(s, name, force); ok {
-						if err != nil {
-							return err
-						}
-						for _, r := range removed {
-							fmt.Println(output.Name(r))
-						}
-						continue
-					}
+				removed, err := removeOne(s, name, force)
+				for _, r := range removed {
+					fmt.Println(output.Name(r))
 				}
 				if err != nil {
-					return suggestName(s, name, err)
+					errs = append(errs, err)
 				}
-				if !force {
-					if err := s.CheckNotServed(img); err != nil {
-						return err
-					}
-				}
-				if err := s.Untag(img.Name); err != nil {
-					return err
-				}
-				fmt.Println(output.Name(img.Name))
 			}
-			return nil
+			return errors.Join(errs...)
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image even while a mount serves it")
 	return cmd
+}
+
+// removeOne removes the image or bare layer name gives, and returns what
+// it removed, by name, or by digest what has none.
+func removeOne(s *store.Store, name string, force bool) ([]string, error) {
+	img, err := s.ImageNamed(name)
+	if errors.Is(err, store.ErrNotFound) {
+		if t, terr := s.Resolve([]string{name}); terr == nil && t.Single {
+			if err := s.RemoveBareLayer(t.Layers[0].Digest, force); err != nil {
+				return nil, err
+			}
+			return []string{t.Layers[0].Digest.String()}, nil
+		}
+		if removed, ok, err := removeByDigest(s, name, force); ok {
+			if err != nil {
+				return nil, err
+			}
+			return removed, nil
+		}
+	}
+	if err != nil {
+		return nil, suggestName(s, name, err)
+	}
+	if !force {
+		if err := s.CheckNotServed(img); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.Untag(img.Name); err != nil {
+		return nil, err
+	}
+	return []string{img.Name}, nil
 }
 
 // removeByDigest removes the image whose manifest or index digest arg
