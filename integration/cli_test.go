@@ -358,6 +358,8 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"ls", "--platform", "linux", "sample"}, 2, "want os/arch"},
 		{[]string{"build", "--platform", "amd64", "sample", "-o", "-"}, 2, "want os/arch"},
 		{[]string{"pull", "--platform", "a/b/c/d", "x"}, 2, "want os/arch"},
+		{[]string{"import", "--all-platforms", "--platform", "linux/amd64", "../testdata/sample"}, 2, "[platform all-platforms]"},
+		{[]string{"pull", "--platform", "linux/amd64", "--all-platforms", "x"}, 2, "[platform all-platforms]"},
 		// Layouts and archives, written as paths or there on disk
 		// (this test's own source), are import's, not a registry's.
 		{[]string{"pull", "./sample"}, 1, "with layerfs import"},

@@ -332,9 +332,10 @@ func TestMountLongStackSource(t *testing.T) {
 	}
 }
 
-// TestKernelMountRefused: mount --kernel without root, with flags only
-// FUSE mounts take, or at a mountpoint that is not one says why and
-// where to go, exits 1, and mounts and writes nothing.
+// TestKernelMountRefused: mount --kernel without root, or at a
+// mountpoint that is not one, says why and where to go, exits 1, and
+// mounts and writes nothing; with a flag only FUSE mounts take it is a
+// usage error (exit 2, with the usage line) that mounts nothing either.
 func TestKernelMountRefused(t *testing.T) {
 	root := sampleStore(t)
 	mnt := t.TempDir()
@@ -345,7 +346,10 @@ func TestKernelMountRefused(t *testing.T) {
 		{"--allow-other", "--allow-other is for FUSE mounts"},
 		{"--fuse-debug", "--fuse-debug is for FUSE mounts"},
 	} {
-		checkRefused(t, run(t, root, "mount", "--kernel", c.flag, "sample", mnt), c.expect)
+		r := run(t, root, "mount", "--kernel", c.flag, "sample", mnt)
+		if r.code != 2 || !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, c.expect) || !strings.Contains(r.stderr, "\nUsage: layerfs mount") {
+			t.Errorf("mount --kernel %s: exit %d, stderr %q; want a usage error (exit 2) saying %q", c.flag, r.code, r.stderr, c.expect)
+		}
 	}
 	checkRefused(t, run(t, root, "mount", "--kernel", "sample", filepath.Join(mnt, "missing")), "no such file")
 	if mountedAt(t, mnt) || len(metaFiles(t, root)) != 0 {

@@ -18,12 +18,8 @@ import (
 // fuseHint points a user whose kernel mount failed to the FUSE one.
 const fuseHint = `mount without --kernel serves the same view over FUSE`
 
-// runKernelMount mounts targets at mountpoint as overlayfs over the
-// view's metadata-only EROFS image, built once and cached in the store,
-// and each layer's links/ directory, hardlinks to its objects, as the
-// data-only layers (docs/erofs.md, docs/store.md). No process stays
-// behind: the mount's lease in the store lives while the mount is there.
-func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
+// kernelConflict refuses a flag of f that only FUSE mounts take.
+func kernelConflict(f mountFlags) error {
 	switch {
 	case f.overlay:
 		return errors.New("--kernel shows a merged or single-layer view; --overlay is for FUSE mounts that kernel overlayfs stacks")
@@ -31,7 +27,17 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 		return errors.New("--kernel mounts are open to every user the image's modes let in; --allow-other is for FUSE mounts")
 	case f.debug:
 		return errors.New("--kernel mounts have no FUSE server to debug; --fuse-debug is for FUSE mounts")
-	case os.Geteuid() != 0:
+	}
+	return nil
+}
+
+// runKernelMount mounts targets at mountpoint as overlayfs over the
+// view's metadata-only EROFS image, built once and cached in the store,
+// and each layer's links/ directory, hardlinks to its objects, as the
+// data-only layers (docs/erofs.md, docs/store.md). No process stays
+// behind: the mount's lease in the store lives while the mount is there.
+func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []string, mountpoint string) error {
+	if os.Geteuid() != 0 {
 		return fmt.Errorf("mount --kernel needs root, to mount EROFS and overlayfs; %s", fuseHint)
 	}
 	mountpoint, err := layerfs.ResolveMountpoint(mountpoint)

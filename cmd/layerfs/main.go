@@ -168,6 +168,11 @@ func rootCommand() *cobra.Command {
 			}
 			logrus.SetLevel(level)
 			logrus.SetOutput(os.Stderr)
+			// cobra checks flag groups (--platform against
+			// --all-platforms) after this, and returns its error bare.
+			if err := cmd.ValidateFlagGroups(); err != nil {
+				return usageError{cmd, err}
+			}
 			return nil
 		},
 	}

@@ -77,6 +77,11 @@ any other layerfs mount.`,
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.kernel {
+				if err := kernelConflict(f); err != nil {
+					return usageError{cmd, err}
+				}
+			}
 			return runMount(cmd.Context(), g, f, args[:len(args)-1], args[len(args)-1])
 		},
 		// Targets, and the shell's own completion for the mountpoint
