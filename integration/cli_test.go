@@ -369,6 +369,13 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"pull", "cli_test.go:v1"}, 1, "with layerfs import, or pull docker://cli_test.go:v1"},
 		{[]string{"which", "sample", "/no/such/path"}, 3, "not in the view"},
 		{[]string{"rm", "no-such-image"}, 1, "not found"},
+		// What is wrong with a digest is said.
+		{[]string{"inspect", "887DE7C1B19C"}, 1, "hex digits of a digest must be lowercase"},
+		{[]string{"inspect", "sha256:887DE7C1B19C"}, 1, "hex digits of a digest must be lowercase"},
+		{[]string{"inspect", "sha512:" + strings.Repeat("ab", 64)}, 1, "only sha256 digests are stored, not sha512"},
+		{[]string{"inspect", "md5:" + strings.Repeat("ab", 16)}, 1, "only sha256 digests are stored, not md5"},
+		{[]string{"inspect", "000000000000"}, 1, "no image's or layer's digest starts with it"},
+		{[]string{"rm", "sha256:" + strings.Repeat("0", 64)}, 1, "no image or layer has that digest"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

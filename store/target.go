@@ -236,7 +236,7 @@ func imageLabel(img Image) string {
 func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, error) {
 	hex := strings.TrimPrefix(arg, "sha256:")
 	if !reference.IsDigestPrefix(hex) {
-		return "", "", fmt.Errorf("target %q: %w: not an image name, nor a digest of at least %d hex digits", arg, ErrNotFound, reference.MinDigestPrefix)
+		return "", "", fmt.Errorf("target %q: %w: %s", arg, ErrNotFound, notDigest(arg, hex))
 	}
 	found := map[digest.Digest]string{}
 	for _, img := range images {
@@ -256,7 +256,10 @@ func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, 
 		}
 	}
 	if len(found) == 0 {
-		return "", "", fmt.Errorf("target %q: %w", arg, ErrNotFound)
+		if len(hex) == 64 {
+			return "", "", fmt.Errorf("target %q: %w: no image or layer has that digest", arg, ErrNotFound)
+		}
+		return "", "", fmt.Errorf("target %q: %w: no image's or layer's digest starts with it", arg, ErrNotFound)
 	}
 	if len(found) > 1 {
 		var names []string
@@ -270,6 +273,23 @@ func (s *Store) matchDigest(images []Image, arg string) (digest.Digest, string, 
 		return d, kind, nil
 	}
 	panic("unreachable")
+}
+
+// otherDigests are the algorithms of digests other tools print, which
+// the store, keeping sha256 alone, cannot have.
+var otherDigests = map[string]bool{"md5": true, "sha1": true, "sha224": true, "sha384": true, "sha512": true, "blake3": true}
+
+// notDigest says why arg, whose hex digits are hex, is neither an image's
+// name nor a digest the store could have.
+func notDigest(arg, hex string) string {
+	alg, digits, hasAlg := strings.Cut(arg, ":")
+	switch {
+	case reference.IsDigestPrefix(strings.ToLower(hex)):
+		return "not an image name, and the hex digits of a digest must be lowercase"
+	case hasAlg && otherDigests[alg] && digits != "" && strings.Trim(strings.ToLower(digits), "0123456789abcdef") == "":
+		return fmt.Sprintf("not an image name, and only sha256 digests are stored, not %s", alg)
+	}
+	return fmt.Sprintf("not an image name, nor a digest of at least %d hex digits", reference.MinDigestPrefix)
 }
 
 // knownLayers lists the layers with a directory under layers/.

@@ -442,7 +442,8 @@ still removed; the exit code is then 1.`,
 func removeOne(s *store.Store, name string, force bool) ([]string, error) {
 	img, err := s.ImageNamed(name)
 	if errors.Is(err, store.ErrNotFound) {
-		if t, terr := s.Resolve([]string{name}); terr == nil && t.Single {
+		t, terr := s.Resolve([]string{name})
+		if terr == nil && t.Single {
 			if err := s.RemoveBareLayer(t.Layers[0].Digest, force); err != nil {
 				return nil, err
 			}
@@ -453,6 +454,11 @@ func removeOne(s *store.Store, name string, force bool) ([]string, error) {
 				return nil, err
 			}
 			return removed, nil
+		}
+		if terr != nil {
+			// A target's not-found says what is wrong with a digest
+			// too: none has it, its digits, its algorithm.
+			err = terr
 		}
 	}
 	if err != nil {
