@@ -376,6 +376,9 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"inspect", "md5:" + strings.Repeat("ab", 16)}, 1, "only sha256 digests are stored, not md5"},
 		{[]string{"inspect", "000000000000"}, 1, "no image's or layer's digest starts with it"},
 		{[]string{"rm", "sha256:" + strings.Repeat("0", 64)}, 1, "no image or layer has that digest"},
+		{[]string{"inspect", "887de7c1b19c,"}, 1, `target "887de7c1b19c," has an empty element`},
+		{[]string{"ls", ",,887de7c1b19c"}, 1, `target ",,887de7c1b19c" has an empty element`},
+		{[]string{"verify", "73417749b3ad,,f300a35215b6"}, 1, `target "73417749b3ad,,f300a35215b6" has an empty element`},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

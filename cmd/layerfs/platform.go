@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/layerfs/layerfs/store"
@@ -47,7 +49,22 @@ func withViewPlatform(g *globals, cmd *cobra.Command) *cobra.Command {
 func resolveView(g *globals, s *store.Store, targets []string) (store.Target, error) {
 	var split []string
 	for _, t := range targets {
-		split = append(split, strings.Split(t, ",")...)
+		parts, err := splitStack(t)
+		if err != nil {
+			return store.Target{}, err
+		}
+		split = append(split, parts...)
 	}
 	return resolveOn(s, split, g.viewPlatform)
+}
+
+// splitStack splits a TARGET argument at its commas. An empty element (a
+// comma at either end, or two in a row) is refused naming the argument:
+// looked up, it would be a target "" that no store has.
+func splitStack(arg string) ([]string, error) {
+	parts := strings.Split(arg, ",")
+	if len(parts) > 1 && slices.Contains(parts, "") {
+		return nil, fmt.Errorf("target %q has an empty element: layer digests are joined by single commas, none at either end", arg)
+	}
+	return parts, nil
 }

@@ -536,7 +536,11 @@ and said so in the problem's line.
 			}
 			var targets []store.Target
 			for _, a := range args {
-				t, err := resolve(s, strings.Split(a, ","))
+				parts, err := splitStack(a)
+				if err != nil {
+					return err
+				}
+				t, err := resolve(s, parts)
 				if err != nil {
 					return err
 				}
