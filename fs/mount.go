@@ -230,10 +230,11 @@ const probeWait = 3 * time.Second
 // the EROFS mount beneath it, which only it held. No other mount is
 // touched. mountpoint resolves as a mount's does (ResolveMountpoint).
 func Unmount(mountpoint string) error {
-	abs, err := ResolveMountpoint(mountpoint)
-	if err != nil {
+	abs, resolveErr := ResolveMountpoint(mountpoint)
+	if resolveErr != nil {
 		// Looked for as given: a path this user cannot resolve may still
 		// be in the kernel's table, and else is not a layerfs mount.
+		var err error
 		if abs, err = filepath.Abs(mountpoint); err != nil {
 			return err
 		}
@@ -247,6 +248,9 @@ func Unmount(mountpoint string) error {
 			return fmt.Errorf("unmount %s: %w", mountpoint, err)
 		}
 		return nil
+	}
+	if !found && errors.Is(resolveErr, unix.ENOENT) {
+		return fmt.Errorf("%s: does not exist", mountpoint)
 	}
 	if !found || m.FSType != "fuse."+FSType {
 		return fmt.Errorf("%s: not a layerfs mount", mountpoint)

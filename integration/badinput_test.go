@@ -134,7 +134,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"umount"}, "accepts 1 arg"},
 		{[]string{"umount", empty, empty}, "accepts 1 arg"},
 		{[]string{"umount", empty}, "not a layerfs mount"},
-		{[]string{"umount", missing}, "not a layerfs mount"},
+		{[]string{"umount", missing}, missing + ": does not exist"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
