@@ -135,6 +135,8 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"umount", empty, empty}, "accepts 1 arg"},
 		{[]string{"umount", empty}, "not a layerfs mount"},
 		{[]string{"umount", missing}, missing + ": does not exist"},
+		{[]string{"umount", ""}, "MOUNTPOINT is empty"},
+		{[]string{"mount", "sample", ""}, "MOUNTPOINT is empty"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

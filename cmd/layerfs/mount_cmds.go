@@ -77,6 +77,9 @@ any other layerfs mount.`,
 		Args:        cobra.MinimumNArgs(2),
 		Annotations: map[string]string{handlesInterrupt: servesOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[len(args)-1] == "" {
+				return usageError{cmd, errors.New("MOUNTPOINT is empty")}
+			}
 			if f.kernel {
 				if err := kernelConflict(f); err != nil {
 					return usageError{cmd, err}
@@ -345,6 +348,9 @@ directory are removed. MOUNTPOINT is resolved as mount resolves it.`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeMountpoints,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "" {
+				return usageError{cmd, errors.New("MOUNTPOINT is empty")}
+			}
 			return layerfs.Unmount(args[0])
 		},
 	}
