@@ -56,6 +56,10 @@ func CheckMountpointDir(mp string) error {
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mp, err)
 	}
+	if found && (m.FSType == "fuse."+FSType || isKernelMount(m)) {
+		// Also one whose server died: nothing else removes it.
+		return fmt.Errorf("mountpoint %s: already a mountpoint (%s); \"layerfs umount %s\" removes it", mp, m.FSType, mp)
+	}
 	if found {
 		return fmt.Errorf("mountpoint %s: already a mountpoint (%s)", mp, m.FSType)
 	}

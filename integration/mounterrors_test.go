@@ -150,7 +150,8 @@ func TestSignalUnmounts(t *testing.T) {
 }
 
 // TestUmountOfDeadServer kills a server outright: its mount is left
-// answering ENOTCONN, listed as dead, and layerfs umount removes it.
+// answering ENOTCONN, listed as dead, a mount over it is refused saying
+// how to remove it, and layerfs umount removes it.
 func TestUmountOfDeadServer(t *testing.T) {
 	requireRoot(t)
 	root := t.TempDir()
@@ -167,6 +168,9 @@ func TestUmountOfDeadServer(t *testing.T) {
 	}
 	if out := mustRun(t, root, "mounts"); !strings.Contains(out, mnt) || !strings.Contains(out, "dead") {
 		t.Errorf("layerfs mounts does not list %s as dead:\n%s", mnt, out)
+	}
+	for _, mode := range []string{"--daemon", "--kernel"} {
+		checkRefused(t, run(t, root, "mount", mode, img.ref, mnt), `already a mountpoint (fuse.layerfs); "layerfs umount `+mnt+`" removes it`)
 	}
 	mustRun(t, root, "umount", mnt)
 	if mountedAt(t, mnt) {
