@@ -518,7 +518,8 @@ func runOnTTY(t *testing.T, root string, stdoutTTY, stderrTTY bool, args ...stri
 // replaced whole, keeping its owner, group and mode, a FIFO and a character device made here (standing in
 // for /dev/null) are written into and stay what they were, a symlink is
 // followed and stays, "-" is stdout, and a directory, a dangling
-// symlink, a socket and a terminal are refused with nothing changed.
+// symlink, a socket, a terminal and a path inside the store are refused
+// with nothing changed.
 func TestCLIExportOutput(t *testing.T) {
 	requireRoot(t)
 	root := sampleStore(t)
@@ -666,6 +667,34 @@ func TestCLIExportOutput(t *testing.T) {
 	if r := run(t, root, "export", "sample", "-o", p("nodir/x.tar")); r.code != 1 || !strings.Contains(r.stderr, p("nodir/x.tar")+": no such file or directory") {
 		t.Errorf("export into a missing directory: exit %d, stderr %q", r.code, r.stderr)
 	}
+	t.Run("inside the store", func(t *testing.T) {
+		// export and build never write over the store's own files, nor
+		// beside them, also through a symlink to the store.
+		index, err := os.ReadFile(filepath.Join(root, "index.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		must(t, os.Symlink(root, p("store-link")))
+		for _, args := range [][]string{
+			{"export", "sample", "-o", filepath.Join(root, "index.json")},
+			{"export", "sample", "-o", p("store-link/new.tar")},
+			{"build", "sample", "-o", filepath.Join(root, "new.erofs")},
+		} {
+			r := run(t, root, args...)
+			if r.code != 1 || !strings.Contains(r.stderr, args[3]+": inside the store at "+root) {
+				t.Errorf("%q: exit %d, stderr %q; want exit 1 naming the output and the store", args, r.code, r.stderr)
+			}
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "index.json")); string(got) != string(index) {
+			t.Error("export -o the store's index.json changed it")
+		}
+		for _, name := range []string{"new.tar", "new.erofs"} {
+			if _, err := os.Lstat(filepath.Join(root, name)); err == nil {
+				t.Errorf("%s written into the store", name)
+			}
+		}
+		os.Remove(p("store-link"))
+	})
 	t.Run("dash", func(t *testing.T) {
 		// -o - is stdout, as for build, not a file named "-" in the
 		// working directory.

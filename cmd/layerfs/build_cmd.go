@@ -45,8 +45,8 @@ device (a disk, a partition, a logical volume) is written as mkfs.erofs
 writes one, from its first byte: the image is built in $TMPDIR first,
 and written to the device only when it fits, the device opened
 exclusively, so one mounted or in use is refused. A FIFO or a character
-device is refused. --json prints the image's digest and size on stdout;
--v says them on stderr.
+device is refused, and so is a FILE inside the store. --json prints the
+image's digest and size on stdout; -v says them on stderr.
 
 ` + stackHelp,
 		Args:        cobra.ExactArgs(1),
@@ -62,6 +62,8 @@ device is refused. --json prints the image's digest and size on stdout;
 			name := out
 			if out == "-" {
 				name = "stdout"
+			} else if err := g.refuseInStore(out); err != nil {
+				return fmt.Errorf("build to %s: %w", name, err)
 			}
 			w, sink, err := buildOutput(out)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -343,7 +344,8 @@ FILE. A regular FILE is written in its directory with no name, named and
 renamed into place once whole, so a killed export leaves nothing, and
 the file replaced keeps its owner, group and mode; a FIFO or character
 device is written into, never replaced; a symlink is followed; a
-directory, socket or block device is refused before anything is read.
+directory, socket or block device, or a FILE inside the store, is
+refused before anything is read.
 
 A TARGET is an image name, a manifest digest, or layer digests joined by
 commas, lowest first. One layer digest is that layer merged over
@@ -360,6 +362,11 @@ apply them.`,
 			to := out
 			if to == "" {
 				to = "stdout"
+			}
+			if out != "" {
+				if err := g.refuseInStore(out); err != nil {
+					return fmt.Errorf("export to %s: %w", to, err)
+				}
 			}
 			w, err := exportOutput(out)
 			if err != nil {
@@ -396,6 +403,37 @@ func exportOutput(file string) (*output.File, error) {
 		return nil, err
 	}
 	return &output.File{File: os.Stdout}, nil
+}
+
+// refuseInStore refuses an output path inside the store root, whose own
+// files (index.json, a blob) it would replace. Both paths are compared
+// with their symlinks followed, so a link to the store is no way in.
+func (g *globals) refuseInStore(out string) error {
+	root, err := g.rootDir()
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(resolvedPath(root), resolvedPath(out))
+	if err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("inside the store at %s, where it could replace the store's own files", output.Name(root))
+	}
+	return nil
+}
+
+// resolvedPath is p absolute with every symlink followed, as far as its
+// directories exist: a new file's name is not there yet.
+func resolvedPath(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r
+	}
+	if dir := filepath.Dir(abs); dir != abs {
+		return filepath.Join(resolvedPath(dir), filepath.Base(abs))
+	}
+	return abs
 }
 
 // contextWriter fails writes once ctx is done, so an interrupted export
