@@ -34,9 +34,10 @@ func pullCmd(g *globals) *cobra.Command {
 reads it (debian is docker.io/library/debian:latest), with or without
 skopeo's docker:// before it, and the image is listed under that full
 form. A REF written as a path (/, ./ or ../ before it, or oci: and
-skopeo's other file transports), or one there on disk, is refused:
-layerfs import takes those; docker://REF is the registry's image
-whatever is on disk. Of an image index, the host's platform is pulled
+skopeo's other file transports), or one there on disk as a file or a
+directory holding an image layout or docker-archive, is refused: layerfs
+import takes those; docker://REF is the registry's image whatever is on
+disk. Of an image index, the host's platform is pulled
 (--platform chooses another, --all-platforms every one); the name then
 refers to the index, as import names one, and pulling another platform
 later adds it under the same name. Loopback registries are reached over plain HTTP;

@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -84,10 +85,23 @@ func WrittenAsFile(arg string) bool {
 }
 
 // OnDisk reports an argument Import reads as a path that exists, alone or
-// before :REF.
+// before :REF, and that could hold images: a file (an archive), or a
+// directory with a layout's or a docker-archive's index in it. A plain
+// directory of the same name as an image (./debian beside a pull of
+// debian) says nothing of what was meant.
 func OnDisk(arg string) bool {
-	_, _, ok := splitExisting(arg)
-	return ok
+	src, _, ok := splitExisting(arg)
+	if !ok {
+		return false
+	}
+	st, err := os.Stat(src)
+	if err != nil || st.Mode().IsRegular() {
+		return err == nil
+	}
+	return st.IsDir() && slices.ContainsFunc([]string{"index.json", "oci-layout", "manifest.json"}, func(name string) bool {
+		_, err := os.Lstat(filepath.Join(src, name))
+		return err == nil
+	})
 }
 
 // splitExisting is SplitRef without transports: ok is false when no

@@ -126,3 +126,34 @@ func TestImportNamesDocker25LayerOrder(t *testing.T) {
 		t.Errorf("verify after refusal: %v %v", problems, err)
 	}
 }
+
+// TestOnDisk: what pull takes for import's is a path that exists and
+// could hold images, alone or before :REF; a plain directory that happens
+// to bear an image's name is not.
+func TestOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"plain", "layout", "dockerarchive"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"layout/index.json", "dockerarchive/manifest.json", "image.tar"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for arg, want := range map[string]bool{
+		"plain":         false,
+		"plain:v1":      false,
+		"missing":       false,
+		"layout":        true,
+		"layout:a":      true,
+		"dockerarchive": true,
+		"image.tar":     true,
+		"image.tar:@0":  true,
+	} {
+		if got := OnDisk(filepath.Join(dir, arg)); got != want {
+			t.Errorf("OnDisk(%s): %v, want %v", arg, got, want)
+		}
+	}
+}
