@@ -1278,3 +1278,21 @@ func TestRmCarriesOn(t *testing.T) {
 		t.Errorf("images after rm: %q, want only sample", got)
 	}
 }
+
+// TestInspectCarriesOn: inspect of TARGETs some of which are not there
+// prints those that are, as docker inspect does, then reports the others
+// on one error line and exits 1.
+func TestInspectCarriesOn(t *testing.T) {
+	root := sampleStore(t)
+	r := run(t, root, "inspect", "nope", "sample", "sampel")
+	var got []struct{ Name string }
+	if err := json.Unmarshal([]byte(r.stdout), &got); r.code != 1 || err != nil || len(got) != 1 || got[0].Name != "sample" {
+		t.Errorf("inspect nope sample sampel: exit %d, stdout %q (%v); want exit 1 and sample's object alone", r.code, r.stdout, err)
+	}
+	if !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, `"nope"`) || !strings.Contains(r.stderr, `did you mean "sample"?`) {
+		t.Errorf("stderr %q; want one error line naming nope and sampel", r.stderr)
+	}
+	if r := run(t, root, "inspect", "--format", "{{.Name}}", "nope"); r.code != 1 || r.stdout != "" {
+		t.Errorf("inspect of nothing there: exit %d, stdout %q; want exit 1 and nothing", r.code, r.stdout)
+	}
+}

@@ -286,7 +286,8 @@ manifest's), .Manifest, .Config (the image config, whose own
 .Config holds .Env, .Entrypoint, .Cmd...) and .Layers, e.g.
 '{{.Config.Config.Env}}' or '{{range .Layers}}{{.Digest}} {{end}}'.
 Of an image index, the manifest is that of the platform --platform
-names (default: this host's).
+names (default: this host's). A TARGET that is not there is reported
+after the others are printed, and the exit code is then 1.
 
 ` + stackHelp,
 		Args:              cobra.MinimumNArgs(1),
@@ -303,31 +304,48 @@ names (default: this host's).
 			if err != nil {
 				return err
 			}
+			// Each TARGET on its own, as docker inspect: those found are
+			// printed, then every one that is not is reported.
 			out := make([]inspected, 0, len(args))
+			var errs []error
 			for _, arg := range args {
-				t, err := resolveView(g, s, []string{arg})
+				one, err := inspectOne(g, s, all, arg)
 				if err != nil {
-					return err
-				}
-				one := inspected{Name: t.Name, Layers: layersOf(all, t)}
-				if t.Manifest.Digest != "" {
-					m, c, err := s.ImageLayers(t.Manifest.Digest)
-					if err != nil {
-						return err
-					}
-					one.Manifest, one.Config, one.Digest = &m, &c, t.Manifest.Digest.String()
-					if one.Names, err = s.NamesOf(t.Manifest.Digest); err != nil {
-						return err
-					}
+					errs = append(errs, err)
+					continue
 				}
 				out = append(out, one)
 			}
-			return output.Write(os.Stdout, output.Options{Format: format}, output.List[inspected]{}, out)
+			if err := output.Write(os.Stdout, output.Options{Format: format}, output.List[inspected]{}, out); err != nil {
+				return err
+			}
+			return errors.Join(errs...)
 		},
 	}
 	cmd.Flags().StringVar(&format, "format", "json", `"json", or a Go template applied to each TARGET's object, e.g. '{{.Digest}} {{len .Layers}}'`)
 	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	return withViewPlatform(g, cmd)
+}
+
+// inspectOne is what inspect shows of target arg.
+func inspectOne(g *globals, s *store.Store, all []store.LayerInfo, arg string) (inspected, error) {
+	t, err := resolveView(g, s, []string{arg})
+	if err != nil {
+		return inspected{}, err
+	}
+	one := inspected{Name: t.Name, Layers: layersOf(all, t)}
+	if t.Manifest.Digest == "" {
+		return one, nil
+	}
+	m, c, err := s.ImageLayers(t.Manifest.Digest)
+	if err != nil {
+		return inspected{}, err
+	}
+	one.Manifest, one.Config, one.Digest = &m, &c, t.Manifest.Digest.String()
+	if one.Names, err = s.NamesOf(t.Manifest.Digest); err != nil {
+		return inspected{}, err
+	}
+	return one, nil
 }
 
 func tagCmd(g *globals) *cobra.Command {
