@@ -6,6 +6,7 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"text/template"
+	"text/template/parse"
 	"unicode"
 
 	"github.com/opencontainers/go-digest"
@@ -81,6 +83,9 @@ func Write[T any](w io.Writer, opts Options, l List[T], items []T) error {
 		return tw.Flush()
 	}
 	tmpl, err := parseTemplate(opts.Format)
+	if err == nil {
+		err = checkFields(reflect.TypeFor[T](), tmpl.Tree.Root)
+	}
 	if err != nil {
 		return &FormatError{err, fieldNames[T]()}
 	}
@@ -122,6 +127,66 @@ func fieldNames[T any]() []string {
 		}
 	}
 	return names
+}
+
+// checkFields checks that every field n names of an item, where dot is
+// the item (outside range and with, and through $), is one of t's, so
+// that a script's template with a mistyped field fails where there is
+// nothing to print too, not only once there is. Fields of fields are
+// left to the template's own run.
+func checkFields(t reflect.Type, n parse.Node) error {
+	has := func(name string) bool {
+		_, field := t.FieldByName(name)
+		_, method := reflect.PointerTo(t).MethodByName(name)
+		return field || method
+	}
+	var check func(n parse.Node, dotIsItem bool) error
+	checkPipe := func(p *parse.PipeNode, dotIsItem bool) error {
+		if p == nil {
+			return nil
+		}
+		for _, c := range p.Cmds {
+			for _, arg := range c.Args {
+				if err := check(arg, dotIsItem); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	check = func(n parse.Node, dotIsItem bool) error {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return nil
+			}
+			for _, c := range n.Nodes {
+				if err := check(c, dotIsItem); err != nil {
+					return err
+				}
+			}
+		case *parse.ActionNode:
+			return checkPipe(n.Pipe, dotIsItem)
+		case *parse.PipeNode:
+			return checkPipe(n, dotIsItem)
+		case *parse.IfNode:
+			return errors.Join(checkPipe(n.Pipe, dotIsItem), check(n.List, dotIsItem), check(n.ElseList, dotIsItem))
+		case *parse.RangeNode:
+			return errors.Join(checkPipe(n.Pipe, dotIsItem), check(n.List, false), check(n.ElseList, dotIsItem))
+		case *parse.WithNode:
+			return errors.Join(checkPipe(n.Pipe, dotIsItem), check(n.List, false), check(n.ElseList, dotIsItem))
+		case *parse.FieldNode:
+			if dotIsItem && !has(n.Ident[0]) {
+				return fmt.Errorf("no field .%s", n.Ident[0])
+			}
+		case *parse.VariableNode:
+			if n.Ident[0] == "$" && len(n.Ident) > 1 && !has(n.Ident[1]) {
+				return fmt.Errorf("no field $.%s", n.Ident[1])
+			}
+		}
+		return nil
+	}
+	return check(n, true)
 }
 
 // parseTemplate reads a --format template; {{json .}} prints a value as

@@ -1,0 +1,42 @@
+package output
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+type item struct {
+	Name string
+	List []struct{ Inner string }
+}
+
+func (item) Short() string { return "short" }
+
+// TestTemplateFieldsCheckedWithNoItems: a template naming a field the
+// items lack is a FormatError with nothing to print as with something,
+// while fields inside range and with, of other values, are left to the
+// template's run.
+func TestTemplateFieldsCheckedWithNoItems(t *testing.T) {
+	for format, ok := range map[string]bool{
+		"{{.Name}}":             true,
+		"{{.Short}} {{json .}}": true,
+		"{{range .List}}{{.Inner}} {{.Other}}{{end}}": true,
+		"{{with .List}}{{len .}}{{end}}":              true,
+		"{{.Nope}}":                                   false,
+		"{{$.Nope}}":                                  false,
+		"{{if .Name}}{{.Nope}}{{end}}":                false,
+		"{{range .List}}{{$.Nope}}{{end}}":            false,
+		"{{range .List}}{{else}}{{.Nope}}{{end}}":     false,
+		"{{join .Nope \",\"}}":                        false,
+	} {
+		for _, items := range [][]item{nil, {{Name: "a"}}} {
+			var out bytes.Buffer
+			err := Write(&out, Options{Format: format}, List[item]{}, items)
+			var fe *FormatError
+			if ok && err != nil || !ok && (!errors.As(err, &fe) || out.Len() != 0) {
+				t.Errorf("%s over %d items: %v, output %q; want ok %v", format, len(items), err, out.String(), ok)
+			}
+		}
+	}
+}
