@@ -362,6 +362,9 @@ func mountsCmd(*globals) *cobra.Command {
 		Use:   "mounts",
 		Short: "List layerfs mounts: mountpoint, target, server pid, state and type",
 		Long: `List layerfs mounts: mountpoint, target, server pid, state and type.
+Every layerfs mount of this mount namespace is listed, whichever store it
+serves: they are found in the kernel's mount table, which names no store,
+so --root changes nothing here.
 
 TYPE is fuse, or kernel for a mount --kernel, which has no server: its
 STATE is mounted. A FUSE mount's STATE is serving, dead (the server is
