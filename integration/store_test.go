@@ -360,9 +360,10 @@ func TestTag(t *testing.T) {
 	mustRun(t, root, "tag", "one", "alias") // the same image again: nothing to move
 
 	for _, name := range []string{"alias", "web"} {
-		r := run(t, root, "tag", "two", name)
+		// A free name given with it is not given either: all or none.
+		r := run(t, root, "tag", "two", "free", name)
 		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "already names another image, "+one.String()) || !strings.Contains(r.stderr, "--force") {
-			t.Errorf("tag two %s over image one's name: exit %d, stdout %q, stderr %q; want exit 1 naming the image and --force", name, r.code, r.stdout, r.stderr)
+			t.Errorf("tag two free %s over image one's name: exit %d, stdout %q, stderr %q; want exit 1 naming the image and --force", name, r.code, r.stdout, r.stderr)
 		}
 	}
 	check("after refusals", map[string]string{"one": one.String(), "two": two.String(), "alias": one.String(), "docker.io/library/web:latest": one.String()})

@@ -444,27 +444,42 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 // empty name lists desc unnamed, found by its digest and kept by gc, as
 // an import does with an image its source gives no name.
 func (s *Store) Tag(name string, desc ocispec.Descriptor) error {
-	return s.tag(name, desc, true)
-}
-
-// AddName gives the image desc the name name too. A name that already
-// stands for another image, as given or in its docker-style full form, is
-// refused with ErrNameTaken: moving it would leave that image unnamed, and
-// gc removes what has no name.
-func (s *Store) AddName(name string, desc ocispec.Descriptor) error {
-	if name == "" {
-		return errors.New("an image name may not be empty")
-	}
-	return s.tag(name, desc, false)
-}
-
-// ErrNameTaken is wrapped by AddName's refusal of a name in use.
-var ErrNameTaken = errors.New("already names another image")
-
-func (s *Store) tag(name string, desc ocispec.Descriptor, move bool) error {
 	if err := reference.CheckName(name); err != nil {
 		return err
 	}
+	return s.updateIndex(func(idx *ocispec.Index) error { return setName(idx, name, desc, true) })
+}
+
+// AddNames gives the image desc each of names too, all or none. A name
+// that already stands for another image, as given or in its docker-style
+// full form, is refused with ErrNameTaken, and then none is given:
+// moving it would leave that image unnamed, and gc removes what has no
+// name.
+func (s *Store) AddNames(desc ocispec.Descriptor, names ...string) error {
+	for _, name := range names {
+		if name == "" {
+			return errors.New("an image name may not be empty")
+		}
+		if err := reference.CheckName(name); err != nil {
+			return err
+		}
+	}
+	return s.updateIndex(func(idx *ocispec.Index) error {
+		for _, name := range names {
+			if err := setName(idx, name, desc, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ErrNameTaken is wrapped by AddNames's refusal of a name in use.
+var ErrNameTaken = errors.New("already names another image")
+
+// setName lists desc in idx under name (unnamed when name is empty), in
+// place of what the name listed, which, unless move, must be desc itself.
+func setName(idx *ocispec.Index, name string, desc ocispec.Descriptor, move bool) error {
 	if name != "" {
 		desc.Annotations = map[string]string{AnnotationRefName: name}
 	} else {
@@ -472,21 +487,19 @@ func (s *Store) tag(name string, desc ocispec.Descriptor, move bool) error {
 	}
 	desc.Platform = nil
 	full := reference.Normalize(name)
-	return s.updateIndex(func(idx *ocispec.Index) error {
-		kept := idx.Manifests[:0]
-		for _, m := range idx.Manifests {
-			n := m.Annotations[AnnotationRefName]
-			if !move && name != "" && (n == name || n == full) && m.Digest != desc.Digest {
-				return fmt.Errorf("image name %q %w, %s", name, ErrNameTaken, m.Digest)
-			}
-			if (name != "" && n == name) || (name == "" && n == "" && m.Digest == desc.Digest) {
-				continue
-			}
-			kept = append(kept, m)
+	kept := idx.Manifests[:0]
+	for _, m := range idx.Manifests {
+		n := m.Annotations[AnnotationRefName]
+		if !move && name != "" && (n == name || n == full) && m.Digest != desc.Digest {
+			return fmt.Errorf("image name %q %w, %s", name, ErrNameTaken, m.Digest)
 		}
-		idx.Manifests = append(kept, desc)
-		return nil
-	})
+		if (name != "" && n == name) || (name == "" && n == "" && m.Digest == desc.Digest) {
+			continue
+		}
+		kept = append(kept, m)
+	}
+	idx.Manifests = append(kept, desc)
+	return nil
 }
 
 // The store's errors are its views' too, so that errors.Is holds

@@ -364,8 +364,8 @@ NAME is checked before any is given: one bad NAME is a usage error
 (exit 2), and no NAME is given.
 
 A NAME that already stands for another image is refused, since that
-image would be left without it and gc removes an image with no name;
---force moves the name, as docker tag does.`,
+image would be left without it and gc removes an image with no name, and
+then no NAME is given; --force moves the name, as docker tag does.`,
 		Args:              cobra.MinimumNArgs(2),
 		ValidArgsFunction: completeTargets(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -391,17 +391,24 @@ image would be left without it and gc removes an image with no name;
 			if err != nil {
 				return suggestName(s, args[0], err)
 			}
-			for _, name := range args[1:] {
-				add := s.AddName
-				if force {
-					add = s.Tag
-				}
-				if err := add(name, img.Manifest); err != nil {
-					if errors.Is(err, store.ErrNameTaken) {
-						err = fmt.Errorf("%w: give --force to move it", err)
+			names := args[1:]
+			if force {
+				for _, name := range names {
+					if err := s.Tag(name, img.Manifest); err != nil {
+						return err
 					}
-					return err
+					fmt.Printf("%s %s\n", output.Name(name), img.Manifest.Digest)
 				}
+				return nil
+			}
+			// All or none: a NAME in use stops the others too.
+			if err := s.AddNames(img.Manifest, names...); err != nil {
+				if errors.Is(err, store.ErrNameTaken) {
+					err = fmt.Errorf("%w: give --force to move it; no NAME was given", err)
+				}
+				return err
+			}
+			for _, name := range names {
 				fmt.Printf("%s %s\n", output.Name(name), img.Manifest.Digest)
 			}
 			return nil
