@@ -663,9 +663,17 @@ func TestImportBareLayer(t *testing.T) {
 	layout, descs := layoutWith(t, a)
 	blob := layerBlobs(t, layout, descs[0])[0]
 	root := t.TempDir()
-	out := strings.TrimSpace(mustRun(t, root, "import", "--layer", blob))
-	if want := "sha256:" + filepath.Base(blob); out != want {
-		t.Fatalf("import --layer printed %q, want %s", out, want)
+	r := run(t, root, "import", "--layer", blob)
+	out := strings.TrimSpace(r.stdout)
+	if want := "sha256:" + filepath.Base(blob); r.code != 0 || out != want || r.stderr != "" {
+		t.Fatalf("import --layer: exit %d, stdout %q, stderr %q; want %s and nothing on stderr", r.code, r.stdout, r.stderr, want)
+	}
+	// An image archive given as a layer is stored as one, as asked, with
+	// a warning that import without --layer takes its images.
+	archive := filepath.Join(t.TempDir(), "layout.tar")
+	testimage.RunTool(t, "tar", "-C", layout, "-cf", archive, ".")
+	if r := run(t, t.TempDir(), "import", "--layer", archive); r.code != 0 || !strings.HasPrefix(r.stdout, "sha256:") || !strings.Contains(r.stderr, "oci-layout at its root") || !strings.Contains(r.stderr, "without --layer") {
+		t.Errorf("import --layer of a layout's tar: exit %d, stdout %q, stderr %q; want it stored, with a warning naming oci-layout", r.code, r.stdout, r.stderr)
 	}
 	mustRun(t, root, "gc")
 	if layers := mustRun(t, root, "layers", "--no-trunc"); !strings.Contains(layers, out) {

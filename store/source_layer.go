@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/layerfs/layerfs/internal/output"
 	"io"
 	"io/fs"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/internal/compression"
+	"github.com/layerfs/layerfs/internal/output"
+	"github.com/layerfs/layerfs/store/index"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -44,6 +45,29 @@ func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descripto
 		return desc, fmt.Errorf("import layer %s: %w", file, err)
 	}
 	return desc, s.keepLayer(desc)
+}
+
+// ArchiveMarks are the names at layer d's root that an image archive has
+// at its own (an OCI layout's oci-layout, a docker-archive's
+// manifest.json): a layer stored from such a file was most likely meant
+// to be imported as images.
+func (s *Store) ArchiveMarks(d digest.Digest) ([]string, error) {
+	r, err := s.openIndex(d, false)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", d, err)
+	}
+	defer r.Close()
+	var marks []string
+	for _, name := range []string{"oci-layout", "manifest.json"} {
+		_, found, err := r.Lookup(index.Root, name)
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", d, err)
+		}
+		if found {
+			marks = append(marks, name)
+		}
+	}
+	return marks, nil
 }
 
 // describeLayer describes a layer of size bytes read from r, its media

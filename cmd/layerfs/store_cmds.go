@@ -15,6 +15,7 @@ import (
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
 
@@ -67,6 +68,13 @@ staged, and exits 130.`,
 						return err
 					}
 					fmt.Println(desc.Digest)
+					marks, err := s.ArchiveMarks(desc.Digest)
+					if err != nil {
+						return err
+					}
+					if len(marks) > 0 {
+						logrus.Warnf("%s holds %s at its root, as an image archive does: it was stored as one layer, as --layer asks; without --layer, import takes the images in it", arg, strings.Join(marks, " and "))
+					}
 					continue
 				}
 				src, ref := archive.SplitRef(arg)
