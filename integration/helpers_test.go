@@ -76,7 +76,13 @@ const commandDeadline = 10 * time.Minute
 // within d.
 func runWithin(t testing.TB, d time.Duration, root string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...)
+	return runCommand(t, d, exec.Command(layerfsBin(t), append([]string{"--root", root}, args...)...))
+}
+
+// runCommand runs cmd, a layerfs command set up as a test needs it (its
+// stdin), as run does.
+func runCommand(t testing.TB, d time.Duration, cmd *exec.Cmd) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	_, err := commandWithin(t, cmd, d)
@@ -84,7 +90,7 @@ func runWithin(t testing.TB, d time.Duration, root string, args ...string) resul
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
-		t.Fatalf("layerfs %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("%s: %v", strings.Join(cmd.Args, " "), err)
 	}
 	return r
 }

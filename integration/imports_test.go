@@ -832,3 +832,39 @@ func TestImportSeekableAndForeignLayers(t *testing.T) {
 	requireVerifies(t, root)
 	requireView(t, root, plain, "seekable")
 }
+
+// TestImportStdin imports a gzipped docker-archive of two images piped to
+// "import -", as docker save's output is, and each view is compared with
+// overlayfs; what is no archive is refused naming stdin.
+func TestImportStdin(t *testing.T) {
+	requireRoot(t)
+	a, b := twoImages()
+	layout, descs := layoutWith(t, a, b)
+	archive := compressed(t, multiImageArchive(t, layout), "gzip")
+	stdin := func(root, file string) result {
+		t.Helper()
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd := exec.Command(layerfsBin(t), "--root", root, "import", "-")
+		// A pipe, as from docker save, not the file itself.
+		cmd.Stdin = io.MultiReader(f)
+		return runCommand(t, commandDeadline, cmd)
+	}
+	root := t.TempDir()
+	r := stdin(root, archive)
+	if got, want := importedNames(r.stdout), []string{"docker.io/example/a:1", "docker.io/example/b:1"}; r.code != 0 || !slices.Equal(got, want) {
+		t.Fatalf("import - of a piped archive: exit %d, stdout %q, stderr %q; want %v", r.code, r.stdout, r.stderr, want)
+	}
+	requireVerifies(t, root)
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "example/a:1")
+	requireView(t, root, layerBlobs(t, layout, descs[1]), "example/b:1")
+
+	empty := filepath.Join(t.TempDir(), "empty")
+	must(t, os.WriteFile(empty, nil, 0o644))
+	if r := stdin(t.TempDir(), empty); r.code != 1 || !strings.HasPrefix(r.stderr, "layerfs: import stdin: ") {
+		t.Errorf("import - of nothing: exit %d, stderr %q; want 1, naming stdin", r.code, r.stderr)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -32,6 +33,10 @@ func importCmd(g *globals) *cobra.Command {
 		Long: `Import the images of OCI image layouts (directories or tars) and
 docker-archives, plain or gzip, zstd, xz or bzip2 compressed, printing
 "NAME DIGEST" for each image stored.
+
+PATH "-" reads an archive from stdin, as docker load does ("docker save
+IMAGE | layerfs import -"); it is copied to an unnamed file in $TMPDIR
+first, since an archive is read out of order.
 
 PATH:REF imports only the image REF names: an OCI layout's ref name, a
 docker-archive's tag, or @N for the Nth image of either (from 0), as
@@ -77,9 +82,7 @@ staged, and exits 130.`,
 					}
 					continue
 				}
-				src, ref := archive.SplitRef(arg)
-				opts.Ref = ref
-				res, err := archive.Import(ctx, s, src, opts)
+				res, err := importArg(ctx, s, arg, opts)
 				prog.wait()
 				for _, skipped := range res.Skipped {
 					tell("skipped %s (%s)", skipped.Digest, skipped.What)
@@ -100,6 +103,24 @@ staged, and exits 130.`,
 	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress bars")
 	return cmd
+}
+
+// importArg imports the images of arg: a PATH[:REF], or "-" for an
+// archive on stdin, as docker load reads one.
+func importArg(ctx context.Context, s *store.Store, arg string, opts archive.Options) (archive.Result, error) {
+	if arg != "-" {
+		src, ref := archive.SplitRef(arg)
+		opts.Ref = ref
+		return archive.Import(ctx, s, src, opts)
+	}
+	if isTerminal(os.Stdin) {
+		return archive.Result{}, errors.New(`import -: stdin is a terminal; pipe an archive to it ("docker save IMAGE | layerfs import -")`)
+	}
+	scratch, err := output.Scratch()
+	if err != nil {
+		return archive.Result{}, err
+	}
+	return archive.ImportReader(ctx, s, os.Stdin, scratch, "stdin", opts)
 }
 
 func nameOrNone(n string) string {

@@ -139,7 +139,49 @@ func Import(ctx context.Context, s *store.Store, src string, opts Options) (Resu
 		return Result{}, fmt.Errorf("import %s: %w", src, err)
 	}
 	defer closer.Close()
+	return importFS(ctx, s, src, fsys, opts)
+}
+
+// ImportReader is Import of the archive r gives, plain or compressed, as
+// docker save writes one to a pipe; name says what it is in errors. An
+// archive is read out of order, so r is first copied whole to scratch,
+// a file with no name that goes when the import ends.
+func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.File, name string, opts Options) (Result, error) {
+	defer scratch.Close()
+	release, err := s.Writing()
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
+	if _, err := io.Copy(scratch, contextReader{ctx, r}); err != nil {
+		return Result{}, fmt.Errorf("import %s: copy it to %s: %w", name, scratch.Name(), err)
+	}
+	t, err := indexTar(scratch)
+	if err != nil {
+		return Result{}, fmt.Errorf("import %s: read archive: %w", name, err)
+	}
+	defer t.Close()
+	return importFS(ctx, s, name, t, opts)
+}
+
+// contextReader stops a copy once ctx is done.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// importFS stores the images of fsys, an OCI layout or a docker-archive,
+// which src names in errors.
+func importFS(ctx context.Context, s *store.Store, src string, fsys fs.FS, opts Options) (Result, error) {
 	var res Result
+	var err error
 	switch {
 	case exists(fsys, "manifest.json"):
 		// Docker 25 writes index.json too, with "manifests": null when
