@@ -55,6 +55,12 @@ type contextReader struct {
 	meter ExtractMeter
 }
 
+// ContextReader is r, its reads ended once ctx is done: a copy of a
+// stream (an archive on stdin) stops within one buffer when interrupted.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader {
+	return contextReader{ctx: ctx, r: r, meter: noMeter{}}
+}
+
 func (c contextReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err

@@ -153,7 +153,7 @@ func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.
 		return Result{}, err
 	}
 	defer release()
-	if _, err := io.Copy(scratch, contextReader{ctx, r}); err != nil {
+	if _, err := io.Copy(scratch, store.ContextReader(ctx, r)); err != nil {
 		return Result{}, fmt.Errorf("import %s: copy it to %s: %w", name, scratch.Name(), err)
 	}
 	t, err := indexTar(scratch)
@@ -162,19 +162,6 @@ func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.
 	}
 	defer t.Close()
 	return importFS(ctx, s, name, t, opts)
-}
-
-// contextReader stops a copy once ctx is done.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // importFS stores the images of fsys, an OCI layout or a docker-archive,
