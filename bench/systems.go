@@ -48,7 +48,13 @@ func (b *bench) layerfs(root string, args ...string) (string, error) {
 }
 
 func (b *bench) layerfsAs(unpriv bool, root string, args ...string) (string, error) {
-	argv := append([]string{b.bin, "--root", root}, args...)
+	// Commands of no store (umount) are given none: an empty --root is
+	// refused.
+	argv := []string{b.bin}
+	if root != "" {
+		argv = append(argv, "--root", root)
+	}
+	argv = append(argv, args...)
 	if unpriv {
 		argv = asNobody(argv...)
 	}
