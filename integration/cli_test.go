@@ -1292,7 +1292,7 @@ func TestInspectCarriesOn(t *testing.T) {
 	if !strings.HasPrefix(r.stderr, "layerfs: ") || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, `"nope"`) || !strings.Contains(r.stderr, `did you mean "sample"?`) {
 		t.Errorf("stderr %q; want one error line naming nope and sampel", r.stderr)
 	}
-	if r := run(t, root, "inspect", "--format", "{{.Name}}", "nope"); r.code != 1 || r.stdout != "" {
-		t.Errorf("inspect of nothing there: exit %d, stdout %q; want exit 1 and nothing", r.code, r.stdout)
+	if r := run(t, root, "inspect", "nope"); r.code != 1 || r.stdout != "" {
+		t.Errorf("inspect of nothing there: exit %d, stdout %q; want exit 1 and nothing, not an empty array", r.code, r.stdout)
 	}
 }

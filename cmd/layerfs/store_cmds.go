@@ -345,8 +345,12 @@ after the others are printed, and the exit code is then 1.
 				}
 				out = append(out, one)
 			}
-			if err := output.Write(os.Stdout, output.Options{Format: format}, output.List[inspected]{}, out); err != nil {
-				return err
+			// Where none is found the command failed, and prints
+			// nothing, not an empty array.
+			if len(out) > 0 || len(errs) == 0 {
+				if err := output.Write(os.Stdout, output.Options{Format: format}, output.List[inspected]{}, out); err != nil {
+					return err
+				}
 			}
 			return errors.Join(errs...)
 		},
