@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/layerfs/layerfs/internal/procstat"
 	"github.com/opencontainers/go-digest"
@@ -76,7 +77,17 @@ func (s *Store) lease(t Target, view string, reads bool) (release func(), err er
 		return nil, err
 	}
 	l.Reads = reads
-	return s.writeLease(t, l, fmt.Sprintf("%d-%d.json", l.PID, l.Start))
+	return s.writeLease(t, l, leaseName("", l))
+}
+
+// leaseSeq numbers the leases this process takes.
+var leaseSeq atomic.Uint64
+
+// leaseName is the file of a new lease l, one of its own for each lease
+// a process takes: a program holding two views (two mounts, a build
+// beside a mount) keeps both held, and releasing one leaves the other.
+func leaseName(prefix string, l Lease) string {
+	return fmt.Sprintf("%s%d-%d-%d.json", prefix, l.PID, l.Start, leaseSeq.Add(1))
 }
 
 // newLease is this process's lease of t served as view.

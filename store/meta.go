@@ -292,5 +292,5 @@ func (s *Store) LeaseKernel(t Target, mountpoint, source, key string) (release f
 		return nil, err
 	}
 	l.Source, l.Meta = source, key
-	return s.writeLease(t, l, fmt.Sprintf("kernel-%d-%d.json", l.PID, l.Start))
+	return s.writeLease(t, l, leaseName("kernel-", l))
 }
