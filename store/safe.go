@@ -43,6 +43,9 @@ func (s *Store) openFdBeneath(rel string, flags int, mode uint32) (int, error) {
 	if s.dir == nil {
 		return -1, &os.PathError{Op: "open", Path: s.path(rel), Err: unix.ENOENT}
 	}
+	if s.closed.Load() {
+		return -1, &os.PathError{Op: "open", Path: s.path(rel), Err: os.ErrClosed}
+	}
 	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Resolve: resolveBeneath}
 	if flags&unix.O_CREAT != 0 {
 		how.Mode = uint64(mode)

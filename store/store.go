@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 
 	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/view/stack"
@@ -67,6 +68,9 @@ type Store struct {
 	// dir is the root, which every path inside the store is resolved
 	// beneath; nil when the store does not exist yet.
 	dir *os.File
+	// closed is set by Close: a file opened after it is refused as
+	// closed, not with the EBADF of the descriptor given back.
+	closed atomic.Bool
 }
 
 // topDirs are a store's own directories. The file oci-layout with the
@@ -112,9 +116,11 @@ const (
 // that a program opening stores as it goes does not keep one per store
 // until the garbage collector finds it. Views opened from the store stay
 // readable, but the contents of their files are opened through the store
-// (OpenObject, OpenHandles): close it once nothing reads them.
+// (OpenObject, OpenHandles): close it once nothing reads them. A file
+// opened after Close fails with an error wrapping fs.ErrClosed; files
+// already open read on.
 func (s *Store) Close() error {
-	if s.dir == nil {
+	if s.dir == nil || s.closed.Swap(true) {
 		return nil
 	}
 	if err := s.dir.Close(); err != nil {

@@ -1,6 +1,7 @@
 package view
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -31,12 +32,32 @@ var (
 
 // ObjectOpener opens the content of a, a regular file of the view. r is
 // one of the file's records, for an opener that finds content by record
-// (store.Handles) rather than by a.Object alone.
+// (store.Handles) rather than by a.Object alone. It refuses an object of
+// another size than a.Size with an error wrapping ErrDamagedObject, as
+// ByName and store.Handles do: a reader would otherwise be given fewer
+// or more bytes than Stat says the file has, and no error.
 type ObjectOpener func(r Ref, a Attr) (*os.File, error)
 
-// ByName is the ObjectOpener that knows objects by their digests alone.
+// ByName is the ObjectOpener that knows objects by their digests alone,
+// such as store.Store's OpenObject. It checks the object's size against
+// the file's.
 func ByName(open func(digest.Digest) (*os.File, error)) ObjectOpener {
-	return func(_ Ref, a Attr) (*os.File, error) { return open(a.Object) }
+	return func(_ Ref, a Attr) (*os.File, error) {
+		f, err := open(a.Object)
+		if err != nil {
+			return nil, err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if st.Size() != a.Size {
+			f.Close()
+			return nil, fmt.Errorf("holds %d bytes where the index says %d: %w (\"layerfs verify\" re-hashes every object)", st.Size(), a.Size, ErrDamagedObject)
+		}
+		return f, nil
+	}
 }
 
 // NewFS makes the file system of v, reading contents through openObject.
@@ -179,13 +200,30 @@ func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	}
 	o, err := f.openObject(a.Source, *a)
 	if err != nil {
-		// The file is in the view; its bytes are not to be had. A missing
-		// object must not read as fs.ErrNotExist, which walkers skip as a
-		// file gone meanwhile: it is EIO, as the mount answers.
-		err = fmt.Errorf("%w: object %s: %v", syscall.EIO, a.Object, err)
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: &objectError{object: a.Object, err: err}}
 	}
-	return &file{File: o, info: info}, nil
+	return &file{f: o, name: name, info: info}, nil
+}
+
+// objectError is the failure to open the object of a file that is in
+// the view: its bytes are not to be had. It is EIO, as the mount
+// answers, and never fs.ErrNotExist, which walkers skip as a file gone
+// meanwhile; whether the object is damaged (ErrDamagedObject) or the
+// store closed (fs.ErrClosed) still shows to errors.Is.
+type objectError struct {
+	object digest.Digest
+	err    error
+}
+
+func (e *objectError) Error() string {
+	return fmt.Sprintf("%v: object %s: %v", syscall.EIO, e.object, e.err)
+}
+
+func (e *objectError) Is(target error) bool {
+	if target == syscall.EIO {
+		return true
+	}
+	return !errors.Is(target, fs.ErrNotExist) && errors.Is(e.err, target)
 }
 
 // Stat describes name, following symlinks.
@@ -307,13 +345,57 @@ func (e *dirEntry) Info() (fs.FileInfo, error) {
 	return &fileInfo{name: e.c.Name, a: a}, nil
 }
 
-// file is a regular file with content: its object.
+// file is a regular file with content: its object, open read-only. It
+// reads, seeks and reads at offsets (io.ReaderAt) as an *os.File does,
+// but offers none of the methods that would change the object (Chmod,
+// Chown): the object is the store's, the bytes of every file of every
+// image that has them. Its errors name the file by its path in the view,
+// not the object's in the store.
 type file struct {
-	*os.File
+	f    *os.File
+	name string
 	info *fileInfo
 }
 
 func (f *file) Stat() (fs.FileInfo, error) { return f.info, nil }
+
+func (f *file) Read(p []byte) (int, error) {
+	n, err := f.f.Read(p)
+	return n, f.named(err)
+}
+
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.f.ReadAt(p, off)
+	return n, f.named(err)
+}
+
+func (f *file) Seek(offset int64, whence int) (int64, error) {
+	n, err := f.f.Seek(offset, whence)
+	return n, f.named(err)
+}
+
+// WriteTo copies the rest of the file to w, as io.Copy from the file
+// does, with sendfile or splice where the kernel can (w a socket or a
+// pipe), as an *os.File does.
+func (f *file) WriteTo(w io.Writer) (int64, error) {
+	n, err := f.f.WriteTo(w)
+	return n, f.named(err)
+}
+
+func (f *file) Close() error { return f.named(f.f.Close()) }
+
+// Fd is the descriptor of the file's object, open read-only and valid
+// until Close, for advice to the kernel (posix_fadvise) or a zero-copy
+// read; package erofs asks for read-ahead with it.
+func (f *file) Fd() uintptr { return f.f.Fd() }
+
+// named is err with the file's path in the view for the object's.
+func (f *file) named(err error) error {
+	if pe, ok := err.(*fs.PathError); ok {
+		return &fs.PathError{Op: pe.Op, Path: f.name, Err: pe.Err}
+	}
+	return err
+}
 
 // empty is an open file the view holds no bytes for. It seeks and reads
 // at offsets as a file with content does (an *os.File), so that a reader

@@ -251,3 +251,153 @@ func TestMissingObject(t *testing.T) {
 		t.Errorf("ReadFile: %v, want EIO and not fs.ErrNotExist", err)
 	}
 }
+
+// TestDamagedObject: an object cut short or grown in the store is
+// refused when its file is opened, as the mount refuses it, rather than
+// read as fewer or more bytes than Stat gives with no error. It is EIO
+// and ErrDamagedObject, never fs.ErrNotExist.
+func TestDamagedObject(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		damage func(object string, size int64) error
+	}{
+		{"short", func(o string, size int64) error { return os.Truncate(o, size-1) }},
+		{"long", func(o string, size int64) error { return os.Truncate(o, size+1) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+			fsys := view.NewFS(v, view.ByName(s.OpenObject))
+			info, err := fsys.Stat("etc/os-release")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.damage(s.ObjectPath(info.Sys().(*view.Attr).Object), info.Size()); err != nil {
+				t.Fatal(err)
+			}
+			data, err := fs.ReadFile(fsys, "etc/os-release")
+			if !errors.Is(err, view.ErrDamagedObject) || !errors.Is(err, syscall.EIO) || errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("ReadFile: %d bytes, %v; want EIO and ErrDamagedObject", len(data), err)
+			}
+			var pe *fs.PathError
+			if !errors.As(err, &pe) || pe.Op != "open" || pe.Path != "etc/os-release" {
+				t.Errorf("ReadFile: %#v, want a *fs.PathError of open etc/os-release", err)
+			}
+		})
+	}
+}
+
+// TestStoreClosed: the store a view reads its files' contents through
+// was closed, so opening one says so (fs.ErrClosed); the view itself
+// still answers, and a file opened before reads on.
+func TestStoreClosed(t *testing.T) {
+	s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	open, err := fsys.Open("etc/hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	_, err = fs.ReadFile(fsys, "etc/hostname")
+	if !errors.Is(err, fs.ErrClosed) || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadFile after the store's Close: %v, want fs.ErrClosed", err)
+	}
+	if _, err := fsys.Stat("etc/hostname"); err != nil {
+		t.Errorf("Stat after the store's Close: %v", err)
+	}
+	if data, err := io.ReadAll(open); err != nil || string(data) != "sample\n" {
+		t.Errorf("a file opened before the store's Close reads %q, %v", data, err)
+	}
+}
+
+// TestOpenFile: an open regular file reads, seeks and reads at offsets
+// as an *os.File does, offers nothing that would change its object
+// (which every image with those bytes shares), and names itself by its
+// path in the view in errors, as os.DirFS's files do, not by the
+// object's path in the store.
+func TestOpenFile(t *testing.T) {
+	s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	f, err := fsys.Open("etc/hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, ok := range map[string]bool{
+		"io.Seeker":    is[io.Seeker](f),
+		"io.ReaderAt":  is[io.ReaderAt](f),
+		"no io.Writer": !is[io.Writer](f),
+		"no Chmod":     !is[interface{ Chmod(fs.FileMode) error }](f),
+		"no Chown":     !is[interface{ Chown(int, int) error }](f),
+		"no Truncate":  !is[interface{ Truncate(int64) error }](f),
+		"no ReadDir":   !is[fs.ReadDirFile](f),
+	} {
+		if !ok {
+			t.Errorf("an open file: want %s", what)
+		}
+	}
+	buf := make([]byte, 3)
+	if n, err := f.(io.ReaderAt).ReadAt(buf, 2); n != 3 || err != nil || string(buf) != "mpl" {
+		t.Errorf("ReadAt 2: %q, %v", buf[:n], err)
+	}
+	if off, err := f.(io.Seeker).Seek(-2, io.SeekEnd); off != 5 || err != nil {
+		t.Errorf("Seek -2 from the end: %d, %v", off, err)
+	}
+	if data, err := io.ReadAll(f); string(data) != "e\n" || err != nil {
+		t.Errorf("ReadAll after the seek: %q, %v", data, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Read(buf)
+	var pe *fs.PathError
+	if !errors.Is(err, fs.ErrClosed) || !errors.As(err, &pe) || pe.Path != "etc/hostname" {
+		t.Errorf("Read after Close: %v, want fs.ErrClosed naming etc/hostname", err)
+	}
+}
+
+func is[T any](v any) bool {
+	_, ok := v.(T)
+	return ok
+}
+
+// TestInvalidPaths: a name io/fs does not allow ("../x", "/x", "a//b",
+// "x/", "") is fs.ErrInvalid from every call, as os.DirFS answers, and a
+// missing one fs.ErrNotExist, each a *fs.PathError naming the call and
+// the name as given.
+func TestInvalidPaths(t *testing.T) {
+	s, v := teststore.OpenImage(t, testimage.Sample().Layers)
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	calls := map[string]func(string) error{
+		"open":     func(p string) error { _, err := fsys.Open(p); return err },
+		"stat":     func(p string) error { _, err := fsys.Stat(p); return err },
+		"lstat":    func(p string) error { _, err := fsys.Lstat(p); return err },
+		"readdir":  func(p string) error { _, err := fsys.ReadDir(p); return err },
+		"readlink": func(p string) error { _, err := fsys.ReadLink(p); return err },
+	}
+	for _, c := range []struct {
+		name string
+		want error
+	}{
+		{"../etc", fs.ErrInvalid},
+		{"/etc", fs.ErrInvalid},
+		{"etc//hostname", fs.ErrInvalid},
+		{"etc/", fs.ErrInvalid},
+		{"./etc", fs.ErrInvalid},
+		{"", fs.ErrInvalid},
+		{"etc/missing", fs.ErrNotExist},
+		{"missing/x", fs.ErrNotExist},
+	} {
+		for op, call := range calls {
+			err := call(c.name)
+			var pe *fs.PathError
+			if !errors.Is(err, c.want) || !errors.As(err, &pe) || pe.Op != op || pe.Path != c.name {
+				t.Errorf("%s %q: %#v, want a *fs.PathError of %s %q wrapping %v", op, c.name, err, op, c.name, c.want)
+			}
+		}
+	}
+}
