@@ -18,6 +18,10 @@ const (
 
 // Attr computes everything node n shows (rules 6 and 10, A, S and O).
 func (v *View) Attr(n Node) (view.Attr, error) {
+	if err := v.enter(); err != nil {
+		return view.Attr{}, err
+	}
+	defer v.exit()
 	e, ref, err := v.entry(n)
 	if err != nil {
 		return view.Attr{}, err

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/layerfs/layerfs/store/index"
 	"github.com/layerfs/layerfs/view"
@@ -41,6 +43,42 @@ type View struct {
 	// N layers would otherwise resolve again beneath every layer above,
 	// N³ lookups in all. Nil in a view made by hand: nothing remembered.
 	links *linkCache
+	// life is shared likewise, so that Close waits for reads through any
+	// of them. Nil in a view made by hand: Close does not wait.
+	life *lifetime
+}
+
+// lifetime lets Close wait for the reads of a view under way. Close
+// unmaps the layers' indexes, and reading an unmapped page is a fault no
+// recover catches: a read racing Close, as when a program serving the
+// view from many goroutines shuts down, would end the process.
+type lifetime struct {
+	reading atomic.Int64
+	closed  atomic.Bool
+}
+
+// errClosed is the error of a read of a closed view.
+var errClosed = fmt.Errorf("view: %w", fs.ErrClosed)
+
+// enter starts a read of the view's indexes, refused once Close has
+// begun; exit ends it. A read may enter again inside another.
+func (v *View) enter() error {
+	l := v.life
+	if l == nil {
+		return nil
+	}
+	l.reading.Add(1)
+	if l.closed.Load() {
+		l.reading.Add(-1)
+		return errClosed
+	}
+	return nil
+}
+
+func (v *View) exit() {
+	if v.life != nil {
+		v.life.reading.Add(-1)
+	}
 }
 
 var _ view.View = (*View)(nil)
@@ -70,12 +108,14 @@ func New(layers []Layer, kind view.Kind) (*View, error) {
 	case kind == view.Single && len(layers) != 1:
 		return nil, fmt.Errorf("a single-layer view takes one layer, not %d", len(layers))
 	}
-	return &View{Layers: layers, kind: kind, links: &linkCache{m: map[Ref]resolvedLink{}}}, nil
+	return &View{Layers: layers, kind: kind, links: &linkCache{m: map[Ref]resolvedLink{}}, life: &lifetime{}}, nil
 }
 
 // Merged is the merged view of the lowest n layers of v, sharing v's
-// link cache.
-func (v *View) Merged(n int) *View { return &View{Layers: v.Layers[:n], links: v.links} }
+// link cache and its indexes: closing v closes it too.
+func (v *View) Merged(n int) *View {
+	return &View{Layers: v.Layers[:n], links: v.links, life: v.life}
+}
 
 // below is the view of the layers beneath layer k.
 func (v *View) below(k int) *View { return v.Merged(k) }
@@ -112,9 +152,18 @@ func indexError(err error) error {
 	return fmt.Errorf("%w: %v", ErrCorrupt, err)
 }
 
-// Close closes every layer's index; reading the view after it is an
-// error that wraps fs.ErrClosed.
+// Close closes every layer's index, once the reads under way in other
+// goroutines have returned; reading the view after it is an error that
+// wraps fs.ErrClosed. A second Close does nothing.
 func (v *View) Close() {
+	if l := v.life; l != nil {
+		if l.closed.Swap(true) {
+			return
+		}
+		for l.reading.Load() != 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
 	for _, l := range v.Layers {
 		l.Index.Close()
 	}
@@ -228,6 +277,10 @@ func (v *View) ref(n Node, s whiteout.Source) Ref {
 // markers are never found, and a name with no entry of its own is found
 // as its whiteout device when the layer has a .wh.NAME.
 func (v *View) Lookup(dir Node, name string) (Node, bool, error) {
+	if err := v.enter(); err != nil {
+		return nil, false, err
+	}
+	defer v.exit()
 	if v.kind != view.Overlay {
 		return v.lookup(dir, name)
 	}
@@ -270,6 +323,10 @@ func (v *View) lookup(dir Node, name string) (Node, bool, error) {
 
 // List returns directory dir's children, sorted by name.
 func (v *View) List(dir Node) ([]view.Child, error) {
+	if err := v.enter(); err != nil {
+		return nil, err
+	}
+	defer v.exit()
 	if v.single() || len(dir) == 1 {
 		// One layer's directory needs no merge: its children are sorted
 		// already, and only the markers are left out or, in the overlay
@@ -391,6 +448,10 @@ func (v *View) record(ref Ref) (index.Entry, error) {
 // ResolveLowerLink resolves the hardlink to a lower layer's file at r,
 // failing as the view would (rule R7).
 func (v *View) ResolveLowerLink(r Ref) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.exit()
 	e, err := v.record(r)
 	if err == nil {
 		_, _, err = v.lowerLinkTarget(r, e)
@@ -441,6 +502,10 @@ func (v *View) resolveLowerLink(ref Ref, link index.Entry) (index.Entry, Ref, er
 
 // Resolve walks a slash-separated path from the root.
 func (v *View) Resolve(p string) (Node, bool, error) {
+	if err := v.enter(); err != nil {
+		return nil, false, err
+	}
+	defer v.exit()
 	if len(v.Layers) == 0 {
 		return nil, false, nil
 	}

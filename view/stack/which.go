@@ -90,6 +90,10 @@ type Provenance struct {
 // there: the symlinks among its directories are followed, its own entry
 // is what is asked about, and Provenance.Path says where it led.
 func (v *View) Which(p string) (Provenance, error) {
+	if err := v.enter(); err != nil {
+		return Provenance{}, err
+	}
+	defer v.exit()
 	pr, err := v.which(CleanPath(p))
 	if err != nil || pr.Shown || len(pr.Hidden) > 0 {
 		return pr, err
