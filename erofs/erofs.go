@@ -5,6 +5,16 @@
 // (BuildMeta). It reads its input only through io/fs, each FileInfo's
 // Sys() a *view.Attr as view.NewFS gives them, so any view, or any
 // directory through DirFS, can be written.
+//
+// A VM's root disk from an image of a store, with v its view opened as
+// package view shows and out an *os.File:
+//
+//	res, err := erofs.Build(out, view.NewFS(v, view.ByName(s.OpenObject)),
+//		erofs.Options{Seed: seed})
+//
+// seed names the view, for its UUID: layerfs build's is the layer
+// digests joined by commas, lowest first, so that seed gives the bytes
+// the command gives.
 package erofs
 
 import (

@@ -7,6 +7,14 @@
 // number, so a file the kernel holds costs the server nothing. Only
 // directories the kernel holds are kept in a table, since a merged
 // directory is several records, found by looking it up from its parent.
+//
+// A program serves a view of a store as layerfs mount does: it opens the
+// view (package view shows how), leases it for the mountpoint
+// (store.Store's Lease), checks the mountpoint (CheckMountpoint), then
+// Mount(NewTree(v, handles.OpenObject), mountpoint, MountOptions{}),
+// handles being the store's OpenHandles of the view's layers. When
+// Served's Wait or Unmount returns, nothing reads the view any more:
+// close the handles and the view, release the lease, close the store.
 package fs
 
 import (
@@ -48,7 +56,10 @@ type Tree struct {
 	xattrs bool
 }
 
-// NewTree makes the tree of v.
+// NewTree makes the tree of v, whose files' contents openObject opens:
+// store.Handles' OpenObject, which as root opens each object by its file
+// handle without walking its path, or view.ByName of the store's
+// OpenObject. The tree reads v until its mount is gone.
 func NewTree(v view.View, openObject view.ObjectOpener) *Tree {
 	t := &Tree{view: v, openObject: openObject}
 	t.files, t.bytes = v.Totals()

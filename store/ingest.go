@@ -63,6 +63,7 @@ type Meter interface {
 	// Set says how many bytes are there: those a resumed fetch found
 	// staged, or 0 when the fetch starts over.
 	Set(have int64)
+	// Add counts n more bytes arrived.
 	Add(n int)
 }
 

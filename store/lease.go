@@ -57,16 +57,20 @@ func (l Lease) live(mounts []procstat.Mount) bool {
 	return false
 }
 
-// Lease records that this process serves t as view, until release is
-// called or the process ends. It is taken while writers are admitted, so
-// a gc that starts after it sees it, and one already running has finished.
+// Lease records that this process serves t as view (a mountpoint, a
+// socket: what "layerfs rm" names when it refuses to remove t's image),
+// until release is called or the process ends. It is taken while writers
+// are admitted, so a gc that starts after it sees it, and one already
+// running has finished. Each call is a lease of its own: a process may
+// hold several, and releasing one leaves the others.
 func (s *Store) Lease(t Target, view string) (release func(), err error) {
 	return s.lease(t, view, false)
 }
 
-// LeaseReading records that this process reads t through once, writing
-// it to out, until release is called or the process ends: a gc meanwhile
-// keeps what it has still to read, even if the image is removed.
+// LeaseReading records that this process reads t, writing it to out
+// (a file, or any name saying what reads it), until release is called or
+// the process ends: a gc meanwhile keeps what it has still to read, even
+// if the image is removed, and rm is not refused for it.
 func (s *Store) LeaseReading(t Target, out string) (release func(), err error) {
 	return s.lease(t, out, true)
 }

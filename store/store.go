@@ -19,6 +19,18 @@
 //
 // The index format is package store/index; names and references are
 // package reference.
+//
+// A program reading an image opens the store (Open; OpenForWriting to
+// import into it, with package source/archive or source/registry),
+// resolves what it reads to a Target (Resolve by name, digest or layer
+// digests, ResolvePlatform for another platform of an image index than
+// the host's), leases it (LeaseReading, or Lease for a view it serves)
+// so that a gc meanwhile, in any process, keeps what it reads, and opens
+// its view (OpenView): view.NewFS makes the view an io/fs file system,
+// as package view's ExampleNewFS shows. A layer not extracted yet (a
+// pull cut short, a layer given by digest) is extracted by Prepare;
+// OpenView fails with ErrNotFound without it. Close the view, release
+// the lease, then close the store.
 package store
 
 import (

@@ -30,7 +30,12 @@ func (s *Store) OpenLayer(d digest.Digest) (stack.Layer, error) {
 	return stack.Layer{Digest: d, Index: r}, nil
 }
 
-// OpenView opens layers (lowest first) as one view of the given kind.
+// OpenView opens layers (lowest first) as one view of the given kind:
+// for a Target, t.Digests(), and view.Merged, or view.Single when
+// t.Single (one layer, as it was built). The view maps the layers'
+// indexes until its Close; a layer not extracted is ErrNotFound (see
+// Prepare). The view's files' contents are opened through the store
+// (OpenObject, OpenHandles), so close the view first.
 func (s *Store) OpenView(layers []digest.Digest, kind view.Kind) (*stack.View, error) {
 	var opened []stack.Layer
 	closeAll := func() {

@@ -14,13 +14,17 @@ import (
 
 // A Go program reads an image of a store as an io/fs file system, with
 // no mount: here the sample image the repository carries, imported into
-// a new store.
+// a new store. The lease keeps what the view reads from a gc that another
+// process may run meanwhile; the view is closed before the store, whose
+// objects its files are opened from (the deferred calls run in that
+// order).
 func ExampleNewFS() {
 	root, err := os.MkdirTemp("", "layerfs-example-")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(root)
+	// store.Open, for a store that holds the image already.
 	s, err := store.OpenForWriting(root)
 	if err != nil {
 		log.Fatal(err)
@@ -30,11 +34,22 @@ func ExampleNewFS() {
 		log.Fatal(err)
 	}
 
+	// A name, a digest, or layer digests; s.ResolvePlatform for another
+	// platform of an image index than the host's.
 	target, err := s.Resolve([]string{"sample"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	v, err := s.OpenView(target.Digests(), view.Merged)
+	release, err := s.LeaseReading(target, "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+	kind := view.Merged
+	if target.Single {
+		kind = view.Single // one layer given by digest, as it was built
+	}
+	v, err := s.OpenView(target.Digests(), kind)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -17,8 +17,20 @@ import (
 // FS is a view as an io/fs file system, for Go programs that read an
 // image without a mount: a VM runtime building its guest root, a scanner
 // walking an image. Symlinks resolve inside the view, an absolute target
-// from the view's root, as in a container. Each FileInfo's Sys is the
-// node's *Attr: owner, device numbers, xattrs, link count and inode.
+// from the view's root and ".." of the root the root, as in a container:
+// Open and Stat follow them as os.DirFS does, but never out of the image.
+// Each FileInfo's Sys is the node's *Attr: owner, device numbers, xattrs,
+// link count and inode.
+//
+// An open file is an io.Seeker and an io.ReaderAt, a directory an
+// fs.ReadDirFile; a device, a FIFO and an empty file read as empty. A
+// file that is in the view but whose content cannot be opened (its object
+// missing or damaged, the store closed) fails with EIO, never
+// fs.ErrNotExist. Names that fs.ValidPath refuses fail with fs.ErrInvalid.
+//
+// An FS may be used by many goroutines at once. It reads its view until
+// the view is closed, after which its calls fail with fs.ErrClosed; files
+// already open read on, as they hold their content open.
 type FS struct {
 	v          View
 	openObject ObjectOpener

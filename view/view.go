@@ -4,6 +4,26 @@
 // view/stack answers every question over a stack of extracted layers, so
 // a consumer such as the FUSE server depends on neither the index format
 // nor the merge rules.
+//
+// A Go program reads an image of a store through package store, which
+// opens views, and NewFS, which makes one an io/fs file system
+// (ExampleNewFS runs these steps):
+//
+//	s, err := store.Open(root)            // OpenForWriting to import into it too
+//	t, err := s.Resolve([]string{"debian"}) // a name, a digest, or layer digests
+//	release, err := s.LeaseReading(t, "my-program")
+//	v, err := s.OpenView(t.Digests(), view.Merged) // view.Single when t.Single
+//	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+//	data, err := fs.ReadFile(fsys, "etc/os-release")
+//	// ... fs.WalkDir, http.FS(fsys), erofs.Build(out, fsys, opts)
+//	v.Close(); release(); s.Close()
+//
+// Store.ResolvePlatform picks another platform of an image index than the
+// host's. The lease keeps a gc run meanwhile, by another process, from
+// removing what the view reads, even if its image is removed; without it
+// such a file fails to open with EIO. The view is closed before the store,
+// since its files' contents are opened through the store. The same view
+// serves a FUSE mount (package fs) or an EROFS image (package erofs).
 package view
 
 import (
@@ -140,14 +160,20 @@ func ChildNode(v View, dir Node, c Child) (Node, bool, error) {
 // other bytes, or zeros, than the image has.
 var ErrDamagedObject = errors.New("damaged object")
 
-// View is what every consumer reads a view through.
+// View is what every consumer reads a view through. A view never
+// changes, and its methods may be called from many goroutines at once;
+// package view/stack's View, which store.Store's OpenView returns, is
+// one.
 type View interface {
+	// Kind is how the view shows its layers.
 	Kind() Kind
+	// Root is the view's root directory, the node every path starts at.
 	Root() Node
 	// Lookup finds name in directory dir.
 	Lookup(dir Node, name string) (Node, bool, error)
 	// List returns directory dir's children, sorted by name.
 	List(dir Node) ([]Child, error)
+	// Attr is everything node n shows.
 	Attr(n Node) (Attr, error)
 	// Totals counts the entries and content bytes of the view's layers,
 	// what statfs reports.
