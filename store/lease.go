@@ -62,7 +62,10 @@ func (l Lease) live(mounts []procstat.Mount) bool {
 // until release is called or the process ends. It is taken while writers
 // are admitted, so a gc that starts after it sees it, and one already
 // running has finished. Each call is a lease of its own: a process may
-// hold several, and releasing one leaves the others.
+// hold several, and releasing one leaves the others. In a store this user
+// may read but not write it fails (os.ErrPermission, or EROFS on a
+// read-only filesystem); layerfs then serves without a lease, warning
+// that a gc by the store's owner may remove what it serves.
 func (s *Store) Lease(t Target, view string) (release func(), err error) {
 	return s.lease(t, view, false)
 }
