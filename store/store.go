@@ -31,6 +31,11 @@
 // pull cut short, a layer given by digest) is extracted by Prepare;
 // OpenView fails with ErrNotFound without it. Close the view, release
 // the lease, then close the store.
+//
+// The store logs what a caller is not asked about (an image for another
+// platform than asked, a damaged image passed over) through logrus's
+// standard logger, at warning level and below; a program embedding it
+// sets that logger's output and level as it wants them.
 package store
 
 import (

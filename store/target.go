@@ -64,8 +64,12 @@ func (s *Store) Resolve(targets []string) (Target, error) {
 
 // ResolvePlatform reads targets: one image (a name as listed, a
 // docker-style name, a manifest or index digest or a unique prefix of
-// one), or one or more layer digests (lowest first). An image index is
-// resolved to its manifest for platform p (the host's when zero).
+// one), or one or more layer digests (lowest first), each an element of
+// targets. An image index is resolved to its manifest for platform p (the
+// host's when zero). An image of one manifest is that manifest whatever
+// p is, with a warning logged, as docker run gives one, when its config
+// names another platform; ImageOf's Image.Platforms says which platforms
+// an image has.
 func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 	if len(targets) == 0 {
 		return Target{}, fmt.Errorf("no target given")
