@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	goerofs "github.com/erofs/go-erofs"
 	"github.com/layerfs/layerfs/view"
@@ -335,25 +337,44 @@ func (d *discard) Seek(off int64, whence int) (int64, error) {
 func (d *discard) ReadAt([]byte, int64) (int, error)      { return 0, errors.New("nothing kept") }
 func (d *discard) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
 
-// openCounter is a source that counts the files open at once.
+// openCounter is a source that counts the files open at once, and, with
+// a limit, refuses to open more than that many as a process out of
+// descriptors does (EMFILE).
 type openCounter struct {
 	fstest.MapFS
-	mu         sync.Mutex
-	open, most int
+	mu                sync.Mutex
+	open, most, limit int
+	refused           int
+	// slow makes each file's first read wait, as a cold disk does, so
+	// that the files opened ahead are open while it waits.
+	slow time.Duration
 }
 
 type countedFile struct {
 	fs.File
-	c *openCounter
+	c    *openCounter
+	read bool
+}
+
+func (f *countedFile) Read(p []byte) (int, error) {
+	if !f.read {
+		f.read = true
+		time.Sleep(f.c.slow)
+	}
+	return f.File.Read(p)
 }
 
 func (c *openCounter) Open(name string) (fs.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.limit > 0 && c.open >= c.limit {
+		c.refused++
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
+	}
 	f, err := c.MapFS.Open(name)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.open++
 	c.most = max(c.most, c.open)
 	return &countedFile{File: f, c: c}, nil
@@ -392,6 +413,40 @@ func TestBuildOpensBoundedFiles(t *testing.T) {
 		want, _ := fs.ReadFile(src.MapFS, name)
 		if data, err := fs.ReadFile(img, name); err != nil || !bytes.Equal(data, want) {
 			t.Errorf("%s: %d bytes, %v; want %d bytes", name, len(data), err, len(want))
+		}
+	}
+}
+
+// TestBuildWithinFewDescriptors: a process allowed few descriptors
+// (ulimit -n) still builds, the full image and the metadata-only one:
+// files opened ahead are only a speed-up, given up when an open is
+// refused for want of a descriptor, and the copy opens its file itself.
+func TestBuildWithinFewDescriptors(t *testing.T) {
+	for _, meta := range []bool{false, true} {
+		src := &openCounter{MapFS: fstest.MapFS{".": {Mode: fs.ModeDir | 0o755, Sys: &view.Attr{}}}, limit: 3, slow: time.Millisecond}
+		for i := range 300 {
+			data := []byte(fmt.Sprint(i))
+			if i%3 == 0 && !meta { // a metadata-only image holds small files only
+				data = bytes.Repeat(data, 5000)
+			}
+			src.MapFS[fmt.Sprintf("f%04d", i)] = &fstest.MapFile{Data: data, Mode: 0o644, Sys: &view.Attr{Object: digest.FromBytes(data)}}
+		}
+		img, _, _ := buildAndRead(t, meta, src, "s")
+		if src.open != 0 || src.most > src.limit {
+			t.Errorf("meta %v: %d files left open, %d open at most; want 0 and at most %d", meta, src.open, src.most, src.limit)
+		}
+		t.Logf("meta %v: %d files open at most, %d opens refused", meta, src.most, src.refused)
+		if src.refused == 0 {
+			t.Errorf("meta %v: no open was refused: the test tests nothing", meta)
+		}
+		if meta {
+			continue
+		}
+		for _, name := range []string{"f0000", "f0001", "f0299"} {
+			want, _ := fs.ReadFile(src.MapFS, name)
+			if data, err := fs.ReadFile(img, name); err != nil || !bytes.Equal(data, want) {
+				t.Errorf("%s: %d bytes, %v; want %d bytes", name, len(data), err, len(want))
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package erofs
 
 import (
+	"errors"
 	"io/fs"
 	"sync"
 
@@ -25,8 +26,12 @@ type prefetcher struct {
 	// next is the first file no worker has taken; reading the one go-erofs
 	// reads now.
 	next, reading int
-	stopped       bool
-	workers       sync.WaitGroup
+	// window is how many files ahead of the reader may be open: at most
+	// prefetchFiles, fewer where the process may open few descriptors,
+	// and halved each time an open meets the limit.
+	window  int
+	stopped bool
+	workers sync.WaitGroup
 }
 
 type fileState uint8
@@ -48,13 +53,32 @@ const (
 )
 
 func newPrefetcher() *prefetcher {
-	p := &prefetcher{}
+	p := &prefetcher{window: prefetchWindow()}
 	p.cond = sync.NewCond(&p.mu)
 	for range prefetchWorkers {
 		p.workers.Add(1)
 		go p.work()
 	}
 	return p
+}
+
+// prefetchWindow is the window the limit on open descriptors allows:
+// half of what is left of it after a margin for everything else the
+// build holds open (the output, the store, each layer's index).
+func prefetchWindow() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<20 {
+		return prefetchFiles
+	}
+	return max(1, min(prefetchFiles, (int(lim.Cur)-prefetchMargin)/2))
+}
+
+const prefetchMargin = 64
+
+// outOfDescriptors tells whether err is an open refused for want of a
+// file descriptor: the process's (EMFILE) or the system's (ENFILE).
+func outOfDescriptors(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
 }
 
 func (p *prefetcher) add(l *lazyFile) {
@@ -76,7 +100,7 @@ func (p *prefetcher) inWindow(i int) bool {
 	if i <= p.reading {
 		return true
 	}
-	return i-p.reading <= prefetchFiles && p.ends[i]-p.ends[p.reading] <= prefetchBytes
+	return i-p.reading <= p.window && p.ends[i]-p.ends[p.reading] <= prefetchBytes
 }
 
 func (p *prefetcher) work() {
@@ -102,6 +126,15 @@ func (p *prefetcher) work() {
 			readAhead(f)
 		}
 		p.mu.Lock()
+		if outOfDescriptors(err) {
+			// Opening ahead is only a speed-up: the reader opens this
+			// one itself when it gets there, and fewer are opened
+			// ahead from now on.
+			p.window = max(1, p.window/2)
+			l.state = fileWaiting
+			p.cond.Broadcast()
+			continue
+		}
 		if l.index < p.reading {
 			// The reader passed it by while it was being opened (see
 			// take): closed, or it would stay open behind the window.
@@ -153,7 +186,30 @@ func (p *prefetcher) take(l *lazyFile) (fs.File, error) {
 	if state == fileOpened {
 		return f, err
 	}
-	return l.open()
+	f, err = l.open()
+	if outOfDescriptors(err) && p.release() > 0 {
+		// The files opened ahead held the descriptors this one needs.
+		f, err = l.open()
+	}
+	return f, err
+}
+
+// release closes the files opened ahead and not taken yet, to be opened
+// again when their turn comes, and shrinks the window; it returns how
+// many it closed.
+func (p *prefetcher) release() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.files[p.reading+1:] {
+		if s.state == fileOpened && s.opened != nil {
+			s.opened.Close()
+			s.opened, s.openErr, s.state = nil, nil, fileWaiting
+			n++
+		}
+	}
+	p.window = max(1, p.window/2)
+	return n
 }
 
 // stop ends the workers and closes what they opened that was never read,

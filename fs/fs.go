@@ -18,6 +18,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -260,10 +261,35 @@ func guard(op string, st *fuse.Status) func() {
 	}
 }
 
+// fail logs why op on node id failed and answers EIO, the answer for a
+// file whose bytes or metadata cannot be had; but a server out of file
+// descriptors or memory answers ENFILE or ENOMEM, which tell the caller
+// to try again later rather than that the file is damaged, and says so
+// once a while, not for every request it refuses.
 func fail(op string, id uint64, err error) fuse.Status {
-	logrus.WithFields(logrus.Fields{"op": op, "node": fmt.Sprintf("%#x", id)}).Warn(err)
-	return fuse.EIO
+	log := logrus.WithFields(logrus.Fields{"op": op, "node": fmt.Sprintf("%#x", id)})
+	if !view.OutOfResources(err) {
+		log.Warn(err)
+		return fuse.EIO
+	}
+	if now := time.Now().UnixNano(); now-lastShortage.Load() >= int64(shortageEvery) {
+		lastShortage.Store(now)
+		log.Warnf("%v (requests fail so until the server has some free again; raise its limit of open files, ulimit -n, if this goes on)", err)
+	} else {
+		log.Debug(err)
+	}
+	if errors.Is(err, syscall.ENOMEM) {
+		return fuse.Status(syscall.ENOMEM)
+	}
+	// ENFILE, not EMFILE: the limit met is the server's, not the caller's.
+	return fuse.Status(syscall.ENFILE)
 }
+
+// lastShortage is when fail last logged a shortage of descriptors or
+// memory at warning level; shortageEvery how often it does at most.
+var lastShortage atomic.Int64
+
+const shortageEvery = 10 * time.Second
 
 func (s *server) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) (st fuse.Status) {
 	defer guard("lookup", &st)()

@@ -212,6 +212,10 @@ func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	}
 	o, err := f.openObject(a.Source, *a)
 	if err != nil {
+		if OutOfResources(err) {
+			// The bytes are there; this process cannot open them now.
+			return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("object %s: %w", a.Object, err)}
+		}
 		return nil, &fs.PathError{Op: "open", Path: name, Err: &objectError{object: a.Object, err: err}}
 	}
 	return &file{f: o, name: name, info: info}, nil
@@ -236,6 +240,14 @@ func (e *objectError) Is(target error) bool {
 		return true
 	}
 	return !errors.Is(target, fs.ErrNotExist) && errors.Is(e.err, target)
+}
+
+// OutOfResources tells whether err is an open refused for want of
+// something that frees up (a file descriptor of the process or the
+// system, memory), not for anything wrong with the file: it is told as
+// what it is, not as EIO.
+func OutOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM)
 }
 
 // Stat describes name, following symlinks.
