@@ -102,7 +102,7 @@ image's digest and size on stdout; -v says them on stderr.
 				fmt.Fprintf(os.Stderr, "%s: %s, %d bytes\n", name, res.Digest, res.Size)
 			}
 			if jsonOut {
-				return json.NewEncoder(os.Stdout).Encode(res)
+				return json.NewEncoder(stdout).Encode(res)
 			}
 			return nil
 		},

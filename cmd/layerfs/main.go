@@ -8,7 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/layerfs/layerfs/internal/output"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -97,6 +98,9 @@ func main() {
 	}()
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
+		err = stdout.err
+	}
+	if err == nil {
 		return
 	}
 	if ctx.Err() != nil {
@@ -105,6 +109,29 @@ func main() {
 	}
 	os.Exit(report(err))
 }
+
+// stdout is where commands print what a script reads. A print that fails
+// (stdout on a full disk) is remembered, and fails the command once it
+// has done its work: what the command did stands, but its exit says that
+// its report of it was lost.
+var stdout = &checkedWriter{w: os.Stdout}
+
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// printf and printLine print to stdout.
+func printf(format string, a ...any) { fmt.Fprintf(stdout, format, a...) }
+func printLine(a ...any)             { fmt.Fprintln(stdout, a...) }
 
 // report prints err as layerfs's one-line error, or a usage error with
 // its usage line, and returns the exit code.

@@ -72,7 +72,7 @@ staged, and exits 130.`,
 					if err != nil {
 						return err
 					}
-					fmt.Println(desc.Digest)
+					printLine(desc.Digest)
 					marks, err := s.ArchiveMarks(desc.Digest)
 					if err != nil {
 						return err
@@ -88,7 +88,7 @@ staged, and exits 130.`,
 					tell("skipped %s (%s)", skipped.Digest, skipped.What)
 				}
 				for _, img := range res.Images {
-					fmt.Printf("%s %s\n", output.Name(nameOrNone(img.Name)), img.Manifest)
+					printf("%s %s\n", output.Name(nameOrNone(img.Name)), img.Manifest)
 				}
 				if err != nil {
 					return err
@@ -430,7 +430,7 @@ then no NAME is given; --force moves the name, as docker tag does.`,
 					if err := s.Tag(name, img.Manifest); err != nil {
 						return err
 					}
-					fmt.Printf("%s %s\n", output.Name(name), img.Manifest.Digest)
+					printf("%s %s\n", output.Name(name), img.Manifest.Digest)
 				}
 				return nil
 			}
@@ -442,7 +442,7 @@ then no NAME is given; --force moves the name, as docker tag does.`,
 				return err
 			}
 			for _, name := range names {
-				fmt.Printf("%s %s\n", output.Name(name), img.Manifest.Digest)
+				printf("%s %s\n", output.Name(name), img.Manifest.Digest)
 			}
 			return nil
 		},
@@ -482,7 +482,7 @@ still removed; the exit code is then 1.`,
 			for _, name := range args {
 				removed, err := removeOne(s, name, force)
 				for _, r := range removed {
-					fmt.Println(output.Name(r))
+					printLine(output.Name(r))
 				}
 				if err != nil {
 					errs = append(errs, err)
@@ -612,7 +612,7 @@ and said so in the problem's line.
 				fmt.Fprintf(os.Stderr, "layerfs: verify: %s\n", p)
 			}
 			if len(problems) == 0 {
-				fmt.Printf("ok: %d blobs, %d objects, %d indexes\n", checked.Blobs, checked.Objects, checked.Indexes)
+				printf("ok: %d blobs, %d objects, %d indexes\n", checked.Blobs, checked.Objects, checked.Indexes)
 				return nil
 			}
 			affected, err := affectedImages(s, problems)
@@ -689,7 +689,7 @@ func gcCmd(g *globals) *cobra.Command {
 			if dryRun {
 				verb = "would remove"
 			}
-			fmt.Printf("%s %d blobs, %d layers, %d objects, %d meta files, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Metas, f.Temps, f.Bytes)
+			printf("%s %d blobs, %d layers, %d objects, %d meta files, %d temp files: %d bytes\n", verb, f.Blobs, f.Layers, f.Objects, f.Metas, f.Temps, f.Bytes)
 			return err
 		},
 	}
