@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,7 +32,7 @@ func (s *Store) ExtractLayer(ctx context.Context, desc ocispec.Descriptor, diffI
 	if s.Extracted(desc.Digest) && s.HasBlob(desc.Digest) {
 		return nil
 	}
-	unlock, err := s.lock(s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX)
+	unlock, err := s.lock(ctx, s.rel(s.layerDir(desc.Digest))+".lock", unix.LOCK_EX, "another command extracting layer "+desc.Digest.String())
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
@@ -54,6 +55,14 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	if haveBlob && s.Extracted(desc.Digest) {
 		return nil
 	}
+	// Deferred first, so run last: the staged files go once the stream
+	// and the blob are closed, whose descriptors their removal may need.
+	var x *layer.Extraction
+	defer func() {
+		if x != nil {
+			x.Abort()
+		}
+	}()
 	var in io.ReadCloser
 	var blob *stagedFile
 	// written hands the blob's bytes to blob (layer.Behind).
@@ -83,11 +92,9 @@ func (s *Store) extractLocked(ctx context.Context, desc ocispec.Descriptor, diff
 	if err != nil {
 		return err
 	}
-	x, err := s.newExtraction(limit, meter)
-	if err != nil {
+	if x, err = s.newExtraction(limit, meter); err != nil {
 		return err
 	}
-	defer x.Abort()
 	defer s.writeBack()()
 	uncompressed, err := x.Read(r)
 	if err != nil {
@@ -178,7 +185,7 @@ func (s *Store) newExtraction(limit int64, meter layer.Meter) (*layer.Extraction
 	}
 	x, err := layer.New(dir, limit, s.ObjectPath, meter)
 	if err != nil {
-		os.RemoveAll(dir)
+		layer.RemoveStaged(dir)
 		return nil, err
 	}
 	return x, nil
@@ -213,13 +220,14 @@ func (s *Store) writeBack() (stop func()) {
 	return func() { close(done) }
 }
 
+// syncfs writes back the store's file system, through the descriptor
+// of the root the store holds: no open that a process short of
+// descriptors could be refused.
 func (s *Store) syncfs() error {
-	d, err := os.Open(s.path(tmpDir))
-	if err != nil {
-		return fmt.Errorf("sync store: %w", err)
+	if s.dir == nil {
+		return errors.New("sync store: no store at " + s.root)
 	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
+	if err := unix.Syncfs(int(s.dir.Fd())); err != nil {
 		return fmt.Errorf("sync store: %w", err)
 	}
 	return nil

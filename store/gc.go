@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -70,7 +71,7 @@ func (s *Store) GC(dryRun bool) (Freed, error) {
 	if s.dir == nil {
 		return f, nil // no store here: nothing to free
 	}
-	unlock, err := s.lock(gcLock, unix.LOCK_EX)
+	unlock, err := s.lock(context.Background(), gcLock, unix.LOCK_EX, "the commands writing to the store at "+s.root+" to finish")
 	if err != nil {
 		return f, err
 	}
@@ -314,7 +315,7 @@ func (s *Store) hashFile(rel string, want digest.Digest) error {
 // not remove the layer beneath it; a store the user cannot write is left
 // as it is, the problem reported.
 func (s *Store) repairLinks(d digest.Digest, broken []digest.Digest, problems, indexErr error) error {
-	release, err := s.Writing()
+	release, err := s.Writing(context.Background())
 	if err != nil {
 		return errors.Join(problems, indexErr, fmt.Errorf("not repaired: %w", err))
 	}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,30 +62,31 @@ func (l Lease) live(mounts []procstat.Mount) bool {
 // socket: what "layerfs rm" names when it refuses to remove t's image),
 // until release is called or the process ends. It is taken while writers
 // are admitted, so a gc that starts after it sees it, and one already
-// running has finished. Each call is a lease of its own: a process may
-// hold several, and releasing one leaves the others. In a store this user
-// may read but not write it fails (os.ErrPermission, or EROFS on a
-// read-only filesystem); layerfs then serves without a lease, warning
-// that a gc by the store's owner may remove what it serves.
-func (s *Store) Lease(t Target, view string) (release func(), err error) {
-	return s.lease(t, view, false)
+// running has finished (waited for until ctx is done). Each call is a
+// lease of its own: a process may hold several, and releasing one leaves
+// the others. In a store this user may read but not write it fails
+// (os.ErrPermission, or EROFS on a read-only filesystem); layerfs then
+// serves without a lease, warning that a gc by the store's owner may
+// remove what it serves.
+func (s *Store) Lease(ctx context.Context, t Target, view string) (release func(), err error) {
+	return s.lease(ctx, t, view, false)
 }
 
 // LeaseReading records that this process reads t, writing it to out
 // (a file, or any name saying what reads it), until release is called or
 // the process ends: a gc meanwhile keeps what it has still to read, even
 // if the image is removed, and rm is not refused for it.
-func (s *Store) LeaseReading(t Target, out string) (release func(), err error) {
-	return s.lease(t, out, true)
+func (s *Store) LeaseReading(ctx context.Context, t Target, out string) (release func(), err error) {
+	return s.lease(ctx, t, out, true)
 }
 
-func (s *Store) lease(t Target, view string, reads bool) (release func(), err error) {
+func (s *Store) lease(ctx context.Context, t Target, view string, reads bool) (release func(), err error) {
 	l, err := s.newLease(t, view)
 	if err != nil {
 		return nil, err
 	}
 	l.Reads = reads
-	return s.writeLease(t, l, leaseName("", l))
+	return s.writeLease(ctx, t, l, leaseName("", l))
 }
 
 // leaseSeq numbers the leases this process takes.
@@ -116,12 +118,12 @@ func (s *Store) newLease(t Target, view string) (Lease, error) {
 }
 
 // writeLease records l in the leases directory under name.
-func (s *Store) writeLease(t Target, l Lease, name string) (release func(), err error) {
+func (s *Store) writeLease(ctx context.Context, t Target, l Lease, name string) (release func(), err error) {
 	data, err := json.Marshal(l)
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := s.Writing()
+	unlock, err := s.Writing(ctx)
 	if err != nil {
 		return nil, err
 	}

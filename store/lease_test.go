@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"os"
 	"slices"
 	"testing"
@@ -16,16 +17,16 @@ import (
 // after its image is removed.
 func TestLeasesOfOneProcess(t *testing.T) {
 	s, target := newSampleStore(t)
-	releaseA, err := s.Lease(target, "a")
+	releaseA, err := s.Lease(context.Background(), target, "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	releaseB, err := s.LeaseReading(target, "b")
+	releaseB, err := s.LeaseReading(context.Background(), target, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := NewMetaImage(target.Digests(), view.Merged)
-	f, _, err := s.PutMeta(m, func(out *os.File) (digest.Digest, int64, error) {
+	f, _, err := s.PutMeta(context.Background(), m, func(out *os.File) (digest.Digest, int64, error) {
 		_, err := out.Write([]byte("image"))
 		return digest.FromString("image"), 5, err
 	})
@@ -33,7 +34,7 @@ func TestLeasesOfOneProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	releaseK, err := s.LeaseKernel(target, "/k", "layerfs:sample", m.Key())
+	releaseK, err := s.LeaseKernel(context.Background(), target, "/k", "layerfs:sample", m.Key())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -40,22 +41,22 @@ func (s *Store) installLinks(d digest.Digest, staged string) error {
 // EnsureLinks gives each of layers that was extracted before links
 // existed its links directory. Another process doing the same at once is
 // harmless: the first complete directory stays.
-func (s *Store) EnsureLinks(layers []digest.Digest) error {
+func (s *Store) EnsureLinks(ctx context.Context, layers []digest.Digest) error {
 	for _, d := range layers {
 		if _, err := os.Lstat(filepath.Join(s.layerDir(d), linksDir)); err == nil {
 			continue
 		}
-		if err := s.linkLayer(d); err != nil {
+		if err := s.linkLayer(ctx, d); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Store) linkLayer(d digest.Digest) error {
-	release, err := s.Writing()
+func (s *Store) linkLayer(ctx context.Context, d digest.Digest) error {
+	release, err := s.Writing(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("layer %s: links of its objects: %w", d, err)
 	}
 	defer release()
 	staged, err := os.MkdirTemp(s.path(tmpDir), "links-")

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -73,7 +74,7 @@ func TestLinks(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(s.layerDir(d), linksDir)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.EnsureLinks(layers); err != nil {
+	if err := s.EnsureLinks(context.Background(), layers); err != nil {
 		t.Fatal(err)
 	}
 	requireLinks(t, s, d)
@@ -109,7 +110,7 @@ func TestLinks(t *testing.T) {
 	if err := os.Remove(victim); err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := s.lock(gcLock, unix.LOCK_EX)
+	unlock, err := s.lock(context.Background(), gcLock, unix.LOCK_EX, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

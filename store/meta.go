@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -132,11 +133,11 @@ func (s *Store) readMetaRecord(key string) (MetaImage, error) {
 // the directory; its record goes last, so an image without one is never
 // taken. It returns the committed image opened, and its record. The
 // store is held for writing meanwhile, so gc leaves the temp file alone.
-func (s *Store) PutMeta(m MetaImage, write func(*os.File) (digest.Digest, int64, error)) (*os.File, MetaImage, error) {
+func (s *Store) PutMeta(ctx context.Context, m MetaImage, write func(*os.File) (digest.Digest, int64, error)) (*os.File, MetaImage, error) {
 	key := m.Key()
-	release, err := s.Writing()
+	release, err := s.Writing(ctx)
 	if err != nil {
-		return nil, m, err
+		return nil, m, fmt.Errorf("meta image %s: %w", key, err)
 	}
 	defer release()
 	tmp, err := os.CreateTemp(s.path(tmpDir), "meta-*")
@@ -286,11 +287,11 @@ func containsStack(stacks [][]digest.Digest, layers []digest.Digest) bool {
 // key: the lease lives while this process runs, then for as long as the
 // mount is there (Lease.Source). release removes it, for a mount that
 // failed.
-func (s *Store) LeaseKernel(t Target, mountpoint, source, key string) (release func(), err error) {
+func (s *Store) LeaseKernel(ctx context.Context, t Target, mountpoint, source, key string) (release func(), err error) {
 	l, err := s.newLease(t, mountpoint)
 	if err != nil {
 		return nil, err
 	}
 	l.Source, l.Meta = source, key
-	return s.writeLease(t, l, leaseName("kernel-", l))
+	return s.writeLease(ctx, t, l, leaseName("kernel-", l))
 }

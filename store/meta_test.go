@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -27,7 +28,7 @@ func TestMetaCache(t *testing.T) {
 		t.Fatalf("OpenMeta of an empty cache: %v, want ErrNotFound", err)
 	}
 	content := []byte("an image's bytes")
-	f, rec, err := s.PutMeta(m, func(out *os.File) (digest.Digest, int64, error) {
+	f, rec, err := s.PutMeta(context.Background(), m, func(out *os.File) (digest.Digest, int64, error) {
 		_, err := out.Write(content)
 		return digest.FromBytes(content), int64(len(content)), err
 	})

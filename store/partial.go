@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -30,16 +31,17 @@ type Partial struct {
 
 // Partial opens the partial file of blob desc, creating it if needed, and
 // holds it exclusively until Commit, Close or Abort: a second fetch of the
-// same blob, in this process or another, waits here, then finds the blob
-// committed (ErrHaveBlob) or resumes where the first one stopped.
-func (s *Store) Partial(desc ocispec.Descriptor) (*Partial, error) {
+// same blob, in this process or another, waits here (until ctx is done),
+// then finds the blob committed (ErrHaveBlob) or resumes where the first
+// one stopped.
+func (s *Store) Partial(ctx context.Context, desc ocispec.Descriptor) (*Partial, error) {
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("blob %q: %w", desc.Digest, err)
 	}
 	name := filepath.Join(s.path(tmpDir), "partial-"+desc.Digest.Encoded())
 	// The lock is a file of its own: the partial file is closed, and so
 	// would be unlocked, before it is renamed into blobs/.
-	unlock, err := lockFile(name+".lock", unix.LOCK_EX)
+	unlock, err := lockFile(ctx, name+".lock", unix.LOCK_EX, "another command fetching blob "+desc.Digest.String())
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}

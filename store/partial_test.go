@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"reflect"
@@ -21,13 +22,13 @@ func TestPartialResumes(t *testing.T) {
 	}
 	data := bytes.Repeat([]byte("layerfs partial "), 4096)
 	desc := ocispec.Descriptor{Digest: digest.FromBytes(data), Size: int64(len(data))}
-	p, err := s.Partial(desc)
+	p, err := s.Partial(context.Background(), desc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Write(data[:1000])
 	p.Close()
-	p, err = s.Partial(desc)
+	p, err = s.Partial(context.Background(), desc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func TestPartialResumes(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("committed blob: %v, %d bytes", err, len(got))
 	}
-	if _, err := s.Partial(desc); !errors.Is(err, ErrHaveBlob) {
+	if _, err := s.Partial(context.Background(), desc); !errors.Is(err, ErrHaveBlob) {
 		t.Fatalf("Partial of a committed blob: %v, want ErrHaveBlob", err)
 	}
 }
@@ -55,7 +56,7 @@ func TestPartialRefusesWrongBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	desc := ocispec.Descriptor{Digest: digest.FromString("right"), Size: 5}
-	p, err := s.Partial(desc)
+	p, err := s.Partial(context.Background(), desc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestPartialRefusesWrongBytes(t *testing.T) {
 	if s.HasBlob(desc.Digest) {
 		t.Error("wrong bytes were committed")
 	}
-	p, err = s.Partial(desc)
+	p, err = s.Partial(context.Background(), desc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,13 +85,13 @@ func TestPartialLongerThanBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	desc := ocispec.Descriptor{Digest: digest.FromString("abc"), Size: 3}
-	p, err := s.Partial(desc)
+	p, err := s.Partial(context.Background(), desc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Write([]byte("abcdef"))
 	p.Close()
-	if p, err = s.Partial(desc); err != nil {
+	if p, err = s.Partial(context.Background(), desc); err != nil {
 		t.Fatal(err)
 	}
 	if p.Size() != 0 {

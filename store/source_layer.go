@@ -22,7 +22,7 @@ import (
 // around it: it is listed by Layers, mountable by digest, and kept by gc
 // through an entry of the store's index.json of a layer media type.
 func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descriptor, error) {
-	release, err := s.Writing()
+	release, err := s.Writing(ctx)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}

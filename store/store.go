@@ -39,6 +39,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,12 +48,14 @@ import (
 	"path/filepath"
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -441,7 +444,7 @@ func (s *Store) Images() ([]Image, error) {
 
 // updateIndex applies fn to index.json under the store's index lock.
 func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
-	unlock, err := s.lock(indexLock, unix.LOCK_EX)
+	unlock, err := s.lock(context.Background(), indexLock, unix.LOCK_EX, "another command changing the store's image list")
 	if err != nil {
 		return err
 	}
@@ -460,7 +463,14 @@ func (s *Store) updateIndex(fn func(*ocispec.Index) error) error {
 	if err != nil {
 		return err
 	}
-	return s.writeFile(indexFile, data)
+	err = s.writeFile(indexFile, data)
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		// rm too needs room: the new list is written whole beside the
+		// old before it takes its place, so that a crash leaves one of
+		// them.
+		return fmt.Errorf("%w; nothing was changed (the list of images is written anew whole, even to remove one): free some space on the store's file system (\"layerfs gc\" frees what no image uses) and run this again", err)
+	}
+	return err
 }
 
 // Tag names manifest desc, replacing any image of the same name. An
@@ -573,42 +583,80 @@ func (s *Store) UntagDigest(d digest.Digest) error {
 }
 
 // lock takes a flock on a file in the root; how is LOCK_SH or LOCK_EX.
-func (s *Store) lock(name string, how int) (func(), error) {
+// A wait for it ends when ctx is done; holder says, in the message a
+// wait of more than lockNotice prints, what the lock waits for.
+func (s *Store) lock(ctx context.Context, name string, how int, holder string) (func(), error) {
 	f, err := s.openBeneath(name, os.O_RDWR|os.O_CREATE, fileMode)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	return flock(f, how)
+	return flock(ctx, f, how, holder)
 }
 
-func lockFile(p string, how int) (func(), error) {
+func lockFile(ctx context.Context, p string, how int, holder string) (func(), error) {
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, fileMode)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
-	return flock(f, how)
+	return flock(ctx, f, how, holder)
 }
 
-func flock(f *os.File, how int) (func(), error) {
-	var err error
+// lockNotice is how long a command waits for a lock before it says
+// what it waits for: a command stuck behind a long gc would otherwise
+// look hung.
+const lockNotice = time.Second
+
+// flock locks f, which it closes when the lock is released or not had.
+// A wait is given up when ctx is done (an interrupt), with ctx's error;
+// the wait itself goes on unseen, and the lock, once had, is let go at
+// once.
+func flock(ctx context.Context, f *os.File, how int, holder string) (func(), error) {
 	p := f.Name()
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			break
-		}
+	release := func() { f.Close() }
+	err := flockRetry(f, how|unix.LOCK_NB)
+	if err == nil {
+		return release, nil
 	}
-	if err != nil {
+	if !errors.Is(err, unix.EWOULDBLOCK) {
 		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
-	return func() { f.Close() }, nil
+	notice := time.AfterFunc(lockNotice, func() {
+		logrus.Warnf("waiting for %s (lock %s)", holder, p)
+	})
+	defer notice.Stop()
+	done := make(chan error, 1)
+	go func() { done <- flockRetry(f, how) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", p, err)
+		}
+		return release, nil
+	case <-ctx.Done():
+		go func() {
+			<-done
+			f.Close()
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+func flockRetry(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // Writing holds the store open for writing until release is called: gc
-// waits for every writer to finish first.
-func (s *Store) Writing() (release func(), err error) {
-	return s.lock(gcLock, unix.LOCK_SH)
+// waits for every writer to finish first, and a writer waits for a gc
+// that runs, until ctx is done.
+func (s *Store) Writing(ctx context.Context) (release func(), err error) {
+	return s.lock(ctx, gcLock, unix.LOCK_SH, "gc to finish with the store at "+s.root)
 }
 
 // rel is p, a path inside the store, relative to its root.

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -8,10 +9,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/view"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 func newStore(t *testing.T) *Store {
@@ -254,4 +257,44 @@ func TestImageLayersNamesTheBlob(t *testing.T) {
 			t.Errorf("ImageLayers(%s): %v; want %q", d, err, want)
 		}
 	}
+}
+
+// TestLockWaitEndsWithItsContext: a writer waiting for a gc that runs
+// gives up when its context is done (an interrupt), at once, and the
+// lock it was waiting for is not kept by the wait it gave up.
+func TestLockWaitEndsWithItsContext(t *testing.T) {
+	s := newStore(t)
+	unlock, err := s.lock(context.Background(), gcLock, unix.LOCK_EX, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := s.Writing(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Writing while gc holds the store: %v; want the context's error", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the wait ended %v after its context", took)
+	}
+	unlock()
+	// The wait given up takes the lock when it is free, and lets it go.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		unlock, err := s.lock(short, gcLock, unix.LOCK_EX, "test")
+		cancel()
+		if err == nil {
+			unlock()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the store's lock stayed held after the wait for it was given up")
+		}
+	}
+	release, err := s.Writing(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
 }

@@ -354,7 +354,7 @@ func (s *Store) Prepare(ctx context.Context, t Target) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	release, err := s.Writing()
+	release, err := s.Writing(ctx)
 	if err != nil {
 		return err
 	}

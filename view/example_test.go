@@ -40,7 +40,7 @@ func ExampleNewFS() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	release, err := s.LeaseReading(target, "example")
+	release, err := s.LeaseReading(context.Background(), target, "example")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -11,7 +11,7 @@
 //
 //	s, err := store.Open(root)            // OpenForWriting to import into it too
 //	t, err := s.Resolve([]string{"debian"}) // a name, a digest, or layer digests
-//	release, err := s.LeaseReading(t, "my-program")
+//	release, err := s.LeaseReading(ctx, t, "my-program")
 //	v, err := s.OpenView(t.Digests(), view.Merged) // view.Single when t.Single
 //	fsys := view.NewFS(v, view.ByName(s.OpenObject))
 //	data, err := fs.ReadFile(fsys, "etc/os-release")

@@ -64,7 +64,7 @@ func openLeasedView(ctx context.Context, g *globals, arg, op, out string) (s *st
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	release, err := s.LeaseReading(t, out)
+	release, err := s.LeaseReading(ctx, t, out)
 	release, err = unleasedIfReadOnly(op, t, "reads", release, err)
 	if err != nil {
 		v.Close()
@@ -317,7 +317,7 @@ the files before it were written.
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), os.Stdout}, 1<<20)
 			for _, p := range args[1:] {
 				if err := viewops.Cat(bw, v, p, s.OpenObject); err != nil {
-					return errors.Join(bw.Flush(), err)
+					return flushAfter(bw, err)
 				}
 			}
 			return bw.Flush()
@@ -379,7 +379,11 @@ apply them.`,
 			}
 			defer closeView()
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), w}, 1<<20)
-			if err := errors.Join(viewops.Export(bw, v, s.OpenObject), bw.Flush()); err != nil {
+			err = viewops.Export(bw, v, s.OpenObject)
+			if err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
 				w.Abort()
 				return fmt.Errorf("export to %s: %w", to, err)
 			}
@@ -434,6 +438,17 @@ func resolvedPath(p string) string {
 		return filepath.Join(resolvedPath(dir), filepath.Base(abs))
 	}
 	return abs
+}
+
+// flushAfter writes out what bw holds after err, which it returns with
+// the flush's own error, unless that is err again: a bufio.Writer whose
+// write failed fails every flush after with the same error.
+func flushAfter(bw *bufio.Writer, err error) error {
+	ferr := bw.Flush()
+	if ferr == nil || errors.Is(err, ferr) {
+		return err
+	}
+	return errors.Join(ferr, err)
 }
 
 // contextWriter fails writes once ctx is done, so an interrupted export

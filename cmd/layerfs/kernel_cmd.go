@@ -61,12 +61,14 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 	if err := s.Prepare(ctx, t); err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
-	if err := s.EnsureLinks(t.Digests()); err != nil {
-		return fmt.Errorf("mount %s: %w", t, err)
+	// The links and the image are written once, into the store; a FUSE
+	// mount needs neither.
+	if err := s.EnsureLinks(ctx, t.Digests()); err != nil {
+		return kernelStoreError(t, err)
 	}
 	meta, rec, err := metaImage(ctx, s, t)
 	if err != nil {
-		return fmt.Errorf("mount %s: %w", t, err)
+		return kernelStoreError(t, err)
 	}
 	defer meta.Close()
 	data, err := s.OpenLinks(t.Digests())
@@ -78,7 +80,8 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 			d.Close()
 		}
 	}()
-	release, err := s.LeaseKernel(t, mountpoint, layerfs.KernelSource(t.String()), rec.Key())
+	release, err := s.LeaseKernel(ctx, t, mountpoint, layerfs.KernelSource(t.String()), rec.Key())
+	release, err = unleasedIfReadOnly("mount", t, "serves", release, err)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", t, err)
 	}
@@ -92,6 +95,17 @@ func runKernelMount(ctx context.Context, g *globals, f mountFlags, targets []str
 	}
 	logrus.WithFields(logrus.Fields{"target": t.String(), "mountpoint": mountpoint, "meta": rec.Key()}).Info("mounted in the kernel")
 	return nil
+}
+
+// kernelStoreError is the error of a kernel mount of t that could not
+// write what it needs into the store: where the store cannot be written
+// (read-only, full), it points to the FUSE mount, which writes nothing
+// there but its lease.
+func kernelStoreError(t store.Target, err error) error {
+	if cannotWrite(err) {
+		return fmt.Errorf("mount --kernel %s: %w; %s", t, err, fuseHint)
+	}
+	return fmt.Errorf("mount %s: %w", t, err)
 }
 
 // metaImage opens the cached metadata-only image of t's view, building
@@ -119,7 +133,7 @@ func metaImage(ctx context.Context, s *store.Store, t store.Target) (*os.File, s
 	// by name reads a block of one of objects/'s large directories.
 	handles := s.OpenHandles(layers)
 	defer handles.Close()
-	return s.PutMeta(want, func(out *os.File) (digest.Digest, int64, error) {
+	return s.PutMeta(ctx, want, func(out *os.File) (digest.Digest, int64, error) {
 		res, err := erofs.BuildMeta(out, view.NewFS(v, handles.OpenObject), erofs.Options{Seed: want.Key(), Digest: true, Redirect: redirect})
 		if err == nil {
 			err = ctx.Err()

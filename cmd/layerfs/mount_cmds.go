@@ -125,7 +125,7 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 		return err
 	}
 	if f.daemon && !daemonChild {
-		return daemonize(mountpoint)
+		return daemonize(ctx, mountpoint)
 	}
 	// Caught from the start, so that a signal arriving while the mount is
 	// being set up waits for the setup to finish, then unmounts: dying of
@@ -190,7 +190,7 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	}
 	handles := s.OpenHandles(t.Digests())
 	tree = layerfs.NewTree(v, handles.OpenObject)
-	release, err := s.Lease(t, servedAt)
+	release, err := s.Lease(ctx, t, servedAt)
 	release, err = unleasedIfReadOnly(op, t, "serves", release, err)
 	if err != nil {
 		handles.Close()
@@ -203,12 +203,22 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 // unleasedIfReadOnly lets a view of a store this user may read but not
 // write go on without its lease, with a warning: its owner's gc does not
 // know of the view. what is what the view does with the store's files.
+// A store on a full disk (or over its user's quota) is read as one that
+// cannot be written: what is in it can still be read out, to another
+// disk, before anything is removed to make room.
 func unleasedIfReadOnly(op string, t store.Target, what string, release func(), err error) (func(), error) {
-	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
+	if cannotWrite(err) {
 		logrus.Warnf("%s %s: not leased, so gc may remove what it %s: %v", op, t, what, err)
 		return func() {}, nil
 	}
 	return release, err
+}
+
+// cannotWrite tells whether err is the store refusing a write: not this
+// user's to write, a read-only file system, a full disk or quota.
+func cannotWrite(err error) bool {
+	return errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) ||
+		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // signalReady tells a waiting --daemon parent that the mount answers.
@@ -289,8 +299,10 @@ func unmountOnSignal(srv layerfs.Served, mountpoint string, sig <-chan os.Signal
 // fails. The server's log, which nobody reads on its stderr, goes to a
 // file in the runtime directory, removed when the mount is unmounted (or
 // here, when the server fails to start); its warnings until it is ready
-// are shown on this command's stderr too.
-func daemonize(mountpoint string) error {
+// are shown on this command's stderr too. An interrupt (ctx done) before
+// the mount is ready is passed on to the server as SIGTERM, which gives
+// up its setup, or unmounts what it has mounted, and exits.
+func daemonize(ctx context.Context, mountpoint string) error {
 	logFile, err := layerfs.CreateLog(mountpoint)
 	if err != nil {
 		return fmt.Errorf("daemon log: %w", err)
@@ -316,12 +328,33 @@ func daemonize(mountpoint string) error {
 		return fmt.Errorf("start server: %w", err)
 	}
 	w.Close()
+	// released is set once the server is left to run: no signal is
+	// passed on after that.
+	var mu sync.Mutex
+	released := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !released {
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+	})
+	defer stop()
 	line, _ := bufio.NewReader(r).ReadString('\n')
-	if strings.TrimSpace(line) == "ready" {
+	mu.Lock()
+	if strings.TrimSpace(line) == "ready" && ctx.Err() == nil {
+		released = true
+		mu.Unlock()
 		cmd.Process.Release()
 		return nil
 	}
+	mu.Unlock()
 	cmd.Wait()
+	if err := ctx.Err(); err != nil {
+		// The server was told to stop, and has.
+		layerfs.RemoveState(mountpoint)
+		return err
+	}
 	msg, _ := io.ReadAll(io.NewSectionReader(logFile, 0, 1<<20))
 	layerfs.RemoveState(mountpoint)
 	if text := strings.TrimSpace(string(msg)); text != "" {

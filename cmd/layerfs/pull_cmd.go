@@ -44,9 +44,10 @@ later adds it under the same name. Loopback registries are reached over plain HT
 credentials come from docker's config.json and its credential helpers.
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
-run again, it resumes every blob where it stopped. On a terminal, each
-layer shows a progress bar while it downloads and again while it is
-extracted.`,
+run again, it resumes every blob where it stopped. A pull that fails
+(the disk full, the registry gone) keeps them too, and says so. On a
+terminal, each layer shows a progress bar while it downloads and again
+while it is extracted.`,
 		Args:        cobra.MinimumNArgs(1),
 		Annotations: map[string]string{handlesInterrupt: stopsOnInterrupt},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -91,9 +92,11 @@ extracted.`,
 					}
 					continue
 				}
-				fmt.Printf("%s %s\n", output.Name(img.Name), img.Manifest)
+				printf("%s %s\n", output.Name(img.Name), img.Manifest)
 			}
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || len(errs) > 0 {
+				// An interrupt, or a failure (a full disk, a registry
+				// gone) that a run again resumes from.
 				reportPartial(s)
 			}
 			return errors.Join(errs...)

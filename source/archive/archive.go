@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/store"
@@ -126,7 +127,7 @@ func splitExisting(arg string) (src, ref string, ok bool) {
 // Entries that are not images (artifacts, signatures, attestations) are
 // skipped and listed; a bad image fails the import.
 func Import(ctx context.Context, s *store.Store, src string, opts Options) (Result, error) {
-	release, err := s.Writing()
+	release, err := s.Writing(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -148,7 +149,7 @@ func Import(ctx context.Context, s *store.Store, src string, opts Options) (Resu
 // a file with no name that goes when the import ends.
 func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.File, name string, opts Options) (Result, error) {
 	defer scratch.Close()
-	release, err := s.Writing()
+	release, err := s.Writing(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -168,17 +169,27 @@ func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.
 // which src names in errors.
 func importFS(ctx context.Context, s *store.Store, src string, fsys fs.FS, opts Options) (Result, error) {
 	var res Result
+	has := map[string]bool{}
+	for _, name := range []string{"manifest.json", "index.json", "repositories"} {
+		var err error
+		if has[name], err = exists(fsys, name); err != nil {
+			// Not there is one thing; not to be read (permissions, no
+			// descriptors left) is another, which must not be told as
+			// "not an image".
+			return res, fmt.Errorf("import %s: %w", src, err)
+		}
+	}
 	var err error
 	switch {
-	case exists(fsys, "manifest.json"):
+	case has["manifest.json"]:
 		// Docker 25 writes index.json too, with "manifests": null when
 		// saving by digest, and in 25.0.0 with the layers of its OCI
 		// manifest out of order (moby #47150): manifest.json is the
 		// document docker load reads, so it is the one read here.
 		res.Images, err = importDockerArchive(ctx, s, fsys, opts)
-	case exists(fsys, "index.json"):
+	case has["index.json"]:
 		res, err = importLayout(ctx, s, fsys, opts)
-	case exists(fsys, "repositories"):
+	case has["repositories"]:
 		err = errLegacyArchive
 	default:
 		err = errNotImage
@@ -189,9 +200,16 @@ func importFS(ctx context.Context, s *store.Store, src string, fsys fs.FS, opts 
 	return res, nil
 }
 
-func exists(fsys fs.FS, name string) bool {
+// exists tells whether fsys holds name, and why that cannot be told.
+func exists(fsys fs.FS, name string) (bool, error) {
 	_, err := fs.Stat(fsys, name)
-	return err == nil
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return false, nil
+	}
+	return false, err
 }
 
 // readSmall reads a JSON document of at most store.MaxMetadataSize bytes.

@@ -3,10 +3,12 @@ package archive
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/fstest"
 
@@ -155,5 +157,30 @@ func TestOnDisk(t *testing.T) {
 		if got := OnDisk(filepath.Join(dir, arg)); got != want {
 			t.Errorf("OnDisk(%s): %v, want %v", arg, got, want)
 		}
+	}
+}
+
+// refusingFS is a source whose every open fails with err.
+type refusingFS struct{ err error }
+
+func (r refusingFS) Open(name string) (fs.File, error) {
+	return nil, &fs.PathError{Op: "openat", Path: name, Err: r.err}
+}
+
+// TestUnreadableSourceIsNotCalledNotAnImage: a layout whose index.json
+// cannot be read (not the user's to read, no descriptor left) is
+// reported as that, not as "neither an OCI image layout nor a
+// docker-archive", which would send the user looking at the wrong thing.
+func TestUnreadableSourceIsNotCalledNotAnImage(t *testing.T) {
+	s, _ := newStore(t)
+	for _, errno := range []error{fs.ErrPermission, syscall.EMFILE} {
+		_, err := importFS(context.Background(), s, "src", refusingFS{errno}, Options{})
+		if !errors.Is(err, errno) || errors.Is(err, errNotImage) {
+			t.Errorf("source failing with %v: %v; want that error, not %q", errno, err, errNotImage)
+		}
+	}
+	_, err := importFS(context.Background(), s, "src", refusingFS{fs.ErrNotExist}, Options{})
+	if !errors.Is(err, errNotImage) {
+		t.Errorf("source holding nothing: %v; want %q", err, errNotImage)
 	}
 }

@@ -35,7 +35,7 @@ var errNoRange = errors.New("registry cannot resume a blob (no Range support)")
 // resuming from what an earlier, interrupted fetch left there.
 func fetchBlob(ctx context.Context, s *store.Store, repo *remote.Repository, desc ocispec.Descriptor, m Meter) error {
 	for fresh := false; ; fresh = true {
-		part, err := s.Partial(desc)
+		part, err := s.Partial(ctx, desc)
 		if errors.Is(err, store.ErrHaveBlob) {
 			return nil
 		}
@@ -134,7 +134,7 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 	idle := time.AfterFunc(idleTimeout, func() { cancel(fmt.Errorf("no data for %v", idleTimeout)) })
 	defer idle.Stop()
 	r := &watchedReader{r: io.LimitReader(rc, desc.Size-part.Size()), idle: idle, m: m}
-	if _, err := io.Copy(part, r); err != nil {
+	if _, err := io.Copy(partWriter{part}, r); err != nil {
 		if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
 			return cause
 		}
@@ -145,6 +145,25 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 	}
 	return nil
 }
+
+// partWriter writes what was fetched into the partial file, marking its
+// failures as the store's (a full disk), not the registry's.
+type partWriter struct{ p *store.Partial }
+
+func (w partWriter) Write(b []byte) (int, error) {
+	n, err := w.p.Write(b)
+	if err != nil {
+		err = storeError{err}
+	}
+	return n, err
+}
+
+// storeError is a failure to write into the store what the registry
+// sent: asking the registry again cannot help.
+type storeError struct{ err error }
+
+func (e storeError) Error() string { return e.err.Error() }
+func (e storeError) Unwrap() error { return e.err }
 
 type watchedReader struct {
 	r    io.Reader
@@ -162,10 +181,14 @@ func (w *watchedReader) Read(p []byte) (int, error) {
 }
 
 // transient reports whether err may go away when asked again: anything
-// but a refusal by the registry (not found, unauthorized, bad request)
-// or bytes that do not match their digest.
+// but a refusal by the registry (not found, unauthorized, bad request),
+// bytes that do not match their digest, or the store failing to take
+// them (a full disk).
 func transient(err error) bool {
 	if errors.Is(err, store.ErrMismatch) || errors.Is(err, errdef.ErrNotFound) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if errors.As(err, new(storeError)) {
 		return false
 	}
 	var resp *errcode.ErrorResponse

@@ -97,7 +97,7 @@ func (p *Puller) Pull(ctx context.Context, ref string) (store.Imported, error) {
 	if err := reference.CheckName(name); err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	release, err := p.store.Writing()
+	release, err := p.store.Writing(ctx)
 	if err != nil {
 		return store.Imported{}, fmt.Errorf("pull %s: %w", ref, err)
 	}

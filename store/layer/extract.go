@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/compression"
 	"github.com/layerfs/layerfs/store/index"
@@ -111,9 +112,24 @@ func New(dir string, limit int64, objectPath func(digest.Digest) string, meter M
 	}, nil
 }
 
-// Abort removes everything the extraction staged.
-func (x *Extraction) Abort() {
-	os.RemoveAll(x.dir)
+// Abort removes everything the extraction staged. Removing a directory
+// opens it: an extraction that failed for want of file descriptors
+// (EMFILE) meets the same want here, while the other layers of its
+// import still hold theirs, and tries again as they let them go, for a
+// while, before it leaves the rest to gc. Its caller closes what it
+// holds itself (the layer's stream, its blob) first.
+func (x *Extraction) Abort() { RemoveStaged(x.dir) }
+
+// RemoveStaged removes dir, a directory an extraction staged in, as
+// Abort does.
+func RemoveStaged(dir string) {
+	for wait := 10 * time.Millisecond; ; wait *= 2 {
+		err := os.RemoveAll(dir)
+		if err == nil || wait > 500*time.Millisecond || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) {
+			return
+		}
+		time.Sleep(wait)
+	}
 }
 
 // Read consumes the whole compressed stream r, applies the layer's rules
@@ -377,6 +393,11 @@ func (x *Extraction) storeContent(e *index.Entry, body io.Reader) error {
 	x.wbuf.Reset(w)
 	n, err := io.Copy(io.MultiWriter(h, x.wbuf), body)
 	if err != nil {
+		if w.err != nil {
+			// The object's write failed (a full disk): that error says
+			// so already.
+			return w.err
+		}
 		return fmt.Errorf("read content: %w", streamError(err))
 	}
 	if n != e.Size {
@@ -465,6 +486,7 @@ func (x *Extraction) writeObject(d digest.Digest, b []byte) error {
 // block of zeros instead of writing it.
 type sparseWriter struct {
 	fd  int
+	err error // the first write that failed
 	off int64
 	// end is where the last write ended: the file's size, short of off
 	// when the file ends in a hole.
@@ -489,7 +511,8 @@ func (w *sparseWriter) Write(p []byte) (int, error) {
 		}
 		if n > 0 {
 			if err := pwriteAll(w.fd, p[:n], w.off); err != nil {
-				return total - len(p), fmt.Errorf("write object: %w", err)
+				w.err = fmt.Errorf("write object: %w", err)
+				return total - len(p), w.err
 			}
 			w.off += int64(n)
 			w.end = w.off
