@@ -38,7 +38,8 @@ func (t *linkTable) add(name string, ino uint64, nlink uint32) bool {
 
 // rewriteNids finishes the image go-erofs wrote: it keeps the root's
 // inode number from being 0, makes each hardlink's later names point at
-// the first name's inode, and stores the UUID.
+// the first name's inode, leaves the placeholders out of the superblock's
+// inode count, and stores the UUID.
 //
 // go-erofs writes the metadata after the data, the root's inode first, so
 // the root's nid, which the kernel gives as its inode number, is 0, and
@@ -103,6 +104,13 @@ func rewriteNids(img Output, size int64, links *linkTable, uuid [16]byte) error 
 		binary.LittleEndian.PutUint64(ent, nid+shift)
 	}
 
+	// go-erofs counted the placeholders as inodes; the kernel gives the
+	// count as the inodes in use (statfs, df -i), which mkfs.erofs makes
+	// the files of the tree, a hardlinked file once.
+	inos := binary.LittleEndian.Uint64(sb[sbInosOff:])
+	if later := uint64(len(links.later)); inos > later {
+		binary.LittleEndian.PutUint64(sb[sbInosOff:], inos-later)
+	}
 	binary.LittleEndian.PutUint16(sb[sbRootNidOff:], uint16(rootNid+shift))
 	binary.LittleEndian.PutUint32(sb[sbMetaBlkAddrOff:], uint32(metaAddr-1))
 	copy(sb[sbUUIDOff:], uuid[:])

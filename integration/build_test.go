@@ -6,16 +6,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	"golang.org/x/sys/unix"
 )
 
 // TestBuildMatchesMount runs layerfs build on every rule case, the sample
@@ -33,6 +37,17 @@ func TestBuildMatchesMount(t *testing.T) {
 		testimage.RunTool(t, "fsck.erofs", image)
 		mnt := mountErofs(t, image)
 		requireSame(t, "the kernel's mount of layerfs build", walkMount(t, root, img.ref), walk(t, mnt))
+		// The superblock's inode count, which dump.erofs reads and the
+		// kernel gives as the inodes in use (df -i), is the files of the
+		// tree, a hardlinked file once, as mkfs.erofs counts them.
+		if got, want := erofsInodeCount(t, image), distinctInodes(t, mnt); got != want {
+			t.Errorf("dump.erofs gives an inode count of %d; the kernel's mount holds %d inodes", got, want)
+		}
+		var st unix.Statfs_t
+		must(t, unix.Statfs(mnt, &st))
+		if used := st.Files - st.Ffree; used != uint64(distinctInodes(t, mnt)) {
+			t.Errorf("statfs of the kernel's mount gives %d inodes in use, want %d", used, distinctInodes(t, mnt))
+		}
 		// Every directory lists "." and "..", as the FUSE mount does: glibc
 		// drops an entry whose inode number is 0.
 		for _, dir := range []string{mnt, filepath.Join(mnt, "etc")} {
@@ -185,4 +200,38 @@ func loopDevice(t *testing.T, size int64) string {
 		}
 	})
 	return dev
+}
+
+// erofsInodeCount is the superblock's inode count, as dump.erofs -s
+// reads it.
+func erofsInodeCount(t testing.TB, image string) int {
+	t.Helper()
+	testimage.RequireTool(t, "dump.erofs")
+	out := string(testimage.RunTool(t, "dump.erofs", "-s", image))
+	m := regexp.MustCompile(`(?m)^Filesystem inode count:\s+(\d+)$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("dump.erofs -s %s gives no inode count:\n%s", image, out)
+	}
+	n, err := strconv.Atoi(m[1])
+	must(t, err)
+	return n
+}
+
+// distinctInodes counts the inode numbers under dir, each once.
+func distinctInodes(t testing.TB, dir string) int {
+	t.Helper()
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		seen[st.Ino] = true
+		return nil
+	})
+	must(t, err)
+	return len(seen)
 }
