@@ -317,6 +317,33 @@ func TestSkopeoTransportArguments(t *testing.T) {
 	if r := run(t, root, "pull", "oci:"+layout+":a"); r.code != 1 || !strings.Contains(r.stderr, "layerfs import") {
 		t.Errorf("pull of a layout: exit %d, stderr %q; want exit 1 naming layerfs import", r.code, r.stderr)
 	}
+
+	// skopeo's dir: transport writes one image's manifest.json (an
+	// object, where a docker-archive's is a list) beside its blobs, plain
+	// and zstd alike: refused, given with the transport or as a path,
+	// naming the skopeo copy that makes of it an archive import reads;
+	// that archive then imports.
+	for _, compress := range []string{"", "zstd"} {
+		skopeoDir := filepath.Join(dir, "a-dir-"+compress)
+		args := []string{"--insecure-policy", "copy", "--quiet"}
+		if compress != "" {
+			args = append(args, "--dest-compress-format", compress)
+		}
+		testimage.RunTool(t, "skopeo", append(args, "oci:"+layout+":a", "dir:"+skopeoDir)...)
+		requireRefused(t, root, "skopeo's dir: transport is not one import reads", "dir:"+skopeoDir)
+		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive it reads", "dir:"+skopeoDir)
+		requireRefused(t, root, "import "+skopeoDir+": a directory of skopeo's dir: transport", skopeoDir)
+		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive it reads", skopeoDir)
+		converted := filepath.Join(dir, "from-dir-"+compress+".tar")
+		testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "dir:"+skopeoDir, "oci-archive:"+converted+":a")
+		fresh := t.TempDir()
+		mustRun(t, fresh, "import", converted)
+		requireView(t, fresh, layerBlobs(t, layout, descs[0]), "a")
+	}
+	// Transports naming no file say what reads their images.
+	requireRefused(t, root, "docker save example/a:1 | layerfs import -", "docker-daemon:example/a:1")
+	requireRefused(t, root, "podman save example/a:1 | layerfs import -", "containers-storage:example/a:1")
+	requireRefused(t, root, "layerfs import --layer "+filepath.Join(dir, "fs.tar")+" stores a filesystem tar as one layer", "tarball:"+filepath.Join(dir, "fs.tar"))
 }
 
 // TestImportTruncatedArchive cuts a skopeo-written docker-archive, plain

@@ -58,6 +58,31 @@ type Result struct {
 // argument written for them as they take it.
 var fileTransports = []string{"oci:", "oci-archive:", "docker-archive:"}
 
+// otherTransports are skopeo's transports that import does not read,
+// each with what to do instead; ARG is the argument as given, NAME what
+// follows the transport.
+var otherTransports = []struct{ prefix, instead string }{
+	{"dir:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
+	{"docker-daemon:", "docker save NAME | layerfs import - reads the daemon's image"},
+	{"containers-storage:", "podman save NAME | layerfs import - reads podman's image"},
+	{"tarball:", "layerfs import --layer NAME stores a filesystem tar as one layer"},
+	{"sif:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
+	{"ostree:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
+}
+
+// otherTransport refuses an argument written for one of skopeo's
+// transports that import does not read, saying what reads it instead;
+// nil for any other argument.
+func otherTransport(arg string) error {
+	for _, t := range otherTransports {
+		if name, ok := strings.CutPrefix(arg, t.prefix); ok {
+			instead := strings.NewReplacer("ARG", arg, "NAME", name).Replace(t.instead)
+			return fmt.Errorf("skopeo's %s transport is not one import reads (it reads oci:, oci-archive: and docker-archive:); %s", t.prefix, instead)
+		}
+	}
+	return nil
+}
+
 // SplitRef splits skopeo's PATH:REF form. An argument that exists as
 // a path is that path, whatever colons it holds; otherwise it splits at
 // the first colon whose left side exists, so a REF may hold colons
@@ -137,6 +162,11 @@ func Import(ctx context.Context, s *store.Store, src string, opts Options) (Resu
 		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(src, "docker://") {
 			return Result{}, fmt.Errorf("import %s: %w: a registry's image is pulled, with layerfs pull", src, err)
 		}
+		if errors.Is(err, fs.ErrNotExist) {
+			if refused := otherTransport(src); refused != nil {
+				return Result{}, fmt.Errorf("import %s: %w", src, refused)
+			}
+		}
 		return Result{}, fmt.Errorf("import %s: %w", src, err)
 	}
 	defer closer.Close()
@@ -181,6 +211,8 @@ func importFS(ctx context.Context, s *store.Store, src string, fsys fs.FS, opts 
 	}
 	var err error
 	switch {
+	case isSkopeoDir(fsys):
+		err = skopeoDirError(src, fsys)
 	case has["manifest.json"]:
 		// Docker 25 writes index.json too, with "manifests": null when
 		// saving by digest, and in 25.0.0 with the layers of its OCI

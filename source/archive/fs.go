@@ -357,3 +357,36 @@ var errNotImage = errors.New("neither an OCI image layout (index.json) nor a doc
 
 // errLegacyArchive names the docker save format of before docker 1.10.
 var errLegacyArchive = errors.New("a legacy docker-archive (before docker 1.10: a repositories file and a json per layer, no manifest.json) is not supported: load it into docker and save it again")
+
+// skopeoDirError refuses src, a directory that skopeo's dir: transport
+// wrote, or a tar of one, saying how to make it what import reads.
+func skopeoDirError(src string, fsys fs.FS) error {
+	dir := "DIR"
+	if _, ok := fsys.(dirFS); ok {
+		dir = src
+	}
+	return fmt.Errorf("a directory of skopeo's dir: transport (one image's manifest.json and its blobs, no index.json) is not one import reads: skopeo copy dir:%s oci-archive:FILE makes an archive it reads", dir)
+}
+
+// isSkopeoDir reports a directory written by skopeo's dir: transport: its
+// version file says so, or its manifest.json is one manifest (a JSON
+// object) where a docker-archive's is a list.
+func isSkopeoDir(fsys fs.FS) bool {
+	if f, err := fsys.Open("version"); err == nil {
+		head := make([]byte, 64)
+		n, _ := io.ReadFull(f, head)
+		f.Close()
+		if bytes.HasPrefix(head[:n], []byte("Directory Transport Version:")) {
+			return true
+		}
+	}
+	f, err := fsys.Open("manifest.json")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 512)
+	n, _ := io.ReadFull(f, head)
+	first := bytes.TrimLeft(head[:n], " \t\r\n")
+	return len(first) > 0 && first[0] == '{'
+}
