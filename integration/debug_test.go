@@ -652,3 +652,32 @@ func commonPrefix(a, b string) int {
 	}
 	return n
 }
+
+// TestExportRoundTrip takes layerfs export back in as the one layer of a
+// new image, made by umoci (umoci raw add-layer, gzip) and by skopeo (its
+// tarball: transport): imported again, each shows the view exported, but
+// for link counts, which a tar does not hold.
+func TestExportRoundTrip(t *testing.T) {
+	testimage.RequireTool(t, "umoci")
+	testimage.RequireTool(t, "skopeo")
+	root, imgs := debugStore(t, !testing.Short())
+	for _, d := range imgs {
+		t.Run(d.name, func(t *testing.T) {
+			work := t.TempDir()
+			file := filepath.Join(work, "view.tar")
+			mustRun(t, root, "export", d.img.ref, "-o", file)
+			want := linkCounted(walkMount(t, root, d.img.ref))
+
+			layout := filepath.Join(work, "layout")
+			testimage.RunTool(t, "umoci", "init", "--layout", layout)
+			testimage.RunTool(t, "umoci", "new", "--image", layout+":empty")
+			testimage.RunTool(t, "umoci", "raw", "add-layer", "--image", layout+":empty", "--tag", "umoci", file)
+			testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "tarball:"+file, "oci:"+layout+":skopeo")
+			back := t.TempDir()
+			for _, ref := range []string{"umoci", "skopeo"} {
+				mustRun(t, back, "import", layout+":"+ref)
+				requireSame(t, "export taken back in by "+ref, want, linkCounted(walkMount(t, back, ref)))
+			}
+		})
+	}
+}
