@@ -895,3 +895,78 @@ func TestImportStdin(t *testing.T) {
 		t.Errorf("import - of nothing: exit %d, stderr %q; want 1, naming stdin", r.code, r.stderr)
 	}
 }
+
+// TestPlatformChoiceAgreesWithSkopeo chooses a platform of indexes of
+// several arm variants as skopeo does (--override-arch and
+// --override-variant, whose choice is told by the config it shows): import
+// --platform, a view of an index imported whole, and a pull of it pushed
+// by skopeo --all take the same image, and where skopeo finds none, so
+// does layerfs.
+func TestPlatformChoiceAgreesWithSkopeo(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	layout := filepath.Join(t.TempDir(), "layout")
+	indexes := map[string][]string{
+		"arms": {"arm/v5", "arm/v6", "arm/v7", "arm64"},
+		"low":  {"arm/v5", "arm/v6"},
+		"v6":   {"arm/v6", "amd64"},
+		"v8":   {"arm/v8"},
+	}
+	for name, platforms := range indexes {
+		var imgs []testimage.Image
+		for _, p := range platforms {
+			arch, variant, _ := strings.Cut(p, "/")
+			imgs = append(imgs, testimage.Image{Arch: arch, Variant: variant, Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("platform", p+"\n")}}}})
+		}
+		if _, err := testimage.WriteIndexImage(layout, name, imgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	whole := t.TempDir()
+	mustRun(t, whole, "import", "--all-platforms", layout)
+	reg := startRegistry(t, registryOptions{})
+	for _, c := range []struct{ index, platform string }{
+		{"arms", "linux/arm"}, {"arms", "linux/arm/v6"}, {"arms", "linux/arm/v8"},
+		{"low", "linux/arm"}, {"low", "linux/arm/v7"}, {"low", "linux/arm/v5"},
+		{"v6", "linux/arm/v7"}, {"v6", "linux/arm"}, {"v6", "linux/arm/v5"},
+		{"v8", "linux/arm"}, {"v8", "linux/arm/v7"},
+	} {
+		t.Run(c.index+" "+c.platform, func(t *testing.T) {
+			p := strings.Split(c.platform, "/")
+			args := []string{"--override-os", p[0], "--override-arch", p[1]}
+			if len(p) == 3 {
+				args = append(args, "--override-variant", p[2])
+			}
+			cmd := exec.Command("skopeo", append(args, "inspect", "--config", "--raw", "oci:"+layout+":"+c.index)...)
+			config, err := cmd.Output()
+			want := "none"
+			if err == nil {
+				want = digest.FromBytes(config).String()
+			}
+			configOf := func(r result) string {
+				if r.code != 0 {
+					return "none"
+				}
+				return strings.TrimSpace(r.stdout)
+			}
+			inspect := []string{"inspect", "--platform", c.platform, "--format", "{{.Manifest.Config.Digest}}", c.index}
+			if got := configOf(run(t, whole, inspect...)); got != want {
+				t.Errorf("a view of the whole index takes config %s, skopeo %s", got, want)
+			}
+			one := t.TempDir()
+			if r := run(t, one, "import", "--platform", c.platform, layout+":"+c.index); (r.code == 0) != (want != "none") {
+				t.Errorf("import --platform: exit %d, stderr %q; skopeo takes %s", r.code, r.stderr, want)
+			} else if got := configOf(run(t, one, inspect...)); r.code == 0 && got != want {
+				t.Errorf("import --platform takes config %s, skopeo %s", got, want)
+			}
+			ref := reg.host + "/layerfs/" + c.index + ":1"
+			push(t, layout, c.index, ref, "--all")
+			pulled := t.TempDir()
+			if r := run(t, pulled, "pull", "--quiet", "--platform", c.platform, ref); (r.code == 0) != (want != "none") {
+				t.Errorf("pull --platform: exit %d, stderr %q; skopeo takes %s", r.code, r.stderr, want)
+			} else if got := configOf(run(t, pulled, "inspect", "--platform", c.platform, "--format", "{{.Manifest.Config.Digest}}", ref)); r.code == 0 && got != want {
+				t.Errorf("pull --platform takes config %s, skopeo %s", got, want)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -164,10 +165,14 @@ func (p Platform) String() string {
 }
 
 // normalized is p with the variants that name the same thing made equal,
-// as containerd's platform matcher does (arm64 is v8; amd64 is v1).
+// as containerd's platform matcher does (arm64 is v8; amd64 is v1; arm,
+// as a platform asked for or an image's, is v7).
 func (p Platform) normalized() Platform {
-	if (p.Architecture == "arm64" && p.Variant == "v8") || (p.Architecture == "amd64" && p.Variant == "v1") {
+	switch {
+	case (p.Architecture == "arm64" && p.Variant == "v8") || (p.Architecture == "amd64" && p.Variant == "v1"):
 		p.Variant = ""
+	case p.Architecture == "arm" && p.Variant == "":
+		p.Variant = "v7"
 	}
 	return p
 }
@@ -179,12 +184,59 @@ func platformOf(q *ocispec.Platform) Platform {
 	return Platform{OS: q.OS, Architecture: q.Architecture, Variant: q.Variant}
 }
 
-func (p Platform) matches(q *ocispec.Platform) bool {
+// anyVariant ranks, below every compatible variant, an image of another
+// variant taken for a platform asked for without one.
+const anyVariant = 100
+
+// rank says how well an image for platform q suits platform p: 0 for the
+// same platform, more for one p runs less well, -1 for one it does not
+// run. As containerd and skopeo choose, an arm CPU runs the arm variants
+// below its own, the nearest best (linux/arm/v7 takes v7, else v6, else
+// v5; linux/arm is v7). Of a platform asked for with no variant (as the
+// host's is), an image of any variant is taken when none fits better.
+func (p Platform) rank(q *ocispec.Platform) int {
 	if q == nil {
-		return false
+		return -1
 	}
 	a, b := p.normalized(), platformOf(q).normalized()
-	return a.OS == b.OS && a.Architecture == b.Architecture && (a.Variant == "" || a.Variant == b.Variant)
+	switch {
+	case a.OS != b.OS || a.Architecture != b.Architecture:
+		return -1
+	case a.Variant == b.Variant:
+		return 0
+	case a.Architecture == "arm":
+		want, okA := armVersion(a.Variant)
+		have, okB := armVersion(b.Variant)
+		if okA && okB && have >= 5 && have < want {
+			return want - have
+		}
+	}
+	if p.Variant == "" {
+		return anyVariant
+	}
+	return -1
+}
+
+// armVersion reads an arm variant, "v5" to "v8".
+func armVersion(v string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimPrefix(v, "v"))
+	return n, err == nil && strings.HasPrefix(v, "v")
+}
+
+func (p Platform) matches(q *ocispec.Platform) bool {
+	return p.rank(q) >= 0
+}
+
+// best is the index, in ms, of the manifest whose platform suits p best,
+// the first of those that suit it equally; -1 when none does.
+func (p Platform) best(ms []ocispec.Descriptor) int {
+	best, bestRank := -1, -1
+	for i, m := range ms {
+		if r := p.rank(m.Platform); r >= 0 && (best < 0 || r < bestRank) {
+			best, bestRank = i, r
+		}
+	}
+	return best
 }
 
 // warnOtherPlatform warns, as docker run does, when image img is for
@@ -306,10 +358,8 @@ func (s *Store) choosePlatform(img Image, p Platform) (ocispec.Descriptor, error
 		m.Platform = nil
 		return m, nil
 	}
-	for _, m := range manifests {
-		if p.matches(m.Platform) {
-			return m, nil
-		}
+	if i := p.best(manifests); i >= 0 {
+		return manifests[i], nil
 	}
 	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w: no platform %s (has %s)", imageLabel(img), ErrNotFound, p, PlatformNames(manifests))
 }

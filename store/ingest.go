@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"sync"
 
 	"github.com/layerfs/layerfs/reference"
@@ -304,7 +303,7 @@ func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]by
 	if p == (Platform{}) {
 		p = HostPlatform()
 	}
-	i := slices.IndexFunc(images, func(d ocispec.Descriptor) bool { return p.matches(d.Platform) })
+	i := p.best(images)
 	if i < 0 {
 		return nil, skipped, fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, PlatformNames(images))
 	}
