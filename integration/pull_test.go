@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -489,5 +491,154 @@ func TestPullLogTimes(t *testing.T) {
 	}
 	if lines != len(img.layers) || waited == 0 {
 		t.Errorf("%d layer lines, waiting %v in all, want %d lines and some wait with one slot:\n%s", lines, waited, len(img.layers), r.stderr)
+	}
+}
+
+// TestPullAgreesWithSkopeoInspect pushes the sample with skopeo in each
+// layer compression (gzip, zstd, none) and as a docker schema 2 image,
+// and a two-platform index, then pulls each by tag, by digest and by
+// tag@digest: the digest pull prints is that of the manifest skopeo
+// inspect --raw gives for the same reference, the store holds that
+// manifest byte for byte (and the platform's manifest of an index), and
+// the view is that of the sample's layers under kernel overlayfs.
+func TestPullAgreesWithSkopeoInspect(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t, registryOptions{})
+	sample := sampleImage(t)
+	work := t.TempDir()
+	copyLayout := func(dst string, args ...string) string {
+		testimage.RunTool(t, "skopeo", append(append([]string{"--insecure-policy", "copy", "--quiet"}, args...), "oci:"+sample.layout+":"+sample.ref, dst)...)
+		return dst
+	}
+	zstdLayout := filepath.Join(work, "zstd")
+	copyLayout("oci:"+zstdLayout+":s", "--dest-compress-format", "zstd")
+	plainDir := filepath.Join(work, "plain-dir")
+	copyLayout("dir:"+plainDir, "--dest-decompress")
+	plainLayout := filepath.Join(work, "plain")
+	testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-oci-accept-uncompressed-layers", "dir:"+plainDir, "oci:"+plainLayout+":s")
+
+	multi := filepath.Join(work, "multi")
+	arch := func(a string) []testimage.Layer {
+		return []testimage.Layer{{Entries: []testimage.Entry{testimage.File("arch", a+"\n")}}}
+	}
+	if _, err := testimage.WriteIndexImage(multi, "multi",
+		testimage.Image{Arch: "amd64", Layers: arch("amd64")},
+		testimage.Image{Arch: "arm64", Variant: "v8", Layers: arch("arm64")}); err != nil {
+		t.Fatal(err)
+	}
+
+	// --preserve-digests: the registry gets the layout's manifests as
+	// they are, no layer recompressed.
+	pushed := func(layout, ref, repo string, extra ...string) string {
+		dest := reg.host + "/layerfs/" + repo
+		push(t, layout, ref, dest, append([]string{"--preserve-digests"}, extra...)...)
+		return dest
+	}
+	raw := func(t *testing.T, ref string) []byte {
+		return testimage.RunTool(t, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref)
+	}
+	type pulled struct {
+		ref, mediaType, layerType string
+		sample                    bool
+	}
+	// skopeo takes no tag and digest both; docker pulls such a reference
+	// by its digest, the tag left unread.
+	skopeoRef := func(ref string) string {
+		name, d, ok := strings.Cut(ref, "@")
+		if i := strings.LastIndex(name, ":"); ok && i > strings.LastIndex(name, "/") {
+			return name[:i] + "@" + d
+		}
+		return ref
+	}
+	gz := pushed(sample.layout, sample.ref, "sample:gzip")
+	zst := pushed(zstdLayout, "s", "sample:zstd")
+	plain := pushed(plainLayout, "s", "sample:none")
+	v2s2 := reg.host + "/layerfs/sample:v2s2"
+	push(t, sample.layout, sample.ref, v2s2, "--format", "v2s2")
+	index := pushed(multi, "multi", "multi:1", "--all")
+	indexDigest := digest.FromBytes(raw(t, index))
+	var idx ocispec.Index
+	must(t, json.Unmarshal(raw(t, index), &idx))
+	repo := reg.host + "/layerfs/multi"
+	cases := []pulled{
+		{gz, ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageLayerGzip, true},
+		{zst, ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageLayerZstd, true},
+		{plain, ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageLayer, true},
+		{v2s2, "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.image.rootfs.diff.tar.gzip", true},
+		{index, ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageLayerGzip, false},
+		{repo + "@" + indexDigest.String(), ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageLayerGzip, false},
+		{index + "@" + indexDigest.String(), ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageLayerGzip, false},
+		{repo + "@" + idx.Manifests[1].Digest.String(), ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageLayerGzip, false},
+	}
+	for _, c := range cases {
+		t.Run(strings.TrimPrefix(c.ref, reg.host+"/layerfs/"), func(t *testing.T) {
+			root := t.TempDir()
+			want := raw(t, skopeoRef(c.ref))
+			var m struct {
+				MediaType string
+				Layers    []ocispec.Descriptor
+			}
+			must(t, json.Unmarshal(want, &m))
+			if m.MediaType != c.mediaType {
+				t.Fatalf("skopeo pushed a %s, not a %s", m.MediaType, c.mediaType)
+			}
+			pulledAs(t, mustRun(t, root, "pull", "--quiet", "--platform", "linux/arm64", c.ref), c.ref, digest.FromBytes(want))
+			if got, err := os.ReadFile(filepath.Join(root, "blobs", "sha256", digest.FromBytes(want).Encoded())); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("the store's manifest is not skopeo inspect --raw's (%v):\n%s\nwant:\n%s", err, got, want)
+			}
+			var layers string
+			if c.sample {
+				for _, l := range m.Layers {
+					if l.MediaType != c.layerType {
+						t.Errorf("skopeo pushed a %s layer, not a %s", l.MediaType, c.layerType)
+					}
+				}
+				requireView(t, root, sample.blobs, c.ref)
+				layers = mustRun(t, root, "layers", "--format", "{{.MediaType}}")
+			} else {
+				// The platform's manifest, as the registry serves it.
+				child := raw(t, repo+"@"+idx.Manifests[1].Digest.String())
+				if got, err := os.ReadFile(filepath.Join(root, "blobs", "sha256", idx.Manifests[1].Digest.Encoded())); err != nil || !bytes.Equal(got, child) {
+					t.Errorf("the store's linux/arm64 manifest is not skopeo inspect --raw's (%v)", err)
+				}
+				if got := mustRun(t, root, "cat", "--platform", "linux/arm64", c.ref, "/arch"); got != "arm64\n" {
+					t.Errorf("cat /arch: %q", got)
+				}
+				layers = mustRun(t, root, "layers", "--format", "{{.MediaType}}")
+			}
+			for _, mt := range strings.Fields(layers) {
+				if mt != c.layerType {
+					t.Errorf("layers lists a %s layer, want %s", mt, c.layerType)
+				}
+			}
+			// skopeo inspect's digest, layers and platform are the store's.
+			var si struct {
+				Digest       digest.Digest
+				Layers       []digest.Digest
+				Architecture string
+				Os           string
+			}
+			skopeoArgs := []string{"--override-arch", "arm64", "inspect", "--tls-verify=false", "docker://" + skopeoRef(c.ref)}
+			must(t, json.Unmarshal(testimage.RunTool(t, "skopeo", skopeoArgs...), &si))
+			var li []struct {
+				Manifest ocispec.Manifest
+				Config   ocispec.Image
+			}
+			must(t, json.Unmarshal([]byte(mustRun(t, root, "inspect", "--platform", "linux/arm64", c.ref)), &li))
+			if len(li) != 1 {
+				t.Fatalf("inspect gave %d objects", len(li))
+			}
+			var got []digest.Digest
+			for _, l := range li[0].Manifest.Layers {
+				got = append(got, l.Digest)
+			}
+			if !slices.Equal(got, si.Layers) || li[0].Config.Architecture != si.Architecture || li[0].Config.OS != si.Os {
+				t.Errorf("inspect: layers %v, %s/%s; skopeo inspect: %v, %s/%s", got, li[0].Config.OS, li[0].Config.Architecture, si.Layers, si.Os, si.Architecture)
+			}
+			if images := strings.TrimSpace(mustRun(t, root, "images", "--no-trunc", "--format", "{{.Digest}}")); images != si.Digest.String() {
+				t.Errorf("images lists digest %s; skopeo inspect gives %s", images, si.Digest)
+			}
+			checkStore(t, root, "after the pull")
+		})
 	}
 }
