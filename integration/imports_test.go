@@ -970,3 +970,114 @@ func TestPlatformChoiceAgreesWithSkopeo(t *testing.T) {
 		})
 	}
 }
+
+// TestImportSkopeoCompressions imports what skopeo copy writes with
+// layers in gzip, zstd (--dest-compress-format zstd) and none
+// (--dest-decompress, --dest-oci-accept-uncompressed-layers), as an OCI
+// layout and an oci-archive, and all of them with a two-platform index
+// (--all) in one layout: each image is listed under its ref name with
+// the digest skopeo inspect gives, its layers of the media type skopeo
+// wrote, and the view is the sample's under kernel overlayfs.
+func TestImportSkopeoCompressions(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	sample := sampleImage(t)
+	work := t.TempDir()
+	skopeo := func(args ...string) []byte {
+		return testimage.RunTool(t, "skopeo", append([]string{"--insecure-policy"}, args...)...)
+	}
+	src := "oci:" + sample.layout + ":" + sample.ref
+	plainDir := filepath.Join(work, "plain-dir")
+	skopeo("copy", "--quiet", "--dest-decompress", src, "dir:"+plainDir)
+	layouts := map[string]string{}
+	for _, c := range []struct{ name, mediaType string }{
+		{"gzip", ocispec.MediaTypeImageLayerGzip},
+		{"zstd", ocispec.MediaTypeImageLayerZstd},
+		{"none", ocispec.MediaTypeImageLayer},
+	} {
+		// Each in a layout of its own, where skopeo finds no blob to
+		// reuse in another compression.
+		layout := filepath.Join(work, c.name)
+		switch c.name {
+		case "gzip":
+			skopeo("copy", "--quiet", src, "oci:"+layout+":s")
+		case "zstd":
+			skopeo("copy", "--quiet", "--dest-compress-format", "zstd", src, "oci:"+layout+":s")
+		case "none":
+			skopeo("copy", "--quiet", "--dest-oci-accept-uncompressed-layers", "dir:"+plainDir, "oci:"+layout+":s")
+		}
+		layouts[c.name] = layout
+		archive := filepath.Join(work, c.name+".tar")
+		skopeo("copy", "--quiet", "--preserve-digests", "oci:"+layout+":s", "oci-archive:"+archive+":s")
+		for _, arg := range []string{"oci:" + layout + ":s", "oci-archive:" + archive + ":s", layout, archive} {
+			t.Run(c.name+" "+filepath.Base(arg), func(t *testing.T) {
+				var si struct{ Digest digest.Digest }
+				skopeoArg := arg
+				if !strings.Contains(arg, ":") {
+					skopeoArg = "oci:" + arg + ":s"
+					if strings.HasSuffix(arg, ".tar") {
+						skopeoArg = "oci-archive:" + arg + ":s"
+					}
+				}
+				must(t, json.Unmarshal(skopeo("inspect", skopeoArg), &si))
+				root := t.TempDir()
+				pulledAs(t, mustRun(t, root, "import", arg), "s", si.Digest)
+				for _, mt := range strings.Fields(mustRun(t, root, "layers", "--format", "{{.MediaType}}")) {
+					if mt != c.mediaType {
+						t.Errorf("layers lists a %s layer, want %s", mt, c.mediaType)
+					}
+				}
+				requireVerifies(t, root)
+				requireView(t, root, sample.blobs, "s")
+			})
+		}
+	}
+
+	// One layout of them all, each under a name of its own, and an index
+	// of two platforms copied whole.
+	several := filepath.Join(work, "several")
+	for name, layout := range layouts {
+		skopeo("copy", "--quiet", "--preserve-digests", "oci:"+layout+":s", "oci:"+several+":"+name)
+	}
+	multi := filepath.Join(work, "multi")
+	arch := func(a string) []testimage.Layer {
+		return []testimage.Layer{{Compression: testimage.Zstd, Entries: []testimage.Entry{testimage.File("arch", a+"\n")}}}
+	}
+	if _, err := testimage.WriteIndexImage(multi, "multi",
+		testimage.Image{Arch: "amd64", Layers: arch("amd64")},
+		testimage.Image{Arch: "arm64", Variant: "v8", Layers: arch("arm64")}); err != nil {
+		t.Fatal(err)
+	}
+	skopeo("copy", "--quiet", "--all", "--preserve-digests", "oci:"+multi+":multi", "oci:"+several+":multi")
+	idx, err := testimage.ReadIndex(several)
+	must(t, err)
+	root := t.TempDir()
+	out := mustRun(t, root, "import", "--all-platforms", several)
+	var want []string
+	for _, d := range idx.Manifests {
+		name := d.Annotations[ocispec.AnnotationRefName]
+		var si struct{ Digest digest.Digest }
+		must(t, json.Unmarshal(skopeo("inspect", "oci:"+several+":"+name), &si))
+		if si.Digest != d.Digest {
+			t.Errorf("skopeo inspect gives %s for %s, index.json %s", si.Digest, name, d.Digest)
+		}
+		pulledAs(t, out, name, d.Digest)
+		want = append(want, fmt.Sprintf("%s %s", name, d.Digest))
+		if name != "multi" {
+			requireView(t, root, sample.blobs, name)
+		}
+	}
+	slices.Sort(want)
+	if got := mustRun(t, root, "images", "--no-trunc", "--format", "{{.Name}} {{.Digest}}"); got != strings.Join(want, "\n")+"\n" {
+		t.Errorf("images lists\n%swant\n%s", got, strings.Join(want, "\n"))
+	}
+	if got := strings.TrimSpace(mustRun(t, root, "images", "--format", "{{.Platform}}", "multi")); got != "linux/amd64,linux/arm64/v8" {
+		t.Errorf("images shows multi for %q", got)
+	}
+	for _, a := range []string{"amd64", "arm64"} {
+		if got := mustRun(t, root, "cat", "--platform", "linux/"+a, "multi", "/arch"); got != a+"\n" {
+			t.Errorf("cat --platform linux/%s multi /arch: %q", a, got)
+		}
+	}
+	requireVerifies(t, root)
+}
