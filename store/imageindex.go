@@ -74,6 +74,10 @@ func DescribeArtifact(d ocispec.Descriptor) string {
 	if d.ArtifactType != "" {
 		return d.ArtifactType + " artifact"
 	}
+	if d.MediaType == "" {
+		// The OCI spec requires it; skopeo finds no image there either.
+		return "no media type in its descriptor"
+	}
 	return d.MediaType
 }
 

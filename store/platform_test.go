@@ -52,3 +52,11 @@ func TestPlatformBest(t *testing.T) {
 		}
 	}
 }
+
+// TestDescribeArtifactWithoutMediaType names what an index entry lacks,
+// where the skipped line read "()".
+func TestDescribeArtifactWithoutMediaType(t *testing.T) {
+	if got := DescribeArtifact(ocispec.Descriptor{}); got != "no media type in its descriptor" {
+		t.Errorf("DescribeArtifact of a descriptor without a media type: %q", got)
+	}
+}
