@@ -1081,3 +1081,54 @@ func TestImportSkopeoCompressions(t *testing.T) {
 	}
 	requireVerifies(t, root)
 }
+
+// TestImportSkopeoAdditionalTags imports a docker-archive that skopeo
+// wrote with --additional-tag, its one way of putting several names in an
+// archive: every tag is a name of the one image, listed in the
+// archive's manifest.json order with one digest, and each is taken alone
+// by docker-archive:FILE:TAG, a tag left out read as latest, as skopeo
+// reads it.
+func TestImportSkopeoAdditionalTags(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	a, _ := twoImages()
+	layout, descs := layoutWith(t, a)
+	archive := filepath.Join(t.TempDir(), "tags.tar")
+	testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "--additional-tag", "example/a:2", "--additional-tag", "other/x:latest",
+		"oci:"+layout+":a", "docker-archive:"+archive+":example/a:1")
+	var manifest []struct{ RepoTags []string }
+	must(t, json.Unmarshal(testimage.RunTool(t, "tar", "-xOf", archive, "manifest.json"), &manifest))
+	if len(manifest) != 1 || len(manifest[0].RepoTags) != 3 {
+		t.Fatalf("skopeo's manifest.json: %+v; want one image of three tags", manifest)
+	}
+	root := t.TempDir()
+	out := mustRun(t, root, "import", archive)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var names []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		names = append(names, f[0])
+		if f[1] != strings.Fields(lines[0])[1] {
+			t.Errorf("import printed two digests for one image:\n%s", out)
+		}
+	}
+	if !slices.Equal(names, manifest[0].RepoTags) {
+		t.Errorf("import printed %v, want skopeo's tags %v", names, manifest[0].RepoTags)
+	}
+	if got := mustRun(t, root, "inspect", "--format", "{{.Names}}", "other/x"); got != "["+strings.Join(slices.Sorted(slices.Values(manifest[0].RepoTags)), " ")+"]\n" {
+		t.Errorf("inspect --format {{.Names}} other/x: %q", got)
+	}
+	for _, tag := range []string{"example/a:2", "other/x", "docker.io/other/x:latest"} {
+		one := t.TempDir()
+		skopeoName := struct{ Name string }{}
+		must(t, json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "docker-archive:"+archive+":"+tag), &skopeoName))
+		got := importedNames(mustRun(t, one, "import", "docker-archive:"+archive+":"+tag))
+		if len(got) != 1 || !strings.HasPrefix(got[0], skopeoName.Name+":") {
+			t.Errorf("import of %s stored %v; skopeo reads it as %s", tag, got, skopeoName.Name)
+		}
+		requireView(t, one, layerBlobs(t, layout, descs[0]), got[0])
+	}
+	mustRun(t, root, "rm", "example/a:1")
+	requireView(t, root, layerBlobs(t, layout, descs[0]), "example/a:2")
+	requireVerifies(t, root)
+}
