@@ -403,6 +403,15 @@ func TestPullErrors(t *testing.T) {
 	}
 	t.Run("unknown tag", func(t *testing.T) { refuse(t, reg.host+"/layerfs/small:nope", `unknown tag "nope"`) })
 	t.Run("unknown repository", func(t *testing.T) { refuse(t, reg.host+"/layerfs/nothing:v1", "unknown repository") })
+	t.Run("unknown digest", func(t *testing.T) {
+		missing := digest.FromString("no such manifest")
+		ref := reg.host + "/layerfs/small@" + missing.String()
+		// skopeo finds no such manifest either.
+		if out, err := exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref).CombinedOutput(); err == nil || !strings.Contains(string(out), "manifest unknown") {
+			t.Errorf("skopeo inspect of a missing digest: %v, %s", err, out)
+		}
+		refuse(t, ref, "unknown manifest "+missing.String())
+	})
 	t.Run("unreachable", func(t *testing.T) {
 		if took := refuse(t, freeLoopbackAddr(t)+"/layerfs/small:v1", "unreachable"); took > 10*time.Second {
 			t.Errorf("an unreachable registry took %v to report", took)
