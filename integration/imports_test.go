@@ -972,7 +972,7 @@ func TestPlatformChoiceAgreesWithSkopeo(t *testing.T) {
 }
 
 // TestImportSkopeoCompressions imports what skopeo copy writes with
-// layers in gzip, zstd (--dest-compress-format zstd) and none
+// layers in gzip, zstd (--dest-compress-format zstd), zstd:chunked and none
 // (--dest-decompress, --dest-oci-accept-uncompressed-layers), as an OCI
 // layout and an oci-archive, and all of them with a two-platform index
 // (--all) in one layout: each image is listed under its ref name with
@@ -993,21 +993,23 @@ func TestImportSkopeoCompressions(t *testing.T) {
 	for _, c := range []struct{ name, mediaType string }{
 		{"gzip", ocispec.MediaTypeImageLayerGzip},
 		{"zstd", ocispec.MediaTypeImageLayerZstd},
+		{"zstd:chunked", ocispec.MediaTypeImageLayerZstd},
 		{"none", ocispec.MediaTypeImageLayer},
 	} {
 		// Each in a layout of its own, where skopeo finds no blob to
 		// reuse in another compression.
-		layout := filepath.Join(work, c.name)
+		file := strings.ReplaceAll(c.name, ":", "-")
+		layout := filepath.Join(work, file)
 		switch c.name {
 		case "gzip":
 			skopeo("copy", "--quiet", src, "oci:"+layout+":s")
-		case "zstd":
-			skopeo("copy", "--quiet", "--dest-compress-format", "zstd", src, "oci:"+layout+":s")
+		case "zstd", "zstd:chunked":
+			skopeo("copy", "--quiet", "--dest-compress-format", c.name, src, "oci:"+layout+":s")
 		case "none":
 			skopeo("copy", "--quiet", "--dest-oci-accept-uncompressed-layers", "dir:"+plainDir, "oci:"+layout+":s")
 		}
-		layouts[c.name] = layout
-		archive := filepath.Join(work, c.name+".tar")
+		layouts[file] = layout
+		archive := filepath.Join(work, file+".tar")
 		skopeo("copy", "--quiet", "--preserve-digests", "oci:"+layout+":s", "oci-archive:"+archive+":s")
 		for _, arg := range []string{"oci:" + layout + ":s", "oci-archive:" + archive + ":s", layout, archive} {
 			t.Run(c.name+" "+filepath.Base(arg), func(t *testing.T) {
