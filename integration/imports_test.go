@@ -1134,3 +1134,87 @@ func TestImportSkopeoAdditionalTags(t *testing.T) {
 	requireView(t, root, layerBlobs(t, layout, descs[0]), "example/a:2")
 	requireVerifies(t, root)
 }
+
+// TestIndexEntriesWithoutPlatform reads the platform of an index entry
+// that names none from its image's config, as containerd does: each
+// entry is also named in the layout, so that skopeo inspect --config
+// tells the platform of each. Import, a view and a pull of the index
+// (pushed by skopeo --all) choose by it, images lists it, and a platform
+// no config names is refused naming those they do.
+func TestIndexEntriesWithoutPlatform(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	layout := filepath.Join(t.TempDir(), "layout")
+	var entries []ocispec.Descriptor
+	for _, p := range []string{"arm64/v8", "arm/v7", "arm/v6"} {
+		arch, variant, _ := strings.Cut(p, "/")
+		descs, err := testimage.WriteLayout(layout, testimage.Image{Name: "only-" + arch + variant, Arch: arch, Variant: variant,
+			Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("platform", p+"\n")}}}})
+		must(t, err)
+		entries = append(entries, ocispec.Descriptor{MediaType: descs[0].MediaType, Digest: descs[0].Digest, Size: descs[0].Size})
+	}
+	data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: entries})
+	idxDesc := writeBlob(t, layout, ocispec.MediaTypeImageIndex, data)
+	idx, err := testimage.ReadIndex(layout)
+	must(t, err)
+	idxDesc.Annotations = map[string]string{ocispec.AnnotationRefName: "noplat"}
+	idx.Manifests = append(idx.Manifests, idxDesc)
+	data, _ = json.Marshal(idx)
+	must(t, os.WriteFile(filepath.Join(layout, "index.json"), data, 0o644))
+
+	// What skopeo says each entry is for, from its config.
+	platformOf := map[digest.Digest]string{}
+	var platforms []string
+	for _, d := range idx.Manifests[:len(entries)] {
+		var c ocispec.Image
+		must(t, json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "--config", "--raw", "oci:"+layout+":"+d.Annotations[ocispec.AnnotationRefName]), &c))
+		p := c.OS + "/" + c.Architecture + "/" + c.Variant
+		platformOf[d.Digest] = p
+		platforms = append(platforms, p)
+	}
+	whole := t.TempDir()
+	mustRun(t, whole, "import", "--all-platforms", layout+":noplat")
+	if got := strings.TrimSpace(mustRun(t, whole, "images", "--format", "{{.Platform}}", "noplat")); got != strings.Join(platforms, ",") {
+		t.Errorf("images shows platforms %q; the configs name %v", got, platforms)
+	}
+	reg := startRegistry(t, registryOptions{})
+	ref := reg.host + "/layerfs/noplat:1"
+	push(t, layout, "noplat", ref, "--all", "--preserve-digests")
+	for _, c := range []struct{ platform, want string }{
+		{"linux/arm64", "linux/arm64/v8"},
+		{"linux/arm", "linux/arm/v7"},
+		{"linux/arm/v6", "linux/arm/v6"},
+		{"linux/amd64", ""},
+	} {
+		t.Run(c.platform, func(t *testing.T) {
+			manifestOf := func(r result) string {
+				if r.code != 0 {
+					return ""
+				}
+				return platformOf[digest.Digest(strings.TrimSpace(r.stdout))]
+			}
+			inspect := []string{"inspect", "--platform", c.platform, "--format", "{{.Digest}}"}
+			if got := manifestOf(run(t, whole, append(inspect, "noplat")...)); got != c.want {
+				t.Errorf("a view takes the manifest for %q, want %q", got, c.want)
+			}
+			one := t.TempDir()
+			r := run(t, one, "import", "--platform", c.platform, layout+":noplat")
+			if c.want == "" {
+				if r.code != 1 || !strings.Contains(r.stderr, "(has "+strings.Join(platforms, ", ")+")") {
+					t.Errorf("import --platform %s: exit %d, stderr %q; want a refusal naming the configs' platforms", c.platform, r.code, r.stderr)
+				}
+			} else if got := manifestOf(run(t, one, append(inspect, "noplat")...)); r.code != 0 || got != c.want {
+				t.Errorf("import --platform: exit %d (%s), takes the manifest for %q, want %q", r.code, r.stderr, got, c.want)
+			}
+			pulled := t.TempDir()
+			r = run(t, pulled, "pull", "--quiet", "--platform", c.platform, ref)
+			if c.want == "" {
+				if r.code != 1 || !strings.Contains(r.stderr, "(has "+strings.Join(platforms, ", ")+")") {
+					t.Errorf("pull --platform %s: exit %d, stderr %q; want a refusal naming the configs' platforms", c.platform, r.code, r.stderr)
+				}
+			} else if got := manifestOf(run(t, pulled, append(inspect, ref)...)); r.code != 0 || got != c.want {
+				t.Errorf("pull --platform: exit %d (%s), takes the manifest for %q, want %q", r.code, r.stderr, got, c.want)
+			}
+		})
+	}
+}

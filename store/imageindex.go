@@ -290,6 +290,12 @@ func (s *Store) imageParts(img Image) (manifests []ocispec.Descriptor, indexes [
 		// An index names every platform it was built for; the store
 		// holds those that were imported.
 		if IsManifest(d.MediaType) && !IsAttestation(d) && s.HasBlob(d.Digest) {
+			if d.Platform == nil {
+				// An entry naming no platform is for its config's.
+				if _, c, err := s.ImageLayers(d.Digest); err == nil {
+					d.Platform = configPlatform(c)
+				}
+			}
 			manifests = append(manifests, d)
 		}
 		return nil

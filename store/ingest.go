@@ -279,8 +279,10 @@ func ParseConfig(data []byte, layers int) (ocispec.Image, error) {
 // SelectManifests walks image index top and the indexes it nests (read
 // gives each one's bytes) and returns its image manifests for platform p
 // (the host's when zero), or for every platform when all is set, with
-// the entries that are no image, skipped.
-func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]byte, error), p Platform, all bool) (chosen []ocispec.Descriptor, skipped []Skipped, err error) {
+// the entries that are no image, skipped. An entry whose descriptor names
+// no platform is for the platform its config names, as containerd reads
+// it: blob, when not nil, gives a manifest's and a config's bytes.
+func SelectManifests(top ocispec.Descriptor, read, blob func(ocispec.Descriptor) ([]byte, error), p Platform, all bool) (chosen []ocispec.Descriptor, skipped []Skipped, err error) {
 	var images []ocispec.Descriptor
 	err = walkIndex(read, top, func(d ocispec.Descriptor) error {
 		switch {
@@ -303,9 +305,49 @@ func SelectManifests(top ocispec.Descriptor, read func(ocispec.Descriptor) ([]by
 	if p == (Platform{}) {
 		p = HostPlatform()
 	}
+	for i, d := range images {
+		if d.Platform == nil && blob != nil {
+			// One that cannot be read is left unknown: a sparse index
+			// lists platforms whose manifests were never copied.
+			images[i].Platform, _ = ManifestPlatform(d, blob)
+		}
+	}
 	i := p.best(images)
 	if i < 0 {
 		return nil, skipped, fmt.Errorf("index %s: no manifest for platform %s (has %s)", top.Digest, p, PlatformNames(images))
 	}
 	return images[i : i+1], skipped, nil
+}
+
+// ManifestPlatform is the platform the config of manifest d names, nil
+// when it names none; blob gives the manifest's and the config's bytes,
+// each checked against its digest.
+func ManifestPlatform(d ocispec.Descriptor, blob func(ocispec.Descriptor) ([]byte, error)) (*ocispec.Platform, error) {
+	read := func(d ocispec.Descriptor) ([]byte, error) {
+		data, err := blob(d)
+		if err != nil {
+			return nil, err
+		}
+		if digest.FromBytes(data) != d.Digest {
+			return nil, fmt.Errorf("blob %s: %w", d.Digest, ErrMismatch)
+		}
+		return data, nil
+	}
+	data, err := read(d)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseManifest(data)
+	if err != nil {
+		return nil, err
+	}
+	cdata, err := read(m.Config)
+	if err != nil {
+		return nil, err
+	}
+	var c ocispec.Image
+	if err := json.Unmarshal(cdata, &c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	return configPlatform(c), nil
 }

@@ -445,7 +445,18 @@ func (li *layoutImport) index(name string, top ocispec.Descriptor) error {
 		indexes[d.Digest] = data
 		return data, err
 	}
-	chosen, skipped, err := store.SelectManifests(top, read, li.opts.Platform, li.opts.AllPlatforms)
+	blob := func(d ocispec.Descriptor) ([]byte, error) {
+		if err := d.Digest.Validate(); err != nil {
+			return nil, err
+		}
+		r, err := li.Open(li.ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		return store.ReadMetadata(r)
+	}
+	chosen, skipped, err := store.SelectManifests(top, read, blob, li.opts.Platform, li.opts.AllPlatforms)
 	li.res.Skipped = append(li.res.Skipped, skipped...)
 	if err != nil {
 		return err

@@ -185,7 +185,19 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Referen
 		}
 		return data, err
 	}
-	chosen, _, err := store.SelectManifests(desc, read, p.opts.Platform, p.opts.AllPlatforms)
+	blob := func(d ocispec.Descriptor) ([]byte, error) {
+		if store.IsManifest(d.MediaType) {
+			_, data, err := fetchManifest(ctx, repo, d.Digest.String())
+			return data, err
+		}
+		rc, err := repo.Blobs().Fetch(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return store.ReadMetadata(rc)
+	}
+	chosen, _, err := store.SelectManifests(desc, read, blob, p.opts.Platform, p.opts.AllPlatforms)
 	if err != nil {
 		return resolved{}, err
 	}
