@@ -184,8 +184,13 @@ func ImportReader(ctx context.Context, s *store.Store, r io.Reader, scratch *os.
 		return Result{}, err
 	}
 	defer release()
-	if _, err := io.Copy(scratch, store.ContextReader(ctx, r)); err != nil {
+	n, err := io.Copy(scratch, store.ContextReader(ctx, r))
+	if err != nil {
 		return Result{}, fmt.Errorf("import %s: copy it to %s: %w", name, scratch.Name(), err)
+	}
+	if n == 0 {
+		// What fed the pipe failed, as skopeo copy ... oci-archive:/dev/stdout does.
+		return Result{}, fmt.Errorf("import %s: it is empty: no archive came, not a byte", name)
 	}
 	t, err := indexTar(scratch)
 	if err != nil {
