@@ -453,3 +453,46 @@ func TestTagTakesTheNamesUmociTakes(t *testing.T) {
 		}
 	}
 }
+
+// TestSkopeoCopiesOutOfTheStore reads the store as the OCI layout it is
+// with skopeo: an image pulled (a manifest and a two-platform index, of
+// which one platform was pulled) and one imported from a docker-archive
+// (whose manifest the import wrote) are inspected under their names with
+// the digests images lists, and skopeo copy of each to a new layout
+// imports again to the same view.
+func TestSkopeoCopiesOutOfTheStore(t *testing.T) {
+	requireRoot(t)
+	testimage.RequireTool(t, "skopeo")
+	reg := startRegistry(t, registryOptions{})
+	sample := sampleImage(t)
+	single := reg.host + "/layerfs/sample:1"
+	push(t, sample.layout, sample.ref, single)
+	multi := filepath.Join(t.TempDir(), "multi")
+	if _, err := testimage.WriteIndexImage(multi, "multi",
+		testimage.Image{Arch: "amd64", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("amd", "amd\n")}}}},
+		testimage.Image{Arch: "arm64", Variant: "v8", Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("arm", "arm\n")}}}}); err != nil {
+		t.Fatal(err)
+	}
+	index := reg.host + "/layerfs/multi:1"
+	push(t, multi, "multi", index, "--all")
+	archive := filepath.Join(t.TempDir(), "sample.tar")
+	testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "oci:"+sample.layout+":"+sample.ref, "docker-archive:"+archive+":example/sample:1")
+
+	root := t.TempDir()
+	mustRun(t, root, "pull", "--quiet", "--platform", "linux/amd64", single, index)
+	mustRun(t, root, "import", archive)
+	for _, name := range []string{single, index, "docker.io/example/sample:1"} {
+		t.Run(name, func(t *testing.T) {
+			var si struct{ Digest string }
+			must(t, json.Unmarshal(testimage.RunTool(t, "skopeo", "--override-arch", "amd64", "inspect", "oci:"+root+":"+name), &si))
+			if want := strings.TrimSpace(mustRun(t, root, "images", "--no-trunc", "--format", "{{.Digest}}", name)); si.Digest != want {
+				t.Errorf("skopeo inspect gives %s, images %s", si.Digest, want)
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			testimage.RunTool(t, "skopeo", "--insecure-policy", "--override-arch", "amd64", "copy", "--quiet", "oci:"+root+":"+name, "oci:"+out+":copied")
+			again := t.TempDir()
+			mustRun(t, again, "import", out)
+			requireSame(t, "skopeo's copy out of the store, imported again", walkMount(t, root, name), walkMount(t, again, "copied"))
+		})
+	}
+}
