@@ -1151,8 +1151,9 @@ func TestImportSkopeoAdditionalTags(t *testing.T) {
 // that names none from its image's config, as containerd does: each
 // entry is also named in the layout, so that skopeo inspect --config
 // tells the platform of each. Import, a view and a pull of the index
-// (pushed by skopeo --all) choose by it, images lists it, and a platform
-// no config names is refused naming those they do.
+// (pushed by skopeo --all) choose by it, images lists it ("unknown"
+// where the config names none either), and a platform no config names is
+// refused naming those they do.
 func TestIndexEntriesWithoutPlatform(t *testing.T) {
 	requireRoot(t)
 	testimage.RequireTool(t, "skopeo")
@@ -1165,10 +1166,21 @@ func TestIndexEntriesWithoutPlatform(t *testing.T) {
 		must(t, err)
 		entries = append(entries, ocispec.Descriptor{MediaType: descs[0].MediaType, Digest: descs[0].Digest, Size: descs[0].Size})
 	}
-	data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: entries})
+	// And an image, of the first one's layer, whose config names no
+	// platform either.
+	m, c, err := testimage.ReadImage(layout, entries[0])
+	must(t, err)
+	data, _ := json.Marshal(map[string]any{"rootfs": c.RootFS})
+	config := writeBlob(t, layout, ocispec.MediaTypeImageConfig, data)
+	data, _ = json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Config: config, Layers: m.Layers})
+	bare := writeBlob(t, layout, ocispec.MediaTypeImageManifest, data)
+	entries = append(entries, bare)
+	data, _ = json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: entries})
 	idxDesc := writeBlob(t, layout, ocispec.MediaTypeImageIndex, data)
 	idx, err := testimage.ReadIndex(layout)
 	must(t, err)
+	bare.Annotations = map[string]string{ocispec.AnnotationRefName: "only-bare"}
+	idx.Manifests = append(idx.Manifests, bare)
 	idxDesc.Annotations = map[string]string{ocispec.AnnotationRefName: "noplat"}
 	idx.Manifests = append(idx.Manifests, idxDesc)
 	data, _ = json.Marshal(idx)
@@ -1181,9 +1193,14 @@ func TestIndexEntriesWithoutPlatform(t *testing.T) {
 		var c ocispec.Image
 		must(t, json.Unmarshal(testimage.RunTool(t, "skopeo", "inspect", "--config", "--raw", "oci:"+layout+":"+d.Annotations[ocispec.AnnotationRefName]), &c))
 		p := c.OS + "/" + c.Architecture + "/" + c.Variant
+		if p == "//" {
+			p = "unknown"
+		}
 		platformOf[d.Digest] = p
 		platforms = append(platforms, p)
 	}
+	// The refusals name one of no platform as such.
+	hasPlatforms := strings.ReplaceAll(strings.Join(platforms, ", "), "unknown", "unknown platform")
 	whole := t.TempDir()
 	mustRun(t, whole, "import", "--all-platforms", layout+":noplat")
 	if got := strings.TrimSpace(mustRun(t, whole, "images", "--format", "{{.Platform}}", "noplat")); got != strings.Join(platforms, ",") {
@@ -1212,7 +1229,7 @@ func TestIndexEntriesWithoutPlatform(t *testing.T) {
 			one := t.TempDir()
 			r := run(t, one, "import", "--platform", c.platform, layout+":noplat")
 			if c.want == "" {
-				if r.code != 1 || !strings.Contains(r.stderr, "(has "+strings.Join(platforms, ", ")+")") {
+				if r.code != 1 || !strings.Contains(r.stderr, "(has "+hasPlatforms+")") {
 					t.Errorf("import --platform %s: exit %d, stderr %q; want a refusal naming the configs' platforms", c.platform, r.code, r.stderr)
 				}
 			} else if got := manifestOf(run(t, one, append(inspect, "noplat")...)); r.code != 0 || got != c.want {
@@ -1221,7 +1238,7 @@ func TestIndexEntriesWithoutPlatform(t *testing.T) {
 			pulled := t.TempDir()
 			r = run(t, pulled, "pull", "--quiet", "--platform", c.platform, ref)
 			if c.want == "" {
-				if r.code != 1 || !strings.Contains(r.stderr, "(has "+strings.Join(platforms, ", ")+")") {
+				if r.code != 1 || !strings.Contains(r.stderr, "(has "+hasPlatforms+")") {
 					t.Errorf("pull --platform %s: exit %d, stderr %q; want a refusal naming the configs' platforms", c.platform, r.code, r.stderr)
 				}
 			} else if got := manifestOf(run(t, pulled, append(inspect, ref)...)); r.code != 0 || got != c.want {

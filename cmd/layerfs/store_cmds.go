@@ -186,6 +186,11 @@ every tag of it.`,
 				}
 				var platforms []string
 				for _, p := range img.Platforms {
+					if p == (store.Platform{}) {
+						// No config nor index entry names one.
+						platforms = append(platforms, "unknown")
+						continue
+					}
 					platforms = append(platforms, p.String())
 				}
 				items = append(items, imageItem{Name: img.Name, Digest: img.Manifest.Digest, Platform: strings.Join(platforms, ","), Created: s.Created(img), Layers: layers, Size: size})
