@@ -331,14 +331,24 @@ func TestSkopeoTransportArguments(t *testing.T) {
 		}
 		testimage.RunTool(t, "skopeo", append(args, "oci:"+layout+":a", "dir:"+skopeoDir)...)
 		requireRefused(t, root, "skopeo's dir: transport is not one import reads", "dir:"+skopeoDir)
-		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive it reads", "dir:"+skopeoDir)
+		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive layerfs import reads", "dir:"+skopeoDir)
 		requireRefused(t, root, "import "+skopeoDir+": a directory of skopeo's dir: transport", skopeoDir)
-		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive it reads", skopeoDir)
+		requireRefused(t, root, "skopeo copy dir:"+skopeoDir+" oci-archive:FILE makes an archive layerfs import reads", skopeoDir)
 		converted := filepath.Join(dir, "from-dir-"+compress+".tar")
 		testimage.RunTool(t, "skopeo", "--insecure-policy", "copy", "--quiet", "dir:"+skopeoDir, "oci-archive:"+converted+":a")
 		fresh := t.TempDir()
 		mustRun(t, fresh, "import", converted)
 		requireView(t, fresh, layerBlobs(t, layout, descs[0]), "a")
+	}
+	// pull refuses them too, before it asks any registry: dir:/PATH is
+	// no registry "dir:".
+	for _, arg := range []string{"dir:" + filepath.Join(dir, "a-dir-"), "docker-daemon:example/a:1"} {
+		if r := run(t, root, "pull", arg); r.code != 1 || !strings.Contains(r.stderr, "transport, not a registry's image") || strings.Contains(r.stderr, "docker://") {
+			t.Errorf("pull %s: exit %d, stderr %q; want a refusal naming the transport", arg, r.code, r.stderr)
+		}
+	}
+	if r := run(t, root, "pull", "dir:latest"); r.code != 1 || !strings.Contains(r.stderr, "pull docker://dir:latest for a registry's image of that name") {
+		t.Errorf("pull dir:latest: exit %d, stderr %q; want a refusal naming docker:// for the registry's dir:latest", r.code, r.stderr)
 	}
 	// Transports naming no file say what reads their images.
 	requireRefused(t, root, "docker save example/a:1 | layerfs import -", "docker-daemon:example/a:1")

@@ -19,6 +19,9 @@ const (
 
 var (
 	repoComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	// domainPattern is docker's registry host: dot-separated labels or a
+	// bracketed IPv6 address, and an optional numeric port.
+	domainPattern = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$`)
 	tagPattern    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	// refName is the grammar the OCI image spec gives the
 	// org.opencontainers.image.ref.name annotation, which umoci and
@@ -77,6 +80,10 @@ func Parse(s string) (Reference, error) {
 	}
 	if r.Path == "" {
 		return r, fmt.Errorf("reference %q: no repository", s)
+	}
+	if !domainPattern.MatchString(r.Domain) {
+		// skopeo's dir:/path is no registry "dir:".
+		return r, fmt.Errorf("reference %q: bad registry host %q", s, r.Domain)
 	}
 	for _, c := range strings.Split(r.Path, "/") {
 		if !repoComponent.MatchString(c) {

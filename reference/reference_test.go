@@ -9,6 +9,7 @@ func TestParseReference(t *testing.T) {
 		"localhost:5000/a/b:v1":           "localhost:5000/a/b:v1",
 		"127.0.0.1:5000/x":                "127.0.0.1:5000/x:latest",
 		"reg.example:443/x@sha256:" + h64: "reg.example:443/x@sha256:" + h64,
+		"[::1]:5000/x:1":                  "[::1]:5000/x:1",
 	}
 	for in, want := range cases {
 		r, err := Parse(in)
@@ -16,7 +17,7 @@ func TestParseReference(t *testing.T) {
 			t.Errorf("Parse(%q) = %q, %v; want %q", in, r.String(), err, want)
 		}
 	}
-	for _, bad := range []string{"", "UPPER/case", "a:b:c", "x@sha256:12", "a//b"} {
+	for _, bad := range []string{"", "UPPER/case", "a:b:c", "x@sha256:12", "a//b", "dir:/tmp/x", "host:port/x", "-a.b/x"} {
 		if _, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%q) accepted", bad)
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/internal/output"
+	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/source/archive"
 	"github.com/layerfs/layerfs/source/registry"
 	"github.com/layerfs/layerfs/store"
@@ -75,7 +76,15 @@ while it is extracted.`,
 				// A registry would only answer these with a confusing
 				// error; skopeo's docker:// says a registry's, whatever
 				// is on disk.
+				transport, instead, other := archive.OtherTransport(ref)
 				switch {
+				case other:
+					err := fmt.Errorf("pull %s: skopeo's %s transport, not a registry's image: %s", ref, transport, instead)
+					if _, perr := reference.Parse(ref); perr == nil {
+						err = fmt.Errorf("%w; pull docker://%s for a registry's image of that name", err, ref)
+					}
+					errs = append(errs, err)
+					continue
 				case archive.WrittenAsFile(ref):
 					errs = append(errs, fmt.Errorf("pull %s: a layout or archive, not a registry's image: import it, with layerfs import", ref))
 					continue

@@ -62,25 +62,24 @@ var fileTransports = []string{"oci:", "oci-archive:", "docker-archive:"}
 // each with what to do instead; ARG is the argument as given, NAME what
 // follows the transport.
 var otherTransports = []struct{ prefix, instead string }{
-	{"dir:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
+	{"dir:", "skopeo copy ARG oci-archive:FILE makes an archive layerfs import reads"},
 	{"docker-daemon:", "docker save NAME | layerfs import - reads the daemon's image"},
 	{"containers-storage:", "podman save NAME | layerfs import - reads podman's image"},
 	{"tarball:", "layerfs import --layer NAME stores a filesystem tar as one layer"},
-	{"sif:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
-	{"ostree:", "skopeo copy ARG oci-archive:FILE makes an archive it reads"},
+	{"sif:", "skopeo copy ARG oci-archive:FILE makes an archive layerfs import reads"},
+	{"ostree:", "skopeo copy ARG oci-archive:FILE makes an archive layerfs import reads"},
 }
 
-// otherTransport refuses an argument written for one of skopeo's
-// transports that import does not read, saying what reads it instead;
-// nil for any other argument.
-func otherTransport(arg string) error {
+// OtherTransport reports an argument written for one of skopeo's
+// transports that neither import nor pull reads (dir:, docker-daemon:,
+// ...): the transport, and what reads its images instead.
+func OtherTransport(arg string) (transport, instead string, ok bool) {
 	for _, t := range otherTransports {
-		if name, ok := strings.CutPrefix(arg, t.prefix); ok {
-			instead := strings.NewReplacer("ARG", arg, "NAME", name).Replace(t.instead)
-			return fmt.Errorf("skopeo's %s transport is not one import reads (it reads oci:, oci-archive: and docker-archive:); %s", t.prefix, instead)
+		if name, found := strings.CutPrefix(arg, t.prefix); found {
+			return t.prefix, strings.NewReplacer("ARG", arg, "NAME", name).Replace(t.instead), true
 		}
 	}
-	return nil
+	return "", "", false
 }
 
 // SplitRef splits skopeo's PATH:REF form. An argument that exists as
@@ -162,10 +161,8 @@ func Import(ctx context.Context, s *store.Store, src string, opts Options) (Resu
 		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(src, "docker://") {
 			return Result{}, fmt.Errorf("import %s: %w: a registry's image is pulled, with layerfs pull", src, err)
 		}
-		if errors.Is(err, fs.ErrNotExist) {
-			if refused := otherTransport(src); refused != nil {
-				return Result{}, fmt.Errorf("import %s: %w", src, refused)
-			}
+		if transport, instead, ok := OtherTransport(src); ok && errors.Is(err, fs.ErrNotExist) {
+			return Result{}, fmt.Errorf("import %s: skopeo's %s transport is not one import reads (it reads oci:, oci-archive: and docker-archive:); %s", src, transport, instead)
 		}
 		return Result{}, fmt.Errorf("import %s: %w", src, err)
 	}

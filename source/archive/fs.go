@@ -365,7 +365,7 @@ func skopeoDirError(src string, fsys fs.FS) error {
 	if _, ok := fsys.(dirFS); ok {
 		dir = src
 	}
-	return fmt.Errorf("a directory of skopeo's dir: transport (one image's manifest.json and its blobs, no index.json) is not one import reads: skopeo copy dir:%s oci-archive:FILE makes an archive it reads", dir)
+	return fmt.Errorf("a directory of skopeo's dir: transport (one image's manifest.json and its blobs, no index.json) is not one import reads: skopeo copy dir:%s oci-archive:FILE makes an archive layerfs import reads", dir)
 }
 
 // isSkopeoDir reports a directory written by skopeo's dir: transport: its
