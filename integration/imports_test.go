@@ -1257,3 +1257,82 @@ func TestIndexEntriesWithoutPlatform(t *testing.T) {
 		})
 	}
 }
+
+// TestImportNestedIndexes imports an index whose entries are indexes
+// themselves (one of linux/amd64, one of linux/arm64/v8 and linux/arm/v7),
+// beside a single image in the same layout, which skopeo copy --all
+// refuses to copy: each platform is found through the index that holds
+// it, the manifest being the one the layout's JSON lists for it.
+func TestImportNestedIndexes(t *testing.T) {
+	requireRoot(t)
+	layout := filepath.Join(t.TempDir(), "layout")
+	img := func(p string) testimage.Image {
+		arch, variant, _ := strings.Cut(p, "/")
+		return testimage.Image{Arch: arch, Variant: variant, Layers: []testimage.Layer{{Entries: []testimage.Entry{testimage.File("platform", p+"\n")}}}}
+	}
+	first, err := testimage.WriteIndexImage(layout, "first", img("amd64"))
+	must(t, err)
+	second, err := testimage.WriteIndexImage(layout, "second", img("arm64/v8"), img("arm/v7"))
+	must(t, err)
+	var subs []ocispec.Descriptor
+	manifestFor := map[string]digest.Digest{}
+	for _, d := range []ocispec.Descriptor{first, second} {
+		data, err := os.ReadFile(testimage.BlobPath(layout, d.Digest))
+		must(t, err)
+		var idx ocispec.Index
+		must(t, json.Unmarshal(data, &idx))
+		for _, m := range idx.Manifests {
+			manifestFor[platformOf(m.Platform)] = m.Digest
+		}
+		subs = append(subs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+	}
+	data, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: subs})
+	top := writeBlob(t, layout, ocispec.MediaTypeImageIndex, data)
+	top.Annotations = map[string]string{ocispec.AnnotationRefName: "nested"}
+	_, err = testimage.WriteLayout(layout, testimage.Image{Name: "single", Layers: img("amd64").Layers})
+	must(t, err)
+	idx, err := testimage.ReadIndex(layout)
+	must(t, err)
+	idx.Manifests = slices.DeleteFunc(append(idx.Manifests, top), func(d ocispec.Descriptor) bool {
+		return d.Annotations[ocispec.AnnotationRefName] == "first" || d.Annotations[ocispec.AnnotationRefName] == "second"
+	})
+	data, _ = json.Marshal(idx)
+	must(t, os.WriteFile(filepath.Join(layout, "index.json"), data, 0o644))
+	if out, err := exec.Command("skopeo", "--insecure-policy", "copy", "--all", "oci:"+layout+":nested", "oci:"+t.TempDir()+":x").CombinedOutput(); err == nil {
+		t.Logf("skopeo copy --all now copies nested indexes: %s", out)
+	}
+
+	root := t.TempDir()
+	out := mustRun(t, root, "import", layout)
+	pulledAs(t, out, "nested", top.Digest)
+	if got := importedNames(out); !slices.Equal(got, []string{"nested", "single"}) {
+		t.Errorf("import printed %v, want nested and single", got)
+	}
+	for _, c := range []struct{ platform, want string }{
+		{"linux/amd64", "linux/amd64"}, {"linux/arm64", "linux/arm64/v8"}, {"linux/arm", "linux/arm/v7"},
+	} {
+		one := t.TempDir()
+		mustRun(t, one, "import", "--platform", c.platform, layout+":nested")
+		if got := strings.TrimSpace(mustRun(t, one, "inspect", "--platform", c.platform, "--format", "{{.Digest}}", "nested")); got != manifestFor[c.want].String() {
+			t.Errorf("import --platform %s takes manifest %s; the layout lists %s for %s", c.platform, got, manifestFor[c.want], c.want)
+		}
+		if got := mustRun(t, one, "cat", "--platform", c.platform, "nested", "/platform"); got != strings.TrimPrefix(c.want, "linux/")+"\n" {
+			t.Errorf("cat --platform %s /platform: %q", c.platform, got)
+		}
+	}
+	all := t.TempDir()
+	mustRun(t, all, "import", "--all-platforms", layout+":nested")
+	if got := strings.TrimSpace(mustRun(t, all, "images", "--format", "{{.Platform}}")); got != "linux/amd64,linux/arm64/v8,linux/arm/v7" {
+		t.Errorf("images shows the nested index for %q", got)
+	}
+	requireVerifies(t, all)
+}
+
+// platformOf writes an index entry's platform as images lists it.
+func platformOf(p *ocispec.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
