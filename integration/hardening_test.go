@@ -125,6 +125,35 @@ func TestRootMustBeAStore(t *testing.T) {
 	}
 }
 
+// TestRootNotAStoreSaysWhatToGive points --root, as a newcomer might, at
+// the OCI layout they mean to import, and at a directory of their own: the
+// refusal says what --root takes, and for the layout the import that reads
+// it, and the directory is left as it was.
+func TestRootNotAStoreSaysWhatToGive(t *testing.T) {
+	requireRoot(t)
+	layout := filepath.Join(t.TempDir(), "sample")
+	tool(t, "cp", "-a", sampleImage(t).layout, layout)
+	mine := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(mine, "notes.txt"), []byte("mine\n"), 0o644))
+	for dir, want := range map[string][]string{
+		layout: {"it is an OCI image layout", `"layerfs import ` + layout + `"`, "new or empty directory"},
+		mine:   {"new or empty directory"},
+	} {
+		before := snapshot(t, dir)
+		for _, args := range [][]string{{"images"}, {"import", sampleImage(t).layout}, {"gc"}} {
+			r := run(t, dir, args...)
+			for _, w := range append([]string{dir + " is not a layerfs store"}, want...) {
+				if r.code != 1 || !strings.Contains(r.stderr, w) {
+					t.Errorf("layerfs --root %s %q: exit %d, stderr %q; want exit 1 and %q", dir, args, r.code, r.stderr, w)
+				}
+			}
+		}
+		if after := snapshot(t, dir); after != before {
+			t.Errorf("%s changed:\nbefore\n%s\nafter\n%s", dir, before, after)
+		}
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {

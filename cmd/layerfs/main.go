@@ -267,30 +267,31 @@ func (g *globals) rootDir() (string, error) {
 // where there is none; what such a command adds to one (a lease, what
 // can be made again from the store's own content) is added under the
 // writer's lock.
-func (g *globals) open() (*store.Store, error) {
-	root, err := g.rootDir()
-	if err != nil {
-		return nil, err
-	}
-	return store.Open(root)
-}
+func (g *globals) open() (*store.Store, error) { return g.openWith(store.Open) }
 
 // openToChange opens the store for a command that changes or removes
 // what is in it, making none where there is none.
-func (g *globals) openToChange() (*store.Store, error) {
-	root, err := g.rootDir()
-	if err != nil {
-		return nil, err
-	}
-	return store.OpenToChange(root)
-}
+func (g *globals) openToChange() (*store.Store, error) { return g.openWith(store.OpenToChange) }
 
 // openForWriting opens the store for a command that writes, making one
 // in a missing or empty directory.
-func (g *globals) openForWriting() (*store.Store, error) {
+func (g *globals) openForWriting() (*store.Store, error) { return g.openWith(store.OpenForWriting) }
+
+// openWith opens the store the flags name with open. A root that is no
+// store is refused saying what --root takes instead: a newcomer's first
+// --root is often the OCI layout they mean to import.
+func (g *globals) openWith(open func(root string) (*store.Store, error)) (*store.Store, error) {
 	root, err := g.rootDir()
 	if err != nil {
 		return nil, err
 	}
-	return store.OpenForWriting(root)
+	s, err := open(root)
+	if !errors.Is(err, store.ErrNotStore) {
+		return s, err
+	}
+	const what = "--root (or $LAYERFS_ROOT) names a store, or a new or empty directory to make one in"
+	if _, statErr := os.Stat(filepath.Join(root, "oci-layout")); statErr == nil {
+		return nil, fmt.Errorf("%w: it is an OCI image layout, whose images \"layerfs import %s\" copies into a store; %s", err, root, what)
+	}
+	return nil, fmt.Errorf("%w; %s", err, what)
 }
