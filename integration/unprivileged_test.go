@@ -364,3 +364,34 @@ func TestUnprivilegedOutputFile(t *testing.T) {
 	newFile := filepath.Join(locked, "new.out")
 	checkRefused(t, u.run("export", "sample", "-o", newFile), newFile+": the output is written in "+locked+" and renamed to it, and "+locked+" is not writable: permission denied")
 }
+
+// TestDemoUnprivileged runs make demo's script as a user other than
+// root, as a newcomer may: it must exit 0 through the FUSE mounts, the
+// layer a file came from and the EROFS disk, say that the kernel mounts
+// need root instead of failing in mount(8), and leave nothing behind.
+func TestDemoUnprivileged(t *testing.T) {
+	u := asNobody(t)
+	must(t, os.Mkdir(filepath.Join(u.home, "testdata"), 0o755))
+	tool(t, "cp", "-r", sampleImage(t).layout, filepath.Join(u.home, "testdata", "sample"))
+	tool(t, "chmod", "-R", "a+rX", filepath.Join(u.home, "testdata"))
+	copyFile(t, "../scripts/demo.sh", filepath.Join(u.home, "demo.sh"), 0o644)
+	var out bytes.Buffer
+	cmd := u.command("bash", "demo.sh", u.bin)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if _, err := commandWithin(t, cmd, commandDeadline); err != nil {
+		t.Fatalf("demo as uid %d: %v\n%s", nobody, err, out.Bytes())
+	}
+	_, m, _ := sampleLayout(t)
+	for _, want := range []string{"app.log", ".wh.motd", m.Layers[1].Digest.String() + "\n", "sample.erofs: sha256:", "need root"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo as uid %d lacks %q:\n%s", nobody, want, out.Bytes())
+		}
+	}
+	if left, err := mountsUnder(u.home); err != nil || len(left) > 0 {
+		t.Errorf("demo as uid %d left mounts %v (%v)", nobody, left, err)
+	}
+	// TMPDIR is the user's home, which also holds the runtime directory.
+	if left, err := filepath.Glob(filepath.Join(u.home, "tmp.*")); err != nil || len(left) > 0 {
+		t.Errorf("demo as uid %d left %v (%v)", nobody, left, err)
+	}
+}
