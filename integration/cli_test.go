@@ -372,6 +372,7 @@ func TestCLIArguments(t *testing.T) {
 		// What is wrong with a digest is said.
 		{[]string{"inspect", "887DE7C1B19C"}, 1, "hex digits of a digest must be lowercase"},
 		{[]string{"inspect", "sha256:887DE7C1B19C"}, 1, "hex digits of a digest must be lowercase"},
+		{[]string{"inspect", "SHA256:887de7c1b19c"}, 1, "a digest's algorithm must be lowercase (sha256:)"},
 		{[]string{"inspect", "sha512:" + strings.Repeat("ab", 64)}, 1, "only sha256 digests are stored, not sha512"},
 		{[]string{"inspect", "md5:" + strings.Repeat("ab", 16)}, 1, "only sha256 digests are stored, not md5"},
 		{[]string{"inspect", "000000000000"}, 1, "no image's or layer's digest starts with it"},

@@ -290,6 +290,8 @@ func notDigest(arg, hex string) string {
 	switch {
 	case reference.IsDigestPrefix(strings.ToLower(hex)):
 		return "not an image name, and the hex digits of a digest must be lowercase"
+	case hasAlg && alg != "sha256" && strings.EqualFold(alg, "sha256") && reference.IsDigestPrefix(strings.ToLower(digits)):
+		return "not an image name, and a digest's algorithm must be lowercase (sha256:)"
 	case hasAlg && otherDigests[alg] && digits != "" && strings.Trim(strings.ToLower(digits), "0123456789abcdef") == "":
 		return fmt.Sprintf("not an image name, and only sha256 digests are stored, not %s", alg)
 	}
