@@ -116,17 +116,24 @@ func (e *FormatError) Error() string {
 
 func (e *FormatError) Unwrap() error { return e.err }
 
-// fieldNames are the exported fields of T (a struct), as a template
+// fieldNames are the fields of T (a struct) a template may name, as it
 // names them: ".Digest".
 func fieldNames[T any]() []string {
 	t := reflect.TypeFor[T]()
 	var names []string
 	for i := range t.NumField() {
-		if f := t.Field(i); f.IsExported() {
+		if f := t.Field(i); isTemplateField(f) {
 			names = append(names, "."+f.Name)
 		}
 	}
 	return names
+}
+
+// isTemplateField says whether a template may name f: the exported fields
+// the JSON has, so that the two forms show the same fields and what the
+// JSON leaves out stays no one's interface.
+func isTemplateField(f reflect.StructField) bool {
+	return f.IsExported() && f.Tag.Get("json") != "-"
 }
 
 // checkFields checks that every field n names of an item, where dot is
@@ -136,9 +143,9 @@ func fieldNames[T any]() []string {
 // left to the template's own run.
 func checkFields(t reflect.Type, n parse.Node) error {
 	has := func(name string) bool {
-		_, field := t.FieldByName(name)
+		f, field := t.FieldByName(name)
 		_, method := reflect.PointerTo(t).MethodByName(name)
-		return field || method
+		return field && isTemplateField(f) || method
 	}
 	var check func(n parse.Node, dotIsItem bool) error
 	checkPipe := func(p *parse.PipeNode, dotIsItem bool) error {

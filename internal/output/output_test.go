@@ -3,12 +3,15 @@ package output
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
 type item struct {
 	Name string
 	List []struct{ Inner string }
+	// Hidden is left out of the JSON, so a template cannot name it.
+	Hidden string `json:"-"`
 }
 
 func (item) Short() string { return "short" }
@@ -29,6 +32,8 @@ func TestTemplateFieldsCheckedWithNoItems(t *testing.T) {
 		"{{range .List}}{{$.Nope}}{{end}}":            false,
 		"{{range .List}}{{else}}{{.Nope}}{{end}}":     false,
 		"{{join .Nope \",\"}}":                        false,
+		"{{.Hidden}}":                                 false,
+		"{{$.Hidden}}":                                false,
 	} {
 		for _, items := range [][]item{nil, {{Name: "a"}}} {
 			var out bytes.Buffer
@@ -38,5 +43,14 @@ func TestTemplateFieldsCheckedWithNoItems(t *testing.T) {
 				t.Errorf("%s over %d items: %v, output %q; want ok %v", format, len(items), err, out.String(), ok)
 			}
 		}
+	}
+}
+
+// TestTemplateFieldsAreTheJSONFields: the fields a FormatError lists are
+// the JSON's, as the README promises, not a field the JSON leaves out.
+func TestTemplateFieldsAreTheJSONFields(t *testing.T) {
+	err := Write(&bytes.Buffer{}, Options{Format: "{{.Nope}}"}, List[item]{}, nil)
+	if want := "an item's fields are .Name .List"; err == nil || !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("error %v; want it to end %q", err, want)
 	}
 }
