@@ -344,6 +344,11 @@ func TestCLIArguments(t *testing.T) {
 		{[]string{"inspect", "sampel"}, 1, `did you mean "sample"?`},
 		{[]string{"inspect", "othr"}, 1, `did you mean "other"?`},
 		{[]string{"imags"}, 2, "unknown command \"imags\" for \"layerfs\"\n\nDid you mean this?\n\timages\n"},
+		// cobra's help and completion print the help for these, exit 0.
+		{[]string{"help", "bogus"}, 2, `unknown help topic "bogus" for "layerfs"`},
+		{[]string{"help", "imags"}, 2, "unknown help topic \"imags\" for \"layerfs\"\n\nDid you mean this?\n\timages\n"},
+		{[]string{"help", "mounts", "extra"}, 2, `unknown help topic "extra" for "layerfs mounts"`},
+		{[]string{"completion", "bogus"}, 2, `unknown command "bogus" for "layerfs completion"`},
 		{[]string{"inspect"}, 2, "Usage: layerfs inspect TARGET... [flags]"},
 		{[]string{"layers", "sample", "extra"}, 2, "Usage: layerfs layers [TARGET] [flags]"},
 		{[]string{"which", "sample"}, 2, "Usage: layerfs which TARGET PATH"},
@@ -403,6 +408,14 @@ func TestCLIArguments(t *testing.T) {
 		}
 		if len(got) != 2 || got[0].Name != "sample" || got[1].Name != "other" || len(got[0].Layers) != 3 || len(got[1].Layers) != 1 {
 			t.Errorf("inspect sample other: %+v", got)
+		}
+	})
+
+	t.Run("help", func(t *testing.T) {
+		for _, args := range [][]string{{"help"}, {"help", "mounts"}, {"help", "completion", "bash"}, {"completion"}} {
+			if out := mustRun(t, root, args...); !strings.Contains(out, "Usage:") {
+				t.Errorf("%q printed %q; want the help", args, out)
+			}
 		}
 	})
 

@@ -176,11 +176,7 @@ func rootCommand() *cobra.Command {
 			if len(args) == 0 {
 				return nil
 			}
-			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
-			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-				msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
-			}
-			return errors.New(msg)
+			return unknownCommand("command", cmd, args[0])
 		},
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -212,8 +208,47 @@ func rootCommand() *cobra.Command {
 		cmd.AddCommand(c(g))
 	}
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{c, err} })
+	strictHelpAndCompletion(cmd)
 	wrapArgs(cmd)
 	return cmd
+}
+
+// unknownCommand is the error for a word that names no subcommand of
+// cmd, with the names it may have meant.
+func unknownCommand(what string, cmd *cobra.Command, word string) error {
+	msg := fmt.Sprintf("unknown %s %q for %q", what, word, cmd.CommandPath())
+	if s := cmd.SuggestionsFor(word); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+	}
+	return errors.New(msg)
+}
+
+// strictHelpAndCompletion makes 'help TOPIC' and 'completion SHELL' of
+// a topic or shell there is none of a usage error, as an unknown command
+// is: cobra's own print the help and exit 0, which a script takes for
+// success.
+func strictHelpAndCompletion(root *cobra.Command) {
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "help":
+			c.Run = nil
+			c.RunE = func(help *cobra.Command, args []string) error {
+				topic, rest, err := root.Find(args)
+				if err == nil && len(rest) > 0 {
+					err = unknownCommand("help topic", topic, rest[0])
+				}
+				if err != nil {
+					return usageError{help, err}
+				}
+				return topic.Help()
+			}
+		case "completion":
+			// Runnable, so that cobra checks its arguments (none).
+			c.RunE = func(c *cobra.Command, args []string) error { return c.Help() }
+		}
+	}
 }
 
 // wrapArgs makes every argument-count error a usage error.
