@@ -691,6 +691,38 @@ func TestImportRefusesBlobOutOfLayout(t *testing.T) {
 	requireRefused(t, root, `links to "/dev/zero", outside the archive`, archive)
 }
 
+// TestImportBareLayerEmpty takes a file as a layer where GNU tar reads
+// it as a tar: a 0-byte file is refused naming it, leaving the store
+// empty, and a tar of no entries is an empty layer.
+func TestImportBareLayerEmpty(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name string
+		size int
+	}{{"zero-bytes.tar", 0}, {"no-entries.tar", 1024}} {
+		file := filepath.Join(dir, c.name)
+		must(t, os.WriteFile(file, make([]byte, c.size), 0o644))
+		tarReads := exec.Command("tar", "-tf", file).Run() == nil
+		root := t.TempDir()
+		r := run(t, root, "import", "--layer", file)
+		layers := strings.TrimSpace(mustRun(t, root, "layers", "--quiet"))
+		var content []string
+		for f := range storeFiles(t, root) {
+			if dir, _, _ := strings.Cut(f, "/"); dir == "blobs" || dir == "layers" || dir == "objects" {
+				content = append(content, f)
+			}
+		}
+		switch {
+		case tarReads && (r.code != 0 || layers == ""):
+			t.Errorf("import --layer %s, which GNU tar reads: exit %d, stderr %q, layers %q; want it stored", c.name, r.code, r.stderr, layers)
+		case !tarReads && (r.code != 1 || !strings.Contains(r.stderr, file+": the file is empty (0 bytes)") || layers != "" || len(content) != 0):
+			t.Errorf("import --layer %s, which GNU tar refuses: exit %d, stderr %q, layers %q, stored %q; want it refused naming the file, nothing stored", c.name, r.code, r.stderr, layers, content)
+		}
+		requireVerifies(t, root)
+	}
+}
+
 // TestImportBareLayer imports a gzip layer tar with no image around it:
 // layers lists it, it mounts by digest as overlayfs shows it, gc keeps it
 // until rm forgets it by digest.

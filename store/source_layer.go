@@ -3,6 +3,7 @@ package store
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -28,10 +29,16 @@ func (s *Store) ImportLayer(ctx context.Context, file string) (ocispec.Descripto
 	}
 	defer release()
 	// A FIFO or a device would block the open or never end.
-	if st, err := os.Stat(file); err != nil || !st.Mode().IsRegular() {
-		if err == nil {
-			err = fmt.Errorf("a %s, not a layer tar file", output.Kind(st.Mode()))
-		}
+	st, err := os.Stat(file)
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("a %s, not a layer tar file", output.Kind(st.Mode()))
+	}
+	// As GNU tar refuses it: no tar writes nothing at all, so an empty
+	// file is most likely a failed write or download.
+	if err == nil && st.Size() == 0 {
+		err = errors.New("the file is empty (0 bytes), not a tar stream; the tar of an empty layer is 1024 zero bytes")
+	}
+	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("import layer %s: %w", file, err)
 	}
 	desc, err := DescribeLayerFile(os.DirFS(filepath.Dir(file)), filepath.Base(file), "")
