@@ -13,11 +13,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 // importedDebian imports the Debian image's OCI layout into a new store.
@@ -171,6 +173,46 @@ func TestGCAfterRm(t *testing.T) {
 	got := walkMount(t, root, "two")
 	if got["shared"].SHA256 == "" {
 		t.Fatalf("image two lost its file: %v", got)
+	}
+}
+
+// TestGCDryRunReadOnlyStore runs gc --dry-run through a read-only bind
+// mount of a store: it says what gc, run on the writable store, then
+// removes, changes nothing, and waits for the writers of the writable
+// store as gc does; gc itself is refused there.
+func TestGCDryRunReadOnlyStore(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	mustRun(t, root, "rm", "sample")
+	ro := t.TempDir()
+	must(t, unix.Mount(root, ro, "", unix.MS_BIND, ""))
+	t.Cleanup(func() { unix.Unmount(ro, unix.MNT_DETACH) })
+	must(t, unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""))
+	if err := os.WriteFile(filepath.Join(ro, "probe"), nil, 0o600); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("writing to the read-only bind mount: %v, want EROFS", err)
+	}
+
+	// A writer of the writable store holds the gc lock shared.
+	lock, err := os.Open(filepath.Join(root, ".gc.lock"))
+	must(t, err)
+	defer lock.Close()
+	must(t, unix.Flock(int(lock.Fd()), unix.LOCK_SH))
+	time.AfterFunc(1500*time.Millisecond, func() { unix.Flock(int(lock.Fd()), unix.LOCK_UN) })
+	before := storeFiles(t, root)
+	r := run(t, ro, "gc", "--dry-run")
+	if r.code != 0 || !strings.Contains(r.stderr, "waiting for the commands writing") {
+		t.Fatalf("gc --dry-run of a read-only store while a writer runs: exit %d, stderr %q; want it to wait for the writer, then succeed", r.code, r.stderr)
+	}
+	predicted := gcCounts(t, r.stdout, "would remove")
+	if r := run(t, ro, "gc"); r.code != 1 || !strings.Contains(r.stderr, "not writable") {
+		t.Errorf("gc of a read-only store: exit %d, stderr %q; want it refused as not writable", r.code, r.stderr)
+	}
+	if after := storeFiles(t, root); !maps.Equal(after, before) {
+		t.Fatalf("gc --dry-run and a refused gc changed the store:\nbefore: %v\nafter: %v", before, after)
+	}
+	freed := gcCounts(t, mustRun(t, root, "gc"), "removed")
+	if freed != predicted || strings.HasPrefix(freed, "0 0 0") {
+		t.Errorf("gc freed %s of the removed image, gc --dry-run of the read-only store predicted %s", freed, predicted)
 	}
 }
 

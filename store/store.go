@@ -587,6 +587,12 @@ func (s *Store) UntagDigest(d digest.Digest) error {
 // wait of more than lockNotice prints, what the lock waits for.
 func (s *Store) lock(ctx context.Context, name string, how int, holder string) (func(), error) {
 	f, err := s.openBeneath(name, os.O_RDWR|os.O_CREATE, fileMode)
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
+		// A flock needs no write access: one that only reads a store it
+		// cannot write (gc --dry-run) still keeps out the writers of
+		// another, writable mount of it.
+		f, err = s.openBeneath(name, os.O_RDONLY, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}

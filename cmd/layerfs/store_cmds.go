@@ -684,7 +684,12 @@ func gcCmd(g *globals) *cobra.Command {
 		Short: "Remove blobs, layers and objects no image and no live mount uses, and stale temp files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openToChange()
+			// A dry run only reads: it works on a store it cannot write.
+			open := g.openToChange
+			if dryRun {
+				open = g.open
+			}
+			s, err := open()
 			if err != nil {
 				return err
 			}
