@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,7 +31,9 @@ import (
 //
 // An FS may be used by many goroutines at once. It reads its view until
 // the view is closed, after which its calls fail with fs.ErrClosed; files
-// already open read on, as they hold their content open.
+// already open read on, as they hold their content open. A file or
+// directory once closed fails every call with a *fs.PathError wrapping
+// fs.ErrClosed, as an *os.File does.
 type FS struct {
 	v          View
 	openObject ObjectOpener
@@ -197,7 +200,7 @@ func (f *FS) Open(name string) (fs.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
 	info := &fileInfo{name: path.Base(name), a: a}
-	return &dir{fsys: f, info: info, path: name, node: n, children: children}, nil
+	return &dir{fsys: f, info: info, closable: closable{path: name}, node: n, children: children}, nil
 }
 
 // OpenContent opens the bytes of the file a describes, named name, as
@@ -208,7 +211,7 @@ func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 	if a.Type != TypeReg || a.Object == "" {
 		// An empty file, a device or a FIFO: the view holds no bytes
 		// for it.
-		return newEmpty(info), nil
+		return newEmpty(name, info), nil
 	}
 	o, err := f.openObject(a.Source, *a)
 	if err != nil {
@@ -218,7 +221,7 @@ func (f *FS) OpenContent(name string, a *Attr) (fs.File, error) {
 		}
 		return nil, &fs.PathError{Op: "open", Path: name, Err: &objectError{object: a.Object, err: err}}
 	}
-	return &file{f: o, name: name, info: info}, nil
+	return &file{f: o, closable: closable{path: name}, info: info}, nil
 }
 
 // objectError is the failure to open the object of a file that is in
@@ -369,6 +372,29 @@ func (e *dirEntry) Info() (fs.FileInfo, error) {
 	return &fileInfo{name: e.c.Name, a: a}, nil
 }
 
+// closable is the Close of an open file of an FS: after it, every call
+// fails as on a closed *os.File, with a *fs.PathError wrapping
+// fs.ErrClosed and naming the file by its path in the view.
+type closable struct {
+	path   string
+	closed atomic.Bool
+}
+
+// use is the error of op on the file once it is closed, else nil.
+func (c *closable) use(op string) error {
+	if c.closed.Load() {
+		return &fs.PathError{Op: op, Path: c.path, Err: fs.ErrClosed}
+	}
+	return nil
+}
+
+func (c *closable) Close() error {
+	if c.closed.Swap(true) {
+		return &fs.PathError{Op: "close", Path: c.path, Err: fs.ErrClosed}
+	}
+	return nil
+}
+
 // file is a regular file with content: its object, open read-only. It
 // reads, seeks and reads at offsets (io.ReaderAt) as an *os.File does,
 // but offers none of the methods that would change the object (Chmod,
@@ -376,12 +402,17 @@ func (e *dirEntry) Info() (fs.FileInfo, error) {
 // image that has them. Its errors name the file by its path in the view,
 // not the object's in the store.
 type file struct {
-	f    *os.File
-	name string
+	f *os.File
+	closable
 	info *fileInfo
 }
 
-func (f *file) Stat() (fs.FileInfo, error) { return f.info, nil }
+func (f *file) Stat() (fs.FileInfo, error) {
+	if err := f.use("stat"); err != nil {
+		return nil, err
+	}
+	return f.info, nil
+}
 
 func (f *file) Read(p []byte) (int, error) {
 	n, err := f.f.Read(p)
@@ -406,7 +437,12 @@ func (f *file) WriteTo(w io.Writer) (int64, error) {
 	return n, f.named(err)
 }
 
-func (f *file) Close() error { return f.named(f.f.Close()) }
+func (f *file) Close() error {
+	if err := f.closable.Close(); err != nil {
+		return err
+	}
+	return f.named(f.f.Close())
+}
 
 // Fd is the descriptor of the file's object, open read-only and valid
 // until Close, for advice to the kernel (posix_fadvise) or a zero-copy
@@ -416,7 +452,7 @@ func (f *file) Fd() uintptr { return f.f.Fd() }
 // named is err with the file's path in the view for the object's.
 func (f *file) named(err error) error {
 	if pe, ok := err.(*fs.PathError); ok {
-		return &fs.PathError{Op: pe.Op, Path: f.name, Err: pe.Err}
+		return &fs.PathError{Op: pe.Op, Path: f.path, Err: pe.Err}
 	}
 	return err
 }
@@ -426,34 +462,72 @@ func (f *file) named(err error) error {
 // such as http.FS, which seeks to learn a file's size, takes both alike.
 type empty struct {
 	*io.SectionReader
+	closable
 	info *fileInfo
 }
 
-func newEmpty(info *fileInfo) *empty {
-	return &empty{SectionReader: io.NewSectionReader(nil, 0, 0), info: info}
+func newEmpty(name string, info *fileInfo) *empty {
+	return &empty{SectionReader: io.NewSectionReader(nil, 0, 0), closable: closable{path: name}, info: info}
 }
 
-func (e *empty) Stat() (fs.FileInfo, error) { return e.info, nil }
-func (e *empty) Close() error               { return nil }
+func (e *empty) Stat() (fs.FileInfo, error) {
+	if err := e.use("stat"); err != nil {
+		return nil, err
+	}
+	return e.info, nil
+}
+
+func (e *empty) Read(p []byte) (int, error) {
+	if err := e.use("read"); err != nil {
+		return 0, err
+	}
+	return e.SectionReader.Read(p)
+}
+
+func (e *empty) ReadAt(p []byte, off int64) (int, error) {
+	if err := e.use("read"); err != nil {
+		return 0, err
+	}
+	return e.SectionReader.ReadAt(p, off)
+}
+
+func (e *empty) Seek(offset int64, whence int) (int64, error) {
+	if err := e.use("seek"); err != nil {
+		return 0, err
+	}
+	return e.SectionReader.Seek(offset, whence)
+}
 
 // dir is an open directory; ReadDir goes through its listing once.
 type dir struct {
-	fsys     *FS
-	info     *fileInfo
-	path     string
+	fsys *FS
+	info *fileInfo
+	closable
 	node     Node
 	children []Child
 	next     int
 }
 
-func (d *dir) Stat() (fs.FileInfo, error) { return d.info, nil }
-func (d *dir) Close() error               { return nil }
+func (d *dir) Stat() (fs.FileInfo, error) {
+	if err := d.use("stat"); err != nil {
+		return nil, err
+	}
+	return d.info, nil
+}
 
 func (d *dir) Read([]byte) (int, error) {
+	if err := d.use("read"); err != nil {
+		return 0, err
+	}
 	return 0, &fs.PathError{Op: "read", Path: d.path, Err: syscall.EISDIR}
 }
 
+// ReadDir's error after Close is *os.File's, but wrapping fs.ErrClosed,
+// which os's own ("use of closed file") does not.
 func (d *dir) ReadDir(count int) ([]fs.DirEntry, error) {
+	if err := d.use("readdirent"); err != nil {
+		return nil, err
+	}
 	rest := d.children[d.next:]
 	if count > 0 {
 		if len(rest) == 0 {

@@ -360,6 +360,83 @@ func TestOpenFile(t *testing.T) {
 	}
 }
 
+// TestClosedFiles: every call on a closed file, directory or empty file
+// fails as on the same one opened from os.DirFS, with a *fs.PathError of
+// the same Op naming it and wrapping fs.ErrClosed (which os's ReadDir
+// after Close does not wrap, an os quirk not copied).
+func TestClosedFiles(t *testing.T) {
+	s, v := teststore.OpenImage(t, []testimage.Layer{{Entries: []testimage.Entry{
+		testimage.Dir("d", 0o755), testimage.File("d/f", "content\n"), testimage.File("empty", ""),
+	}}})
+	fsys := view.NewFS(v, view.ByName(s.OpenObject))
+	disk := t.TempDir()
+	if err := os.Mkdir(disk+"/d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"d/f": "content\n", "empty": ""} {
+		if err := os.WriteFile(disk+"/"+name, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each call, and whether the file has it at all: a directory of the
+	// FS neither seeks nor reads at offsets.
+	calls := map[string]func(fs.File) (bool, error){
+		"Read":  func(f fs.File) (bool, error) { _, err := f.Read(make([]byte, 1)); return true, err },
+		"Stat":  func(f fs.File) (bool, error) { _, err := f.Stat(); return true, err },
+		"Close": func(f fs.File) (bool, error) { return true, f.Close() },
+		"ReadAt": func(f fs.File) (bool, error) {
+			r, ok := f.(io.ReaderAt)
+			if !ok {
+				return false, nil
+			}
+			_, err := r.ReadAt(make([]byte, 1), 0)
+			return true, err
+		},
+		"Seek": func(f fs.File) (bool, error) {
+			s, ok := f.(io.Seeker)
+			if !ok {
+				return false, nil
+			}
+			_, err := s.Seek(0, io.SeekStart)
+			return true, err
+		},
+		"ReadDir": func(f fs.File) (bool, error) {
+			d, ok := f.(fs.ReadDirFile)
+			if !ok {
+				return false, nil
+			}
+			_, err := d.ReadDir(-1)
+			return true, err
+		},
+	}
+	closed := func(fsys fs.FS, name string) fs.File {
+		f, err := fsys.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, name := range []string{".", "d", "d/f", "empty"} {
+		for call, do := range calls {
+			has, err := do(closed(fsys, name))
+			if !has {
+				continue
+			}
+			_, osErr := do(closed(os.DirFS(disk), name))
+			var pe, osPE *fs.PathError
+			if !errors.As(osErr, &osPE) {
+				t.Fatalf("%s of closed %s from os.DirFS: %v, want a *fs.PathError", call, name, osErr)
+			}
+			if !errors.As(err, &pe) || pe.Op != osPE.Op || pe.Path != name || !errors.Is(err, fs.ErrClosed) {
+				t.Errorf("%s of closed %s: %v; want a *fs.PathError of op %q naming it, wrapping fs.ErrClosed, as os.DirFS's %v", call, name, err, osPE.Op, osErr)
+			}
+		}
+	}
+}
+
 func is[T any](v any) bool {
 	_, ok := v.(T)
 	return ok
