@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -425,6 +426,45 @@ func TestCLIArguments(t *testing.T) {
 			t.Errorf("--version %q, version %q; want both naming the commit and go-fuse %s", v1, v2, fuse)
 		}
 	})
+}
+
+// TestDockerNamesOfStoredNames: a command given a docker-style name
+// finds the image stored under a short one (an OCI layout's ref name) as
+// images lists it for that name, as docker takes both for one name; one
+// that stands for several stored images so is refused, naming them.
+func TestDockerNamesOfStoredNames(t *testing.T) {
+	requireRoot(t)
+	layer := func(content string) []testimage.Layer {
+		return []testimage.Layer{{Entries: []testimage.Entry{testimage.File("f", content)}}}
+	}
+	root := t.TempDir()
+	mustRun(t, root, "import", writeFaultLayout(t,
+		testimage.Image{Name: "x", Layers: layer("x")},
+		testimage.Image{Name: "y", Layers: layer("y")},
+		testimage.Image{Name: "library/y", Layers: layer("library/y")},
+	))
+	inspected := func(ref string) string {
+		var got []struct{ Name string }
+		if err := json.Unmarshal([]byte(mustRun(t, root, "inspect", ref)), &got); err != nil || len(got) != 1 {
+			t.Fatalf("inspect %s: %v %+v", ref, err, got)
+		}
+		return got[0].Name
+	}
+	for _, ref := range []string{"x", "x:latest", "library/x", "docker.io/library/x", "docker.io/library/x:latest"} {
+		listed := strings.Fields(mustRun(t, root, "images", "--format", "{{.Name}}", ref))
+		if got := inspected(ref); !slices.Equal(listed, []string{"x"}) || got != "x" {
+			t.Errorf("%s: inspect finds %q, images lists %q; want both x", ref, got, listed)
+		}
+	}
+	if got := mustRun(t, root, "cat", "docker.io/library/x", "f"); got != "x" {
+		t.Errorf("cat docker.io/library/x f: %q, want x's", got)
+	}
+	if got := inspected("y") + " " + inspected("library/y"); got != "y library/y" {
+		t.Errorf("y and library/y find %q, each its own image as listed", got)
+	}
+	if r := run(t, root, "inspect", "docker.io/library/y"); r.code != 1 || !strings.Contains(r.stderr, `"docker.io/library/y" stands for several images, as docker reads names: library/y, y;`) {
+		t.Errorf("inspect of a name of two stored images: exit %d, stderr %q; want it refused naming both", r.code, r.stderr)
+	}
 }
 
 // TestCLICompletion asks the shell completion for image names, digests,

@@ -106,12 +106,19 @@ func Normalize(s string) string {
 	return r.String()
 }
 
+// SameName reports whether a and b are one name as docker reads names:
+// the same as given or in full docker form ("debian" and
+// "docker.io/library/debian:latest").
+func SameName(a, b string) bool {
+	return a == b || Normalize(a) == Normalize(b)
+}
+
 // Matches reports whether the stored name is one that filter names, as
-// docker images REPOSITORY[:TAG] reads its argument: the name as given or
-// in full docker form, or, when filter gives no tag nor digest, any tag of
-// that repository ("debian" matches docker.io/library/debian:12).
+// docker images REPOSITORY[:TAG] reads its argument: the same name
+// (SameName), or, when filter gives no tag nor digest, any tag of that
+// repository ("debian" matches docker.io/library/debian:12).
 func Matches(name, filter string) bool {
-	if name == filter || name == Normalize(filter) {
+	if SameName(name, filter) {
 		return true
 	}
 	last := filter[strings.LastIndex(filter, "/")+1:]

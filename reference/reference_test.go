@@ -40,6 +40,12 @@ func TestMatches(t *testing.T) {
 		{"v1", "v1", true},
 		{"v1", "v2", false},
 		{"my layout name", "my layout name", true},
+		// A short stored name, as an OCI layout's ref name may be.
+		{"debian", "docker.io/library/debian:latest", true},
+		{"debian", "debian:latest", true},
+		{"debian", "library/debian", true},
+		{"debian", "debian:12", false},
+		{"debian:12", "docker.io/library/debian:12", true},
 	} {
 		if got := Matches(c.name, c.filter); got != c.want {
 			t.Errorf("Matches(%q, %q) = %v, want %v", c.name, c.filter, got, c.want)

@@ -192,6 +192,28 @@ func TestMissingIsErrNotExist(t *testing.T) {
 	}
 }
 
+// TestResolveDockerNames: an image stored as "sample" (an OCI layout's
+// ref name) is found by every name docker reads as
+// docker.io/library/sample:latest, as the image stored in that full form
+// is found by "sample"; other tags and repositories are not it.
+func TestResolveDockerNames(t *testing.T) {
+	s, want := newSampleStore(t)
+	for _, name := range []string{"sample:latest", "library/sample", "library/sample:latest", "docker.io/library/sample", "docker.io/library/sample:latest"} {
+		got, err := s.Resolve([]string{name})
+		if err != nil || got.Manifest.Digest != want.Manifest.Digest {
+			t.Errorf("Resolve %q: %v, %v; want the image stored as sample, %s", name, got.Manifest.Digest, err, want.Manifest.Digest)
+		}
+		if img, err := s.ImageNamed(name); err != nil || img.Name != "sample" {
+			t.Errorf("ImageNamed %q: %q, %v; want sample", name, img.Name, err)
+		}
+	}
+	for _, name := range []string{"sample:v2", "other/sample", "docker.io/other/sample", "ghcr.io/library/sample"} {
+		if _, err := s.Resolve([]string{name}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Resolve %q: %v, want ErrNotFound", name, err)
+		}
+	}
+}
+
 // TestSymlinkedRoot: a root given as a symlink is the directory it names
 // when the store opens, and stays that directory when the symlink is
 // pointed elsewhere.

@@ -93,7 +93,10 @@ func (s *Store) ResolvePlatform(targets []string, p Platform) (Target, error) {
 		if errors.Is(err, ErrNotFound) {
 			// An image's name gets here only among several targets (a
 			// lone one was taken above), which it cannot be one of.
-			if _, named := findImage(images, arg); named {
+			switch _, named, ferr := findImage(images, arg); {
+			case ferr != nil:
+				err = ferr
+			case named:
 				kind, err = "manifest", nil
 			}
 		}
@@ -134,8 +137,8 @@ func (s *Store) imageOf(images []Image, arg string) (img Image, ok bool, err err
 	d, kind, err := s.matchDigest(images, arg)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		if img, ok := findImage(images, arg); ok {
-			return img, true, nil
+		if img, ok, ferr := findImage(images, arg); ok || ferr != nil {
+			return img, ok, ferr
 		}
 		return Image{}, false, err
 	case err != nil:
@@ -154,25 +157,48 @@ func (s *Store) ImageNamed(name string) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	if img, ok := findImage(images, name); ok {
-		return img, nil
+	if img, ok, err := findImage(images, name); ok || err != nil {
+		return img, err
 	}
 	return Image{}, fmt.Errorf("%q is not an image name: %w", name, ErrNotFound)
 }
 
-func findImage(images []Image, name string) (Image, bool) {
+// findImage finds the image called name: as listed, else in docker's
+// full form (x finds a stored docker.io/library/x:latest), else by the
+// full form of the names listed (docker.io/library/x finds a stored x),
+// since docker takes all of them for one name. Should the last find
+// several images, name is ambiguous, and an error says which.
+func findImage(images []Image, name string) (Image, bool, error) {
 	for _, img := range images {
 		if img.Name != "" && img.Name == name {
-			return img, true
+			return img, true, nil
 		}
 	}
 	full := reference.Normalize(name)
 	for _, img := range images {
 		if img.Name != "" && img.Name == full {
-			return img, true
+			return img, true, nil
 		}
 	}
-	return Image{}, false
+	var found []Image
+	for _, img := range images {
+		if img.Name != "" && reference.SameName(img.Name, name) {
+			found = append(found, img)
+		}
+	}
+	if len(found) == 0 {
+		return Image{}, false, nil
+	}
+	var names []string
+	ambiguous := false
+	for _, img := range found {
+		names = append(names, img.Name)
+		ambiguous = ambiguous || img.Manifest.Digest != found[0].Manifest.Digest
+	}
+	if ambiguous {
+		return Image{}, false, fmt.Errorf("%q stands for several images, as docker reads names: %s; give one as listed", name, strings.Join(names, ", "))
+	}
+	return found[0], true, nil
 }
 
 // ImageLayers reads an image's manifest and config.
