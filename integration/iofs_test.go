@@ -129,6 +129,7 @@ func compareIOFS(t *testing.T, want iofs.ReadLinkFS, wantRoot iofs.FS, got *view
 		}
 		if w.typ.IsDir() {
 			compareErrs(t, "Open", path.Join(p, "no-such-name"), fsOpen(want), fsOpen(got))
+			compareNotLink(t, want, got, p)
 			continue
 		}
 		// A name beneath a non-directory, and listing one.
@@ -136,6 +137,7 @@ func compareIOFS(t *testing.T, want iofs.ReadLinkFS, wantRoot iofs.FS, got *view
 		compareErrs(t, "Stat", path.Join(p, "x"), fsStat(want), fsStat(got))
 		if w.typ&iofs.ModeSymlink == 0 {
 			compareErrs(t, "ReadDir", p, fsReadDir(want), fsReadDir(got))
+			compareNotLink(t, want, got, p)
 		}
 	}
 	for _, bad := range []string{"../x", "/etc", "a//b", "a/", "./a", ""} {
@@ -201,6 +203,23 @@ func fsStat(fsys iofs.FS) func(string) error {
 
 func fsReadDir(fsys iofs.FS) func(string) error {
 	return func(p string) error { _, err := iofs.ReadDir(fsys, p); return err }
+}
+
+// compareNotLink checks that ReadLink of p, no symlink, fails as
+// os.DirFS's does: a *fs.PathError of op readlink naming p, which is
+// syscall.EINVAL, and fs.ErrInvalid too, as the view's answers have
+// always been.
+func compareNotLink(t *testing.T, want iofs.ReadLinkFS, got *view.FS, p string) {
+	t.Helper()
+	_, werr := want.ReadLink(p)
+	_, gerr := got.ReadLink(p)
+	var wpe, gpe *iofs.PathError
+	if !errors.As(werr, &wpe) || !errors.Is(werr, syscall.EINVAL) {
+		t.Fatalf("ReadLink %q over overlayfs: %v, want a *fs.PathError of EINVAL", p, werr)
+	}
+	if !errors.As(gerr, &gpe) || gpe.Op != wpe.Op || gpe.Path != p || !errors.Is(gerr, syscall.EINVAL) || !errors.Is(gerr, iofs.ErrInvalid) {
+		t.Errorf("ReadLink %q: %#v; want a *fs.PathError of op %q naming it, both syscall.EINVAL and fs.ErrInvalid, as %v", p, gerr, wpe.Op, werr)
+	}
 }
 
 // compareErrs checks that call fails for p in both file systems alike:

@@ -278,9 +278,20 @@ func (f *FS) ReadLink(name string) (string, error) {
 		return "", err
 	}
 	if a.Type != TypeSymlink {
-		return "", &fs.PathError{Op: "readlink", Path: name, Err: fs.ErrInvalid}
+		return "", &fs.PathError{Op: "readlink", Path: name, Err: notSymlinkError{}}
 	}
 	return a.Link, nil
+}
+
+// notSymlinkError is ReadLink's of a name that is no symlink: EINVAL, as
+// readlink(2) and os.DirFS answer, and fs.ErrInvalid, as the FS always
+// has.
+type notSymlinkError struct{}
+
+func (notSymlinkError) Error() string { return syscall.EINVAL.Error() }
+
+func (notSymlinkError) Is(target error) bool {
+	return target == syscall.EINVAL || target == fs.ErrInvalid
 }
 
 // ReadDir lists directory name, sorted by name.
