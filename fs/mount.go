@@ -13,6 +13,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/layerfs/layerfs/internal/procstat"
+	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -398,7 +399,14 @@ type MountInfo struct {
 	Minor uint32 `json:"-"`
 	// User is the uid a FUSE mount was made for, who may unmount it
 	// besides root; -1 for none.
-	User  int        `json:"-"`
+	User int `json:"-"`
+	// dataDirs are a kernel mount's data-only layers: the links
+	// directories of its store.
+	dataDirs []string
+	// Store is the root of the store the mount reads: a FUSE mount's as
+	// this user's runtime directory records it, a kernel mount's as its
+	// data-only layers tell; "" when neither does.
+	Store string     `json:"store,omitempty"`
 	Type  MountType  `json:"type,omitempty"`
 	State MountState `json:"state,omitempty"`
 	// PID is the running server's, when this user's runtime directory
@@ -424,6 +432,7 @@ func Mounts() ([]MountInfo, error) {
 		if isKernelMount(m) {
 			m.Type, m.State = TypeKernel, StateMounted
 			m.Target = strings.TrimPrefix(m.Target, KernelSourcePrefix)
+			m.Store = store.RootOfLinks(m.dataDirs)
 			out = append(out, m)
 			continue
 		}
@@ -432,7 +441,7 @@ func Mounts() ([]MountInfo, error) {
 		}
 		m.Type, m.State = TypeFUSE, StateUnknown
 		if rec, ok := readRecord(m.Mountpoint); ok {
-			m.State, m.Log = StateDead, rec.Log
+			m.State, m.Log, m.Store = StateDead, rec.Log, rec.Store
 			if rec.running() {
 				m.State, m.PID = StateServing, rec.PID
 			}
@@ -471,7 +480,7 @@ func MountTable() ([]MountInfo, error) {
 	}
 	out := make([]MountInfo, len(all))
 	for i, m := range all {
-		out[i] = MountInfo{Mountpoint: m.Mountpoint, FSType: m.FSType, Target: m.Source, Major: m.Major, Minor: m.Minor, User: m.User}
+		out[i] = MountInfo{Mountpoint: m.Mountpoint, FSType: m.FSType, Target: m.Source, Major: m.Major, Minor: m.Minor, User: m.User, dataDirs: m.DataDirs}
 	}
 	return out, nil
 }

@@ -112,7 +112,9 @@ func (d *runtimeDir) remove(name string) {
 type ServerRecord struct {
 	Mountpoint string `json:"mountpoint"`
 	Target     string `json:"target"`
-	PID        int    `json:"pid"`
+	// Store is the root of the store served, for mounts to tell.
+	Store string `json:"store,omitempty"`
+	PID   int    `json:"pid"`
 	// Start is the process's start time, so that a reused pid is not
 	// taken for the server.
 	Start uint64 `json:"start"`
@@ -144,9 +146,10 @@ func CreateLog(mountpoint string) (*os.File, error) {
 	return d.createFile(stateName(mountpoint) + ".log")
 }
 
-// Record writes this process's record as the server of mountpoint; the
-// returned function removes it, and the log when withLog is set.
-func Record(mountpoint, target string, withLog bool) (remove func(), err error) {
+// Record writes this process's record as the server of mountpoint,
+// serving target of the store at storeRoot; the returned function
+// removes it, and the log when withLog is set.
+func Record(mountpoint, target, storeRoot string, withLog bool) (remove func(), err error) {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return nil, err
@@ -155,7 +158,7 @@ func Record(mountpoint, target string, withLog bool) (remove func(), err error) 
 	if err != nil {
 		return nil, fmt.Errorf("record server: %w", err)
 	}
-	rec := ServerRecord{Mountpoint: abs, Target: target, PID: os.Getpid(), Start: start}
+	rec := ServerRecord{Mountpoint: abs, Target: target, Store: storeRoot, PID: os.Getpid(), Start: start}
 	if withLog {
 		rec.Log = LogPath(abs)
 	}

@@ -266,12 +266,12 @@ func TestCLIListings(t *testing.T) {
 			t.Fatalf("mounts --format json does not list %s: %+v", mnt, got)
 		}
 		var row []string
-		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
+		for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, "mounts"), "MOUNTPOINT", "TARGET", "STORE", "PID", "STATE", "TYPE") {
 			if r[0] == mnt {
 				row = r
 			}
 		}
-		if row == nil || row[3] != "serving" {
+		if row == nil || row[4] != "serving" {
 			t.Errorf("mounts table row %q", row)
 		}
 		// A stack of layers is one field too: its digests joined by
@@ -281,7 +281,7 @@ func TestCLIListings(t *testing.T) {
 		layers := strings.Fields(mustRun(t, root, "layers", "-q", "--no-trunc"))
 		stackMnt := mountDaemon(t, root, layers[0], layers[1])
 		stackRow := func(args ...string) []string {
-			for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, append([]string{"mounts"}, args...)...), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
+			for _, r := range tableRows(t, mustRunWithin(t, time.Minute, root, append([]string{"mounts"}, args...)...), "MOUNTPOINT", "TARGET", "STORE", "PID", "STATE", "TYPE") {
 				if r[0] == stackMnt {
 					return r
 				}
@@ -464,6 +464,39 @@ func TestDockerNamesOfStoredNames(t *testing.T) {
 	}
 	if r := run(t, root, "inspect", "docker.io/library/y"); r.code != 1 || !strings.Contains(r.stderr, `"docker.io/library/y" stands for several images, as docker reads names: library/y, y;`) {
 		t.Errorf("inspect of a name of two stored images: exit %d, stderr %q; want it refused naming both", r.code, r.stderr)
+	}
+}
+
+// TestMountsTellsTheStore mounts from two stores, FUSE and kernel
+// mounts: mounts lists all of them whichever --root it is given, each
+// with the store it reads, in the table and in JSON. One store's path
+// has a comma, which the kernel escapes in a mount's options.
+func TestMountsTellsTheStore(t *testing.T) {
+	requireRoot(t)
+	a, b := sampleStore(t), filepath.Join(t.TempDir(), "b,store")
+	mustRun(t, b, "import", "../testdata/sample")
+	want := map[string]string{
+		mountDaemon(t, a, "sample"): a,
+		mountDaemon(t, b, "sample"): b,
+		kernelMount(t, b, "sample"): b,
+	}
+	for _, root := range []string{a, b} {
+		stores := map[string]string{}
+		for _, r := range tableRows(t, mustRun(t, root, "mounts", "--no-trunc"), "MOUNTPOINT", "TARGET", "STORE", "PID", "STATE", "TYPE") {
+			stores[r[0]] = r[2]
+		}
+		var listed []struct{ Mountpoint, Store string }
+		must(t, json.Unmarshal([]byte(mustRun(t, root, "mounts", "--format", "json")), &listed))
+		for _, m := range listed {
+			if stores[m.Mountpoint] != m.Store {
+				t.Errorf("mounts --root %s: %s's store is %q in the table, %q in JSON", root, m.Mountpoint, stores[m.Mountpoint], m.Store)
+			}
+		}
+		for mnt, store := range want {
+			if stores[mnt] != store {
+				t.Errorf("mounts --root %s lists %s of store %q, want %s", root, mnt, stores[mnt], store)
+			}
+		}
 	}
 }
 

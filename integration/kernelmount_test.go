@@ -176,8 +176,8 @@ func TestKernelMountLifecycle(t *testing.T) {
 	if !found {
 		t.Errorf("mounts does not list %s: %+v", mnt, listed)
 	}
-	for _, r := range tableRows(t, mustRun(t, root, "mounts"), "MOUNTPOINT", "TARGET", "PID", "STATE", "TYPE") {
-		if r[0] == mnt && (r[1] != "sample" || r[2] != "-" || r[4] != "kernel") {
+	for _, r := range tableRows(t, mustRun(t, root, "mounts"), "MOUNTPOINT", "TARGET", "STORE", "PID", "STATE", "TYPE") {
+		if r[0] == mnt && (r[1] != "sample" || r[2] != root || r[3] != "-" || r[5] != "kernel") {
 			t.Errorf("mounts table row %q", r)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -98,6 +99,24 @@ func (s *Store) linkLayer(ctx context.Context, d digest.Digest) error {
 // image about 70 bytes smaller, and a cold walk reads that image whole.
 func LinkPath(o digest.Digest) string {
 	return "/" + o.Encoded()
+}
+
+// RootOfLinks is the root of the store whose links directories dirs are
+// (a kernel mount's data-only layers), or "" when they are not all one
+// store's.
+func RootOfLinks(dirs []string) string {
+	root := ""
+	for _, dir := range dirs {
+		dir = filepath.Clean(dir)
+		layer := filepath.Dir(dir)
+		d := digest.NewDigestFromEncoded(digest.SHA256, filepath.Base(layer))
+		r, ok := strings.CutSuffix(filepath.Dir(layer), "/"+layersDir)
+		if filepath.Base(dir) != linksDir || d.Validate() != nil || !ok || (root != "" && r != root) {
+			return ""
+		}
+		root = r
+	}
+	return root
 }
 
 // OpenLinks opens the links directory of each of layers, once each, in

@@ -136,3 +136,27 @@ func TestLinks(t *testing.T) {
 	}
 	requireLinks(t, s, d)
 }
+
+// TestRootOfLinks tells the store of a kernel mount from its data-only
+// layers, and no store from directories that are not all one store's
+// links directories.
+func TestRootOfLinks(t *testing.T) {
+	hex := strings.Repeat("ab", 32)
+	links := func(root string) string { return root + "/layers/sha256/" + hex + "/links" }
+	for _, c := range []struct {
+		dirs []string
+		want string
+	}{
+		{[]string{links("/srv/a,b c")}, "/srv/a,b c"},
+		{[]string{links("/srv/a"), links("/srv/a") + "/"}, "/srv/a"},
+		{[]string{links("/srv/a"), links("/srv/b")}, ""},
+		{[]string{"/srv/a/layers/sha256/" + hex + "/index"}, ""},
+		{[]string{"/srv/a/layers/sha256/xyz/links"}, ""},
+		{[]string{"/srv/a/objects/sha256/" + hex + "/links"}, ""},
+		{nil, ""},
+	} {
+		if got := RootOfLinks(c.dirs); got != c.want {
+			t.Errorf("RootOfLinks(%q) = %q, want %q", c.dirs, got, c.want)
+		}
+	}
+}

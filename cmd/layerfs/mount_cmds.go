@@ -136,12 +136,12 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 	defer startProfiles()()
-	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "mount", mountpoint)
+	tree, t, storeRoot, closeView, err := openTree(ctx, g, targets, f.overlay, "mount", mountpoint)
 	if err != nil {
 		return err
 	}
 	defer closeView()
-	removeRecord, err := layerfs.Record(mountpoint, t.String(), daemonChild)
+	removeRecord, err := layerfs.Record(mountpoint, t.String(), storeRoot, daemonChild)
 	if err != nil {
 		return err
 	}
@@ -162,9 +162,9 @@ func runMount(ctx context.Context, g *globals, f mountFlags, targets []string, m
 
 // openTree resolves targets and makes the node tree that serves them at
 // servedAt (a mountpoint or socket), leased in the store so that rm and gc
-// leave it alone; op names the command in errors. closeView releases the
-// view and its lease.
-func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op, servedAt string) (tree *layerfs.Tree, t store.Target, closeView func(), err error) {
+// leave it alone; op names the command in errors. storeRoot is the
+// store's root directory. closeView releases the view and its lease.
+func openTree(ctx context.Context, g *globals, targets []string, overlay bool, op, servedAt string) (tree *layerfs.Tree, t store.Target, storeRoot string, closeView func(), err error) {
 	// A server holds one small node per path the kernel keeps: its heap
 	// is many small objects that live long, and the default GC target
 	// would double it. Collect sooner unless the user chose.
@@ -173,20 +173,20 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	}
 	s, err := g.open()
 	if err != nil {
-		return nil, t, nil, err
+		return nil, t, "", nil, err
 	}
 	if t, err = resolveView(g, s, targets); err != nil {
-		return nil, t, nil, err
+		return nil, t, "", nil, err
 	}
 	if overlay && t.Manifest.Digest != "" {
-		return nil, t, nil, fmt.Errorf("--overlay shows one layer, the last of layer digests given lowest first; %s is an image", t)
+		return nil, t, "", nil, fmt.Errorf("--overlay shows one layer, the last of layer digests given lowest first; %s is an image", t)
 	}
 	if err := s.Prepare(ctx, t); err != nil {
-		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+		return nil, t, "", nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
 	v, err := s.OpenView(t.Digests(), viewKind(t, overlay))
 	if err != nil {
-		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+		return nil, t, "", nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
 	handles := s.OpenHandles(t.Digests())
 	tree = layerfs.NewTree(v, handles.OpenObject)
@@ -195,9 +195,9 @@ func openTree(ctx context.Context, g *globals, targets []string, overlay bool, o
 	if err != nil {
 		handles.Close()
 		v.Close()
-		return nil, t, nil, fmt.Errorf("%s %s: %w", op, t, err)
+		return nil, t, "", nil, fmt.Errorf("%s %s: %w", op, t, err)
 	}
-	return tree, t, func() { release(); handles.Close(); v.Close() }, nil
+	return tree, t, s.Root(), func() { release(); handles.Close(); v.Close() }, nil
 }
 
 // unleasedIfReadOnly lets a view of a store this user may read but not
@@ -393,11 +393,14 @@ func mountsCmd(*globals) *cobra.Command {
 	var o output.Options
 	cmd := &cobra.Command{
 		Use:   "mounts",
-		Short: "List layerfs mounts: mountpoint, target, server pid, state and type",
-		Long: `List layerfs mounts: mountpoint, target, server pid, state and type.
+		Short: "List layerfs mounts: mountpoint, target, store, server pid, state and type",
+		Long: `List layerfs mounts: mountpoint, target, store, server pid, state and type.
 Every layerfs mount of this mount namespace is listed, whichever store it
-serves: they are found in the kernel's mount table, which names no store,
-so --root changes nothing here.
+serves, as umount unmounts any of them: they are found in the kernel's
+mount table, so --root changes nothing here. STORE is the root of the
+store the mount reads, whose gc and rm know of the mount: a FUSE mount's
+as its server recorded it (- for a server another user started), a
+kernel mount's from its data-only layers.
 
 TYPE is fuse, or kernel for a mount --kernel, which has no server: its
 STATE is mounted. A FUSE mount's STATE is serving, dead (the server is
@@ -416,6 +419,7 @@ user did not start are unknown.`,
 				Columns: []output.Column[layerfs.MountInfo]{
 					{Header: "MOUNTPOINT", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Mountpoint) }},
 					{Header: "TARGET", Cell: func(m layerfs.MountInfo) string { return targetCell(m.Target, o.NoTrunc) }},
+					{Header: "STORE", Cell: func(m layerfs.MountInfo) string { return output.Name(m.Store) }},
 					{Header: "PID", Cell: func(m layerfs.MountInfo) string {
 						if m.PID <= 0 {
 							return ""

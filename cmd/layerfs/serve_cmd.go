@@ -70,7 +70,7 @@ func runServe(ctx context.Context, g *globals, f serveFlags, targets []string) e
 	if f.tag == "" || len(f.tag) > maxTagLen {
 		return fmt.Errorf("--tag %q: a virtio-fs tag has 1 to %d bytes", f.tag, maxTagLen)
 	}
-	tree, t, closeView, err := openTree(ctx, g, targets, f.overlay, "serve", absPath(f.virtiofs))
+	tree, t, _, closeView, err := openTree(ctx, g, targets, f.overlay, "serve", absPath(f.virtiofs))
 	if err != nil {
 		return err
 	}

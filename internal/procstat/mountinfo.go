@@ -20,6 +20,9 @@ type Mount struct {
 	// User is the uid a FUSE mount was made for (its user_id option),
 	// the one user other than root that may unmount it; -1 for none.
 	User int
+	// DataDirs are an overlayfs mount's data-only layers (its datadir+
+	// options), in order.
+	DataDirs []string
 }
 
 // Mounts lists every mount of this process's namespace, in the kernel's
@@ -48,16 +51,22 @@ func Mounts() ([]Mount, error) {
 			continue
 		}
 		user := -1
+		var dataDirs []string
 		if len(right) > 2 {
+			// overlayfs escapes a comma in a path, so a comma always
+			// parts two options.
 			for _, o := range strings.Split(right[2], ",") {
 				if v, ok := strings.CutPrefix(o, "user_id="); ok {
 					if n, err := strconv.Atoi(v); err == nil {
 						user = n
 					}
 				}
+				if v, ok := strings.CutPrefix(o, "datadir+="); ok {
+					dataDirs = append(dataDirs, unescape(v))
+				}
 			}
 		}
-		out = append(out, Mount{Mountpoint: unescape(left[4]), FSType: right[0], Source: unescape(right[1]), Major: major, Minor: minor, User: user})
+		out = append(out, Mount{Mountpoint: unescape(left[4]), FSType: right[0], Source: unescape(right[1]), Major: major, Minor: minor, User: user, DataDirs: dataDirs})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("list mounts: %w", err)
