@@ -9,14 +9,17 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -320,10 +323,13 @@ func TestWhichMatchesMounts(t *testing.T) {
 					lines = lines[1:]
 				}
 				for _, line := range lines {
-					if line == "" || strings.HasPrefix(line, "merges ") {
+					if merged, ok := strings.CutPrefix(line, "merges "); ok {
+						checkMerges(t, p, strings.Fields(merged)[0], d.img.layers, layer)
 						continue
 					}
-					checkHider(t, p, line, layer)
+					if line != "" {
+						checkHider(t, p, line, layer)
+					}
 				}
 			}
 		})
@@ -403,6 +409,26 @@ func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 			if want := mustRun(t, root, "which", img.ref, "/"+resolved); r.stdout != want {
 				t.Errorf("layerfs which sample %s:\n%swhere the kernel resolves it to /%s, which says:\n%s", p, r.stdout, resolved, want)
 			}
+		}
+	}
+}
+
+// checkMerges checks that the directory p of layer merged merges into
+// the view: no layer above it holds an opaque marker in p. A marker at
+// a layer's root hides nothing, as overlayfs has it.
+func checkMerges(t *testing.T, p, merged string, layers []digest.Digest, layer map[string]oracle.Tree) {
+	t.Helper()
+	if p == "." {
+		return
+	}
+	i := slices.Index(layers, digest.Digest(merged))
+	if i < 0 {
+		t.Errorf("which %s: merges %s, not a layer of the image", p, merged)
+		return
+	}
+	for _, above := range layers[i+1:] {
+		if _, ok := layer[above.String()][path.Join(p, ".wh..wh..opq")]; ok {
+			t.Errorf("which %s: merges %s, but %s above it makes %s opaque", p, merged, above, p)
 		}
 	}
 }

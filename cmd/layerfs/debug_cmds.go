@@ -96,7 +96,8 @@ The first line is the digest of the layer whose entry the view shows.
 Then, one a line, each lower layer whose directory merges into it
 ("merges DIGEST TYPE") and each lower layer's entry that the view hides,
 with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
-in DIGEST"). A path the view does not show exits 3, saying on stderr
+in DIGEST"); an opaque directory merges nothing and hides the lower
+directories of its name. A path the view does not show exits 3, saying on stderr
 what removed it; its hidden entries are still listed on stdout. A path
 no layer has, under a symlinked directory (/bin/ls where /bin is
 usr/bin), is answered for the path the mount shows there. ".." climbs

@@ -75,7 +75,8 @@ type Provenance struct {
 	// Provider is the layer whose entry the view shows, when Shown.
 	Provider LayerEntry
 	// Merged are the lower layers whose directories merge into a shown
-	// directory, highest first.
+	// directory, highest first: none beneath an opaque one, which hides
+	// them.
 	Merged []LayerEntry
 	// Hidden are the layers' entries for the path that the view hides,
 	// highest first.
@@ -123,6 +124,15 @@ func (v *View) which(p string) (Provenance, error) {
 	for _, ref := range n {
 		inNode[ref.Layer] = true
 	}
+	// The node of an opaque directory keeps the lower directories beneath
+	// it, whose children it hides: they merge into nothing.
+	opaque := -1
+	for _, ref := range n {
+		if (&layerDir{r: v.Layers[ref.Layer].Index, rec: ref.Rec}).Opaque() {
+			opaque = ref.Layer
+			break
+		}
+	}
 	comps := strings.Split(p, "/")
 	if p == "" {
 		comps = nil
@@ -141,6 +151,8 @@ func (v *View) which(p string) (Provenance, error) {
 		switch {
 		case shown && k == n.Top().Layer:
 			pr.Provider = le
+		case shown && inNode[k] && k < opaque:
+			pr.Hidden = append(pr.Hidden, Hidden{LayerEntry: le, By: Hider{Kind: ByOpaque, Layer: opaque, Digest: v.Layers[opaque].Digest, Path: p}})
 		case shown && inNode[k]:
 			pr.Merged = append(pr.Merged, le)
 		case isMarkerPath(comps):
