@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
@@ -186,6 +187,7 @@ func mountDiff(a, b oracle.Tree) []diffChange {
 			{"link", ea.Link != eb.Link},
 			{"device", ea.DevMajor != eb.DevMajor || ea.DevMinor != eb.DevMinor},
 			{"xattrs", fmt.Sprint(ea.Xattrs) != fmt.Sprint(eb.Xattrs)},
+			{"nlink", ea.Nlink != eb.Nlink && ea.Type != oracle.TypeDir && eb.Type != oracle.TypeDir},
 		} {
 			if f.differs {
 				changed = append(changed, f.name)
@@ -269,6 +271,95 @@ func TestDiffMatchesMounts(t *testing.T) {
 	}
 	if got := mustRun(t, root, "diff", "--format", "json", "sample", "sample"); got != "[]\n" {
 		t.Errorf("an image against itself, as JSON: %q", got)
+	}
+}
+
+// diffCaseImages are images whose layers GNU tar unpacks, each change
+// diff must name once: a from base to b changes one attribute of each
+// path, or its type, and b to other shares no layer. Every layer has
+// every directory it holds an entry of its own, so each unpacks alone to
+// the layer as built.
+func diffCaseImages(t *testing.T) (a, b, other layoutImage) {
+	t.Helper()
+	when := time.Date(2021, time.March, 4, 5, 6, 7, 8, time.UTC)
+	base := []testimage.Entry{
+		testimage.Dir(".", 0o755), testimage.File("mode", "m\n"), testimage.File("owner", "o\n"), testimage.File("mtime", "t\n"),
+		testimage.File("xattr", "x\n"), testimage.File("same-size", "aaaa"),
+		testimage.File("file-to-dir", "f\n"), testimage.Dir("dir-to-file", 0o755), testimage.File("dir-to-file/c", "c\n"),
+		testimage.Symlink("link", "one"), testimage.File("linked", "l\n"), testimage.Hardlink("unlinked", "linked"),
+		testimage.File("lone", "n\n"), testimage.File("joined", "n\n"),
+		testimage.Dir("opaque", 0o755), testimage.File("opaque/x", "x\n"), testimage.File("opaque/kept", "k\n"),
+		testimage.Dir("gone", 0o755), testimage.Dir("gone/a", 0o755), testimage.File("gone/a/f", "f\n"),
+		testimage.File("readded", "r\n"), testimage.CharDev("null", 1, 3), testimage.Fifo("fifo"),
+	}
+	changes := []testimage.Entry{
+		testimage.Dir(".", 0o755), testimage.File("mode", "m\n").WithMode(0o755), testimage.File("owner", "o\n").WithOwner(1, 2),
+		testimage.File("mtime", "t\n").WithModTime(when), testimage.File("xattr", "x\n").WithXattr("user.k", "v"),
+		testimage.File("same-size", "bbbb"), testimage.Dir("file-to-dir", 0o755), testimage.File("file-to-dir/n", "n\n"),
+		testimage.File("dir-to-file", "now a file\n"), testimage.Symlink("link", "two"),
+		// unlinked is linked's name no more, and joined becomes lone's.
+		testimage.File("unlinked", "l\n"), testimage.File("lone", "n\n"), testimage.Hardlink("joined", "lone"),
+		testimage.Dir("opaque", 0o755), testimage.Opaque("opaque"), testimage.File("opaque/kept", "k\n"), testimage.File("opaque/new", "n\n"),
+		testimage.Whiteout("", "gone"), testimage.Whiteout("", "readded"),
+	}
+	readd := []testimage.Entry{testimage.Dir(".", 0o755), testimage.File("readded", "r\n")}
+	layers := func(es ...[]testimage.Entry) []testimage.Layer {
+		var ls []testimage.Layer
+		for _, e := range es {
+			ls = append(ls, testimage.Layer{Entries: e})
+		}
+		return ls
+	}
+	return writeImage(t, testimage.Image{Name: "a", Layers: layers(base)}),
+		writeImage(t, testimage.Image{Name: "b", Layers: layers(base, changes, readd)}),
+		writeImage(t, testimage.Image{Name: "other", Layers: layers([]testimage.Entry{testimage.Dir(".", 0o700), testimage.File("mode", "m\n")})})
+}
+
+// TestDiffMatchesKernelOverlayfs compares layerfs diff of images, and of
+// single layers as built, with kernel overlayfs over their layers, and
+// GNU tar's unpacking of each layer alone, compared entry by entry.
+func TestDiffMatchesKernelOverlayfs(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	a, b, other := diffCaseImages(t)
+	for _, img := range []layoutImage{a, b, other} {
+		importInto(t, root, img)
+	}
+	trees := map[string]oracle.Tree{
+		a.ref: oracleTree(t, a.blobs), b.ref: oracleTree(t, b.blobs), other.ref: oracleTree(t, other.blobs),
+	}
+	for i, l := range b.layers {
+		trees[l.String()] = walk(t, untar(t, b.blobs[i]))
+	}
+	check := func(x, y string) {
+		t.Helper()
+		want := mountDiff(trees[x], trees[y])
+		if got := mustRun(t, root, "diff", x, y); got != diffText(want) {
+			t.Errorf("layerfs diff %s %s:\n%s\nkernel overlayfs compared:\n%s", x, y, got, diffText(want))
+		}
+		var got []diffChange
+		if err := json.Unmarshal([]byte(mustRun(t, root, "diff", "--format", "json", x, y)), &got); err != nil {
+			t.Fatalf("layerfs diff --format json %s %s: %v", x, y, err)
+		}
+		for i := range got {
+			got[i].Layer = ""
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("layerfs diff --format json %s %s:\n%v\nkernel overlayfs compared:\n%v", x, y, got, want)
+		}
+	}
+	check(a.ref, b.ref)
+	check(b.ref, a.ref)
+	check(b.ref, other.ref)
+	check(b.layers[0].String(), b.layers[1].String())
+	check(b.layers[1].String(), b.layers[2].String())
+	if want := "M file-to-dir\nA file-to-dir/n\n"; !strings.Contains(mustRun(t, root, "diff", a.ref, b.ref), want) {
+		t.Errorf("layerfs diff a b does not hold %q", want)
+	}
+	for _, same := range [][2]string{{a.ref, a.ref}, {a.ref, b.layers[0].String()}} {
+		if r := run(t, root, "diff", same[0], same[1]); r.code != 0 || r.stdout != "" {
+			t.Errorf("layerfs diff %s %s: exit %d, %q; want nothing and exit 0", same[0], same[1], r.code, r.stdout)
+		}
 	}
 }
 

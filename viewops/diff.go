@@ -34,8 +34,10 @@ type Change struct {
 
 // Attributes are what Diff compares, as Change.Changed names them:
 // owner is the uid or gid, content the bytes' digest, device the
-// device numbers.
-var Attributes = []string{"type", "mode", "owner", "size", "mtime", "content", "link", "device", "xattrs"}
+// device numbers, nlink the link count of a path that is a directory on
+// neither side (a directory's is 1 in every view): a hardlink made or
+// broken changes it and nothing else.
+var Attributes = []string{"type", "mode", "owner", "size", "mtime", "content", "link", "device", "xattrs", "nlink"}
 
 func (c Change) String() string {
 	p := c.Path
@@ -47,7 +49,8 @@ func (c Change) String() string {
 
 // Diff lists every path that differs from view a to view b, sorted by
 // path: added, deleted, or modified (type, mode, owner, size, mtime,
-// content digest, link target, device numbers or xattrs differ). Children
+// content digest, link target, device numbers, xattrs or link count
+// differ). Children
 // of an added or deleted directory are listed too, and a path whose type
 // changes from or to a directory takes the directory's children with it.
 // Only the indexes are read: contents are compared by digest.
@@ -199,6 +202,7 @@ func changedAttrs(a, b view.Attr) []string {
 		a.Link != b.Link,
 		a.Major != b.Major || a.Minor != b.Minor,
 		!sameXattrs(a.Xattrs, b.Xattrs),
+		a.Nlink != b.Nlink && a.Type != view.TypeDir && b.Type != view.TypeDir,
 	}
 	var changed []string
 	for i, d := range differs {

@@ -201,9 +201,12 @@ func diffCmd(g *globals) *cobra.Command {
 		Short:             "List what changed from view A to view B, from the indexes alone",
 		Long: `List every path that differs from the view of A to the view of B, one a
 line, sorted by path: "A" added, "D" deleted or "M" modified (type, mode,
-owner, size, mtime, content, link target, device numbers or xattrs), a
-space, and the path without a leading slash ("." for the root). The
-children of an added or deleted directory are listed too. A path with a
+owner, size, mtime, content, link target, device numbers, xattrs or the
+link count of a non-directory), a space, and the path without a leading
+slash ("." for the root). The children of an added or deleted directory
+are listed too, and those of a directory that a path's new type replaces
+or makes. A path deleted and added again as it was is not listed. The
+exit status is 0 whether or not anything differs. A path with a
 newline, tab, backslash or other control character is printed Go-quoted. Contents are
 compared by digest, so nothing but the indexes is read.
 
