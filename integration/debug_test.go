@@ -462,11 +462,8 @@ var oracleType = map[string]oracle.Type{
 // (lib -> usr/lib, so lib/.. is usr). A path it shows is answered as the
 // path the kernel resolved it to is.
 func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
-	requireRoot(t)
-	root := t.TempDir()
-	img := sampleImage(t)
-	importInto(t, root, img)
-	rootDir, err := os.Open(overlayMount(t, unpackLayers(t, img.blobs)))
+	root, img, mnt := sampleOverKernelOverlayfs(t)
+	rootDir, err := os.Open(mnt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,6 +499,17 @@ func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 			}
 		}
 	}
+}
+
+// sampleOverKernelOverlayfs imports the sample image into a new store at
+// root and mounts kernel overlayfs over its layers at mnt.
+func sampleOverKernelOverlayfs(t *testing.T) (root string, img layoutImage, mnt string) {
+	t.Helper()
+	requireRoot(t)
+	root = t.TempDir()
+	img = sampleImage(t)
+	importInto(t, root, img)
+	return root, img, overlayMount(t, unpackLayers(t, img.blobs))
 }
 
 // checkMerges checks that the directory p of layer merged merges into
@@ -705,11 +713,7 @@ func TestCatMatchesKernelOverlayfs(t *testing.T) {
 // in its root, says which open a regular file, and with what bytes; the
 // others must fail with exit 1, the message naming the path as given.
 func TestCatResolvesPathsAsTheKernel(t *testing.T) {
-	requireRoot(t)
-	root := t.TempDir()
-	img := sampleImage(t)
-	importInto(t, root, img)
-	mnt := overlayMount(t, unpackLayers(t, img.blobs))
+	root, img, mnt := sampleOverKernelOverlayfs(t)
 	rootDir, err := os.Open(mnt)
 	if err != nil {
 		t.Fatal(err)
@@ -728,6 +732,26 @@ func TestCatResolvesPathsAsTheKernel(t *testing.T) {
 		case !ok && (r.code != 1 || r.stdout != "" || !strings.HasPrefix(r.stderr, "layerfs: cat: /"+strings.TrimPrefix(p, "/")+": ")):
 			t.Errorf("layerfs cat sample %s, which kernel overlayfs does not read as a regular file: exit %d, stdout %q, stderr %q", p, r.code, r.stdout, r.stderr)
 		}
+	}
+}
+
+// TestEmptyPathNamesNothing gives ls, cat and which an empty PATH, which
+// GNU ls and cat in kernel overlayfs over the sample's layers refuse as
+// missing: layerfs must refuse it too, naming it, not answer for the root.
+func TestEmptyPathNamesNothing(t *testing.T) {
+	root, img, mnt := sampleOverKernelOverlayfs(t)
+	for _, tool := range []string{"ls", "cat"} {
+		cmd := exec.Command(testimage.RequireTool(t, tool), "")
+		cmd.Dir = mnt
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Fatalf("GNU %s '' in the overlay succeeded: %s", tool, out)
+		}
+		if r := run(t, root, tool, img.ref, ""); r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, `""`) {
+			t.Errorf("layerfs %s sample '': exit %d, stdout %q, stderr %q; want exit 1 naming \"\"", tool, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := run(t, root, "which", img.ref, ""); r.code != 3 || r.stdout != "" || !strings.Contains(r.stderr, `""`) {
+		t.Errorf("layerfs which sample '': exit %d, stdout %q, stderr %q; want exit 3 naming \"\"", r.code, r.stdout, r.stderr)
 	}
 }
 

@@ -110,6 +110,9 @@ Go-quoted.
 ` + stackHelp,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[1] == "" {
+				return exitError{exitNotInView, `"" is not in the view: ` + emptyPath}
+			}
 			_, v, err := openView(cmd.Context(), g, args[0])
 			if err != nil {
 				return err
@@ -152,6 +155,10 @@ Go-quoted.
 		},
 	})
 }
+
+// emptyPath is why a PATH of "" is refused: the views take "" for their
+// root, where open("") in a mount is ENOENT.
+const emptyPath = "an empty path names nothing, as in the kernel"
 
 // whichPath is the path which asks Which about for p. Which cleans a
 // path, but the kernel looks "." and ".." up where the path has led so
@@ -288,6 +295,9 @@ without -l or -d, when it leads to a directory, as GNU ls does.
 			if len(args) == 2 {
 				p = args[1]
 			}
+			if p == "" {
+				return errors.New(`ls: "": ` + emptyPath)
+			}
 			return viewops.List(os.Stdout, v, p, opt)
 		},
 	}
@@ -320,6 +330,9 @@ the files before it were written.
 			defer closeView()
 			bw := bufio.NewWriterSize(contextWriter{cmd.Context(), os.Stdout}, 1<<20)
 			for _, p := range args[1:] {
+				if p == "" {
+					return flushAfter(bw, errors.New(`cat: "": `+emptyPath))
+				}
 				if err := viewops.Cat(bw, v, p, s.OpenObject); err != nil {
 					return flushAfter(bw, err)
 				}
