@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -69,6 +70,35 @@ func sampleStore(t *testing.T) string {
 	root := t.TempDir()
 	mustRun(t, root, "import", "../testdata/sample")
 	return root
+}
+
+// gnuTarCounts is what GNU tar lists of a layer blob: how many paths,
+// each once however often the tar has it, with the root and every
+// directory a path implies, and the bytes of its regular files, a
+// hardlink's counted once.
+func gnuTarCounts(t *testing.T, blob string) (paths int, contentBytes int64) {
+	t.Helper()
+	listing := testimage.RunTool(t, "tar", "--numeric-owner", "--quoting-style=literal", "-tvf", blob)
+	seen := map[string]bool{".": true}
+	for _, line := range strings.Split(strings.TrimSuffix(string(listing), "\n"), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			t.Fatalf("tar -tvf %s: line %q", blob, line)
+		}
+		if f[0][0] == '-' {
+			size, err := strconv.ParseInt(f[2], 10, 64)
+			if err != nil {
+				t.Fatalf("tar -tvf %s: line %q: %v", blob, line, err)
+			}
+			contentBytes += size
+		}
+		name, _, _ := strings.Cut(strings.Join(f[5:], " "), " -> ")
+		name, _, _ = strings.Cut(name, " link to ")
+		for p := path.Clean("/" + name); p != "/"; p = path.Dir(p) {
+			seen[strings.TrimPrefix(p, "/")] = true
+		}
+	}
+	return len(seen), contentBytes
 }
 
 // tableRows splits a table into its header's fields and each row's,
@@ -187,6 +217,10 @@ func TestCLIListings(t *testing.T) {
 			}
 			nearSize(t, "COMPRESSED", r[2], l.CompressedSize)
 			nearSize(t, "EXTRACTED", r[3], l.ContentBytes)
+			blob := testimage.BlobPath("../testdata/sample", digest.Digest(l.Digest))
+			if paths, contentBytes := gnuTarCounts(t, blob); l.Entries != paths || l.ContentBytes != contentBytes {
+				t.Errorf("layer %s: %d entries, %d content bytes; GNU tar lists %d paths (the root and implied directories included) and %d bytes of regular files", l.Digest, l.Entries, l.ContentBytes, paths, contentBytes)
+			}
 		}
 		for _, line := range strings.Split(strings.TrimSpace(mustRun(t, root, "layers", "-q")), "\n") {
 			if !shortHex.MatchString(line) {

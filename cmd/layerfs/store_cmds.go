@@ -227,8 +227,10 @@ func layersCmd(g *globals) *cobra.Command {
 		Short: "List layers: digest, media type, compressed and extracted size, entries, images using it",
 		Long: `List layers: digest, media type, COMPRESSED (the blob's size),
 EXTRACTED (the bytes of the regular files' contents the layer holds, before
-sharing objects with other layers; "-" when not extracted), ENTRIES (tar
-entries) and the images that use it.
+sharing objects with other layers; "-" when not extracted), ENTRIES (the
+paths of the layer as built: each path of its tar once, however often the
+tar has it, whiteout markers, the root and the directories its paths
+imply included) and the images that use it.
 
 With TARGET, only its layers, lowest first, in the order its manifest
 gives them (dive's order; docker history lists them highest first).
