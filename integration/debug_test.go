@@ -363,6 +363,9 @@ func TestDiffMatchesKernelOverlayfs(t *testing.T) {
 	}
 }
 
+// removerText is the end of which's stderr before " removed it".
+var removerText = regexp.MustCompile(`: (whiteout|opaque directory|\S+) (/\S*) in (sha256:[0-9a-f]{64})$`)
+
 var hiderLine = regexp.MustCompile(`^hides (sha256:[0-9a-f]{64}) (\S+): (whiteout|opaque directory|\S+) (/\S*) in (sha256:[0-9a-f]{64})$`)
 
 // TestWhichMatchesMounts asks layerfs which about every path of every
@@ -395,6 +398,9 @@ func TestWhichMatchesMounts(t *testing.T) {
 				if !shown {
 					if r.code != 3 || !strings.HasPrefix(r.stderr, "layerfs: ") || !strings.Contains(r.stderr, "not in the view") {
 						t.Errorf("which %s: exit %d, stderr %q; want exit 3", p, r.code, r.stderr)
+					}
+					if by, ok := strings.CutSuffix(r.stderr, " removed it\n"); ok && !removerText.MatchString(by) {
+						t.Errorf("which %s: stderr %q does not name a whiteout, opaque directory or entry that removed it", p, r.stderr)
 					}
 				} else {
 					provider, ok := layer[lines[0]]

@@ -148,8 +148,11 @@ Go-quoted.
 				return nil
 			}
 			shown := output.Name("/" + pr.Path)
-			if len(pr.Hidden) == 0 {
+			switch {
+			case len(pr.Hidden) == 0:
 				return exitError{exitNotInView, fmt.Sprintf("%s is not in the view, and no layer has it", shown)}
+			case pr.Hidden[0].By.Kind == stack.ByBeingMarker:
+				return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: it is a whiteout marker of %s, which a merged view applies and never shows", shown, pr.Hidden[0].By.Digest)}
 			}
 			return exitError{exitNotInView, fmt.Sprintf("%s is not in the view: %s removed it", shown, pr.Hidden[0].By)}
 		},
