@@ -474,11 +474,47 @@ func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rootDir.Close()
-	for _, p := range []string{
+	whichAsTheKernelResolves(t, root, img.ref, rootDir, []string{
 		"etc/", "/etc/.", "etc/..", "lib/", "usr/bin/", "etc/hostname", "etc/hostname/", "/etc/hostname/.",
 		"etc/hostname/..", "usr/bin/ls/", "usr/bin/ls/.", "etc/nothere/",
 		"lib/../bin/busybox", "/lib/../../etc/hostname", "lib/../etc/hostname", "lib/..", "etc/../lib", "etc/nothere/../hostname",
-	} {
+	})
+}
+
+// TestWhichFollowsASymlinkOverAHiddenPath asks which about d/x where a
+// lower layer has d/x and elsewhere/x, and the top layer makes d a
+// symlink to elsewhere: the lower d/x is hidden, but the mount shows
+// elsewhere/x there, as kernel overlayfs over the layers does.
+func TestWhichFollowsASymlinkOverAHiddenPath(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := writeImage(t, testimage.Image{Name: "symlinked", Layers: []testimage.Layer{
+		{Entries: []testimage.Entry{
+			testimage.Dir("d", 0o755), testimage.File("d/x", "hidden\n"), testimage.File("d/only", "hidden\n"),
+			testimage.Dir("elsewhere", 0o755), testimage.File("elsewhere/x", "shown\n"),
+		}},
+		{Entries: []testimage.Entry{testimage.Symlink("d", "elsewhere")}},
+	}})
+	importInto(t, root, img)
+	rootDir, err := os.Open(overlayMount(t, unpackLayers(t, img.blobs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootDir.Close()
+	whichAsTheKernelResolves(t, root, img.ref, rootDir, []string{"d/x", "/d/x", "d/only", "d/nothing", "d/", "d"})
+	if r := run(t, root, "which", img.ref, "d/only"); !strings.Contains(r.stdout, "hides "+img.layers[0].String()+" file: symlink /d in "+img.layers[1].String()) {
+		t.Errorf("layerfs which symlinked d/only: %q, want the lower d/only hidden by the symlink d", r.stdout)
+	}
+}
+
+// whichAsTheKernelResolves asks which about each path of the view of ref,
+// which it must answer as shown (exit 0) exactly when the kernel resolves
+// it in rootDir, a mount of that view, and as not shown (exit 3)
+// otherwise; a path it shows is answered as the path the kernel resolved
+// it to is.
+func whichAsTheKernelResolves(t *testing.T, root, ref string, rootDir *os.File, paths []string) {
+	t.Helper()
+	for _, p := range paths {
 		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT}
 		if strings.HasSuffix(p, "/") {
 			how.Flags &^= unix.O_NOFOLLOW
@@ -495,13 +531,13 @@ func TestWhichRefusesWhatTheKernelRefuses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		r := run(t, root, "which", img.ref, p)
+		r := run(t, root, "which", ref, p)
 		switch {
 		case kernelErr == nil && r.code != 0, kernelErr != nil && (r.code != 3 || !strings.Contains(r.stderr, "is not in the view")):
-			t.Errorf("layerfs which sample %s: exit %d, stderr %q; kernel overlayfs resolves it with error %v", p, r.code, r.stderr, kernelErr)
+			t.Errorf("layerfs which %s %s: exit %d, stderr %q; kernel overlayfs resolves it with error %v", ref, p, r.code, r.stderr, kernelErr)
 		case kernelErr == nil:
-			if want := mustRun(t, root, "which", img.ref, "/"+resolved); r.stdout != want {
-				t.Errorf("layerfs which sample %s:\n%swhere the kernel resolves it to /%s, which says:\n%s", p, r.stdout, resolved, want)
+			if want := mustRun(t, root, "which", ref, "/"+resolved); r.stdout != want {
+				t.Errorf("layerfs which %s %s:\n%swhere the kernel resolves it to /%s, which says:\n%s", ref, p, r.stdout, resolved, want)
 			}
 		}
 	}

@@ -99,8 +99,9 @@ with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
 in DIGEST"); an opaque directory merges nothing and hides the lower
 directories of its name. A path the view does not show exits 3, saying on stderr
 what removed it; its hidden entries are still listed on stdout. A path
-no layer has, under a symlinked directory (/bin/ls where /bin is
-usr/bin), is answered for the path the mount shows there. ".." climbs
+the view does not show as written, under a symlinked directory (/bin/ls
+where /bin is usr/bin), is answered for the path the mount shows there,
+even when a lower layer has it as written, hidden by the symlink. ".." climbs
 from where a symlink leads, as in the mount ("/bin/.." is "/usr"), and
 a path that asks for a directory where the view has none ("FILE/",
 "FILE/." or "FILE/..") is not shown, as the kernel refuses it. Paths

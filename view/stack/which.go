@@ -86,17 +86,21 @@ type Provenance struct {
 // Which tells which layer provides p in the merged view v, which lower layers' entries
 // for p it hides, and what hid each of them.
 //
-// A path no layer has, under a symlink of the view ("bin/ls" where bin
-// is a symlink to "usr/bin"), is the path a mount of the view shows
-// there: the symlinks among its directories are followed, its own entry
-// is what is asked about, and Provenance.Path says where it led.
+// A path the view does not show as it is written, under a symlink of
+// the view ("bin/ls" where bin is a symlink to "usr/bin"), is the path a
+// mount of the view shows there: the symlinks among its directories are
+// followed, its own entry is what is asked about, and Provenance.Path
+// says where it led. That is so even when a lower layer has the path as
+// written, hidden by the symlink: the mount shows what the symlink leads
+// to. Only when the mount shows nothing there either are the hidden
+// entries of the path as written what is answered.
 func (v *View) Which(p string) (Provenance, error) {
 	if err := v.enter(); err != nil {
 		return Provenance{}, err
 	}
 	defer v.exit()
 	pr, err := v.which(CleanPath(p))
-	if err != nil || pr.Shown || len(pr.Hidden) > 0 {
+	if err != nil || pr.Shown {
 		return pr, err
 	}
 	dir, name := path.Split(pr.Path)
@@ -107,7 +111,7 @@ func (v *View) Which(p string) (Provenance, error) {
 	if err != nil || r.Attr.Type != view.TypeDir || join(r.Path, name) == pr.Path {
 		return pr, nil
 	}
-	if followed, err := v.which(join(r.Path, name)); err != nil || followed.Shown || len(followed.Hidden) > 0 {
+	if followed, err := v.which(join(r.Path, name)); err != nil || followed.Shown || len(pr.Hidden) == 0 && len(followed.Hidden) > 0 {
 		return followed, err
 	}
 	return pr, nil
