@@ -97,12 +97,13 @@ Then, one a line, each lower layer whose directory merges into it
 ("merges DIGEST TYPE") and each lower layer's entry that the view hides,
 with what hid it ("hides DIGEST TYPE: whiteout|opaque directory|TYPE PATH
 in DIGEST"); an opaque directory merges nothing and hides the lower
-directories of its name. A path the view does not show exits 3, saying on stderr
-what removed it; its hidden entries are still listed on stdout. A path
-the view does not show as written, under a symlinked directory (/bin/ls
-where /bin is usr/bin), is answered for the path the mount shows there,
-even when a lower layer has it as written, hidden by the symlink. ".." climbs
-from where a symlink leads, as in the mount ("/bin/.." is "/usr"), and
+directories of its name. A path the view does not show exits 3, saying
+on stderr what removed it; its hidden entries are still listed on
+stdout. A path the view does not show as written, under a symlinked
+directory (/bin/ls where /bin is usr/bin), is answered for the path the
+mount shows there, even when a lower layer has it as written, hidden by
+the symlink. ".." climbs from where a symlink leads, as in the mount
+("/bin/.." is "/usr"), and
 a path that asks for a directory where the view has none ("FILE/",
 "FILE/." or "FILE/..") is not shown, as the kernel refuses it. Paths
 with a newline, tab, backslash or other control character are printed
@@ -218,8 +219,9 @@ slash ("." for the root). The children of an added or deleted directory
 are listed too, and those of a directory that a path's new type replaces
 or makes. A path deleted and added again as it was is not listed. The
 exit status is 0 whether or not anything differs. A path with a
-newline, tab, backslash or other control character is printed Go-quoted. Contents are
-compared by digest, so nothing but the indexes is read.
+newline, tab, backslash or other control character is printed
+Go-quoted. Contents are compared by digest, so nothing but the indexes
+is read.
 
 --format json prints the changes as a JSON array of objects with "kind",
 "path" (as is, without a leading slash) and, for a modified path,
