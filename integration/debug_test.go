@@ -703,49 +703,93 @@ func TestCatMatchesKernelOverlayfs(t *testing.T) {
 			continue
 		}
 		t.Run(d.name, func(t *testing.T) {
-			mnt := overlayMount(t, unpackLayers(t, d.img.blobs))
-			rootDir, err := os.Open(mnt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rootDir.Close()
-			var readable, refused []string
-			var starts []int
-			var want bytes.Buffer
-			err = filepath.WalkDir(mnt, func(p string, e fs.DirEntry, err error) error {
-				if err != nil || e.IsDir() {
-					return err
-				}
-				rel, _ := filepath.Rel(mnt, p)
-				content, ok := readInRoot(t, rootDir, rel)
-				if ok {
-					readable = append(readable, "/"+rel)
-					starts = append(starts, want.Len())
-					want.Write(content)
-				} else {
-					refused = append(refused, rel)
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := ""
-			if len(readable) > 0 {
-				got = mustRun(t, root, append([]string{"cat", d.img.ref}, readable...)...)
-			}
-			if got != want.String() {
-				at := commonPrefix(got, want.String())
-				i := sort.SearchInts(starts, at+1) - 1
-				t.Errorf("layerfs cat of its %d regular files differs from kernel overlayfs at byte %d, in %s", len(readable), at, readable[max(i, 0)])
-			}
-			for _, p := range refused {
-				if r := run(t, root, "cat", d.img.ref, p); r.code != 1 || r.stdout != "" || !strings.HasPrefix(r.stderr, "layerfs: cat: ") {
-					t.Errorf("layerfs cat %s, which kernel overlayfs does not read as a regular file: exit %d, stdout %q, stderr %q", p, r.code, r.stdout, r.stderr)
-				}
-			}
+			catMatchesKernelOverlayfs(t, root, d.img, overlayMount(t, unpackLayers(t, d.img.blobs)))
 		})
 	}
+}
+
+// catMatchesKernelOverlayfs reads every non-directory of mnt, kernel
+// overlayfs over img's layers, as a process chrooted to it would, and
+// checks that layerfs cat of them all writes the same bytes, and refuses
+// each one that is no regular file there.
+func catMatchesKernelOverlayfs(t *testing.T, root string, img layoutImage, mnt string) {
+	t.Helper()
+	rootDir, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootDir.Close()
+	var readable, refused []string
+	var starts []int
+	var want bytes.Buffer
+	err = filepath.WalkDir(mnt, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(mnt, p)
+		content, ok := readInRoot(t, rootDir, rel)
+		if ok {
+			readable = append(readable, "/"+rel)
+			starts = append(starts, want.Len())
+			want.Write(content)
+		} else {
+			refused = append(refused, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ""
+	if len(readable) > 0 {
+		got = mustRun(t, root, append([]string{"cat", img.ref}, readable...)...)
+	}
+	if got != want.String() {
+		at := commonPrefix(got, want.String())
+		i := sort.SearchInts(starts, at+1) - 1
+		t.Errorf("layerfs cat of its %d regular files differs from kernel overlayfs at byte %d, in %s", len(readable), at, readable[max(i, 0)])
+	}
+	for _, p := range refused {
+		if r := run(t, root, "cat", img.ref, p); r.code != 1 || r.stdout != "" || !strings.HasPrefix(r.stderr, "layerfs: cat: ") {
+			t.Errorf("layerfs cat %s, which kernel overlayfs does not read as a regular file: exit %d, stdout %q, stderr %q", p, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+// TestLsAndCatOfOddEntriesMatchKernelOverlayfs lists and reads an image
+// of names a line-oriented tool trips on (a space, a newline, a byte
+// that is no UTF-8, a leading dash), symlinks to a file, a directory,
+// nothing, and out of the view (absolute, and by "..", which must lead
+// to the view's own files, never the host's), hardlinks, devices and an
+// empty file, and compares layerfs ls and cat with GNU ls and reads in
+// kernel overlayfs over its layers.
+func TestLsAndCatOfOddEntriesMatchKernelOverlayfs(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	img := writeImage(t, testimage.Image{Name: "odd", Layers: []testimage.Layer{
+		{Entries: []testimage.Entry{
+			testimage.Dir(".", 0o755), testimage.Dir("etc", 0o755), testimage.File("etc/passwd", "the view's own\n"),
+			testimage.File("with space", "s\n"), testimage.File("new\nline", "n\n"), testimage.File("bad\xffbyte", "b\n"),
+			testimage.File("-dash", "d\n"), testimage.File("empty", ""), testimage.CharDev("null", 1, 3),
+			testimage.BlockDev("disk", 8, 0), testimage.Fifo("fifo"),
+		}},
+		{Entries: []testimage.Entry{
+			testimage.Dir(".", 0o755), testimage.Symlink("to-file", "with space"), testimage.Symlink("to-dir", "etc"),
+			testimage.Symlink("dangling", "nowhere"), testimage.Symlink("absolute", "/etc/passwd"),
+			testimage.Symlink("climbing", "../../../etc/passwd"), testimage.Symlink("out", "/etc/shadow"),
+			testimage.File("linked", "l\n"), testimage.Hardlink("link", "linked"),
+		}},
+	}})
+	importInto(t, root, img)
+	mnt := overlayMount(t, unpackLayers(t, img.blobs))
+	// The mount's directories have the link counts and sizes of the
+	// filesystem under it; a view's are 1 and 4096.
+	dirFields := regexp.MustCompile(`(?m)^(d\S+) +\d+ (\S+ \S+) +\d+ `)
+	want := dirFields.ReplaceAllString(gnuLs(t, mnt), "$1 1 $2 4096 ")
+	if got := dirFields.ReplaceAllString(mustRun(t, root, "ls", "-l", "-R", img.ref), "$1 1 $2 4096 "); got != want {
+		t.Errorf("layerfs ls -l -R differs from GNU ls -lnRA of kernel overlayfs; first difference %s", firstDifference(want, got))
+	}
+	catMatchesKernelOverlayfs(t, root, img, mnt)
 }
 
 // TestCatResolvesPathsAsTheKernel gives cat paths that a lexical clean
