@@ -224,7 +224,8 @@ Go-quoted. Contents are compared by digest, so nothing but the indexes
 is read.
 
 --format json prints the changes as a JSON array of objects with "kind",
-"path" (as is, without a leading slash) and, for a modified path,
+"path" (as is, without a leading slash; a byte that is not UTF-8, which
+JSON cannot hold, as U+FFFD) and, for a modified path,
 "changed": which of ` + strings.Join(viewops.Attributes, ", ") + `
 differ (owner is the uid or gid, content the bytes, device the device
 numbers), and "layer": the layer whose entry the path is, as which names
