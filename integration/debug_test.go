@@ -291,6 +291,7 @@ func diffCaseImages(t *testing.T) (a, b, other layoutImage) {
 		testimage.Dir("opaque", 0o755), testimage.File("opaque/x", "x\n"), testimage.File("opaque/kept", "k\n"),
 		testimage.Dir("gone", 0o755), testimage.Dir("gone/a", 0o755), testimage.File("gone/a/f", "f\n"),
 		testimage.File("readded", "r\n"), testimage.CharDev("null", 1, 3), testimage.Fifo("fifo"),
+		testimage.Dir("regrown", 0o700), testimage.Dir("regrown/a", 0o700), testimage.File("regrown/a/f", "f\n"),
 	}
 	changes := []testimage.Entry{
 		testimage.Dir(".", 0o755), testimage.File("mode", "m\n").WithMode(0o755), testimage.File("owner", "o\n").WithOwner(1, 2),
@@ -300,9 +301,10 @@ func diffCaseImages(t *testing.T) (a, b, other layoutImage) {
 		// unlinked is linked's name no more, and joined becomes lone's.
 		testimage.File("unlinked", "l\n"), testimage.File("lone", "n\n"), testimage.Hardlink("joined", "lone"),
 		testimage.Dir("opaque", 0o755), testimage.Opaque("opaque"), testimage.File("opaque/kept", "k\n"), testimage.File("opaque/new", "n\n"),
-		testimage.Whiteout("", "gone"), testimage.Whiteout("", "readded"),
+		testimage.Whiteout("", "gone"), testimage.Whiteout("", "readded"), testimage.Whiteout("", "regrown"),
 	}
-	readd := []testimage.Entry{testimage.Dir(".", 0o755), testimage.File("readded", "r\n")}
+	// regrown, whited out below, is only implied here: a new directory.
+	readd := []testimage.Entry{testimage.Dir(".", 0o755), testimage.File("readded", "r\n"), testimage.File("regrown/a/g", "g\n")}
 	layers := func(es ...[]testimage.Entry) []testimage.Layer {
 		var ls []testimage.Layer
 		for _, e := range es {
