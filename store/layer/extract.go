@@ -160,6 +160,12 @@ func (x *Extraction) Read(r io.Reader) (digest.Digest, error) {
 			// theirs overrides; docker and containerd skip it too.
 			continue
 		}
+		if hdr.Typeflag == tar.TypeGNUSparse {
+			// GNU tar's own format, its default, marks a sparse file so;
+			// the reader gives its size and its bytes, holes filled, as
+			// those of a regular file, which GNU tar extracts it as.
+			hdr.Typeflag = tar.TypeReg
+		}
 		if err := x.add(hdr, tr); err != nil {
 			return "", &EntryError{Entry: hdr.Name, Err: err}
 		}
