@@ -201,14 +201,13 @@ func (f *fileInfo) Size() int64        { return f.size }
 func (f *fileInfo) Sys() any           { return f.stat }
 func (f *fileInfo) ModTime() time.Time { return time.Unix(int64(f.stat.Mtime), int64(f.stat.MtimeNs)) }
 
-// attrOf is the source's attributes of name, which every image holds.
+// attrOf is the source's attributes of name, which every image holds. An
+// mtime before 1970 is stored as its 64-bit two's complement, which the
+// kernel, erofs-utils and go-erofs read back as the signed time it was.
 func attrOf(name string, info fs.FileInfo) (*view.Attr, error) {
 	m, ok := info.Sys().(*view.Attr)
 	if !ok {
 		return nil, fmt.Errorf("%s: Sys() is %T, not *view.Attr", name, info.Sys())
-	}
-	if m.Mtime < 0 {
-		return nil, fmt.Errorf("%s: mtime %d is before 1970, which EROFS cannot hold", name, m.Mtime)
 	}
 	return m, nil
 }

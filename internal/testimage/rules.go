@@ -220,6 +220,12 @@ func RuleCases() []RuleCase {
 				File("d/one", "1\n").WithModTime(time.Date(2023, time.July, 1, 0, 0, 0, 1, time.UTC)),
 				Symlink("d/l", "f").WithModTime(time.Date(2018, time.February, 3, 4, 5, 6, 500000000, time.UTC)),
 				File("epoch", "e\n").WithModTime(time.Unix(0, 0)),
+				// Times a signed 32-bit field cannot hold. Before
+				// 1970 in whole seconds: GNU tar 1.34 lists a negative
+				// time with nanoseconds wrong (it extracts it right).
+				File("before-epoch", "b\n").WithModTime(time.Unix(-1, 0)),
+				File("before-1970", "o\n").WithModTime(time.Date(1960, time.January, 1, 0, 0, 0, 0, time.UTC)),
+				File("after-2038", "a\n").WithModTime(time.Date(2100, time.June, 1, 12, 0, 0, 500000000, time.UTC)),
 			},
 		)},
 		RuleCase{Name: "special-files", Rule: "attributes", Layers: layers(
