@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"maps"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -122,9 +123,17 @@ func checkRootfs(t *testing.T, root string, img layoutImage) {
 	// 4 KiB blocks, as a root disk has them, also hold long symlink targets.
 	testimage.RunTool(t, "mkfs.ext4", "-q", "-b", "4096", "-d", mnt, ext4, fmt.Sprintf("%dk", ext4Size(view)))
 	testimage.RunTool(t, "e2fsck", "-fn", ext4)
-	got := withoutLinks(without(walk(t, loopMount(t, ext4)), "lost+found"), bad)
+	// mkfs.ext4 -d (e2fsprogs 1.47.0) makes each name of a hardlinked
+	// symlink a symlink of its own.
+	unlinked := maps.Clone(bad)
+	for p, e := range view {
+		if e.Type == oracle.TypeSymlink && e.Nlink > 1 {
+			unlinked[p] = true
+		}
+	}
+	got := withoutLinks(without(walk(t, loopMount(t, ext4)), "lost+found"), unlinked)
 	// mkfs.ext4 gives the root directory attributes of its own.
-	requireSame(t, "ext4 from the mount", ext4Copied(view), got, oracle.IgnoreRootAttrs())
+	requireSame(t, "ext4 from the mount", ext4Copied(withoutLinks(view, unlinked)), got, oracle.IgnoreRootAttrs())
 
 	erofs := filepath.Join(dir, "root.erofs")
 	if name := longestName(view); len(name) >= 255 {

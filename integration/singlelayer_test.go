@@ -192,18 +192,13 @@ func singleLayerWant(ms map[string]member, got oracle.Tree) oracle.Tree {
 				break
 			}
 		}
-		key := p
-		if m.kind == 'h' {
-			if src.kind == '-' {
-				key = fmt.Sprint(src.line)
-			} else {
-				// A hardlink to a lower layer's file: an empty file, since
-				// nothing lies beneath a single layer to resolve it in.
-				src = m
-				src.kind, src.size = '-', 0
-			}
-		} else if m.kind == '-' {
-			key = fmt.Sprint(m.line)
+		// The names of one member, whatever its type, are one file.
+		key := fmt.Sprint(src.line)
+		if src.kind == 'h' {
+			// A hardlink to a lower layer's file: an empty file, since
+			// nothing lies beneath a single layer to resolve it in.
+			src = m
+			src.kind, src.size, key = '-', 0, p
 		}
 		e := oracle.Entry{Mode: src.mode, UID: src.uid, GID: src.gid, Mtime: src.mtime}
 		switch src.kind {
@@ -211,20 +206,19 @@ func singleLayerWant(ms map[string]member, got oracle.Tree) oracle.Tree {
 			e.Type = oracle.TypeDir
 		case '-':
 			e.Type, e.Size = oracle.TypeReg, src.size
-			groups[key] = append(groups[key], p)
 		case 'l':
 			// A symlink's mode is 0777 on Linux, whatever tar lists.
 			e.Type, e.Size, e.Link, e.Mode = oracle.TypeSymlink, int64(len(src.link)), src.link, 0o777
-			groups[p] = []string{p}
 		case 'c', 'b':
 			e.Type, e.DevMajor, e.DevMinor = oracle.TypeChar, src.major, src.minor
 			if src.kind == 'b' {
 				e.Type = oracle.TypeBlock
 			}
-			groups[p] = []string{p}
 		case 'p':
 			e.Type = oracle.TypeFIFO
-			groups[p] = []string{p}
+		}
+		if src.kind != 'd' {
+			groups[key] = append(groups[key], p)
 		}
 		if g, ok := got[p]; ok {
 			e.SHA256, e.Xattrs = g.SHA256, g.Xattrs

@@ -45,11 +45,12 @@ func list(t *testing.T, p string, opt ListOptions, layers ...string) string {
 // itself.
 func TestListLong(t *testing.T) {
 	got := list(t, "dev", ListOptions{Long: true}, "special-files")
-	want := `prw------- 1 0 0         0 2024-01-02 03:04 fifo
-brw-rw---- 1 0 0   7, 4101 2024-01-02 03:04 loop
-crw-rw-rw- 1 0 0   1,    3 2024-01-02 03:04 null
-brw-rw---- 1 0 0   8,    0 2024-01-02 03:04 sda
-crw-rw-rw- 1 0 0 136,  300 2024-01-02 03:04 tty-big
+	want := `prw------- 1 0 0             0 2024-01-02 03:04 fifo
+brw-rw---- 1 0 0    7,    4101 2024-01-02 03:04 loop
+crw-rw-rw- 1 0 0 4095, 1048575 2024-01-02 03:04 max
+crw-rw-rw- 1 0 0    1,       3 2024-01-02 03:04 null
+brw-rw---- 1 0 0    8,       0 2024-01-02 03:04 sda
+crw-rw-rw- 1 0 0  136,     300 2024-01-02 03:04 tty-big
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)

@@ -236,6 +236,8 @@ func RuleCases() []RuleCase {
 				CharDev("dev/tty-big", 136, 300),
 				BlockDev("dev/sda", 8, 0),
 				BlockDev("dev/loop", 7, 1<<12+5),
+				// The largest numbers Linux's dev_t holds, 12 and 20 bits.
+				CharDev("dev/max", 1<<12-1, 1<<20-1),
 			},
 		)},
 		RuleCase{Name: "xattrs", Rule: "attributes", Layers: layers(
@@ -294,6 +296,17 @@ func RuleCases() []RuleCase {
 				Hardlink("b", "a"),
 				File("a", "second, longer bytes\n").WithMode(0o600),
 				Hardlink("c", "a"),
+			},
+		)},
+		// A hardlink names the tar member whatever its type: GNU tar and
+		// ln link a symlink itself, a device or a FIFO.
+		RuleCase{Name: "hardlink-to-special-files", Rule: "10", Layers: layers(
+			[]Entry{
+				File("f", "f\n"),
+				Symlink("s", "f").WithOwner(5, 6), Hardlink("hs", "s"),
+				CharDev("c", 1, 3), Hardlink("hc", "c"),
+				BlockDev("b", 8, 1), Hardlink("hb", "b"),
+				Fifo("p").WithMode(0o600), Hardlink("hp", "p"),
 			},
 		)},
 	)

@@ -112,7 +112,7 @@ func TestTarListing(t *testing.T) {
 				want = append(want, listing(e)...)
 			}
 			out := RunTool(t, "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--full-time",
-				"--absolute-names", "-tvvf", blobs[c.Name][i])
+				"--absolute-names", "--quoting-style=literal", "-tvvf", blobs[c.Name][i])
 			var got []string
 			for line := range strings.Lines(string(out)) {
 				f := strings.Fields(line)

@@ -105,14 +105,14 @@ func shownSize(e index.Entry) int64 {
 	return 0
 }
 
-// shownNlink is the link count a view shows: the names of a file within
-// its layer, and 1 for a directory (rule A: tools take that as "not
-// counted").
+// shownNlink is the link count a view shows: the names of a file, a
+// symlink, a device or a FIFO within its layer (rule 10), and 1 for a
+// directory (rule A: tools take that as "not counted").
 func shownNlink(e index.Entry) uint32 {
-	if e.Type == index.TypeReg || e.Type == index.TypeSymlink {
-		return max(e.Nlink, 1)
+	if e.Type == index.TypeDir {
+		return 1
 	}
-	return 1
+	return max(e.Nlink, 1)
 }
 
 // overlayXattrs are the xattrs of the overlay format (rule O): the
