@@ -29,7 +29,7 @@ type dirFS struct {
 }
 
 func (d *dirFS) path(op, name string) (string, error) {
-	if !fs.ValidPath(name) {
+	if !view.ValidPath(name) {
 		return "", &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
 	return filepath.Join(d.root, filepath.FromSlash(name)), nil

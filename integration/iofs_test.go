@@ -37,7 +37,11 @@ func TestIOFSMatchesOverlayfs(t *testing.T) {
 	requireRoot(t)
 	images := []layoutImage{sampleImage(t)}
 	for _, c := range extractableRuleCases() {
-		images = append(images, ruleImage(t, c))
+		// os.DirFS takes UTF-8 paths only, as io/fs asks; the view
+		// takes any Linux name (see view.ValidPath).
+		if c.Name != "names-not-utf8" {
+			images = append(images, ruleImage(t, c))
+		}
 	}
 	for _, img := range images {
 		t.Run(img.ref, func(t *testing.T) {

@@ -27,7 +27,9 @@ import (
 // fs.ReadDirFile; a device, a FIFO and an empty file read as empty. A
 // file that is in the view but whose content cannot be opened (its object
 // missing or damaged, the store closed) fails with EIO, never
-// fs.ErrNotExist. Names that fs.ValidPath refuses fail with fs.ErrInvalid.
+// fs.ErrNotExist. Names that ValidPath refuses fail with fs.ErrInvalid;
+// unlike io/fs's own file systems, an FS takes names that are not UTF-8,
+// as an image may hold them.
 //
 // An FS may be used by many goroutines at once. It reads its view until
 // the view is closed, after which its calls fail with fs.ErrClosed; files
@@ -84,9 +86,24 @@ func NewFS(v View, openObject ObjectOpener) *FS {
 // MAXSYMLINKS.
 const maxSymlinks = 40
 
+// ValidPath is fs.ValidPath without its demand of UTF-8: a Linux name is
+// bytes, and an image made under another locale holds names that are not
+// UTF-8, which every view must serve.
+func ValidPath(name string) bool {
+	if name == "." {
+		return true
+	}
+	for elem := range strings.SplitSeq(name, "/") {
+		if elem == "" || elem == "." || elem == ".." {
+			return false
+		}
+	}
+	return true
+}
+
 // resolve finds name; follow resolves a symlink at its end too.
 func (f *FS) resolve(op, name string, follow bool) (Node, Attr, error) {
-	if !fs.ValidPath(name) {
+	if !ValidPath(name) {
 		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
 	r, err := ResolvePath(f.v, name, follow)

@@ -309,6 +309,17 @@ func RuleCases() []RuleCase {
 				Fifo("p").WithMode(0o600), Hardlink("hp", "p"),
 			},
 		)},
+		// Linux names are bytes: layers made on a system of another
+		// locale hold names, link targets and xattr values that are
+		// not UTF-8.
+		RuleCase{Name: "names-not-utf8", Rule: "attributes", Layers: layers(
+			[]Entry{
+				Dir("caf\xe9", 0o755),
+				File("caf\xe9/\xff\xfe", "latin-1 and no encoding\n").WithXattr("user.v", "\xff\xfe\xe9"),
+				Hardlink("caf\xe9/h\xe9", "caf\xe9/\xff\xfe"),
+				Symlink("to-\xe9", "caf\xe9/\xff\xfe"),
+			},
+		)},
 	)
 	return cases
 }
