@@ -2,13 +2,10 @@ package integration
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,22 +169,6 @@ func TestImportMemoryIsBounded(t *testing.T) {
 			t.Logf("%d sampled entries and a directory of %d match GNU tar's listing", seen, len(inDir))
 		})
 	}
-}
-
-// hashFile returns the sha256 and size of the file at p.
-func hashFile(t testing.TB, p string) (string, int64) {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x", h.Sum(nil)), n
 }
 
 // sparseFormats are the ways GNU tar writes a sparse file: as a member of
