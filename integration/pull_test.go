@@ -651,3 +651,98 @@ func TestPullAgreesWithSkopeoInspect(t *testing.T) {
 		})
 	}
 }
+
+// TestPullTLS pulls from a loopback registry serving HTTPS with a
+// certificate of a CA of its own, which layerfs must not speak plain HTTP
+// to. Untrusted, it is refused, as skopeo refuses it, naming the host and
+// where its CA goes; trusted through the system's store (SSL_CERT_FILE),
+// docker's or containers' certs.d, or with verification skipped
+// (--insecure), it is pulled, as skopeo reads it trusted the same way.
+func TestPullTLS(t *testing.T) {
+	ca := newTestCA(t)
+	reg := startRegistry(t, registryOptions{tls: ca})
+	img := randomImage(t, "small", 4<<10)
+	ref := reg.host + "/layerfs/small:v1"
+	push(t, img.layout, img.ref, ref)
+	manifest := manifestOf(t, img.layout, img.ref).Digest
+	skopeoInspect := func(extra ...string) (string, error) {
+		out, err := exec.Command("skopeo", append(append([]string{"inspect", "--raw"}, extra...), "docker://"+ref)...).CombinedOutput()
+		return string(out), err
+	}
+
+	t.Run("untrusted", func(t *testing.T) {
+		if out, err := skopeoInspect(); err == nil || !strings.Contains(out, "unknown authority") {
+			t.Errorf("skopeo inspect of an untrusted registry: %v, %s", err, out)
+		}
+		root := t.TempDir()
+		r := run(t, root, "pull", ref)
+		for _, want := range []string{ref, "certificate of " + reg.host + " is not trusted", "/etc/docker/certs.d/" + reg.host + "/ca.crt", "--insecure"} {
+			if r.code != 1 || !strings.Contains(r.stderr, want) {
+				t.Errorf("pull: exit %d, stderr %q; want it to say %q", r.code, r.stderr, want)
+			}
+		}
+		requireNothingPulled(t, root)
+	})
+	t.Run("insecure", func(t *testing.T) {
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", "--insecure", ref), ref, manifest)
+	})
+	t.Run("system store", func(t *testing.T) {
+		t.Setenv("SSL_CERT_FILE", ca.cert)
+		if out, err := skopeoInspect(); err != nil {
+			t.Fatalf("skopeo inspect with the CA in SSL_CERT_FILE: %v, %s", err, out)
+		}
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+	})
+	for _, dir := range []string{"/etc/docker/certs.d", "/etc/containers/certs.d"} {
+		// A subtest named by a path could not be chosen with -run.
+		t.Run(filepath.Base(filepath.Dir(dir)), func(t *testing.T) {
+			requireRoot(t)
+			trustCA(t, dir, reg.host, ca.cert)
+			if out, err := skopeoInspect(); err != nil {
+				t.Fatalf("skopeo inspect with the CA in %s: %v, %s", dir, err, out)
+			}
+			pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+		})
+	}
+}
+
+// trustCA puts the CA in dir/HOST/ca.crt, where docker and podman look
+// for a registry's own CA, and removes what it made when the test ends.
+func trustCA(t *testing.T, dir, host, ca string) {
+	t.Helper()
+	made := filepath.Join(dir, host)
+	for parent := filepath.Dir(made); ; parent = filepath.Dir(parent) {
+		if _, err := os.Stat(parent); err == nil {
+			break
+		}
+		made = parent
+	}
+	if _, err := os.Stat(made); err == nil {
+		t.Fatalf("%s is there already", made)
+	}
+	t.Cleanup(func() { os.RemoveAll(made) })
+	data, err := os.ReadFile(ca)
+	if err == nil {
+		err = os.MkdirAll(filepath.Join(dir, host), 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, host, "ca.crt"), data, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// requireNothingPulled checks that a failed pull left no image, blob,
+// layer or partial download in the store.
+func requireNothingPulled(t *testing.T, root string) {
+	t.Helper()
+	for _, pattern := range []string{"blobs/sha256/*", "layers/sha256/*", "tmp/*"} {
+		if found, _ := filepath.Glob(filepath.Join(root, pattern)); len(found) > 0 {
+			t.Errorf("a failed pull left %v", found)
+		}
+	}
+	if images := mustRun(t, root, "images", "--quiet"); images != "" {
+		t.Errorf("a failed pull left images: %q", images)
+	}
+}

@@ -1,8 +1,16 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -32,6 +40,8 @@ type registryOptions struct {
 	proxyOf string
 	// user and password, when set, require basic auth (htpasswd).
 	user, password string
+	// tls, when set, serves HTTPS with its certificate.
+	tls *testCA
 }
 
 // startRegistry starts a registry and stops it when the test ends.
@@ -40,7 +50,12 @@ func startRegistry(t testing.TB, opts registryOptions) *registryServer {
 	bin := testimage.RequireTool(t, "docker-registry")
 	dir := t.TempDir()
 	r := &registryServer{storage: filepath.Join(dir, "storage")}
-	var extra string
+	var extra, tlsConfig string
+	scheme := "http"
+	if opts.tls != nil {
+		tlsConfig = fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", opts.tls.serverCert, opts.tls.serverKey)
+		scheme = "https"
+	}
 	if opts.proxyOf != "" {
 		extra += fmt.Sprintf("proxy:\n  remoteurl: %s\n", opts.proxyOf)
 	}
@@ -60,7 +75,7 @@ func startRegistry(t testing.TB, opts registryOptions) *registryServer {
 	for attempt := 0; ; attempt++ {
 		r.host = freeLoopbackAddr(t)
 		config := filepath.Join(dir, "config.yml")
-		yml := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n%s", r.storage, r.host, extra)
+		yml := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n%s%s", r.storage, r.host, tlsConfig, extra)
 		if err := os.WriteFile(config, []byte(yml), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +90,7 @@ func startRegistry(t testing.TB, opts registryOptions) *registryServer {
 		}
 		exited := make(chan struct{})
 		go func() { cmd.Wait(); logFile.Close(); close(exited) }()
-		if waitRegistry(r.host, exited) {
+		if waitRegistry(scheme+"://"+r.host, exited) {
 			t.Cleanup(func() {
 				cmd.Process.Kill()
 				<-exited
@@ -91,9 +106,11 @@ func startRegistry(t testing.TB, opts registryOptions) *registryServer {
 	}
 }
 
-// waitRegistry polls the registry's API root until it answers, or the
-// process exits, or 15 s pass.
-func waitRegistry(host string, exited chan struct{}) bool {
+// waitRegistry polls the registry's API root at url until it answers, or
+// the process exits, or 15 s pass.
+func waitRegistry(url string, exited chan struct{}) bool {
+	// Whether the registry answers is asked, not whom it trusts.
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -101,7 +118,7 @@ func waitRegistry(host string, exited chan struct{}) bool {
 			return false
 		default:
 		}
-		resp, err := http.Get("http://" + host + "/v2/")
+		resp, err := client.Get(url + "/v2/")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
@@ -111,6 +128,70 @@ func waitRegistry(host string, exited chan struct{}) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return false
+}
+
+// testCA is a certificate authority made for one test, and a server
+// certificate it signed for 127.0.0.1, all as PEM files.
+type testCA struct {
+	cert, serverCert, serverKey string
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	dir := t.TempDir()
+	ca := &testCA{cert: filepath.Join(dir, "ca.crt"), serverCert: filepath.Join(dir, "server.crt"), serverKey: filepath.Join(dir, "server.key")}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTemplate := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "layerfs test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTemplate, caTemplate, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTemplate := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	serverDER, err := x509.CreateCertificate(rand.Reader, serverTemplate, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, block := range map[string]*pem.Block{
+		ca.cert:       {Type: "CERTIFICATE", Bytes: caDER},
+		ca.serverCert: {Type: "CERTIFICATE", Bytes: serverDER},
+		ca.serverKey:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ca
 }
 
 // freeLoopbackAddr is a loopback address nothing listens on right now.

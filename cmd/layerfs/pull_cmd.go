@@ -41,8 +41,11 @@ import takes those; docker://REF is the registry's image whatever is on
 disk. Of an image index, the host's platform is pulled
 (--platform chooses another, --all-platforms every one); the name then
 refers to the index, as import names one, and pulling another platform
-later adds it under the same name. Loopback registries are reached over plain HTTP;
-credentials come from docker's config.json and its credential helpers.
+later adds it under the same name. TLS certificates are verified against
+the system's CAs and those in /etc/docker/certs.d/HOST:PORT/ and
+/etc/containers/certs.d/HOST:PORT/; loopback registries that do not
+answer TLS are reached over plain HTTP. Credentials come from docker's
+config.json and its credential helpers.
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
 run again, it resumes every blob where it stopped. A pull that fails
@@ -114,7 +117,7 @@ while it is extracted.`,
 	platformFlag(cmd, &platform, "of an image index, the platform to take (default: this host's)")
 	cmd.Flags().BoolVar(&allPlatforms, "all-platforms", false, "pull every platform of an image index")
 	cmd.MarkFlagsMutuallyExclusive("platform", "all-platforms")
-	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP and unverified TLS (loopback registries get plain HTTP anyway)")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP and unverified TLS (loopback registries without TLS get plain HTTP anyway)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "one log line per layer instead of progress bars")
 	cmd.Flags().IntVarP(&jobs, "jobs", "j", registry.DefaultJobs, "layers to download at once")
 	cmd.Flags().StringArrayVar(&mirrors, "mirror", nil, "registry HOST[:PORT] to try first, in order, for every image (repeatable)")

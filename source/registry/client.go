@@ -3,12 +3,15 @@ package registry
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +56,7 @@ type client struct {
 	insecure bool
 
 	mu     sync.Mutex
-	scheme map[string]bool // host -> plain HTTP, for --insecure hosts
+	scheme map[string]bool // host -> plain HTTP, for loopback and --insecure hosts
 }
 
 func newClient(insecure bool, jobs int) (*client, error) {
@@ -71,7 +74,7 @@ func newClient(insecure bool, jobs int) (*client, error) {
 	if insecure {
 		base.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
 	}
-	rt := retry.NewTransport(base)
+	rt := retry.NewTransport(&hostTransports{base: base, byHost: map[string]http.RoundTripper{}})
 	rt.Policy = func() retry.Policy { return retryPolicy }
 	return &client{
 		auth: &auth.Client{
@@ -82,6 +85,77 @@ func newClient(insecure bool, jobs int) (*client, error) {
 		insecure: insecure,
 		scheme:   map[string]bool{},
 	}, nil
+}
+
+// certDirs hold, as docker and podman read them, the CAs a registry is
+// trusted by beside the system's: DIR/HOST[:PORT]/*.crt.
+var certDirs = []string{"/etc/docker/certs.d", "/etc/containers/certs.d"}
+
+// hostTransports sends each request through the transport of its host:
+// the shared one, or, for a host with CAs of its own in certDirs, a copy
+// of it that trusts them too.
+type hostTransports struct {
+	base *http.Transport
+
+	mu     sync.Mutex
+	byHost map[string]http.RoundTripper
+}
+
+func (h *hostTransports) RoundTrip(req *http.Request) (*http.Response, error) {
+	return h.forHost(req.URL.Host).RoundTrip(req)
+}
+
+func (h *hostTransports) forHost(host string) http.RoundTripper {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rt, ok := h.byHost[host]; ok {
+		return rt
+	}
+	var rt http.RoundTripper = h.base
+	if cas := hostCAs(host); cas != nil {
+		t := h.base.Clone()
+		if t.TLSClientConfig == nil {
+			t.TLSClientConfig = &tls.Config{}
+		}
+		t.TLSClientConfig.RootCAs = cas
+		rt = t
+	}
+	h.byHost[host] = rt
+	return rt
+}
+
+// hostCAs is the system's CAs and those certDirs hold for host, or nil
+// when they hold none. A file that holds no certificate is skipped with a
+// warning: the registry's certificate then fails to verify, and the
+// warning says why.
+func hostCAs(host string) *x509.CertPool {
+	var files []string
+	for _, dir := range certDirs {
+		// Not a glob: an IPv6 host's brackets would be read as a pattern.
+		entries, _ := os.ReadDir(filepath.Join(dir, host))
+		for _, e := range entries {
+			if !e.IsDir() && strings.HasSuffix(e.Name(), ".crt") {
+				files = append(files, filepath.Join(dir, host, e.Name()))
+			}
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for _, file := range files {
+		pem, err := os.ReadFile(file)
+		if err == nil && !pool.AppendCertsFromPEM(pem) {
+			err = errors.New("no PEM certificate in it")
+		}
+		if err != nil {
+			logrus.WithFields(logrus.Fields{"registry": host, "file": file, "error": err}).Warn("skipping a registry CA")
+		}
+	}
+	return pool
 }
 
 // retryPolicy is oras' default, except that a host that cannot be
@@ -114,7 +188,7 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// repository is repo at host, over plain HTTP for loopback hosts, and for
+// repository is repo at host, over plain HTTP for loopback hosts and
 // --insecure hosts that do not answer TLS.
 func (c *client) repository(ctx context.Context, host, repo string) (*remote.Repository, error) {
 	plain, err := c.plainHTTP(ctx, host)
@@ -131,6 +205,27 @@ func (c *client) repository(ctx context.Context, host, repo string) (*remote.Rep
 	}, nil
 }
 
+// answersTLS reports whether host completes a TLS handshake, whatever
+// its certificate: a loopback registry that does is verified like any
+// other, as docker does, instead of being spoken to in plain HTTP it
+// cannot answer.
+func answersTLS(ctx context.Context, host string) bool {
+	if _, _, err := net.SplitHostPort(host); err != nil {
+		host = net.JoinHostPort(host, "443")
+	}
+	d := tls.Dialer{
+		NetDialer: &net.Dialer{Timeout: dialTimeout},
+		// Only whether TLS is spoken is asked here; the requests verify.
+		Config: &tls.Config{InsecureSkipVerify: true},
+	}
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
 // docker.io names images, but its registry API answers at another host, as
 // every docker client knows; its credentials are stored under that host.
 const (
@@ -139,15 +234,18 @@ const (
 )
 
 func (c *client) plainHTTP(ctx context.Context, host string) (bool, error) {
-	if isLoopback(host) {
-		return true, nil
-	}
-	if !c.insecure {
+	loopback := isLoopback(host)
+	if !loopback && !c.insecure {
 		return false, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if plain, ok := c.scheme[host]; ok {
+		return plain, nil
+	}
+	if loopback {
+		plain := !answersTLS(ctx, host)
+		c.scheme[host] = plain
 		return plain, nil
 	}
 	reg, err := remote.NewRegistry(host)

@@ -6,12 +6,14 @@ package registry
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/layerfs/layerfs/reference"
@@ -248,6 +250,7 @@ func fetchManifest(ctx context.Context, repo *remote.Repository, reference strin
 func describe(ctx context.Context, repo *remote.Repository, host string, r reference.Reference, err error) error {
 	var resp *errcode.ErrorResponse
 	var op *net.OpError
+	var untrusted *tls.CertificateVerificationError
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		// A missing manifest says nothing of the repository; its tag list does.
@@ -262,6 +265,15 @@ func describe(ctx context.Context, repo *remote.Repository, host string, r refer
 	case errors.As(err, &resp) && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden),
 		errors.Is(err, auth.ErrBasicCredentialNotFound):
 		return fmt.Errorf("unauthorized at %s (check docker's config.json or its credential helper): %w", host, err)
+	case errors.As(err, &untrusted):
+		server := host
+		var u *url.Error
+		if errors.As(err, &u) {
+			if parsed, perr := url.Parse(u.URL); perr == nil {
+				server = parsed.Host
+			}
+		}
+		return fmt.Errorf("registry %s: the TLS certificate of %s is not trusted (%v): put the CA that signed it in the system's trust store or in %s/%s/ca.crt, or pull with --insecure", host, server, untrusted.Err, certDirs[0], server)
 	case errors.As(err, &op) && op.Op == "dial":
 		return fmt.Errorf("registry %s unreachable: %w", host, err)
 	}
