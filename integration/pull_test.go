@@ -393,12 +393,14 @@ func TestPullErrors(t *testing.T) {
 	push(t, img.layout, img.ref, reg.host+"/layerfs/small:v1")
 	refuse := func(t *testing.T, ref, want string) time.Duration {
 		t.Helper()
+		root := t.TempDir()
 		start := time.Now()
-		r := run(t, t.TempDir(), "pull", ref)
+		r := run(t, root, "pull", ref)
 		took := time.Since(start)
 		if r.code != 1 || !strings.Contains(r.stderr, ref) || !strings.Contains(r.stderr, want) {
 			t.Errorf("pull %s: exit %d, stderr %q; want it to name the reference and %q", ref, r.code, r.stderr, want)
 		}
+		requireNothingPulled(t, root)
 		return took
 	}
 	t.Run("unknown tag", func(t *testing.T) { refuse(t, reg.host+"/layerfs/small:nope", `unknown tag "nope"`) })
@@ -424,9 +426,9 @@ func TestPullErrors(t *testing.T) {
 		push(t, img.layout, img.ref, ref, "--dest-creds=puller:s3cret")
 		manifest := manifestOf(t, img.layout, img.ref).Digest
 		dockerConfig(t, map[string]any{})
-		refuse(t, ref, "unauthorized")
+		refuse(t, ref, "registry "+authReg.host+" asks for credentials and none are stored for it in "+filepath.Join(os.Getenv("DOCKER_CONFIG"), "config.json"))
 		dockerConfig(t, map[string]any{"auths": map[string]any{authReg.host: map[string]string{"auth": basicAuth("puller", "wrong")}}})
-		refuse(t, ref, "unauthorized")
+		refuse(t, ref, "registry "+authReg.host+" refused the credentials for it in "+filepath.Join(os.Getenv("DOCKER_CONFIG"), "config.json")+": GET")
 		dockerConfig(t, map[string]any{"auths": map[string]any{authReg.host: map[string]string{"auth": basicAuth("puller", "s3cret")}}})
 		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
 
@@ -745,4 +747,84 @@ func requireNothingPulled(t *testing.T, root string) {
 	if images := mustRun(t, root, "images", "--quiet"); images != "" {
 		t.Errorf("a failed pull left images: %q", images)
 	}
+}
+
+// TestPullContainersAuth pulls from a registry asking for basic auth over
+// TLS, as users' registries do, with the credentials where podman and
+// skopeo keep them, in containers' auth.json ($REGISTRY_AUTH_FILE, else
+// $XDG_RUNTIME_DIR/containers/auth.json), and where docker keeps them
+// when $DOCKER_CONFIG is unset (~/.docker/config.json); skopeo reads the
+// same files. Credentials refused are named by the file they came from.
+func TestPullContainersAuth(t *testing.T) {
+	// Built before HOME changes, which the Go toolchain reads.
+	layerfsBin(t)
+	ca := newTestCA(t)
+	t.Setenv("SSL_CERT_FILE", ca.cert)
+	reg := startRegistry(t, registryOptions{tls: ca, user: "puller", password: "s3cret"})
+	img := randomImage(t, "small", 4<<10)
+	ref := reg.host + "/layerfs/small:v1"
+	push(t, img.layout, img.ref, ref, "--dest-creds=puller:s3cret")
+	manifest := manifestOf(t, img.layout, img.ref).Digest
+	authFile := func(dir, password string) string {
+		t.Helper()
+		path := filepath.Join(dir, "auth.json")
+		data, err := json.Marshal(map[string]any{"auths": map[string]any{reg.host: map[string]string{"auth": basicAuth("puller", password)}}})
+		if err == nil {
+			err = os.MkdirAll(dir, 0o700)
+		}
+		if err == nil {
+			err = os.WriteFile(path, data, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	// Nothing of this machine's: no credentials but the test's.
+	isolate := func(t *testing.T) {
+		dockerConfig(t, map[string]any{})
+		t.Setenv("REGISTRY_AUTH_FILE", "")
+		t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+		t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	}
+	pulls := func(t *testing.T) {
+		t.Helper()
+		if out, err := exec.Command("skopeo", "inspect", "--raw", "docker://"+ref).CombinedOutput(); err != nil {
+			t.Fatalf("skopeo inspect: %v, %s", err, out)
+		}
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+	}
+
+	t.Run("REGISTRY_AUTH_FILE", func(t *testing.T) {
+		isolate(t)
+		t.Setenv("REGISTRY_AUTH_FILE", authFile(t.TempDir(), "s3cret"))
+		pulls(t)
+	})
+	t.Run("XDG_RUNTIME_DIR", func(t *testing.T) {
+		isolate(t)
+		authFile(filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "containers"), "s3cret")
+		pulls(t)
+	})
+	t.Run("HOME", func(t *testing.T) {
+		isolate(t)
+		t.Setenv("DOCKER_CONFIG", "")
+		t.Setenv("HOME", t.TempDir())
+		authFile(filepath.Join(os.Getenv("HOME"), ".docker"), "s3cret")
+		must(t, os.Rename(filepath.Join(os.Getenv("HOME"), ".docker", "auth.json"), filepath.Join(os.Getenv("HOME"), ".docker", "config.json")))
+		pulls(t)
+	})
+	t.Run("refused", func(t *testing.T) {
+		isolate(t)
+		wrong := authFile(t.TempDir(), "wrong")
+		t.Setenv("REGISTRY_AUTH_FILE", wrong)
+		if out, err := exec.Command("skopeo", "inspect", "--raw", "docker://"+ref).CombinedOutput(); err == nil || !strings.Contains(string(out), "unauthorized") {
+			t.Errorf("skopeo inspect with wrong credentials: %v, %s", err, out)
+		}
+		root := t.TempDir()
+		r := run(t, root, "pull", ref)
+		if want := "registry " + reg.host + " refused the credentials for it in " + wrong; r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "401") {
+			t.Errorf("pull: exit %d, stderr %q; want it to say %q and the 401", r.code, r.stderr, want)
+		}
+		requireNothingPulled(t, root)
+	})
 }

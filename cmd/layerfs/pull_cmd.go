@@ -45,7 +45,8 @@ later adds it under the same name. TLS certificates are verified against
 the system's CAs and those in /etc/docker/certs.d/HOST:PORT/ and
 /etc/containers/certs.d/HOST:PORT/; loopback registries that do not
 answer TLS are reached over plain HTTP. Credentials come from docker's
-config.json and its credential helpers.
+config.json and its credential helpers, then containers' auth.json
+($REGISTRY_AUTH_FILE, else podman login's).
 An interrupted pull stops, keeps the bytes downloaded so far under the
 store's tmp/ (it says how many; "layerfs gc" frees them) and exits 130;
 run again, it resumes every blob where it stopped. A pull that fails

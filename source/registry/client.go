@@ -54,15 +54,17 @@ func LoadConfig(path string) (Config, error) {
 type client struct {
 	auth     *auth.Client
 	insecure bool
+	// credentialFiles are where credentials are read from, in order.
+	credentialFiles []credentialFile
 
 	mu     sync.Mutex
 	scheme map[string]bool // host -> plain HTTP, for loopback and --insecure hosts
 }
 
 func newClient(insecure bool, jobs int) (*client, error) {
-	creds, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
+	files, err := credentialFiles()
 	if err != nil {
-		return nil, fmt.Errorf("docker credentials: %w", err)
+		return nil, err
 	}
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
@@ -76,15 +78,79 @@ func newClient(insecure bool, jobs int) (*client, error) {
 	}
 	rt := retry.NewTransport(&hostTransports{base: base, byHost: map[string]http.RoundTripper{}})
 	rt.Policy = func() retry.Policy { return retryPolicy }
-	return &client{
-		auth: &auth.Client{
-			Client:     &http.Client{Transport: rt},
-			Cache:      auth.NewCache(),
-			Credential: credentials.Credential(creds),
+	c := &client{
+		insecure:        insecure,
+		credentialFiles: files,
+		scheme:          map[string]bool{},
+	}
+	c.auth = &auth.Client{
+		Client: &http.Client{Transport: rt},
+		Cache:  auth.NewCache(),
+		Credential: func(ctx context.Context, host string) (auth.Credential, error) {
+			cred, _, err := c.credential(ctx, host)
+			return cred, err
 		},
-		insecure: insecure,
-		scheme:   map[string]bool{},
-	}, nil
+	}
+	return c, nil
+}
+
+// credentialFile is a file credentials are read from, with the
+// credential helpers it names.
+type credentialFile struct {
+	path  string
+	store credentials.Store
+}
+
+// credentialFiles are docker's config.json and then containers' auth.json,
+// which podman login and skopeo login write instead: a registry docker's
+// has nothing for is looked up there.
+func credentialFiles() ([]credentialFile, error) {
+	docker, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("docker credentials: %w", err)
+	}
+	files := []credentialFile{{docker.ConfigPath(), docker}}
+	for _, path := range containersAuthFiles() {
+		s, err := credentials.NewStore(path, credentials.StoreOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("containers credentials: %w", err)
+		}
+		files = append(files, credentialFile{path, s})
+	}
+	return files, nil
+}
+
+// credential is host's credential from the first file that has one, and
+// that file.
+func (c *client) credential(ctx context.Context, host string) (auth.Credential, string, error) {
+	for _, f := range c.credentialFiles {
+		cred, err := credentials.Credential(f.store)(ctx, host)
+		if err != nil {
+			return auth.EmptyCredential, f.path, fmt.Errorf("credentials of %s from %s: %w", host, f.path, err)
+		}
+		if cred != auth.EmptyCredential {
+			return cred, f.path, nil
+		}
+	}
+	return auth.EmptyCredential, "", nil
+}
+
+// containersAuthFiles are the auth.json files podman and skopeo read:
+// $REGISTRY_AUTH_FILE alone when set, else the one login writes and the
+// one under the user's configuration.
+func containersAuthFiles() []string {
+	if path := os.Getenv("REGISTRY_AUTH_FILE"); path != "" {
+		return []string{path}
+	}
+	login := fmt.Sprintf("/run/containers/%d/auth.json", os.Getuid())
+	if runtime := os.Getenv("XDG_RUNTIME_DIR"); runtime != "" {
+		login = filepath.Join(runtime, "containers", "auth.json")
+	}
+	files := []string{login}
+	if config, err := os.UserConfigDir(); err == nil {
+		files = append(files, filepath.Join(config, "containers", "auth.json"))
+	}
+	return files
 }
 
 // certDirs hold, as docker and podman read them, the CAs a registry is

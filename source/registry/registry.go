@@ -165,7 +165,7 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Referen
 	}
 	desc, data, err := fetchManifest(ctx, repo, tag)
 	if err != nil {
-		return resolved{}, describe(ctx, repo, host, r, err)
+		return resolved{}, p.client.describe(ctx, repo, host, r, err)
 	}
 	if r.Digest != "" && desc.Digest.String() != r.Digest {
 		return resolved{}, fmt.Errorf("registry %s: %w: manifest digest %s", host, store.ErrMismatch, desc.Digest)
@@ -209,7 +209,7 @@ func (p *Puller) resolveAt(ctx context.Context, host string, r reference.Referen
 	for _, next := range chosen {
 		mdesc, mdata, err := fetchManifest(ctx, repo, next.Digest.String())
 		if err != nil {
-			return resolved{}, fmt.Errorf("manifest %s: %w", next.Digest, describe(ctx, repo, host, r, err))
+			return resolved{}, fmt.Errorf("manifest %s: %w", next.Digest, p.client.describe(ctx, repo, host, r, err))
 		}
 		if mdesc.Digest != next.Digest {
 			return resolved{}, fmt.Errorf("manifest %s: %w: digest %s", next.Digest, store.ErrMismatch, mdesc.Digest)
@@ -247,7 +247,7 @@ func fetchManifest(ctx context.Context, repo *remote.Repository, reference strin
 }
 
 // describe turns what a registry answered into what failed.
-func describe(ctx context.Context, repo *remote.Repository, host string, r reference.Reference, err error) error {
+func (c *client) describe(ctx context.Context, repo *remote.Repository, host string, r reference.Reference, err error) error {
 	var resp *errcode.ErrorResponse
 	var op *net.OpError
 	var untrusted *tls.CertificateVerificationError
@@ -264,7 +264,7 @@ func describe(ctx context.Context, repo *remote.Repository, host string, r refer
 		return fmt.Errorf("unknown tag %q in %s at %s", r.Tag, r.Path, host)
 	case errors.As(err, &resp) && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden),
 		errors.Is(err, auth.ErrBasicCredentialNotFound):
-		return fmt.Errorf("unauthorized at %s (check docker's config.json or its credential helper): %w", host, err)
+		return c.unauthorized(ctx, repo.Reference.Registry, host, err)
 	case errors.As(err, &untrusted):
 		server := host
 		var u *url.Error
@@ -278,6 +278,24 @@ func describe(ctx context.Context, repo *remote.Repository, host string, r refer
 		return fmt.Errorf("registry %s unreachable: %w", host, err)
 	}
 	return fmt.Errorf("registry %s: %w", host, err)
+}
+
+// unauthorized says that a registry refused the credentials stored for
+// it, naming the file they came from, or that none are stored, naming
+// where they were looked for.
+func (c *client) unauthorized(ctx context.Context, endpoint, host string, err error) error {
+	_, from, credErr := c.credential(ctx, endpoint)
+	if credErr != nil {
+		return fmt.Errorf("registry %s: %w", host, credErr)
+	}
+	if from != "" {
+		return fmt.Errorf("registry %s refused the credentials for it in %s: %w", host, from, err)
+	}
+	var looked []string
+	for _, f := range c.credentialFiles {
+		looked = append(looked, f.path)
+	}
+	return fmt.Errorf("registry %s asks for credentials and none are stored for it in %s, nor in a credential helper they name: %w", host, strings.Join(looked, ", "), err)
 }
 
 var errOneTagPage = errors.New("one page is enough")
