@@ -828,3 +828,44 @@ func TestPullContainersAuth(t *testing.T) {
 		requireNothingPulled(t, root)
 	})
 }
+
+// TestPullTokenAuth pulls from a registry with token auth, as docker.io
+// has: the credentials go to its token server (realm), whose token the
+// registry takes, as skopeo's do. No credentials, or wrong ones, the
+// token server refuses, and the pull says which, with nothing stored.
+func TestPullTokenAuth(t *testing.T) {
+	tokens := startTokenServer(t, "puller", "s3cret")
+	reg := startRegistry(t, registryOptions{token: tokens})
+	img := randomImage(t, "small", 4<<10)
+	ref := reg.host + "/layerfs/small:v1"
+	push(t, img.layout, img.ref, ref, "--dest-creds=puller:s3cret")
+	if out, err := exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "--creds=puller:s3cret", "docker://"+ref).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo inspect: %v, %s", err, out)
+	}
+	refused := func(t *testing.T, want string) {
+		t.Helper()
+		root := t.TempDir()
+		r := run(t, root, "pull", ref)
+		if r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, tokens.realm) {
+			t.Errorf("pull: exit %d, stderr %q; want it to say %q and name the token server", r.code, r.stderr, want)
+		}
+		requireNothingPulled(t, root)
+	}
+	t.Run("none", func(t *testing.T) {
+		dockerConfig(t, map[string]any{})
+		t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(t.TempDir(), "auth.json"))
+		refused(t, "registry "+reg.host+" asks for credentials and none are stored for it")
+	})
+	t.Run("wrong", func(t *testing.T) {
+		dockerConfig(t, map[string]any{"auths": map[string]any{reg.host: map[string]string{"auth": basicAuth("puller", "wrong")}}})
+		refused(t, "registry "+reg.host+" refused the credentials for it in "+filepath.Join(os.Getenv("DOCKER_CONFIG"), "config.json"))
+	})
+	t.Run("right", func(t *testing.T) {
+		dockerConfig(t, map[string]any{"auths": map[string]any{reg.host: map[string]string{"auth": basicAuth("puller", "s3cret")}}})
+		before := tokens.issued.Load()
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifestOf(t, img.layout, img.ref).Digest)
+		if tokens.issued.Load() == before {
+			t.Error("the pull took no token of the token server")
+		}
+	})
+}

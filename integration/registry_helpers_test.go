@@ -4,9 +4,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -42,6 +45,8 @@ type registryOptions struct {
 	user, password string
 	// tls, when set, serves HTTPS with its certificate.
 	tls *testCA
+	// token, when set, requires tokens of that server (bearer auth).
+	token *tokenServer
 }
 
 // startRegistry starts a registry and stops it when the test ends.
@@ -69,6 +74,9 @@ func startRegistry(t testing.TB, opts registryOptions) *registryServer {
 			t.Fatal(err)
 		}
 		extra += fmt.Sprintf("auth:\n  htpasswd:\n    realm: layerfs-test\n    path: %s\n", htpasswd)
+	}
+	if opts.token != nil {
+		extra += fmt.Sprintf("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n", opts.token.realm, tokenService, tokenService, opts.token.signer.cert)
 	}
 	// A free port can be taken by someone else before the registry binds
 	// it; a registry that exits at once is started again on another.
@@ -134,6 +142,9 @@ func waitRegistry(url string, exited chan struct{}) bool {
 // certificate it signed for 127.0.0.1, all as PEM files.
 type testCA struct {
 	cert, serverCert, serverKey string
+	// key and der are the CA's own key and certificate.
+	key *ecdsa.PrivateKey
+	der []byte
 }
 
 func newTestCA(t testing.TB) *testCA {
@@ -157,6 +168,7 @@ func newTestCA(t testing.TB) *testCA {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca.key, ca.der = caKey, caDER
 	caCert, err := x509.ParseCertificate(caDER)
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +204,88 @@ func newTestCA(t testing.TB) *testCA {
 		}
 	}
 	return ca
+}
+
+// tokenService names the registry to its token server, and the server as
+// the tokens' issuer.
+const tokenService = "layerfs-test"
+
+// tokenServer is a registry's token server, as docker.io has one: it
+// gives the one user with the right password a JWT granting what the
+// scope asks, signed by a CA the registry trusts, and refuses anyone
+// else with 401.
+type tokenServer struct {
+	realm  string
+	signer *testCA
+	// issued counts the tokens given.
+	issued atomic.Int64
+}
+
+func startTokenServer(t testing.TB, user, password string) *tokenServer {
+	t.Helper()
+	ts := &tokenServer{signer: newTestCA(t)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"wrong credentials"}]}`, http.StatusUnauthorized)
+			return
+		}
+		token, err := ts.sign(user, r.URL.Query()["scope"])
+		if err != nil {
+			t.Errorf("token server: %v", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		ts.issued.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]string{"token": token})
+	}))
+	t.Cleanup(srv.Close)
+	ts.realm = srv.URL + "/token"
+	return ts
+}
+
+// sign makes a JWT (ES256, the signer's certificate in x5c) granting
+// what each scope (repository:NAME:ACTIONS) asks.
+func (ts *tokenServer) sign(subject string, scopes []string) (string, error) {
+	type access struct {
+		Type    string   `json:"type"`
+		Name    string   `json:"name"`
+		Actions []string `json:"actions"`
+	}
+	grants := []access{}
+	for _, scope := range scopes {
+		for _, one := range strings.Split(scope, " ") {
+			parts := strings.Split(one, ":")
+			if len(parts) < 3 {
+				return "", fmt.Errorf("scope %q", one)
+			}
+			grants = append(grants, access{parts[0], strings.Join(parts[1:len(parts)-1], ":"), strings.Split(parts[len(parts)-1], ",")})
+		}
+	}
+	now := time.Now()
+	header, err := json.Marshal(map[string]any{"typ": "JWT", "alg": "ES256", "x5c": []string{base64.StdEncoding.EncodeToString(ts.signer.der)}})
+	if err != nil {
+		return "", err
+	}
+	claims, err := json.Marshal(map[string]any{
+		"iss": tokenService, "sub": subject, "aud": tokenService,
+		"exp": now.Add(time.Hour).Unix(), "nbf": now.Add(-time.Minute).Unix(), "iat": now.Unix(),
+		"jti": fmt.Sprint(now.UnixNano()), "access": grants,
+	})
+	if err != nil {
+		return "", err
+	}
+	enc := base64.RawURLEncoding
+	signed := enc.EncodeToString(header) + "." + enc.EncodeToString(claims)
+	sum := sha256.Sum256([]byte(signed))
+	r, s, err := ecdsa.Sign(rand.Reader, ts.signer.key, sum[:])
+	if err != nil {
+		return "", err
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signed + "." + enc.EncodeToString(sig), nil
 }
 
 // freeLoopbackAddr is a loopback address nothing listens on right now.
