@@ -99,6 +99,8 @@ func newClient(insecure bool, jobs int) (*client, error) {
 type credentialFile struct {
 	path  string
 	store credentials.Store
+	// key is what the file keys a host's credentials by.
+	key func(host string) string
 }
 
 // credentialFiles are docker's config.json and then containers' auth.json,
@@ -109,13 +111,13 @@ func credentialFiles() ([]credentialFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker credentials: %w", err)
 	}
-	files := []credentialFile{{docker.ConfigPath(), docker}}
+	files := []credentialFile{{docker.ConfigPath(), docker, credentials.ServerAddressFromHostname}}
 	for _, path := range containersAuthFiles() {
 		s, err := credentials.NewStore(path, credentials.StoreOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("containers credentials: %w", err)
 		}
-		files = append(files, credentialFile{path, s})
+		files = append(files, credentialFile{path, s, containersKey})
 	}
 	return files, nil
 }
@@ -124,7 +126,7 @@ func credentialFiles() ([]credentialFile, error) {
 // that file.
 func (c *client) credential(ctx context.Context, host string) (auth.Credential, string, error) {
 	for _, f := range c.credentialFiles {
-		cred, err := credentials.Credential(f.store)(ctx, host)
+		cred, err := f.store.Get(ctx, f.key(host))
 		if err != nil {
 			return auth.EmptyCredential, f.path, fmt.Errorf("credentials of %s from %s: %w", host, f.path, err)
 		}
@@ -133,6 +135,16 @@ func (c *client) credential(ctx context.Context, host string) (auth.Credential, 
 		}
 	}
 	return auth.EmptyCredential, "", nil
+}
+
+// containersKey is what containers' auth.json keys host's credentials
+// by: podman login docker.io writes docker.io, where docker login writes
+// the URL of docker's index.
+func containersKey(host string) string {
+	if host == dockerHubEndpoint {
+		return dockerHub
+	}
+	return host
 }
 
 // containersAuthFiles are the auth.json files podman and skopeo read:
