@@ -869,3 +869,72 @@ func TestPullTokenAuth(t *testing.T) {
 		}
 	})
 }
+
+// TestPullThroughHTTPProxy pulls by a name only an HTTP proxy reaches, as
+// HTTPS_PROXY and HTTP_PROXY name one, so that the registry is no
+// loopback one to layerfs: over TLS, verified against its CA, through a
+// CONNECT tunnel, as skopeo reads it; not through the proxy when NO_PROXY
+// names the host. A certificate not valid for the name asked is refused
+// saying so, and a registry answering plain HTTP is refused pointing to
+// --insecure, as skopeo refuses both, and pulled with --insecure.
+func TestPullThroughHTTPProxy(t *testing.T) {
+	ca := newTestCA(t)
+	t.Setenv("SSL_CERT_FILE", ca.cert)
+	img := randomImage(t, "small", 4<<10)
+	manifest := manifestOf(t, img.layout, img.ref).Digest
+	proxied := func(t *testing.T, opts registryOptions, name string) (*registryProxy, string) {
+		reg := startRegistry(t, opts)
+		push(t, img.layout, img.ref, reg.host+"/layerfs/small:v1")
+		proxy := startRegistryProxy(t, reg.host)
+		t.Setenv("HTTPS_PROXY", proxy.url)
+		t.Setenv("HTTP_PROXY", proxy.url)
+		t.Setenv("NO_PROXY", "")
+		return proxy, name + ":" + strings.Split(reg.host, ":")[1] + "/layerfs/small:v1"
+	}
+	skopeoInspect := func(ref string) (string, error) {
+		out, err := exec.Command("skopeo", "inspect", "--raw", "docker://"+ref).CombinedOutput()
+		return string(out), err
+	}
+	refused := func(t *testing.T, ref string, args []string, wants ...string) {
+		t.Helper()
+		root := t.TempDir()
+		r := run(t, root, append([]string{"pull"}, append(args, ref)...)...)
+		for _, want := range append(wants, ref) {
+			if r.code != 1 || !strings.Contains(r.stderr, want) {
+				t.Errorf("pull: exit %d, stderr %q; want it to say %q", r.code, r.stderr, want)
+			}
+		}
+		requireNothingPulled(t, root)
+	}
+
+	t.Run("tls", func(t *testing.T) {
+		proxy, ref := proxied(t, registryOptions{tls: ca}, proxiedName)
+		if out, err := skopeoInspect(ref); err != nil {
+			t.Fatalf("skopeo inspect through the proxy: %v, %s", err, out)
+		}
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", ref), ref, manifest)
+		if proxy.tunnels.Load() < 2 {
+			t.Errorf("%d CONNECT tunnels for skopeo and pull, want one each at least", proxy.tunnels.Load())
+		}
+		t.Setenv("NO_PROXY", proxiedName)
+		refused(t, ref, nil, "registry "+strings.Split(ref, "/")[0]+" unreachable")
+	})
+	t.Run("wrong name", func(t *testing.T) {
+		_, ref := proxied(t, registryOptions{tls: ca}, "other.test")
+		if out, err := skopeoInspect(ref); err == nil || !strings.Contains(out, "not other.test") {
+			t.Errorf("skopeo inspect by a name the certificate is not for: %v, %s", err, out)
+		}
+		refused(t, ref, nil, "the TLS certificate of "+strings.Split(ref, "/")[0]+" is not valid", "not other.test", "--insecure")
+	})
+	t.Run("plain http", func(t *testing.T) {
+		proxy, ref := proxied(t, registryOptions{}, proxiedName)
+		if out, err := skopeoInspect(ref); err == nil || !strings.Contains(out, "HTTP response to HTTPS client") {
+			t.Errorf("skopeo inspect of a plain HTTP registry: %v, %s", err, out)
+		}
+		refused(t, ref, nil, "answers plain HTTP, not HTTPS", "--insecure")
+		pulledAs(t, mustRun(t, t.TempDir(), "pull", "--insecure", ref), ref, manifest)
+		if proxy.forwards.Load() == 0 {
+			t.Error("the plain HTTP pull went around the proxy")
+		}
+	})
+}

@@ -17,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,7 +141,7 @@ func waitRegistry(url string, exited chan struct{}) bool {
 }
 
 // testCA is a certificate authority made for one test, and a server
-// certificate it signed for 127.0.0.1, all as PEM files.
+// certificate it signed for 127.0.0.1 and proxiedName, all as PEM files.
 type testCA struct {
 	cert, serverCert, serverKey string
 	// key and der are the CA's own key and certificate.
@@ -181,6 +183,7 @@ func newTestCA(t testing.TB) *testCA {
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "127.0.0.1"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{proxiedName},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -204,6 +207,51 @@ func newTestCA(t testing.TB) *testCA {
 		}
 	}
 	return ca
+}
+
+// proxiedName is a registry host no resolver knows, which only a
+// registryProxy reaches.
+const proxiedName = "registry.test"
+
+// registryProxy is an HTTP proxy, as HTTPS_PROXY and HTTP_PROXY name one,
+// that takes any host to a registry on loopback: a CONNECT tunnel for
+// HTTPS, a forwarded request for plain HTTP. It counts what it carries.
+type registryProxy struct {
+	url               string
+	tunnels, forwards atomic.Int64
+}
+
+func startRegistryProxy(t testing.TB, registry string) *registryProxy {
+	t.Helper()
+	p := &registryProxy{}
+	forward := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: registry})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			p.forwards.Add(1)
+			forward.ServeHTTP(w, r)
+			return
+		}
+		p.tunnels.Add(1)
+		upstream, err := net.Dial("tcp", registry)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer upstream.Close()
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return
+		}
+		go func() { io.Copy(upstream, rw); upstream.Close() }()
+		io.Copy(conn, upstream)
+	}))
+	t.Cleanup(srv.Close)
+	p.url = srv.URL
+	return p
 }
 
 // tokenService names the registry to its token server, and the server as

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -266,18 +267,29 @@ func (c *client) describe(ctx context.Context, repo *remote.Repository, host str
 		errors.Is(err, auth.ErrBasicCredentialNotFound):
 		return c.unauthorized(ctx, repo.Reference.Registry, host, err)
 	case errors.As(err, &untrusted):
-		server := host
-		var u *url.Error
-		if errors.As(err, &u) {
-			if parsed, perr := url.Parse(u.URL); perr == nil {
-				server = parsed.Host
-			}
+		server := serverOf(err, host)
+		if errors.As(untrusted.Err, new(x509.UnknownAuthorityError)) {
+			return fmt.Errorf("registry %s: the TLS certificate of %s is not trusted (%v): put the CA that signed it in the system's trust store or in %s/%s/ca.crt, or pull with --insecure", host, server, untrusted.Err, certDirs[0], server)
 		}
-		return fmt.Errorf("registry %s: the TLS certificate of %s is not trusted (%v): put the CA that signed it in the system's trust store or in %s/%s/ca.crt, or pull with --insecure", host, server, untrusted.Err, certDirs[0], server)
+		return fmt.Errorf("registry %s: the TLS certificate of %s is not valid (%v): pull with --insecure to skip verifying it", host, server, untrusted.Err)
+	case errors.Is(err, http.ErrSchemeMismatch):
+		return fmt.Errorf("registry %s answers plain HTTP, not HTTPS: pull with --insecure to allow it: %w", serverOf(err, host), err)
 	case errors.As(err, &op) && op.Op == "dial":
 		return fmt.Errorf("registry %s unreachable: %w", host, err)
 	}
 	return fmt.Errorf("registry %s: %w", host, err)
+}
+
+// serverOf is the host the request that failed with err went to (a token
+// server's, say), or host when err names none.
+func serverOf(err error, host string) string {
+	var u *url.Error
+	if errors.As(err, &u) {
+		if parsed, perr := url.Parse(u.URL); perr == nil {
+			return parsed.Host
+		}
+	}
+	return host
 }
 
 // unauthorized says that a registry refused the credentials stored for
