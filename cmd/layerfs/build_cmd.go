@@ -38,7 +38,8 @@ the view's layer digests.
 
 FILE is a regular file or a new name: it is written in its directory
 with no name, named and renamed into place once whole, and a file
-replaced keeps its owner, group and mode. An EROFS image is
+replaced keeps its owner, group, mode, ACL and user xattrs (a running
+VM that has the old file open keeps reading it). An EROFS image is
 written with seeks, so "-o -" builds it in an unnamed file in $TMPDIR
 and then streams it to stdout, unless stdout is a terminal. A block
 device (a disk, a partition, a logical volume) is written as mkfs.erofs

@@ -366,7 +366,8 @@ exactly the merged view.
 "-o -" is stdout, as for build. A terminal is refused, as stdout or
 FILE. A regular FILE is written in its directory with no name, named and
 renamed into place once whole, so a killed export leaves nothing, and
-the file replaced keeps its owner, group and mode; a FIFO or character
+the file replaced keeps its owner, group, mode, ACL and user xattrs; a
+FIFO or character
 device is written into, never replaced; a symlink is followed; a
 directory, socket or block device, or a FILE inside the store, is
 refused before anything is read.

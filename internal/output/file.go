@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -17,10 +18,10 @@ import (
 // file, or a new one, is written as a file with no name in the same
 // directory, given a name only by Commit and renamed into place, so a
 // command that fails, or is killed, leaves no truncated file under that
-// name and nothing beside it. A file replaced keeps its owner, group and
-// mode; the rename replaces the name, not the file, so another hardlink
-// of it keeps the old content. A character device or a FIFO is
-// written into, never replaced. A symlink is followed, as docker does,
+// name and nothing beside it. A file replaced keeps its owner, group,
+// mode, ACL and user xattrs; the rename replaces the name, not the file,
+// so another hardlink of it keeps the old content. A character device or
+// a FIFO is written into, never replaced. A symlink is followed, as docker does,
 // and its target treated so; the link itself is left alone. A directory,
 // a socket, a block device or a terminal is refused before any work
 // starts.
@@ -67,6 +68,10 @@ func Create(name string) (*File, error) {
 			f.Abort()
 			return nil, fmt.Errorf("%s: keep its mode: %w", name, err)
 		}
+		if err := f.keepXattrs(name, target); err != nil {
+			f.Abort()
+			return nil, err
+		}
 		return f, nil
 	case mode.IsDir():
 		return nil, fmt.Errorf("%s: is a directory", name)
@@ -107,6 +112,36 @@ func (f *File) keepOwner(name string, old *syscall.Stat_t) error {
 	}
 	if err := unix.Fchown(int(f.Fd()), uid, gid); err != nil {
 		return fmt.Errorf("%s: keep its owner and group (%d:%d) in the file that replaces it: %w (nothing replaced)", name, old.Uid, old.Gid, err)
+	}
+	return nil
+}
+
+// keepXattrs gives the output the ACL and user xattrs of old, the file
+// it replaces, as a tool writing over it in place (cp, mkfs.erofs) keeps
+// them: an ACL that lets another user (qemu's, say) read the file is
+// part of its permissions as much as its mode is. Other namespaces are
+// the system's (security labels, capabilities) or need privileges a user
+// has not, and are the new file's own.
+func (f *File) keepXattrs(name, old string) error {
+	// 64 KiB holds any list of names and any value (XATTR_LIST_MAX,
+	// XATTR_SIZE_MAX).
+	list := make([]byte, 64<<10)
+	n, err := unix.Listxattr(old, list)
+	if err != nil {
+		return fmt.Errorf("%s: list its xattrs: %w", name, err)
+	}
+	value := make([]byte, 64<<10)
+	for _, x := range strings.Split(string(list[:n]), "\x00") {
+		if x != "system.posix_acl_access" && !strings.HasPrefix(x, "user.") {
+			continue
+		}
+		vn, err := unix.Getxattr(old, x, value)
+		if err == nil {
+			err = unix.Fsetxattr(int(f.Fd()), x, value[:vn], 0)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: keep its xattr %s in the file that replaces it: %w (nothing replaced)", name, x, err)
+		}
 	}
 	return nil
 }

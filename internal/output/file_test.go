@@ -1,10 +1,13 @@
 package output
 
 import (
+	"encoding/binary"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
@@ -59,22 +62,81 @@ func TestCreateKeepsOwner(t *testing.T) {
 	if err := os.Chown(name, 1234, 1234); err != nil {
 		t.Fatal(err)
 	}
-	f, err := Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteString("new"); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	writeOutput(t, name, "new")
 	var st unix.Stat_t
 	if err := unix.Stat(name, &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.Uid != 1234 || st.Gid != 1234 || st.Mode&0o7777 != 0o600 {
 		t.Errorf("replaced: %d:%d mode %04o; want 1234:1234 0600", st.Uid, st.Gid, st.Mode&0o7777)
+	}
+}
+
+// TestCreateKeepsACL: a file replaced keeps the ACL that lets another
+// user read it, as cp or mkfs.erofs writing over it in place keep it,
+// and its user xattrs; the kernel's own check of that user's read is
+// the judge.
+func TestCreateKeepsACL(t *testing.T) {
+	testimage.RequireRoot(t, "reading as another user")
+	const reader = 4321
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(name, []byte("old"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(name, 1234, 1234); err != nil {
+		t.Fatal(err)
+	}
+	// acl_ea_header (version 2), then entries of tag, perm and id, in
+	// tag order: user::rw- user:4321:r-- group::r-- mask::r-- other::---
+	acl := []byte{2, 0, 0, 0}
+	for _, e := range [][3]uint32{{0x01, 6, 0xffffffff}, {0x02, 4, reader}, {0x04, 4, 0xffffffff}, {0x10, 4, 0xffffffff}, {0x20, 0, 0xffffffff}} {
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[0]))
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[1]))
+		acl = binary.LittleEndian.AppendUint32(acl, e[2])
+	}
+	if err := unix.Setxattr(name, "system.posix_acl_access", acl, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(name, "user.origin", []byte("mine"), 0); err != nil {
+		t.Fatal(err)
+	}
+	readAs := func() (string, error) {
+		cmd := exec.Command("cat", name)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: reader, Gid: reader}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := readAs(); err != nil || out != "old" {
+		t.Fatalf("user %d reads the file before it is replaced: %q, %v", reader, out, err)
+	}
+	writeOutput(t, name, "new")
+	if out, err := readAs(); err != nil || out != "new" {
+		t.Errorf("user %d reads the replaced file: %q, %v; want what the ACL let it read", reader, out, err)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Getxattr(name, "user.origin", buf); err != nil || string(buf[:n]) != "mine" {
+		t.Errorf("user.origin of the replaced file: %q, %v; want %q", buf[:max(n, 0)], err, "mine")
+	}
+}
+
+// writeOutput writes data as the output named name, through Create.
+func writeOutput(t *testing.T, name, data string) {
+	t.Helper()
+	f, err := Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
 
