@@ -132,7 +132,9 @@ func TestBuildOutput(t *testing.T) {
 // TestBuildGuestDisk boots a real guest with the sample's image from
 // layerfs build as its virtio-blk disk, mounted as erofs: it sees exactly
 // what layerfs mount shows on the host, as the virtio-fs guest does, and
-// can change nothing.
+// what the host kernel's mount of the image shows, owners, modes,
+// xattrs (ping's security.capability) and hardlinks included, and can
+// change nothing.
 func TestBuildGuestDisk(t *testing.T) {
 	requireRoot(t)
 	k := debianKernel(t)
@@ -142,6 +144,7 @@ func TestBuildGuestDisk(t *testing.T) {
 
 	res := runGuest(t, k, guestSpec{disk: guestDisk{image: image, fsType: "erofs"}, writes: guestWrites, timeout: 5 * time.Minute})
 	checkGuestSees(t, res, root, testimage.SampleName)
+	requireSame(t, "the guest's mount of the disk", walk(t, mountErofs(t, image)), res.tree)
 }
 
 // TestBuildToBlockDevice writes the sample's image to a loop device, as

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -21,9 +22,10 @@ import (
 )
 
 // A guest is a real VM under qemu's software emulation: Debian's kernel,
-// and an initramfs of busybox-static and that kernel's modules whose init
-// mounts a file system at /mnt, walks it and reports on a second serial
-// port, which the console's messages cannot garble.
+// and an initramfs of busybox-static, that kernel's modules and
+// guestxattrs (busybox reads no xattrs) whose init mounts a file system
+// at /mnt, walks it and reports on a second serial port, which the
+// console's messages cannot garble.
 
 // guestDoneMarker ends the guest's report; qemu may hang after it, at
 // poweroff, restoring the vhost-user rings, so it is killed once seen.
@@ -201,6 +203,7 @@ if [ $mounted = 1 ]; then
 	cd /mnt
 	t0=$(up)
 	find . -exec stat -c 'S|%%f|%%u|%%g|%%s|%%Y|%%y|%%h|%%i|%%t|%%T|%%n|%%N' {} + >&3
+	guestxattrs >&3 || echo "M|guestxattrs failed: $?" >&3
 	t1=$(up)
 	find . -type f -exec sha256sum {} + | sed 's/^/H|/' >&3
 	echo "T|walk|$t0|$t1|$(up)" >&3
@@ -252,9 +255,20 @@ func (g guestSpec) initramfs(t testing.TB, k guestKernel) string {
 	for _, d := range []string{"dev", "proc", "sys", "mnt", "lib", "lib/modules"} {
 		entries = append(entries, cpioEntry{name: d, mode: unix.S_IFDIR | 0o755})
 	}
+	xattrsBin := filepath.Join(t.TempDir(), "guestxattrs")
+	build := exec.Command("go", "build", "-o", xattrsBin, "../internal/cmd/guestxattrs")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build guestxattrs: %v\n%s", err, out)
+	}
+	xattrsData, err := os.ReadFile(xattrsBin)
+	if err != nil {
+		t.Fatal(err)
+	}
 	entries = append(entries,
 		cpioEntry{name: "dev/console", mode: unix.S_IFCHR | 0o600, rdev: [2]uint32{5, 1}},
 		cpioEntry{name: "bin/busybox", mode: unix.S_IFREG | 0o755, data: bbData},
+		cpioEntry{name: "bin/guestxattrs", mode: unix.S_IFREG | 0o755, data: xattrsData},
 		cpioEntry{name: "init", mode: unix.S_IFREG | 0o755, data: []byte(g.initScript(modules))},
 	)
 	for _, m := range modules {
@@ -360,11 +374,12 @@ func tail(b []byte, n int) []byte {
 }
 
 // parseReport reads the guest's report into the tree oracle.Walk makes
-// of the same view, but for xattrs, which busybox cannot read.
+// of the same view.
 func parseReport(report []byte) (guestResult, error) {
 	res := guestResult{tree: make(oracle.Tree), writes: make(map[string]string)}
 	inodes := make(map[uint64][]string)
 	sums := make(map[string]string)
+	xattrs := make(map[string]map[string]string)
 	for _, line := range strings.Split(string(report), "\n") {
 		line = strings.TrimRight(line, "\r")
 		kind, rest, _ := strings.Cut(line, "|")
@@ -386,6 +401,19 @@ func parseReport(report []byte) (guestResult, error) {
 			status, rest, _ := strings.Cut(rest, "|")
 			cmd, out, _ := strings.Cut(rest, "|")
 			res.writes[cmd] = status + " " + out
+		case "X":
+			f := strings.SplitN(rest, "|", 3)
+			if len(f) != 3 {
+				return res, fmt.Errorf("report: bad xattr line %q", line)
+			}
+			value, err := hex.DecodeString(f[2])
+			if err != nil {
+				return res, fmt.Errorf("report: %q: %w", line, err)
+			}
+			if xattrs[f[0]] == nil {
+				xattrs[f[0]] = make(map[string]string)
+			}
+			xattrs[f[0]][f[1]] = string(value)
 		case "H":
 			sum, p, ok := strings.Cut(rest, "  ")
 			if !ok {
@@ -414,8 +442,9 @@ func parseReport(report []byte) (guestResult, error) {
 	for p, e := range res.tree {
 		if e.Type == oracle.TypeReg {
 			e.SHA256 = sums[p]
-			res.tree[p] = e
 		}
+		e.Xattrs = xattrs[p]
+		res.tree[p] = e
 	}
 	return res, nil
 }
@@ -492,20 +521,9 @@ func parseStat(s string) (string, uint64, oracle.Entry, error) {
 	return relPath(name), ino, e, n.err
 }
 
-// withoutXattrs is a host walk as the guest can report it.
-func withoutXattrs(tree oracle.Tree) oracle.Tree {
-	out := make(oracle.Tree, len(tree))
-	for p, e := range tree {
-		e.Xattrs = nil
-		out[p] = e
-	}
-	return out
-}
-
 // checkGuestSees fails t unless what the guest reported equals the host's
-// layerfs mount of target from store root, entry by entry (xattrs aside,
-// which busybox cannot read), and each of guestWrites failed with
-// Read-only file system.
+// layerfs mount of target from store root, entry by entry, xattrs
+// included, and each of guestWrites failed with Read-only file system.
 func checkGuestSees(t *testing.T, res guestResult, root, target string) {
 	t.Helper()
 	t.Logf("guest: init after %v of uptime, walk %v, hash %v; %v from qemu start to report", res.boot, res.stat, res.hash, res.wall)
@@ -516,7 +534,7 @@ func checkGuestSees(t *testing.T, res guestResult, root, target string) {
 	if len(res.tree) < 10 {
 		t.Fatalf("guest listed %d entries", len(res.tree))
 	}
-	for _, d := range oracle.Diff(withoutXattrs(want), res.tree) {
+	for _, d := range oracle.Diff(want, res.tree) {
 		t.Errorf("guest differs from the host mount (want host, got guest): %s", d)
 	}
 	for _, w := range guestWrites {

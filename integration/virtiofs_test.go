@@ -95,7 +95,7 @@ var guestWrites = []string{
 
 // TestVirtiofsGuest boots a real guest on the sample image served over
 // virtio-fs, and checks that it sees exactly what layerfs mount shows on
-// the host, and that it can change nothing.
+// the host, xattrs included, and that it can change nothing.
 func TestVirtiofsGuest(t *testing.T) {
 	requireRoot(t)
 	k := debianKernel(t)

@@ -199,19 +199,30 @@ func entryOf(abs string, st *unix.Stat_t) (Entry, error) {
 	default:
 		return Entry{}, fmt.Errorf("unknown file type %#o", st.Mode&unix.S_IFMT)
 	}
-	xs, err := readXattrs(abs)
+	xs, err := Xattrs(abs)
 	if err != nil {
 		return Entry{}, err
+	}
+	e.Xattrs = xs
+	return e, nil
+}
+
+// Xattrs returns the xattrs of p itself, never of a symlink's target, as
+// Walk gives them: security.selinux left out, nil when there are none.
+func Xattrs(p string) (map[string]string, error) {
+	xs, err := readXattrs(p)
+	if err != nil {
+		return nil, err
 	}
 	for k := range xs {
 		if excludedXattr(k) {
 			delete(xs, k)
 		}
 	}
-	if len(xs) > 0 {
-		e.Xattrs = xs
+	if len(xs) == 0 {
+		return nil, nil
 	}
-	return e, nil
+	return xs, nil
 }
 
 // readXattrs returns all xattrs of p itself, never of a symlink's target.
