@@ -127,6 +127,10 @@ func (f *File) keepXattrs(name, old string) error {
 	// XATTR_SIZE_MAX).
 	list := make([]byte, 64<<10)
 	n, err := unix.Listxattr(old, list)
+	if errors.Is(err, unix.ENOTSUP) {
+		// A file system with no xattrs at all (many FUSE ones).
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("%s: list its xattrs: %w", name, err)
 	}

@@ -2,6 +2,7 @@ package output
 
 import (
 	"encoding/binary"
+	"errors"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -122,6 +123,34 @@ func TestCreateKeepsACL(t *testing.T) {
 	buf := make([]byte, 64)
 	if n, err := unix.Getxattr(name, "user.origin", buf); err != nil || string(buf[:n]) != "mine" {
 		t.Errorf("user.origin of the replaced file: %q, %v; want %q", buf[:max(n, 0)], err, "mine")
+	}
+}
+
+// TestCreateReplacesWithoutXattrs: a file on a file system that lists no
+// xattrs at all (EOPNOTSUPP: fuse-overlayfs with noxattrs, as sshfs and
+// other FUSE file systems answer) is replaced as it always was.
+func TestCreateReplacesWithoutXattrs(t *testing.T) {
+	testimage.RequireRoot(t, "a FUSE mount")
+	testimage.RequireTool(t, "fuse-overlayfs")
+	dir := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work", "mnt"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mnt := filepath.Join(dir, "mnt")
+	testimage.RunTool(t, "fuse-overlayfs", "-o", "noxattrs=1,lowerdir="+filepath.Join(dir, "lower")+",upperdir="+filepath.Join(dir, "upper")+",workdir="+filepath.Join(dir, "work"), mnt)
+	t.Cleanup(func() { testimage.RunTool(t, "fusermount3", "-u", mnt) })
+	name := filepath.Join(mnt, "disk.img")
+	if err := os.WriteFile(name, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Listxattr(name, nil); !errors.Is(err, unix.ENOTSUP) {
+		t.Fatalf("listxattr on fuse-overlayfs with noxattrs: %v; want %v", err, unix.ENOTSUP)
+	}
+	writeOutput(t, name, "new")
+	if b, err := os.ReadFile(name); err != nil || string(b) != "new" {
+		t.Errorf("replaced: %q, %v; want %q", b, err, "new")
 	}
 }
 
