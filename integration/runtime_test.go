@@ -206,18 +206,18 @@ func TestHungMountBlocksNothing(t *testing.T) {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) != 5 {
-			t.Fatalf("layerfs mounts: row %q has %d columns, want 5", line, len(f))
+		if len(f) != 6 {
+			t.Fatalf("layerfs mounts: row %q has %d columns, want 6", line, len(f))
 		}
 		rows[f[0]] = f
 	}
-	if row := rows[hung]; row == nil || row[2] != "-" || row[3] != string(layerfs.StateUnknown) {
+	if row := rows[hung]; row == nil || row[3] != "-" || row[4] != string(layerfs.StateUnknown) {
 		t.Errorf("layerfs mounts shows the hung mount as %q, want PID - and STATE unknown\n%s", row, r.stdout)
 	}
-	if row := rows[ours]; row == nil || row[1] != img.ref || row[3] != string(layerfs.StateServing) || row[4] != "fuse" {
-		t.Errorf("layerfs mounts shows our mount as %q, want TARGET %s, STATE serving and TYPE fuse\n%s", row, img.ref, r.stdout)
-	} else if pid, err := strconv.Atoi(row[2]); err != nil || syscall.Kill(pid, 0) != nil {
-		t.Errorf("layerfs mounts gives our server's PID as %q: not a running process", row[2])
+	if row := rows[ours]; row == nil || row[1] != img.ref || row[2] != root || row[4] != string(layerfs.StateServing) || row[5] != "fuse" {
+		t.Errorf("layerfs mounts shows our mount as %q, want TARGET %s, STORE %s, STATE serving and TYPE fuse\n%s", row, img.ref, root, r.stdout)
+	} else if pid, err := strconv.Atoi(row[3]); err != nil || syscall.Kill(pid, 0) != nil {
+		t.Errorf("layerfs mounts gives our server's PID as %q: not a running process", row[3])
 	}
 
 	if r := runWithin(t, within, root, "umount", ours); r.code != 0 {
