@@ -21,8 +21,9 @@ import (
 // name and nothing beside it. A file replaced keeps its owner, group,
 // mode, ACL and user xattrs; the rename replaces the name, not the file,
 // so another hardlink of it keeps the old content. A character device or
-// a FIFO is written into, never replaced. A symlink is followed, as docker does,
-// and its target treated so; the link itself is left alone. A directory,
+// a FIFO is written into, never replaced. A symlink is followed where
+// the kernel follows it, as docker's does, and its target treated so;
+// the link itself is left alone. A directory,
 // a socket, a block device or a terminal is refused before any work
 // starts.
 type File struct {
@@ -37,7 +38,7 @@ type File struct {
 
 // Create checks name and opens the output for it.
 func Create(name string) (*File, error) {
-	target, err := filepath.EvalSymlinks(name)
+	target, err := followName(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, lerr := os.Lstat(name); lerr == nil {
 			return nil, fmt.Errorf("%s: a symlink to nothing: name an existing file, or a new name", name)
@@ -88,6 +89,27 @@ func Create(name string) (*File, error) {
 	default:
 		return nil, fmt.Errorf("%s: a %s is not a file to write to", name, Kind(mode))
 	}
+}
+
+// followName is the file name leads to, its symlinks followed by the
+// kernel, so that they are followed only where the kernel lets this user
+// follow them: with fs.protected_symlinks, not another user's link in a
+// sticky world-writable directory such as /tmp, which would otherwise
+// let that user choose what root's output replaces.
+func followName(name string) (string, error) {
+	fd, err := unix.Open(name, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if st, lerr := os.Lstat(name); lerr == nil && st.Mode()&fs.ModeSymlink != 0 && errors.Is(err, unix.EACCES) {
+			return "", fmt.Errorf("%s: a symlink the kernel does not let this user follow (fs.protected_symlinks: another user's link in a sticky world-writable directory): %w", name, err)
+		}
+		return "", &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	defer unix.Close(fd)
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "", fmt.Errorf("%s: the file it names: %w", name, err)
+	}
+	return target, nil
 }
 
 // keepOwner gives the output old's owner and group where they are not
