@@ -242,3 +242,49 @@ func TestOutputNotThroughAnotherUsersSymlink(t *testing.T) {
 		t.Errorf("the commands left files beside the target: %v, %v", entries, err)
 	}
 }
+
+// TestImageNamesWriteNoEscapesToATerminal imports an image whose name,
+// paths and link target hold an OSC sequence that would retitle a
+// terminal (or, in another, write to the clipboard), for another
+// platform than the host's so that opening it logs a warning naming
+// it. ls to a terminal, the warning on a terminal, and an error listing
+// the image's name must show the sequence escaped, never write it.
+func TestImageNamesWriteNoEscapesToATerminal(t *testing.T) {
+	requireRoot(t)
+	const osc = "\x1b]0;owned\a"
+	name := "evil" + osc
+	layout := writeFaultLayout(t, testimage.Image{Name: name, Arch: "s390x", Layers: []testimage.Layer{{Entries: []testimage.Entry{
+		testimage.Dir("dir"+osc, 0o755),
+		testimage.File("dir"+osc+"/file"+osc, "x"),
+		testimage.Symlink("link", "to"+osc),
+	}}}})
+	root := t.TempDir()
+	mustRun(t, root, "import", layout)
+	written := func(what, s string) {
+		t.Helper()
+		if strings.Contains(s, "\x1b]") || strings.Contains(s, "\a") {
+			t.Errorf("%s wrote the escape sequence: %q", what, s)
+		}
+		if !strings.Contains(s, `\x1b]0;owned\a`) {
+			t.Errorf("%s does not show the name escaped: %q", what, s)
+		}
+	}
+	for _, args := range [][]string{{"ls", name}, {"ls", "-l", name}, {"ls", "-R", name}} {
+		shown, _, code := runOnTTY(t, root, true, true, args...)
+		if code != 0 {
+			t.Fatalf("%q on a terminal: exit %d: %q", args, code, shown)
+		}
+		written(fmt.Sprintf("%q on a terminal", args), shown)
+		if !strings.Contains(shown, "is for linux/s390x") {
+			t.Errorf("%q on a terminal: no warning of the other platform: %q", args, shown)
+		}
+	}
+	r := run(t, root, "import", layout+":nope")
+	if r.code == 0 {
+		t.Fatalf("import of a ref the layout lacks: exit 0")
+	}
+	written("import's error listing the layout's names", r.stderr)
+	if out := mustRun(t, root, "ls", name, "dir"+osc); out != "file"+osc+"\n" {
+		t.Errorf("ls to a pipe: %q; want the name as it is, as GNU ls writes it", out)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/view"
 	"github.com/layerfs/layerfs/view/stack"
 )
@@ -21,6 +22,10 @@ type ListOptions struct {
 	// Directory lists a directory itself, not its entries, as ls -d:
 	// how its own mode, owner and mtime are seen.
 	Directory bool
+	// Quote prints names, link targets and headings as output.Name
+	// does, for a terminal: a name out of an image must not write
+	// escape sequences to it, which GNU ls does not either.
+	Quote bool
 }
 
 // TimeLayout is the format of the time column of a long listing, in UTC:
@@ -52,7 +57,7 @@ func List(w io.Writer, v *stack.View, p string, opt ListOptions) error {
 		return fmt.Errorf("ls: %w", err)
 	}
 	if r.Attr.Type != view.TypeDir || opt.Directory {
-		writeEntries(bw, []lsEntry{{p, r.Attr}}, opt.Long)
+		writeEntries(bw, []lsEntry{{p, r.Attr}}, opt)
 		return bw.Flush()
 	}
 	l := &lister{v: v, w: bw, opt: opt}
@@ -101,9 +106,9 @@ func (l *lister) dir(p string, n view.Node) error {
 			l.w.WriteByte('\n')
 		}
 		l.started = true
-		fmt.Fprintf(l.w, "%s:\n", p)
+		fmt.Fprintf(l.w, "%s:\n", l.opt.shown(p))
 	}
-	writeEntries(l.w, entries, l.opt.Long)
+	writeEntries(l.w, entries, l.opt)
 	if !l.opt.Recursive {
 		return nil
 	}
@@ -128,12 +133,20 @@ func concat(dir, name string) string {
 	return dir + "/" + name
 }
 
+// shown is a name as the listing prints it.
+func (opt ListOptions) shown(name string) string {
+	if opt.Quote {
+		return output.Name(name)
+	}
+	return name
+}
+
 // writeEntries writes one block of a listing, its columns aligned as GNU
 // ls aligns them.
-func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
-	if !long {
+func writeEntries(w *bufio.Writer, entries []lsEntry, opt ListOptions) {
+	if !opt.Long {
 		for _, e := range entries {
-			w.WriteString(e.name)
+			w.WriteString(opt.shown(e.name))
 			w.WriteByte('\n')
 		}
 		return
@@ -170,10 +183,10 @@ func writeEntries(w *bufio.Writer, entries []lsEntry, long bool) {
 		}
 		w.WriteString(time.Unix(e.a.Mtime, int64(e.a.MtimeNs)).UTC().Format(TimeLayout))
 		w.WriteByte(' ')
-		w.WriteString(e.name)
+		w.WriteString(opt.shown(e.name))
 		if e.a.Type == view.TypeSymlink {
 			w.WriteString(" -> ")
-			w.WriteString(e.a.Link)
+			w.WriteString(opt.shown(e.a.Link))
 		}
 		w.WriteByte('\n')
 	}

@@ -288,7 +288,10 @@ order. -l writes ls -ln lines, times in UTC as --time-style='+%Y-%m-%d
 headed "PATH:"; -d lists PATH itself, a directory too, not its entries.
 PATH resolves as in a mount of the view: symlinks on the way are
 followed inside it, and one at its end when PATH ends in "/" or,
-without -l or -d, when it leads to a directory, as GNU ls does.
+without -l or -d, when it leads to a directory, as GNU ls does. To a
+terminal, names and link targets holding a control character or a
+backslash are printed Go-quoted, so that no name of an image can write
+escape sequences to it.
 
 ` + stackHelp,
 		Args: cobra.RangeArgs(1, 2),
@@ -305,6 +308,7 @@ without -l or -d, when it leads to a directory, as GNU ls does.
 			if p == "" {
 				return errors.New(`ls: "": ` + emptyPath)
 			}
+			opt.Quote = isTerminal(os.Stdout)
 			return viewops.List(os.Stdout, v, p, opt)
 		},
 	}

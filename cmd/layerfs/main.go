@@ -161,8 +161,20 @@ func report(err error) int {
 }
 
 // oneLine joins the lines of errors of parallel work (several layers):
-// the contract is one line per error.
-func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+// the contract is one line per error. What is left unprintable (a name
+// out of an image, quoted nowhere on the error's way up) is escaped.
+func oneLine(s string) string { return output.Printable(strings.ReplaceAll(s, "\n", "; ")) }
+
+// printableFormatter formats log entries with their messages escaped by
+// output.Printable, as errors are: the text formatter quotes the fields
+// of an entry, and its message too when not on a terminal, but writes
+// the message to a terminal as it is.
+type printableFormatter struct{ logrus.Formatter }
+
+func (f printableFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	e.Message = output.Printable(e.Message)
+	return f.Formatter.Format(e)
+}
 
 func rootCommand() *cobra.Command {
 	g := &globals{}
@@ -191,6 +203,7 @@ func rootCommand() *cobra.Command {
 			}
 			logrus.SetLevel(level)
 			logrus.SetOutput(os.Stderr)
+			logrus.SetFormatter(printableFormatter{&logrus.TextFormatter{}})
 			// cobra checks flag groups (--platform against
 			// --all-platforms) after this, and returns its error bare.
 			if err := cmd.ValidateFlagGroups(); err != nil {

@@ -250,6 +250,7 @@ func forwardWarnings() (stop func()) {
 	out := os.NewFile(uintptr(fd), "stderr")
 	h := &warningHook{to: logrus.New()}
 	h.to.SetOutput(out)
+	h.to.SetFormatter(logrus.StandardLogger().Formatter)
 	logrus.AddHook(h)
 	return func() {
 		h.mu.Lock()

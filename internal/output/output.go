@@ -16,6 +16,7 @@ import (
 	"text/template"
 	"text/template/parse"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -245,6 +246,41 @@ func Name(s string) string {
 		return strconv.Quote(s)
 	}
 	return s
+}
+
+// Printable escapes, as Go quoting does, each control or other
+// unprintable character of a message and each byte that is not UTF-8,
+// leaving the rest as it is: a message naming what an image holds (an
+// error, a log line) cannot then move the cursor, retitle the terminal
+// or write a line of its own.
+func Printable(s string) string {
+	if !hasUnprintable(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unicode.IsPrint(r) || r == ' ':
+			b.WriteString(s[i : i+size])
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+func hasUnprintable(s string) bool {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) && r != ' ' {
+			return true
+		}
+	}
+	return false
 }
 
 func needsQuote(s string) bool {

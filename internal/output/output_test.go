@@ -54,3 +54,22 @@ func TestTemplateFieldsAreTheJSONFields(t *testing.T) {
 		t.Errorf("error %v; want it to end %q", err, want)
 	}
 }
+
+// TestPrintable: control characters, other unprintable runes and bytes
+// that are not UTF-8 come out escaped as Go escapes them; printable text,
+// spaces and backslashes stay as they are.
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain name: ok":             "plain name: ok",
+		"caf\u00e9 \u65e5\u672c":     "caf\u00e9 \u65e5\u672c",
+		`back\slash`:                 `back\slash`,
+		"a\x1b]0;title\a\x1b[2Jb":    `a\x1b]0;title\a\x1b[2Jb`,
+		"tab\there\r\x00\x7f":        `tab\there\r\x00\x7f`,
+		"bad \xff\xfe utf8":          `bad \xff\xfe utf8`,
+		"csi \u009b31m, rtl \u202e.": `csi \u009b31m, rtl \u202e.`,
+	} {
+		if got := Printable(in); got != want {
+			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
