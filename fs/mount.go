@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/layerfs/layerfs/internal/kernelpath"
 	"github.com/layerfs/layerfs/internal/procstat"
 	"github.com/layerfs/layerfs/store"
 	"github.com/sirupsen/logrus"
@@ -71,16 +72,10 @@ func CheckMountpointDir(mp string) error {
 // with every symlink followed, as mount(8) has it: what a mount there
 // shows in the kernel's table, so what its record and umount must name
 // too. The caller checks the directory it names (CheckMountpointDir),
-// not the path it was given. It is opened O_PATH and named through
-// /proc/self/fd: unlike a stat, that asks nothing of the FUSE server of a
-// mount already there, which may hang (umount resolves too).
+// not the path it was given. Resolving asks nothing of the FUSE server
+// of a mount already there, which may hang (umount resolves too).
 func ResolveMountpoint(mountpoint string) (string, error) {
-	fd, err := unix.Open(mountpoint, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("mountpoint %s: %w", mountpoint, err)
-	}
-	defer unix.Close(fd)
-	resolved, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	resolved, err := kernelpath.Resolve(mountpoint)
 	if err != nil {
 		return "", fmt.Errorf("mountpoint %s: %w", mountpoint, err)
 	}

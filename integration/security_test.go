@@ -185,15 +185,12 @@ func TestMountDefaults(t *testing.T) {
 	}
 }
 
-// TestOutputNotThroughAnotherUsersSymlink plants, as another user, a
-// symlink in a sticky world-writable directory (as /tmp is) at the name
-// root's export -o and build -o are given, pointing at a file of root's.
-// With fs.protected_symlinks the kernel refuses root that link, as cat
-// shows; layerfs must refuse it too and leave the file as it was, where
-// following the link by itself would have replaced the file with the
-// output.
-func TestOutputNotThroughAnotherUsersSymlink(t *testing.T) {
-	requireRoot(t)
+// anotherUsersLink plants, as another user, a symlink to target in a
+// sticky world-writable directory (as /tmp is), with
+// fs.protected_symlinks on for the test: the kernel then refuses root
+// that link, as cat shows. layerfs must not follow it by itself either.
+func anotherUsersLink(t *testing.T, target string) string {
+	t.Helper()
 	const sysctl = "/proc/sys/fs/protected_symlinks"
 	was, err := os.ReadFile(sysctl)
 	if err != nil {
@@ -203,43 +200,67 @@ func TestOutputNotThroughAnotherUsersSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.WriteFile(sysctl, was, 0) })
+	sticky := t.TempDir()
+	if err := os.Chmod(sticky, os.ModeSticky|0o777); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(sticky, "link")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("cat", link).Run(); err == nil {
+		t.Fatalf("the kernel follows %s, another user's symlink in a sticky directory, for root", link)
+	}
+	return link
+}
+
+// TestOutputNotThroughAnotherUsersSymlink gives root's export -o and
+// build -o another user's link in /tmp to a file of root's: following
+// it would replace the file with the output.
+func TestOutputNotThroughAnotherUsersSymlink(t *testing.T) {
+	requireRoot(t)
 	root := sampleStore(t)
 	dir := t.TempDir()
 	victim := filepath.Join(dir, "roots-file")
 	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sticky := filepath.Join(dir, "tmp")
-	if err := os.Mkdir(sticky, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(sticky, os.ModeSticky|0o777); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{{"export", "sample", "-o"}, {"build", "sample", "-o"}} {
-		link := filepath.Join(sticky, args[0]+".out")
-		if err := os.Symlink(victim, link); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Lchown(link, 65534, 65534); err != nil {
-			t.Fatal(err)
-		}
-		if err := exec.Command("cat", link).Run(); err == nil {
-			t.Fatalf("the kernel follows %s, another user's symlink in a sticky directory, for root", link)
-		}
-		r := run(t, root, append(args, link)...)
+	for _, cmd := range []string{"export", "build"} {
+		link := anotherUsersLink(t, victim)
+		r := run(t, root, cmd, "sample", "-o", link)
 		if r.code == 0 || !strings.Contains(r.stderr, link) || !strings.Contains(r.stderr, "protected_symlinks") {
-			t.Errorf("%s -o through another user's symlink: exit %d, stderr %q; want a refusal naming the link", args[0], r.code, r.stderr)
+			t.Errorf("%s -o through another user's symlink: exit %d, stderr %q; want a refusal naming the link", cmd, r.code, r.stderr)
 		}
 		if b, err := os.ReadFile(victim); err != nil || string(b) != "precious\n" {
-			t.Errorf("%s -o through another user's symlink wrote the file it points to: now %d bytes (%v)", args[0], len(b), err)
+			t.Errorf("%s -o through another user's symlink wrote the file it points to: now %d bytes (%v)", cmd, len(b), err)
 		}
 		if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {
-			t.Errorf("%s -o replaced the link: %v, %v", args[0], st, err)
+			t.Errorf("%s -o replaced the link: %v, %v", cmd, st, err)
+		}
+		if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+			t.Errorf("%s -o left files beside the file: %v, %v", cmd, entries, err)
 		}
 	}
-	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 2 {
-		t.Errorf("the commands left files beside the target: %v, %v", entries, err)
+}
+
+// TestStoreNotThroughAnotherUsersSymlink gives root's commands, as
+// --root, another user's link in /tmp to root's store: followed, it
+// would let that user point root's rm and gc at a store root did not
+// name.
+func TestStoreNotThroughAnotherUsersSymlink(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	link := anotherUsersLink(t, root)
+	for _, args := range [][]string{{"rm", "sample"}, {"gc"}, {"ls", "sample"}} {
+		if r := run(t, link, args...); r.code == 0 || !strings.Contains(r.stderr, "permission denied") {
+			t.Errorf("layerfs --root LINK %q: exit %d, stderr %q; want it refused", args, r.code, r.stderr)
+		}
+	}
+	if out := mustRun(t, root, "images", "-q"); strings.Count(out, "\n") != 1 {
+		t.Errorf("the store through the link lost its image: images -q %q", out)
 	}
 }
 

@@ -50,6 +50,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/kernelpath"
 	"github.com/layerfs/layerfs/reference"
 	"github.com/layerfs/layerfs/view/stack"
 	"github.com/opencontainers/go-digest"
@@ -166,8 +167,10 @@ func open(root string, mode openMode) (*Store, error) {
 	// A root given as a symlink (a store moved to another disk) is
 	// resolved once, here, as a mountpoint is: every path the store
 	// names later is beneath the directory checked below, whatever
-	// becomes of the symlink.
-	if real, err := filepath.EvalSymlinks(abs); err == nil {
+	// becomes of the symlink. The kernel follows it, so not where it
+	// refuses this user (another user's link in /tmp), and the open
+	// below fails there as it does.
+	if real, err := kernelpath.Resolve(abs); err == nil {
 		abs, s.root = real, real
 	}
 	dir, err := os.OpenFile(abs, os.O_RDONLY|unix.O_DIRECTORY, 0)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/layerfs/layerfs/internal/kernelpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,25 +92,20 @@ func Create(name string) (*File, error) {
 	}
 }
 
-// followName is the file name leads to, its symlinks followed by the
-// kernel, so that they are followed only where the kernel lets this user
-// follow them: with fs.protected_symlinks, not another user's link in a
-// sticky world-writable directory such as /tmp, which would otherwise
-// let that user choose what root's output replaces.
+// followName is the file name leads to, its symlinks followed only
+// where the kernel follows them for this user: with fs.protected_symlinks,
+// root does not follow another user's link in a sticky world-writable
+// directory such as /tmp, which would let that user choose the file
+// root's output replaces.
 func followName(name string) (string, error) {
-	fd, err := unix.Open(name, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if st, lerr := os.Lstat(name); lerr == nil && st.Mode()&fs.ModeSymlink != 0 && errors.Is(err, unix.EACCES) {
-			return "", fmt.Errorf("%s: a symlink the kernel does not let this user follow (fs.protected_symlinks: another user's link in a sticky world-writable directory): %w", name, err)
-		}
-		return "", &fs.PathError{Op: "open", Path: name, Err: err}
+	target, err := kernelpath.Resolve(name)
+	if err == nil {
+		return target, nil
 	}
-	defer unix.Close(fd)
-	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-	if err != nil {
-		return "", fmt.Errorf("%s: the file it names: %w", name, err)
+	if st, lerr := os.Lstat(name); lerr == nil && st.Mode()&fs.ModeSymlink != 0 && errors.Is(err, unix.EACCES) {
+		return "", fmt.Errorf("%s: a symlink the kernel does not let this user follow (fs.protected_symlinks: another user's link in a sticky world-writable directory): %w", name, err)
 	}
-	return target, nil
+	return "", &fs.PathError{Op: "open", Path: name, Err: err}
 }
 
 // keepOwner gives the output old's owner and group where they are not
