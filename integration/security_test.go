@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,7 +15,10 @@ import (
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testimage"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
+	"oras.land/oras-go/v2/content/oci"
 )
 
 // TestStoreHoldsOnlyPlainFiles imports layers full of what must never
@@ -265,22 +270,40 @@ func TestStoreNotThroughAnotherUsersSymlink(t *testing.T) {
 }
 
 // TestImageNamesWriteNoEscapesToATerminal imports an image whose name,
-// paths and link target hold an OSC sequence that would retitle a
-// terminal (or, in another, write to the clipboard), for another
-// platform than the host's so that opening it logs a warning naming
-// it. ls to a terminal, the warning on a terminal, and an error listing
-// the image's name must show the sequence escaped, never write it.
+// paths, link target and platform variant hold an OSC sequence that
+// would retitle a terminal (or, in another, write to the clipboard), for
+// another platform than the host's so that opening it logs a warning
+// naming it, beside an artifact of such a type, which import skips
+// saying so. ls to a terminal, the warning on a terminal, images,
+// import's line of what it skipped and an error listing the image's
+// name must show the sequence escaped, never write it.
 func TestImageNamesWriteNoEscapesToATerminal(t *testing.T) {
 	requireRoot(t)
 	const osc = "\x1b]0;owned\a"
 	name := "evil" + osc
-	layout := writeFaultLayout(t, testimage.Image{Name: name, Arch: "s390x", Layers: []testimage.Layer{{Entries: []testimage.Entry{
+	layout := writeFaultLayout(t, testimage.Image{Name: name, Arch: "s390x", Variant: "v" + osc, Layers: []testimage.Layer{{Entries: []testimage.Entry{
 		testimage.Dir("dir"+osc, 0o755),
 		testimage.File("dir"+osc+"/file"+osc, "x"),
 		testimage.Symlink("link", "to"+osc),
 	}}}})
+	ociStore, err := oci.New(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := pushBytes(t, ociStore, "application/vnd.example.data+json", `{"data":1}`)
+	artifactType := "application/vnd.example" + osc
+	manifest, err := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+		ArtifactType: artifactType, Config: ocispec.DescriptorEmptyJSON, Layers: []ocispec.Descriptor{blob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushBytes(t, ociStore, ocispec.DescriptorEmptyJSON.MediaType, string(ocispec.DescriptorEmptyJSON.Data))
+	artifact := pushBytes(t, ociStore, ocispec.MediaTypeImageManifest, string(manifest))
+	artifact.ArtifactType = artifactType
+	if err := ociStore.Tag(context.Background(), artifact, "artifact"); err != nil {
+		t.Fatal(err)
+	}
 	root := t.TempDir()
-	mustRun(t, root, "import", layout)
 	written := func(what, s string) {
 		t.Helper()
 		if strings.Contains(s, "\x1b]") || strings.Contains(s, "\a") {
@@ -290,6 +313,11 @@ func TestImageNamesWriteNoEscapesToATerminal(t *testing.T) {
 			t.Errorf("%s does not show the name escaped: %q", what, s)
 		}
 	}
+	imported := run(t, root, "import", layout)
+	if imported.code != 0 {
+		t.Fatalf("import: exit %d: %s", imported.code, imported.stderr)
+	}
+	written("import's line of the artifact it skipped", imported.stderr)
 	for _, args := range [][]string{{"ls", name}, {"ls", "-l", name}, {"ls", "-R", name}} {
 		shown, _, code := runOnTTY(t, root, true, true, args...)
 		if code != 0 {
@@ -300,6 +328,7 @@ func TestImageNamesWriteNoEscapesToATerminal(t *testing.T) {
 			t.Errorf("%q on a terminal: no warning of the other platform: %q", args, shown)
 		}
 	}
+	written("images", mustRun(t, root, "images"))
 	r := run(t, root, "import", layout+":nope")
 	if r.code == 0 {
 		t.Fatalf("import of a ref the layout lacks: exit 0")

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/layerfs/layerfs/internal/output"
 	"github.com/layerfs/layerfs/source/registry"
 	"github.com/layerfs/layerfs/store"
 	"github.com/opencontainers/go-digest"
@@ -45,10 +46,11 @@ func newProgress(quiet bool) *progress {
 
 // tell writes a line of what a command says to a person on stderr:
 // its output there, not a diagnostic, so only --log-level error silences
-// it, as it does the progress bars.
+// it, as it does the progress bars. What it names may come from an
+// image (an artifact's type), so it is escaped as errors are.
 func tell(format string, args ...any) {
 	if logrus.GetLevel() >= logrus.WarnLevel {
-		fmt.Fprintf(os.Stderr, format+"\n", args...)
+		fmt.Fprintln(os.Stderr, output.Printable(fmt.Sprintf(format, args...)))
 	}
 }
 

@@ -200,7 +200,7 @@ every tag of it.`,
 				Columns: []output.Column[imageItem]{
 					{Header: "NAME", Cell: func(i imageItem) string { return output.Name(nameOrNone(i.Name)) }},
 					{Header: "DIGEST", Cell: func(i imageItem) string { return output.Digest(i.Digest, o.NoTrunc) }},
-					{Header: "PLATFORM", Cell: func(i imageItem) string { return i.Platform }},
+					{Header: "PLATFORM", Cell: func(i imageItem) string { return output.Name(i.Platform) }},
 					{Header: "CREATED", Cell: func(i imageItem) string { return created(i.Created) }},
 					{Header: "LAYERS", Cell: func(i imageItem) string { return fmt.Sprint(i.Layers) }},
 					{Header: "SIZE", Cell: func(i imageItem) string { return output.Size(i.Size) }},
