@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"github.com/layerfs/layerfs/internal/oracle"
 	"github.com/layerfs/layerfs/internal/testimage"
 	"golang.org/x/sys/unix"
@@ -435,4 +438,51 @@ func TestHardlinkChains(t *testing.T) {
 		}
 		requireSame(t, "chain across layers", want, got, oracle.IgnoreRootAttrs())
 	})
+}
+
+// TestZstdWindowBounded imports a zstd layer of a few kilobytes whose
+// frame asks for a 512 MiB window (zstd --long=29 writes such frames;
+// the zstd tool refuses to decode them unless told to) over 300 MiB of
+// zeros: a decoder keeps a window of what it decoded, so granting it
+// would hold 300 MiB of memory for a layer of kilobytes. It must be
+// refused, naming the window and the layer, within 100 MiB resident.
+func TestZstdWindowBounded(t *testing.T) {
+	requireRoot(t)
+	var layer bytes.Buffer
+	zw, err := zstd.NewWriter(&layer, zstd.WithWindowSize(512<<20), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffID := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(zw, diffID))
+	const size = 300 << 20
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "zeros", Mode: 0o644, Size: size, ModTime: testimage.DefaultModTime}); err != nil {
+		t.Fatal(err)
+	}
+	zeros := make([]byte, 1<<20)
+	for n := 0; n < size; n += len(zeros) {
+		if _, err := tw.Write(zeros); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	src := dockerDir(t, filepath.Join(t.TempDir(), "src"), layer.Bytes())
+	config := fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%x"]}}`, diffID.Sum(nil))
+	if err := os.WriteFile(filepath.Join(src, "config.json"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	r, peak, _ := timedRun(t, 2*time.Minute, nil, root, "import", src)
+	t.Logf("layer of %d bytes: exit %d, peak RSS %.1f MiB, stderr %q", layer.Len(), r.code, float64(peak)/(1<<20), r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "window") || !strings.Contains(r.stderr, "layer sha256:") {
+		t.Errorf("exit %d, stderr %q; want exit 1 and a refusal naming the window and the layer", r.code, r.stderr)
+	}
+	if peak <= 0 || peak > 100<<20 {
+		t.Errorf("import peaked at %d bytes resident, want under %d", peak, 100<<20)
+	}
 }

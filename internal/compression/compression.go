@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/bzip2"
+	"errors"
 	"fmt"
 	"io"
 
@@ -36,6 +37,24 @@ func Sniff(br *bufio.Reader) string {
 	return ""
 }
 
+// maxZstdWindow is the largest window a zstd frame may ask for, what the
+// zstd tool decodes without being told more (--long or --memory). A
+// decoder keeps a window of what it decoded, so a frame of a few bytes
+// asking for the format's 512 MiB, over a stream of zeros, would hold
+// that much memory; every compression level writes at most this.
+const maxZstdWindow = 128 << 20
+
+// zstdReader says why a frame's window is refused.
+type zstdReader struct{ *zstd.Decoder }
+
+func (z zstdReader) Read(p []byte) (int, error) {
+	n, err := z.Decoder.Read(p)
+	if errors.Is(err, zstd.ErrWindowSizeExceeded) {
+		err = fmt.Errorf("zstd: a frame asks for a window of more than %d MiB, which the zstd tool too decodes only when told to (compressed with --long=28 or more?): %w", maxZstdWindow>>20, err)
+	}
+	return n, err
+}
+
 // NewReader undoes the compression br starts with, as docker load does
 // for the archives it takes. done releases the decompressor.
 func NewReader(br *bufio.Reader) (io.Reader, func(), error) {
@@ -53,8 +72,8 @@ func NewReader(br *bufio.Reader) (io.Reader, func(), error) {
 		}
 	case "zstd":
 		var zr *zstd.Decoder
-		if zr, err = zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)); err == nil {
-			r, closer = zr, zr.Close
+		if zr, err = zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxZstdWindow)); err == nil {
+			r, closer = zstdReader{zr}, zr.Close
 		}
 	case "xz":
 		r, err = xz.NewReader(br)
