@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +27,61 @@ import (
 // dialTimeout bounds how long an unreachable host takes to be named as
 // such; connecting is never retried, so this is the whole wait.
 const dialTimeout = 5 * time.Second
+
+// idleTimeout ends a response whose body has sent nothing for that long,
+// which net/http would otherwise wait on forever (it bounds only the
+// wait for headers): a blob fetch then resumes, and a manifest, config
+// or token fails saying so, rather than holding pull forever.
+var idleTimeout = 30 * time.Second
+
+// errStalled is a response that stopped sending for idleTimeout.
+var errStalled = errors.New("the registry stopped sending")
+
+// stallTransport gives every response body idleTimeout between reads.
+type stallTransport struct{ base http.RoundTripper }
+
+func (s stallTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := s.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	wait := idleTimeout
+	stalled := fmt.Errorf("%w: no data for %v", errStalled, wait)
+	body := &stallBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, wait: wait}
+	body.idle = time.AfterFunc(wait, func() { cancel(stalled) })
+	resp.Body = body
+	return resp, nil
+}
+
+type stallBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	idle   *time.Timer
+	wait   time.Duration
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.idle.Reset(b.wait)
+	}
+	if err != nil && err != io.EOF {
+		if cause := context.Cause(b.ctx); errors.Is(cause, errStalled) {
+			err = cause
+		}
+	}
+	return n, err
+}
+
+func (b *stallBody) Close() error {
+	b.idle.Stop()
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
+}
 
 // Config is the registries' configuration file: mirrors to try, in order,
 // before the registry itself.
@@ -76,7 +132,7 @@ func newClient(insecure bool, jobs int) (*client, error) {
 	if insecure {
 		base.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
 	}
-	rt := retry.NewTransport(&hostTransports{base: base, byHost: map[string]http.RoundTripper{}})
+	rt := retry.NewTransport(stallTransport{&hostTransports{base: base, byHost: map[string]http.RoundTripper{}}})
 	rt.Policy = func() retry.Policy { return retryPolicy }
 	c := &client{
 		insecure:        insecure,

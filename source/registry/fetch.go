@@ -22,9 +22,6 @@ const (
 	// resets the count, so a registry that keeps cutting connections
 	// still gets the whole blob.
 	maxStalls = 5
-	// idleTimeout ends a connection that has stopped sending, which net/http
-	// would otherwise wait on forever; the fetch then resumes elsewhere.
-	idleTimeout = 30 * time.Second
 )
 
 // errNoRange is a registry answering a Range request with anything but
@@ -110,8 +107,6 @@ func backoff(stalls int) time.Duration {
 // fetchRest makes one request for the bytes part lacks: the blob GET, and
 // a ranged one in its place when part already holds some.
 func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descriptor, part *store.Partial, m Meter) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	rc, err := repo.Blobs().Fetch(ctx, desc)
 	if err != nil {
 		return err
@@ -131,13 +126,8 @@ func fetchRest(ctx context.Context, repo *remote.Repository, desc ocispec.Descri
 			return fmt.Errorf("%w: %v", errNoRange, err)
 		}
 	}
-	idle := time.AfterFunc(idleTimeout, func() { cancel(fmt.Errorf("no data for %v", idleTimeout)) })
-	defer idle.Stop()
-	r := &watchedReader{r: io.LimitReader(rc, desc.Size-part.Size()), idle: idle, m: m}
+	r := &meteredReader{r: io.LimitReader(rc, desc.Size-part.Size()), m: m}
 	if _, err := io.Copy(partWriter{part}, r); err != nil {
-		if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
-			return cause
-		}
 		return err
 	}
 	if part.Size() < desc.Size {
@@ -165,16 +155,14 @@ type storeError struct{ err error }
 func (e storeError) Error() string { return e.err.Error() }
 func (e storeError) Unwrap() error { return e.err }
 
-type watchedReader struct {
-	r    io.Reader
-	idle *time.Timer
-	m    Meter
+type meteredReader struct {
+	r io.Reader
+	m Meter
 }
 
-func (w *watchedReader) Read(p []byte) (int, error) {
+func (w *meteredReader) Read(p []byte) (int, error) {
 	n, err := w.r.Read(p)
 	if n > 0 {
-		w.idle.Reset(idleTimeout)
 		w.m.Add(n)
 	}
 	return n, err
