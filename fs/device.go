@@ -55,8 +55,13 @@ const deviceMaxWrite = 128 << 10
 // serves itself, answers INIT, and returns; Serve then answers the rest.
 func mountDevice(raw fuse.RawFileSystem, mountpoint string, opts fuse.MountOptions, flags uintptr) (*deviceServer, error) {
 	opts.MaxWrite = deviceMaxWrite
+	dir, err := openMountpoint(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dir)
 	var st unix.Stat_t
-	if err := unix.Stat(mountpoint, &st); err != nil {
+	if err := unix.Fstat(dir, &st); err != nil {
 		return nil, err
 	}
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
@@ -81,7 +86,7 @@ func mountDevice(raw fuse.RawFileSystem, mountpoint string, opts fuse.MountOptio
 	if opts.AllowOther {
 		data = append(data, "allow_other")
 	}
-	if err := unix.Mount(opts.FsName, mountpoint, "fuse."+opts.Name, flags, strings.Join(data, ",")); err != nil {
+	if err := unix.Mount(opts.FsName, fmt.Sprintf("/proc/self/fd/%d", dir), "fuse."+opts.Name, flags, strings.Join(data, ",")); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}

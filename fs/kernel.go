@@ -62,8 +62,9 @@ var ErrKernelMount = errors.New("the kernel cannot make this mount")
 // and it goes when that is unmounted, leaving no mountpoint behind. Both
 // the image and the data directories are given as descriptors, so no
 // path is resolved again after the caller opened them. Nothing stays
-// mounted when it fails. The caller checks the mountpoint first
-// (CheckMountpointDir).
+// mounted when it fails. The caller resolves the mountpoint
+// (ResolveMountpoint) and checks it (CheckMountpointDir) first; a
+// symlink on its path by the time of the mount is refused.
 func MountKernel(meta *os.File, data []*os.File, mountpoint string, o KernelOptions) error {
 	attrs := unix.MOUNT_ATTR_RDONLY
 	if !o.Suid {
@@ -101,7 +102,12 @@ func MountKernel(meta *os.File, data []*os.File, mountpoint string, o KernelOpti
 		return fmt.Errorf("mount overlayfs over %s and %d data-only layers: %w", meta.Name(), len(data), err)
 	}
 	defer unix.Close(overlay)
-	if err := unix.MoveMount(overlay, "", unix.AT_FDCWD, mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	dir, err := openMountpoint(mountpoint)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	if err := unix.MoveMount(overlay, "", dir, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("mount at %s: %w", mountpoint, err)
 	}
 	return nil

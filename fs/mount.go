@@ -82,6 +82,26 @@ func ResolveMountpoint(mountpoint string) (string, error) {
 	return resolved, nil
 }
 
+// openMountpoint opens the directory at mountpoint, a path resolved
+// already (ResolveMountpoint), for the mount to be made on what the
+// descriptor names rather than on the path walked again: a symlink on
+// the path now was put there since it was resolved, as a directory the
+// user controls swapped for a link to "/" would move a mount at its
+// "etc" onto /etc, and is refused.
+func openMountpoint(mountpoint string) (int, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, mountpoint, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS,
+	})
+	if errors.Is(err, unix.ELOOP) {
+		return -1, fmt.Errorf("mountpoint %s: a symlink is on its path now, which was not when it was resolved: refusing to mount through it", mountpoint)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	return fd, nil
+}
+
 // Served is a mount's running server.
 type Served interface {
 	// Wait returns once the mount is gone.
@@ -92,7 +112,9 @@ type Served interface {
 
 // Mount serves tree at mountpoint, read-only, nosuid and nodev unless
 // asked, with default_permissions always so the image's modes are
-// enforced. It returns once the kernel answers on the mount.
+// enforced. It returns once the kernel answers on the mount. mountpoint
+// is resolved already (ResolveMountpoint): run by root, a symlink on its
+// path by the time of the mount is refused.
 func Mount(tree *Tree, mountpoint string, o MountOptions) (Served, error) {
 	opts := tree.mountOptions()
 	opts.FsName = MountSource(o.Source)

@@ -3,8 +3,13 @@ package integration
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMountpointThroughSymlink mounts at a symlink to a directory, with
@@ -77,5 +82,63 @@ func TestMountpointThroughSymlink(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestMountpointSwappedForASymlink resolves a mountpoint inside a
+// directory its owner controls, then, while the mount waits for the
+// store's lock, has that directory swapped for a symlink to another
+// (standing for "/", with "etc" in it): the mount, made by path again,
+// would land on the other directory's "etc". It must be refused, in the
+// foreground, with --daemon and with --kernel, and nothing mounted.
+func TestMountpointSwappedForASymlink(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	for name, flags := range map[string][]string{"foreground": nil, "--daemon": {"--daemon"}, "--kernel": {"--kernel"}} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			users, decoy := filepath.Join(dir, "users"), filepath.Join(dir, "decoy")
+			for _, d := range []string{users, decoy} {
+				must(t, os.MkdirAll(filepath.Join(d, "etc"), 0o755))
+			}
+			t.Cleanup(func() {
+				for _, m := range []string{filepath.Join(decoy, "etc"), filepath.Join(dir, "moved", "etc")} {
+					if mountedAt(t, m) {
+						unmount(t, root, m)
+					}
+				}
+			})
+			lock, err := os.OpenFile(filepath.Join(root, ".gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+			must(t, err)
+			defer lock.Close()
+			must(t, unix.Flock(int(lock.Fd()), unix.LOCK_EX))
+			args := append(append([]string{"--root", root, "mount"}, flags...), "sample", filepath.Join(users, "etc"))
+			cmd := exec.Command(layerfsBin(t), args...)
+			stderr := &lockedBuffer{}
+			cmd.Stderr = stderr
+			must(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() {
+				if cmd.ProcessState == nil {
+					_ = cmd.Process.Kill()
+				}
+			})
+			waitFor(t, "the mount waiting for the store's lock", func() bool { return strings.Contains(stderr.String(), "waiting for") })
+			must(t, os.Rename(users, filepath.Join(dir, "moved")))
+			must(t, os.Symlink(decoy, users))
+			must(t, unix.Flock(int(lock.Fd()), unix.LOCK_UN))
+			select {
+			case err := <-exited:
+				if err == nil || !strings.Contains(stderr.String(), "symlink") {
+					t.Errorf("mount through a mountpoint swapped for a symlink: %v, stderr %q; want it refused", err, stderr.String())
+				}
+			case <-time.After(20 * time.Second):
+				t.Errorf("mount still running 20s after the swap: stderr %q", stderr.String())
+			}
+			if mountedAt(t, filepath.Join(decoy, "etc")) {
+				t.Errorf("the mount landed on %s, through the symlink swapped in", filepath.Join(decoy, "etc"))
+			}
+		})
 	}
 }
