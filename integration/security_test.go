@@ -251,6 +251,42 @@ func TestOutputNotThroughAnotherUsersSymlink(t *testing.T) {
 	}
 }
 
+// TestOutputNotIntoAnotherUsersFile has another user leave, in a sticky
+// world-writable directory (as /tmp is), a file and a FIFO at the names
+// root's export -o is then given: replaced, the file would be the other
+// user's, holding root's output; the FIFO would hand it to them. Both
+// must be refused, each left as it was, and nothing written.
+func TestOutputNotIntoAnotherUsersFile(t *testing.T) {
+	requireRoot(t)
+	root := sampleStore(t)
+	sticky := t.TempDir()
+	must(t, os.Chmod(sticky, os.ModeSticky|0o777))
+	file, fifo := filepath.Join(sticky, "file.tar"), filepath.Join(sticky, "fifo.tar")
+	must(t, os.WriteFile(file, []byte("theirs\n"), 0o644))
+	must(t, unix.Mkfifo(fifo, 0o666))
+	for _, p := range []string{file, fifo} {
+		must(t, os.Lchown(p, 65534, 65534))
+	}
+	reader, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	must(t, err)
+	defer reader.Close()
+	for _, out := range []string{file, fifo} {
+		r := run(t, root, "export", "sample", "-o", out)
+		if r.code == 0 || !strings.Contains(r.stderr, "another user's file") {
+			t.Errorf("export -o %s, another user's in a sticky directory: exit %d, stderr %q; want a refusal", filepath.Base(out), r.code, r.stderr)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "theirs\n" {
+		t.Errorf("the other user's file was replaced: now %d bytes (%v)", len(b), err)
+	}
+	if n, _ := reader.Read(make([]byte, 1)); n > 0 {
+		t.Errorf("export wrote into the other user's FIFO")
+	}
+	if entries, err := os.ReadDir(sticky); err != nil || len(entries) != 2 {
+		t.Errorf("export left files beside them: %v, %v", entries, err)
+	}
+}
+
 // TestStoreNotThroughAnotherUsersSymlink gives root's commands, as
 // --root, another user's link in /tmp to root's store: followed, it
 // would let that user point root's rm and gc at a store root did not

@@ -24,7 +24,8 @@ import (
 // so another hardlink of it keeps the old content. A character device or
 // a FIFO is written into, never replaced. A symlink is followed where
 // the kernel follows it, as docker's does, and its target treated so;
-// the link itself is left alone. A directory,
+// the link itself is left alone. Another user's file or FIFO in a sticky
+// directory anyone can write to is refused. A directory,
 // a socket, a block device or a terminal is refused before any work
 // starts.
 type File struct {
@@ -52,6 +53,11 @@ func Create(name string) (*File, error) {
 	st, err := os.Stat(target)
 	if err != nil {
 		return nil, err
+	}
+	if mode := st.Mode(); mode.IsRegular() || mode&fs.ModeNamedPipe != 0 {
+		if err := refuseForeign(name, target, st.Sys().(*syscall.Stat_t)); err != nil {
+			return nil, err
+		}
 	}
 	switch mode := st.Mode(); {
 	case mode.IsRegular():
@@ -106,6 +112,25 @@ func followName(name string) (string, error) {
 		return "", fmt.Errorf("%s: a symlink the kernel does not let this user follow (fs.protected_symlinks: another user's link in a sticky world-writable directory): %w", name, err)
 	}
 	return "", &fs.PathError{Op: "open", Path: name, Err: err}
+}
+
+// refuseForeign refuses a file or FIFO target, old, of another user in
+// a sticky directory anyone can write to (as /tmp), owned by neither
+// this user nor the directory's owner, as the kernel's protected_regular
+// and protected_fifos refuse a tool that opens it to create: someone
+// else put it there, to be given root's output (a file replaced keeps
+// its owner) or to read it through a FIFO.
+func refuseForeign(name, target string, old *syscall.Stat_t) error {
+	dir := filepath.Dir(target)
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("%s: its directory: %w", name, err)
+	}
+	const open = unix.S_ISVTX | unix.S_IWOTH
+	if st.Mode&open != open || old.Uid == uint32(os.Geteuid()) || old.Uid == st.Uid {
+		return nil
+	}
+	return fmt.Errorf("%s: uid %d's, in %s, a sticky directory anyone can write to: refusing to write into or over another user's file there; remove it or name another", name, old.Uid, dir)
 }
 
 // keepOwner gives the output old's owner and group where they are not
